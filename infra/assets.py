@@ -1,0 +1,63 @@
+"""Where the Dockerfiles and templates shipped with infra are, installed or in a checkout."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from .config import Cluster
+from .plan import DOCKERFILES
+
+
+def assets_dir() -> Path:
+    packaged = Path(__file__).parent / "_data"  # a wheel carries them here (see pyproject.toml)
+    if (packaged / "Dockerfile.worker").is_file():
+        return packaged
+    checkout = Path(__file__).resolve().parent.parent
+    if (checkout / "Dockerfile.worker").is_file():
+        return checkout
+    raise FileNotFoundError("infra's Dockerfiles are missing from this installation")
+
+
+def _copy_if_changed(source: Path, target: Path) -> None:
+    if target.is_file():
+        s, t = source.stat(), target.stat()
+        if s.st_size == t.st_size and int(s.st_mtime) == int(t.st_mtime):
+            return
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(source, target)
+
+
+def _mirror(source_dir: Path | None, target_dir: Path) -> None:
+    """Make target_dir hold exactly the files of source_dir (or nothing)."""
+    target_dir.mkdir(parents=True, exist_ok=True)
+    wanted = set()
+    if source_dir is not None:
+        for item in sorted(source_dir.rglob("*")):
+            if item.is_file():
+                rel = item.relative_to(source_dir)
+                wanted.add(rel)
+                _copy_if_changed(item, target_dir / rel)
+    for item in sorted(target_dir.rglob("*"), reverse=True):
+        if item.is_file() and item.relative_to(target_dir) not in wanted:
+            item.unlink()
+
+
+def prepare_build_context(cluster: Cluster) -> Path:
+    """Assemble the build context in the state dir: Dockerfiles, templates, requirements, wheels."""
+    context = cluster.state_dir / "build"
+    context.mkdir(parents=True, exist_ok=True)
+    assets = assets_dir()
+    for name in DOCKERFILES.values():
+        _copy_if_changed(assets / name, context / name)
+    _mirror(assets / "templates", context / "templates")
+    requirements = context / "requirements.txt"
+    project_requirements = (
+        cluster.project_dir / cluster.spec.project.requirements if cluster.spec.project.requirements else None
+    )
+    if project_requirements and project_requirements.is_file():
+        _copy_if_changed(project_requirements, requirements)
+    elif not requirements.is_file() or requirements.read_text():
+        requirements.write_text("")
+    _mirror(cluster.wheelhouse, context / "wheels")
+    return context

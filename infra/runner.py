@@ -1,0 +1,394 @@
+"""The one layer that acts: connections to hosts (SSH or the local machine) and running on many at once.
+
+Every other module decides; this one executes. A connection runs a command (a shell string or an
+argv list), optionally feeding it bytes or a stream on stdin, and returns its exit code and
+output. SSH goes through Fabric (so ~/.ssh/config, ssh-agent and keys work as with `ssh`) and
+paramiko channels (so binary streams such as `docker save | docker load` pass unchanged).
+"""
+
+from __future__ import annotations
+
+import io
+import select
+import shlex
+import socket
+import subprocess
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import IO, Callable, Iterable, Sequence, TypeVar
+
+from .config import Host
+from .errors import ConnectError, InfraError, RemoteCommandError
+
+Command = str | Sequence[str]
+OutputCallback = Callable[[str], None]
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+    @property
+    def output(self) -> str:
+        return (self.stdout + ("\n" if self.stdout and self.stderr else "") + self.stderr).strip()
+
+
+def command_text(command: Command) -> str:
+    return command if isinstance(command, str) else shlex.join(command)
+
+
+class _LineSplitter:
+    """Turns chunks of bytes into complete lines for a callback."""
+
+    def __init__(self, callback: OutputCallback | None):
+        self.callback = callback
+        self.pending = b""
+
+    def feed(self, data: bytes) -> None:
+        if not self.callback:
+            return
+        self.pending += data
+        *lines, self.pending = self.pending.split(b"\n")
+        for line in lines:
+            self.callback(line.decode(errors="replace"))
+
+    def close(self) -> None:
+        if self.callback and self.pending:
+            self.callback(self.pending.decode(errors="replace"))
+        self.pending = b""
+
+
+class Connection:
+    """Runs commands on one host."""
+
+    host: Host
+
+    def run(
+        self,
+        command: Command,
+        *,
+        stdin: bytes | IO[bytes] | None = None,
+        timeout: float | None = None,
+        check: bool = True,
+        on_stdout: OutputCallback | None = None,
+        on_stderr: OutputCallback | None = None,
+    ) -> CommandResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    # Helpers shared by both kinds of connection.
+
+    def _checked(self, command: Command, result: CommandResult, check: bool) -> CommandResult:
+        if check and not result.ok:
+            raise RemoteCommandError(self.host.name, _shorten(command_text(command)), result.exit_code, result.output)
+        return result
+
+    def write_private_file(self, path: str, data: bytes) -> None:
+        """Write a file readable by the connecting user only; the content travels on stdin."""
+        folder = path.rsplit("/", 1)[0] or "/"
+        script = (
+            f"umask 077 && mkdir -p {shlex.quote(folder)} && chmod 700 {shlex.quote(folder)} && "
+            f"cat > {shlex.quote(path)}.tmp && mv -f {shlex.quote(path)}.tmp {shlex.quote(path)}"
+        )
+        self.run(script, stdin=data)
+
+    def peer_address(self) -> str | None:
+        return None
+
+
+def _shorten(text: str, limit: int = 160) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class LocalConnection(Connection):
+    """The machine running infra, through subprocesses."""
+
+    def __init__(self, host: Host):
+        self.host = host
+
+    def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None):
+        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        try:
+            proc = subprocess.Popen(
+                argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            )
+        except FileNotFoundError as exc:
+            return self._checked(command, CommandResult(127, "", f"{exc.filename}: command not found"), check)
+        out, err = bytearray(), bytearray()
+        out_lines, err_lines = _LineSplitter(on_stdout), _LineSplitter(on_stderr)
+
+        def pump(stream, sink: bytearray, lines: _LineSplitter) -> None:
+            for chunk in iter(lambda: stream.read1(65536), b""):
+                sink.extend(chunk)
+                lines.feed(chunk)
+            lines.close()
+
+        readers = [
+            threading.Thread(target=pump, args=(proc.stdout, out, out_lines), daemon=True),
+            threading.Thread(target=pump, args=(proc.stderr, err, err_lines), daemon=True),
+        ]
+        for reader in readers:
+            reader.start()
+        if stdin is not None:
+            try:
+                if isinstance(stdin, bytes):
+                    proc.stdin.write(stdin)
+                else:
+                    for chunk in iter(lambda: stdin.read(1 << 20), b""):
+                        proc.stdin.write(chunk)
+                proc.stdin.close()
+            except BrokenPipeError:
+                pass
+        try:
+            code = proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            code = 124
+            err.extend(f"timed out after {timeout:g} s".encode())
+        for reader in readers:
+            reader.join()
+        result = CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+        return self._checked(command, result, check)
+
+    def peer_address(self) -> str | None:
+        return "127.0.0.1"
+
+
+class SSHConnection(Connection):
+    """A host reached over SSH."""
+
+    def __init__(self, host: Host, connect_timeout: float):
+        # Imported here so that pure modules and `--help` never pay for paramiko's import.
+        from fabric import Config as FabricConfig
+        from fabric import Connection as FabricConnection
+
+        self.host = host
+        connect_kwargs: dict = {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
+        if host.key:
+            connect_kwargs["key_filename"] = [host.key]
+        self._fabric = FabricConnection(
+            host.address, user=host.user, port=host.port, connect_timeout=connect_timeout,
+            connect_kwargs=connect_kwargs, config=FabricConfig(),
+        )
+        try:
+            self._fabric.open()
+        except Exception as exc:  # paramiko and socket errors of every kind
+            self._fabric.close()
+            raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {_describe_connect_error(exc)}") from None
+        transport = self._fabric.client.get_transport()
+        transport.set_keepalive(15)
+        self._transport = transport
+
+    def peer_address(self) -> str | None:
+        try:
+            return self._transport.getpeername()[0]
+        except OSError:
+            return None
+
+    def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None):
+        text = command_text(command)
+        try:
+            channel = self._transport.open_session(timeout=30)
+            channel.exec_command(text)
+        except Exception as exc:
+            raise ConnectError(f"{self.host.name}: lost the SSH connection: {_describe_connect_error(exc)}") from None
+        out, err = bytearray(), bytearray()
+        out_lines, err_lines = _LineSplitter(on_stdout), _LineSplitter(on_stderr)
+        writer = None
+        if stdin is not None:
+            writer = threading.Thread(target=_feed_channel, args=(channel, stdin), daemon=True)
+            writer.start()
+        deadline = time.monotonic() + timeout if timeout else None
+        timed_out = False
+        while True:
+            got = False
+            while channel.recv_ready():
+                chunk = channel.recv(65536)
+                out.extend(chunk)
+                out_lines.feed(chunk)
+                got = True
+            while channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(65536)
+                err.extend(chunk)
+                err_lines.feed(chunk)
+                got = True
+            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
+            if channel.closed and not got:
+                break
+            if deadline and time.monotonic() > deadline:
+                timed_out = True
+                break
+            if not got:
+                select.select([channel], [], [], 0.05)
+        out_lines.close()
+        err_lines.close()
+        if timed_out:
+            channel.close()
+            code = 124
+            err.extend(f"timed out after {timeout:g} s".encode())
+        else:
+            code = channel.recv_exit_status()
+            channel.close()
+        if writer:
+            writer.join(timeout=5)
+        result = CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
+        return self._checked(command, result, check)
+
+    def close(self) -> None:
+        self._fabric.close()
+
+
+def _feed_channel(channel, stdin: bytes | IO[bytes]) -> None:
+    try:
+        if isinstance(stdin, bytes):
+            stdin = io.BytesIO(stdin)
+        for chunk in iter(lambda: stdin.read(1 << 16), b""):
+            channel.sendall(chunk)
+        channel.shutdown_write()
+    except (OSError, EOFError):
+        pass  # the remote command ended early; its exit code tells why
+
+
+def _describe_connect_error(exc: BaseException) -> str:
+    name = type(exc).__name__
+    text = str(exc).strip()
+    if isinstance(exc, socket.timeout) or "timed out" in text.lower():
+        return "timed out"
+    if name == "AuthenticationException":
+        return "authentication failed (check user and key)"
+    if name == "NoValidConnectionsError" or isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host name"
+    if name == "SSHException" and "banner" in text.lower():
+        return "no SSH banner (host hung or not an SSH server)"
+    return text.splitlines()[0] if text else name
+
+
+def connect(host: Host, connect_timeout: float) -> Connection:
+    return LocalConnection(host) if host.is_local else SSHConnection(host, connect_timeout)
+
+
+def local_address_towards(address: str) -> str:
+    """The address of this machine on the route to `address` (no packet is sent)."""
+    probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        probe.connect((address, 9))
+        return probe.getsockname()[0]
+    except OSError:
+        return "127.0.0.1"
+    finally:
+        probe.close()
+
+
+# --------------------------------------------------------------------------- many hosts at once
+
+
+@dataclass
+class GroupResult:
+    """Per-item outcome of running one function on many items concurrently."""
+
+    succeeded: dict
+    failed: dict
+
+    def raise_if_failed(self, action: str) -> None:
+        if self.failed:
+            from .errors import HostsFailedError
+
+            raise HostsFailedError(action, self.failed)
+
+
+def run_concurrently(items: Iterable[T], fn: Callable[[T], R], *, key: Callable[[T], str] = str) -> GroupResult:
+    """Call `fn` on every item at once; a failure on one item is data, not a crash."""
+    items = list(items)
+    succeeded: dict = {}
+    failed: dict = {}
+    if not items:
+        return GroupResult(succeeded, failed)
+    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
+        futures = {key(item): pool.submit(fn, item) for item in items}
+        for name, future in futures.items():
+            try:
+                succeeded[name] = future.result()
+            except InfraError as exc:
+                failed[name] = exc
+            except Exception as exc:  # an unexpected error on one host must not hide the others
+                failed[name] = InfraError(f"{name}: {type(exc).__name__}: {exc}")
+    return GroupResult(succeeded, failed)
+
+
+class ConnectionPool:
+    """Opens one connection per host, concurrently, and closes them all at the end."""
+
+    def __init__(self, connect_timeout: float):
+        self.connect_timeout = connect_timeout
+        self.connections: dict[str, Connection] = {}
+        self._lock = threading.Lock()
+
+    def open(self, hosts: Iterable[Host]) -> GroupResult:
+        def opener(host: Host) -> Connection:
+            conn = connect(host, self.connect_timeout)
+            with self._lock:
+                self.connections[host.name] = conn
+            return conn
+
+        return run_concurrently(hosts, opener, key=lambda h: h.name)
+
+    def __getitem__(self, name: str) -> Connection:
+        return self.connections[name]
+
+    def close(self) -> None:
+        for conn in self.connections.values():
+            try:
+                conn.close()
+            except Exception:
+                pass
+        self.connections.clear()
+
+    def __enter__(self) -> "ConnectionPool":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def ship_images(source: Connection, target: Connection, tags: list[str]) -> int:
+    """Copy images from one engine to another as `docker save | docker load`; returns bytes sent."""
+    save = subprocess.Popen(["docker", "save", *tags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    counter = _CountingReader(save.stdout)
+    try:
+        target.run(["docker", "load", "--quiet"], stdin=counter)
+    finally:
+        save.stdout.close()
+        save.wait()
+    if save.returncode != 0:
+        raise RemoteCommandError(source.host.name, f"docker save {' '.join(tags)}", save.returncode,
+                                 save.stderr.read().decode(errors="replace"))
+    return counter.count
+
+
+class _CountingReader:
+    def __init__(self, stream: IO[bytes]):
+        self.stream = stream
+        self.count = 0
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.stream.read(size)
+        self.count += len(data)
+        return data

@@ -1,0 +1,70 @@
+"""Generated credentials of a cluster, kept on the local machine in a file only its owner can read."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets as random_source
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from .errors import StateError
+
+
+@dataclass(frozen=True)
+class Secrets:
+    broker_user: str
+    broker_password: str
+    results_password: str
+    flower_user: str
+    flower_password: str
+
+    @classmethod
+    def generate(cls) -> "Secrets":
+        # token_urlsafe: letters, digits, '-' and '_' only, so safe in URLs and env files unquoted.
+        return cls(
+            broker_user="infra",
+            broker_password=random_source.token_urlsafe(24),
+            results_password=random_source.token_urlsafe(24),
+            flower_user="admin",
+            flower_password=random_source.token_urlsafe(18),
+        )
+
+    def values(self) -> list[str]:
+        """The secret strings themselves (used to check that nothing prints them)."""
+        return [self.broker_password, self.results_password, self.flower_password]
+
+
+def write_private_file(path: Path, data: bytes) -> None:
+    """Write a file atomically with mode 0600 from the moment it exists."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
+
+
+def load_secrets(path: Path) -> Secrets | None:
+    try:
+        raw = path.read_text()
+    except FileNotFoundError:
+        return None
+    try:
+        return Secrets(**json.loads(raw))
+    except (ValueError, TypeError) as exc:
+        raise StateError(f"{path}: unreadable secrets file ({exc}); remove it to generate new ones") from None
+
+
+def load_or_create_secrets(path: Path) -> Secrets:
+    existing = load_secrets(path)
+    if existing:
+        if path.stat().st_mode & 0o077:
+            os.chmod(path, 0o600)
+        return existing
+    created = Secrets.generate()
+    write_private_file(path, json.dumps(asdict(created), indent=2).encode() + b"\n")
+    return created
