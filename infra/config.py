@@ -87,6 +87,12 @@ class Images(_Model):
     broker: str | None = None
 
 
+class DockerSettings(_Model):
+    """Where `infra bootstrap` installs the Docker engine from."""
+
+    source: Literal["distro", "official"] = "distro"
+
+
 class SshSettings(_Model):
     connect_timeout: float = Field(default=10.0, gt=0, le=300)
 
@@ -103,6 +109,7 @@ class ClusterFile(_Model):
     roles: Roles
     ports: Ports = Ports()
     images: Images = Images()
+    docker: DockerSettings = DockerSettings()
     ssh: SshSettings = SshSettings()
     timeouts: Timeouts = Timeouts()
     state_dir: str = ".infra"
@@ -181,22 +188,25 @@ class Cluster:
 
 
 class _LineLoader(yaml.SafeLoader):
-    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+    """SafeLoader; duplicate keys are refused beforehand by `_check_duplicate_keys`."""
 
 
-def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode, deep: bool = False) -> dict:
-    seen: dict[Any, int] = {}
-    for key_node, _ in node.value:
-        key = loader.construct_object(key_node, deep=deep)
-        if key in seen:
-            raise ConfigError(
-                f"duplicate key {key!r} (also at line {seen[key]})@{key_node.start_mark.line + 1}"
-            )
-        seen[key] = key_node.start_mark.line + 1
-    return loader.construct_mapping(node, deep=deep)
-
-
-_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+def _check_duplicate_keys(node: yaml.Node | None, filename: str, path: tuple = ()) -> None:
+    """Refuse duplicate keys (PyYAML silently keeps the last one), naming the key path and both lines."""
+    if isinstance(node, yaml.MappingNode):
+        seen: dict[tuple[str, str], int] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                continue  # complex keys: the loader reports them as invalid YAML
+            key, line = key_node.value, key_node.start_mark.line + 1
+            if (key_node.tag, key) in seen:
+                raise ConfigError(f"{format_path(path + (key,))}: duplicate key "
+                                  f"(also at line {seen[(key_node.tag, key)]}) ({filename}:{line})")
+            seen[(key_node.tag, key)] = line
+            _check_duplicate_keys(value_node, filename, path + (key,))
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _check_duplicate_keys(item, filename, path + (index,))
 
 
 def _line_map(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
@@ -279,10 +289,8 @@ def parse_cluster(text: str, *, filename: str = "cluster.yaml", base_dir: Path |
     base_dir = base_dir or Path.cwd()
     try:
         node = yaml.compose(text, Loader=_LineLoader)
+        _check_duplicate_keys(node, filename)
         data = yaml.load(text, Loader=_LineLoader)
-    except ConfigError as exc:
-        message, line = str(exc).rsplit("@", 1)
-        raise ConfigError(f"{message} ({filename}:{line})") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{filename}:{mark.line + 1}" if mark else filename
@@ -340,7 +348,11 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
     seen_ports: dict[int, str] = {}
     for role, port in ports.items():
         if port in seen_ports:
-            raise located.error(("ports", role), f"port {port} is also used by ports.{seen_ports[port]}")
+            other = seen_ports[port]
+            # Blame the key the user wrote (a default cannot be the mistake).
+            if ("ports", role) not in located.lines and ("ports", other) in located.lines:
+                role, other = other, role
+            raise located.error(("ports", role), f"port {port} is also used by ports.{other}")
         seen_ports[port] = role
     master_ssh_port = hosts[master.host].port or 22
     if not hosts[master.host].is_local and master_ssh_port in seen_ports:

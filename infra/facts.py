@@ -125,12 +125,15 @@ def parse_docker_version(text: str) -> tuple[str | None, str]:
     if exit_line == "exit=0" and body:
         return body[-1].strip(), ""
     joined = " ".join(body).lower()
-    if "not found" in joined or "no such file" in joined:
-        return None, "Docker is not installed"
     if "permission denied" in joined:
         return None, "the SSH user may not use Docker (not in the 'docker' group)"
-    if "cannot connect" in joined or "is the docker daemon running" in joined:
+    # Checked before "not installed": Docker 28+ says "failed to connect to the docker API at
+    # unix:///var/run/docker.sock; check if ... the daemon is running: ... no such file or directory".
+    if "cannot connect" in joined or "failed to connect" in joined or "daemon running" in joined \
+            or "daemon is running" in joined:
         return None, "the Docker engine is not running"
+    if "not found" in joined or "no such file" in joined:
+        return None, "Docker is not installed"
     return None, (body[-1].strip() if body else "Docker does not answer")
 
 

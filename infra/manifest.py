@@ -53,9 +53,13 @@ class Manifest:
             return cls(path, cluster)
         except (OSError, ValueError) as exc:
             raise StateError(f"{path}: unreadable manifest ({exc})") from None
-        if raw.get("version") != VERSION:
-            raise StateError(f"{path}: manifest version {raw.get('version')!r} is not supported")
-        hosts = {name: HostRecord(**record) for name, record in raw.get("hosts", {}).items()}
+        if not isinstance(raw, dict) or raw.get("version") != VERSION:
+            version = raw.get("version") if isinstance(raw, dict) else None
+            raise StateError(f"{path}: manifest version {version!r} is not supported")
+        try:
+            hosts = {name: HostRecord(**record) for name, record in raw.get("hosts", {}).items()}
+        except (TypeError, AttributeError) as exc:
+            raise StateError(f"{path}: malformed manifest ({exc})") from None
         return cls(path, raw.get("cluster", cluster), hosts)
 
     def to_dict(self) -> dict:

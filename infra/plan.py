@@ -323,6 +323,9 @@ def diff_containers(
             changes.append(ContainerChange("replace", spec.name, spec.role, "settings or image changed", spec, fingerprint, current))
         elif current.state in ("running", "restarting"):
             changes.append(ContainerChange("keep", spec.name, spec.role, "up to date", spec, fingerprint, current))
+        elif current.state in ("paused", "dead", "removing"):
+            # `docker start` neither unpauses nor revives these: make a new one.
+            changes.append(ContainerChange("replace", spec.name, spec.role, f"was {current.state}", spec, fingerprint, current))
         else:
             changes.append(ContainerChange("start", spec.name, spec.role, f"was {current.state}", spec, fingerprint, current))
     return changes

@@ -1,0 +1,211 @@
+"""The teardown manifest and the secrets file: local state, written atomically, owner-only."""
+
+from __future__ import annotations
+
+import json
+import stat
+import threading
+from pathlib import Path
+
+import pytest
+
+from infra.config import Host
+from infra.errors import StateError
+from infra.manifest import HostRecord, Manifest
+from infra.secrets import Secrets, load_or_create_secrets, load_secrets, write_private_file
+
+GPU = Host(name="gpu-box", address="192.168.1.20", user="alice", port=22, key="/home/me/.ssh/id_ed25519")
+PI = Host(name="pi1", address="pi1.local", user="pi")
+
+
+def mode_of(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def path(tmp_path) -> Path:
+    return tmp_path / ".infra" / "lab" / "manifest.json"
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_a_missing_manifest_loads_empty_and_is_not_written(path):
+    manifest = Manifest.load(path, "lab")
+    assert manifest.hosts == {}
+    manifest.save()
+    assert not path.exists()
+
+
+def test_each_container_is_recorded_at_once(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    on_disk = json.loads(path.read_text())
+    assert on_disk["version"] == 1 and on_disk["cluster"] == "lab"
+    assert on_disk["hosts"]["gpu-box"]["containers"] == {"lab-broker": {"id": "c0ffee", "role": "broker"}}
+
+    manifest.add_container(GPU, "lab-worker-gpu-box-1", "beef", "worker")
+    manifest.add_container(PI, "lab-worker-pi1-1", "f00d", "worker")
+    on_disk = json.loads(path.read_text())
+    assert sorted(on_disk["hosts"]) == ["gpu-box", "pi1"]
+    assert sorted(on_disk["hosts"]["gpu-box"]["containers"]) == ["lab-broker", "lab-worker-gpu-box-1"]
+
+
+def test_the_manifest_file_is_private_and_no_temporary_file_is_left(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    assert mode_of(path) == 0o600
+    assert mode_of(path.parent) == 0o700
+    assert [p.name for p in path.parent.iterdir()] == ["manifest.json"]
+
+
+def test_a_reloaded_manifest_has_everything_recorded(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    manifest.add_network(GPU, "lab-net")
+    manifest.add_network(GPU, "lab-net")  # recorded once
+    manifest.add_volume(GPU, "lab-broker-data")
+    manifest.add_files(PI, "/home/pi/infra/wordcount")
+    manifest.add_secret_dir(PI, "/home/pi/infra/.infra-lab")
+
+    again = Manifest.load(path, "lab")
+    assert again.hosts["gpu-box"] == HostRecord(
+        address="192.168.1.20", user="alice", port=22, key="/home/me/.ssh/id_ed25519",
+        containers={"lab-broker": {"id": "c0ffee", "role": "broker"}},
+        networks=["lab-net"], volumes=["lab-broker-data"],
+    )
+    assert again.hosts["pi1"].files == ["/home/pi/infra/wordcount"]
+    assert again.hosts["pi1"].secret_dirs == ["/home/pi/infra/.infra-lab"]
+    assert again.host_of("pi1") == PI
+    assert again.host_of("gpu-box") == GPU
+    assert again.host_of("nowhere") is None
+
+
+def test_a_host_record_follows_the_latest_way_to_reach_the_host(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(PI, "lab-worker-pi1-1", "f00d", "worker")
+    moved = Host(name="pi1", address="10.0.0.9", user="pi", port=2200)
+    manifest.add_container(moved, "lab-worker-pi1-2", "f00e", "worker")
+    assert Manifest.load(path, "lab").host_of("pi1") == moved
+
+
+def test_removing_everything_deletes_the_manifest_file(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    manifest.add_network(GPU, "lab-net")
+    manifest.add_secret_dir(GPU, "/home/alice/infra/.infra-lab")
+    manifest.add_container(PI, "lab-worker-pi1-1", "f00d", "worker")
+
+    manifest.remove_container("gpu-box", "lab-broker")
+    manifest.remove_network("gpu-box", "lab-net")
+    manifest.remove_secret_dir("gpu-box", "/home/alice/infra/.infra-lab")
+    manifest.drop_host_if_empty("gpu-box")
+    assert path.exists()
+    assert list(Manifest.load(path, "lab").hosts) == ["pi1"]
+
+    manifest.remove_container("pi1", "lab-worker-pi1-1")
+    manifest.drop_host_if_empty("pi1")
+    assert manifest.hosts == {}
+    assert not path.exists()
+
+
+def test_a_host_with_something_left_is_not_dropped(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_volume(GPU, "lab-broker-data")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    manifest.remove_container("gpu-box", "lab-broker")
+    manifest.drop_host_if_empty("gpu-box")
+    assert Manifest.load(path, "lab").hosts["gpu-box"].volumes == ["lab-broker-data"]
+
+
+def test_removing_what_is_not_recorded_changes_nothing(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
+    before = path.read_text()
+    manifest.remove_container("gpu-box", "lab-nothing")
+    manifest.remove_container("nowhere", "lab-broker")
+    manifest.remove_volume("gpu-box", "nope")
+    manifest.drop_host_if_empty("gpu-box")
+    assert path.read_text() == before
+
+
+def test_concurrent_hosts_all_end_up_in_the_manifest(path):
+    manifest = Manifest.load(path, "lab")
+    hosts = [Host(name=f"h{i}", address=f"10.0.0.{i}") for i in range(8)]
+
+    def record(host):
+        for n in range(5):
+            manifest.add_container(host, f"lab-worker-{host.name}-{n}", f"id{n}", "worker")
+
+    threads = [threading.Thread(target=record, args=(h,)) for h in hosts]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    again = Manifest.load(path, "lab")
+    assert sorted(again.hosts) == sorted(h.name for h in hosts)
+    assert all(len(rec.containers) == 5 for rec in again.hosts.values())
+
+
+def test_an_unreadable_manifest_is_a_state_error(path):
+    path.parent.mkdir(parents=True)
+    path.write_text("{not json")
+    with pytest.raises(StateError, match="unreadable manifest") as caught:
+        Manifest.load(path, "lab")
+    assert caught.value.exit_code == 2
+
+
+def test_a_manifest_of_another_version_is_refused(path):
+    path.parent.mkdir(parents=True)
+    path.write_text('{"version": 99, "cluster": "lab", "hosts": {}}')
+    with pytest.raises(StateError, match="manifest version 99 is not supported"):
+        Manifest.load(path, "lab")
+
+
+# --------------------------------------------------------------------------- secrets
+
+
+def test_secrets_are_created_private_and_reused(tmp_path):
+    path = tmp_path / ".infra" / "lab" / "secrets.json"
+    first = load_or_create_secrets(path)
+    assert mode_of(path) == 0o600
+    assert json.loads(path.read_text())["broker_password"] == first.broker_password
+    assert load_or_create_secrets(path) == first
+    assert load_secrets(path) == first
+
+
+def test_generated_secrets_are_long_distinct_and_url_safe():
+    one, two = Secrets.generate(), Secrets.generate()
+    assert one.values() != two.values()
+    assert len(set(one.values())) == 3
+    for value in one.values():
+        assert len(value) >= 24
+        assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_a_secrets_file_readable_by_others_is_made_private_again(tmp_path):
+    path = tmp_path / "secrets.json"
+    first = load_or_create_secrets(path)
+    path.chmod(0o644)
+    assert load_or_create_secrets(path) == first
+    assert mode_of(path) == 0o600
+
+
+def test_no_secrets_file_means_none(tmp_path):
+    assert load_secrets(tmp_path / "secrets.json") is None
+
+
+def test_a_broken_secrets_file_is_a_state_error(tmp_path):
+    path = tmp_path / "secrets.json"
+    path.write_text('{"broker_user": "infra"}')
+    with pytest.raises(StateError, match="unreadable secrets file"):
+        load_secrets(path)
+
+
+def test_write_private_file_replaces_content_and_keeps_mode_0600(tmp_path):
+    path = tmp_path / "sub" / "f"
+    write_private_file(path, b"one")
+    write_private_file(path, b"two")
+    assert path.read_bytes() == b"two"
+    assert mode_of(path) == 0o600
+    assert [p.name for p in path.parent.iterdir()] == ["f"]
