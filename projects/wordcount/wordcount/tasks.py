@@ -1,0 +1,30 @@
+"""Tasks: `count_words` maps one chunk of text to its word counts, `merge_counts`
+(the chord callback) reduces all of them to one count."""
+
+from __future__ import annotations
+
+from . import text
+from .celery_app import app
+
+
+@app.task(bind=True, name="wordcount.count_words")
+def count_words(self, chunk: str) -> dict:
+    """Count the words of one chunk; tell which worker did it."""
+    counts = text.count_words(chunk)
+    return {
+        "counts": counts,
+        "words": sum(counts.values()),
+        "worker": self.request.hostname,
+    }
+
+
+@app.task(name="wordcount.merge_counts")
+def merge_counts(parts: list[dict]) -> dict:
+    """Sum the chunk counts; report how many chunks and which workers took part."""
+    counts = text.merge_counts(p["counts"] for p in parts)
+    return {
+        "counts": counts,
+        "words": sum(p["words"] for p in parts),
+        "chunks": len(parts),
+        "workers": sorted({p["worker"] for p in parts if p.get("worker")}),
+    }
