@@ -194,19 +194,22 @@ def build_images_locally(cluster: Cluster, hosts: list[Host], reporter: Reporter
             f"({version.output.splitlines()[-1] if version.output else 'not installed'}) — run `infra bootstrap --hosts local`"
         )
     context = prepare_build_context(cluster)
-    for role in roles:
-        build_image(cluster, local, role, str(context), reporter)
-    return image_ids_on(local, [cluster.image_tag(r) for r in roles])
+    tags = [cluster.image_tag(r) for r in roles]
+    before = image_ids_on(local, tags)
+    for role, tag in zip(roles, tags):
+        started = time.monotonic()
+        build_image(cluster, local, role, str(context))
+        if image_ids_on(local, [tag])[tag] != before[tag]:
+            reporter.host("local", f"image {tag} built for shipping ({time.monotonic() - started:.1f} s)")
+    return image_ids_on(local, tags)
 
 
-def build_image(cluster: Cluster, conn: Connection, role: str, context: str, reporter: Reporter) -> None:
-    started = time.monotonic()
+def build_image(cluster: Cluster, conn: Connection, role: str, context: str) -> None:
     try:
         conn.run(build_argv(cluster, role, context), timeout=3600)
     except RemoteCommandError as exc:
         tail = " | ".join(line for line in exc.output.strip().splitlines()[-3:])
         raise InfraError(f"{conn.host.name}: building {cluster.image_tag(role)} failed: {tail}") from None
-    reporter.host(conn.host.name, f"image {cluster.image_tag(role)} built ({time.monotonic() - started:.1f} s)")
 
 
 def preview_sync(conn: Connection, local_root: Path, remote_root: str, rules=None) -> filesync.SyncPlan:
@@ -260,13 +263,15 @@ def apply_host_plan(
         elif step.action == "build":
             if not host.is_local:
                 sync_tree(conn, context, layout.build_dir, rules=_no_ignores())
-            build_image(cluster, conn, step.role, str(context) if host.is_local else layout.build_dir, reporter)
+            build_image(cluster, conn, step.role, str(context) if host.is_local else layout.build_dir)
         elif step.action == "ship":
             sent = ship_images(LocalConnection(cluster.hosts["local"]), conn, [step.tag])
             reporter.host(host.name, f"image {step.tag} shipped ({sent / 1e6:.0f} MB in {time.monotonic() - started:.1f} s)")
         after = image_ids_on(conn, [step.tag])[step.tag]
         if after != before:
             outcome.changes.append(f"image {step.tag}")
+            if step.action == "build":
+                reporter.host(host.name, f"image {step.tag} built ({time.monotonic() - started:.1f} s)")
 
     # Network and volumes of the master's services.
     if plan.network:

@@ -239,7 +239,7 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
             ),
             ContainerSpec(
                 name=f"{cluster.name}-master", role="master", host=host.name,
-                image=master_image, command=("sleep", "infinity"),
+                image=master_image, command=("infra-idle",),
                 env_file=layout.env_file("celery"),
                 volumes=((layout.project_dir, CONTAINER_PROJECT, "rw"),),
                 network=net, hostname=f"{cluster.name}-master", user=user, workdir=CONTAINER_PROJECT,

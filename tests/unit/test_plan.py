@@ -152,7 +152,7 @@ def test_the_result_backend_runs_from_the_master_image(cluster):
 
 def test_the_master_container_idles_with_the_project_writable_as_the_ssh_user(cluster):
     master = specs_by_name(cluster, "gpu-box")["lab-master"]
-    assert master.command == ("sleep", "infinity")
+    assert master.command == ("infra-idle",)
     assert master.volumes == (("/home/alice/infra/wordcount", "/project", "rw"),)
     assert master.user == "1000:1100"
     assert master.workdir == "/project"

@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Bring up a Celery cluster on this machine alone and run the word count on it.
+#
+#   bash scripts/local-demo.sh
+#
+# Works on a fresh Debian/Ubuntu machine with no container registry: it installs infra
+# into .venv, installs and starts Docker with `infra bootstrap` when it is missing, makes
+# the base image (the registry's python:3.11-slim-bookworm when it can be pulled, else a
+# Debian image built with debootstrap), downloads the wheels the images install, then runs
+# `infra up -f examples/local.yaml` and the word-count client in the master container.
+# Remove the cluster afterwards with: .venv/bin/infra clean -f examples/local.yaml
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYTHON="${PYTHON:-python3}"
+VENV="${VENV:-.venv}"
+CLUSTER=examples/local.yaml
+export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
+
+say() { printf '\n==> %s\n' "$*"; }
+as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+say "installing infra into $VENV"
+if ! "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null; then
+    as_root apt-get update -q && as_root apt-get install -y -q python3-venv
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+"$VENV/bin/python" -m pip install -q -e .
+INFRA="$VENV/bin/infra"
+
+say "Docker engine"
+if docker info >/dev/null 2>&1; then
+    echo "Docker answers"
+else
+    "$INFRA" bootstrap -f "$CLUSTER" --hosts local
+fi
+
+say "base image infra-base:bookworm"
+if docker image inspect infra-base:bookworm >/dev/null 2>&1; then
+    echo "present"
+elif docker pull -q python:3.11-slim-bookworm >/dev/null 2>&1; then
+    docker tag python:3.11-slim-bookworm infra-base:bookworm
+    echo "tagged python:3.11-slim-bookworm from the registry"
+else
+    echo "no registry reachable: building a Debian base with debootstrap"
+    command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || {
+        as_root apt-get update -q && as_root apt-get install -y -q debootstrap; }
+    as_root env PATH="$PATH:/usr/sbin:/sbin" bash scripts/make-base-image.sh infra-base:bookworm
+fi
+
+say "wheelhouse .cache/wheels (installed into the images without PyPI)"
+PYTHON="$VENV/bin/python" bash scripts/make-wheelhouse.sh .cache/wheels projects/wordcount/requirements.txt
+
+say "infra up -f $CLUSTER"
+"$INFRA" up -f "$CLUSTER"
+
+say "word count on the cluster"
+"$INFRA" run -f "$CLUSTER" -m wordcount.client -- --top 10
+
+cat <<TXT
+
+The cluster keeps running. Try:
+  $INFRA status -f $CLUSTER
+  $INFRA logs -f $CLUSTER worker -n 20
+  $INFRA clean -f $CLUSTER          # remove it (add --volumes --files to remove its data too)
+TXT
