@@ -125,21 +125,11 @@ def clean(cluster_file: Path, files: bool, volumes: bool) -> None:
     reporter.info(f"cluster {cluster.name} removed from {len(result.cleaned)} host(s)")
 
 
-def _register_optional_commands() -> None:
-    """Commands living in their own modules register themselves here."""
-    import importlib
+# Commands that live in their own modules add themselves to the group.
+from . import commands_bootstrap, commands_live  # noqa: E402
 
-    for module_name in ("infra.commands_live", "infra.commands_bootstrap"):
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name != module_name:
-                raise
-            continue
-        module.register(main)
-
-
-_register_optional_commands()
+commands_bootstrap.register(main)
+commands_live.register(main)
 
 
 if __name__ == "__main__":

@@ -54,12 +54,12 @@ say "infra up -f $CLUSTER"
 "$INFRA" up -f "$CLUSTER"
 
 say "word count on the cluster"
-"$INFRA" run -f "$CLUSTER" -m wordcount.client -- --top 10
+"$INFRA" run -f "$CLUSTER" wordcount.client --top 10
 
 cat <<TXT
 
 The cluster keeps running. Try:
   $INFRA status -f $CLUSTER
-  $INFRA logs -f $CLUSTER worker -n 20
+  $INFRA logs --file $CLUSTER worker -n 20
   $INFRA clean -f $CLUSTER          # remove it (add --volumes --files to remove its data too)
 TXT

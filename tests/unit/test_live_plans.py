@@ -1,0 +1,513 @@
+"""The decisions of `sync-files`, `logs` and `run`, checked without any host.
+
+Which hosts and containers a command means, whether workers must restart, which files count
+(ignore rules), which output files come back, and the exact commands sent.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import shlex
+import subprocess
+import io
+import tarfile
+import threading
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from infra import filesync
+from infra.config import Cluster, parse_cluster
+from infra.errors import ConfigError
+from infra.live import (
+    INSPECT_FORMAT,
+    PID_MARKER,
+    CodeRecord,
+    LogLine,
+    SyncOutcome,
+    _HeldOpen,
+    celery_probe_argv,
+    changed_after,
+    check_since,
+    code_records_path,
+    containers_command,
+    earliest_start,
+    fetch_command,
+    follow_command,
+    job_words,
+    format_log_line,
+    list_containers_argv,
+    load_code_records,
+    log_target,
+    logs_argv,
+    merge_logs,
+    newer_files_command,
+    parse_container_list,
+    parse_find,
+    parse_tail,
+    plan_fetch,
+    project_digest,
+    restart_argv,
+    restart_decision,
+    run_argv,
+    save_code_records,
+    script_command,
+    select_hosts,
+    signal_argv,
+    split_timestamp,
+    unpack_files,
+)
+from infra.runner import LocalConnection
+from infra.config import Host
+
+FIXTURES = Path(__file__).parent / "fixtures" / "live"
+DIGEST = "a" * 24
+STARTS = {"lab-worker-pi1-1": "2026-11-22T02:44:02.473877562Z", "lab-worker-pi1-2": "2026-11-22T02:44:04.301429709Z"}
+
+
+@pytest.fixture
+def cluster(tmp_path) -> Cluster:
+    project = tmp_path / "wordcount"
+    (project / "wordcount").mkdir(parents=True)
+    (project / "wordcount" / "tasks.py").write_text("def count(): pass\n")
+    (project / "scripts").mkdir()
+    (project / "scripts" / "report.py").write_text("print('hi')\n")
+    text = """
+name: lab
+hosts:
+  gpu-box: {address: 192.168.1.20, user: alice}
+  pi1: {address: 192.168.1.30, user: pi}
+  spare: {address: 192.168.1.40}
+project: {path: wordcount, app: wordcount}
+roles:
+  master: {host: gpu-box}
+  workers:
+    - {host: pi1, containers: 2}
+    - {host: local, containers: 1}
+"""
+    return parse_cluster(text, base_dir=tmp_path)
+
+
+def write(root: Path, rel: str, content: str = "x") -> Path:
+    path = root / rel
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(content)
+    return path
+
+
+# --------------------------------------------------------------------------- sync-files: hosts
+
+
+def test_all_hosts_of_the_cluster_by_default_master_first(cluster):
+    assert [h.name for h in select_hosts(cluster, None)] == ["gpu-box", "pi1", "local"]
+
+
+def test_hosts_option_keeps_the_cluster_order_and_drops_repeats(cluster):
+    assert [h.name for h in select_hosts(cluster, "local, pi1,pi1")] == ["pi1", "local"]
+
+
+@pytest.mark.parametrize("option, message", [
+    ("nope", "--hosts: 'nope' is not a host of cluster lab (hosts: gpu-box, pi1, local)"),
+    ("spare", "--hosts: 'spare' is not a host of cluster lab"),  # listed in the file, but has no role
+    (" , ", "--hosts: no host named"),
+])
+def test_hosts_option_refuses_hosts_without_a_role(cluster, option, message):
+    with pytest.raises(ConfigError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        select_hosts(cluster, option)
+
+
+# --------------------------------------------------------------------------- change detection
+
+
+def test_the_project_digest_follows_content_not_timestamps(tmp_path):
+    write(tmp_path, "wordcount/tasks.py", "v1")
+    write(tmp_path, "data/sample.txt", "words")
+    first = project_digest(filesync.scan_local(tmp_path))
+    os.utime(tmp_path / "wordcount/tasks.py", (1, 1))
+    assert project_digest(filesync.scan_local(tmp_path)) == first
+    write(tmp_path, "wordcount/tasks.py", "v2")
+    assert project_digest(filesync.scan_local(tmp_path)) != first
+
+
+def test_a_deleted_or_renamed_file_changes_the_digest(tmp_path):
+    write(tmp_path, "a.py", "same")
+    one = project_digest(filesync.scan_local(tmp_path))
+    (tmp_path / "a.py").rename(tmp_path / "b.py")
+    assert project_digest(filesync.scan_local(tmp_path)) != one
+    (tmp_path / "b.py").unlink()
+    assert project_digest(filesync.scan_local(tmp_path)) != one
+
+
+@pytest.mark.parametrize("ignored", [
+    ".git/HEAD", "wordcount/__pycache__/tasks.cpython-311.pyc", ".venv/bin/python", "venv/x.py",
+    "output/wordcount.csv", "notes/draft.md",
+])
+def test_ignored_files_do_not_change_the_digest(tmp_path, ignored):
+    write(tmp_path, "wordcount/tasks.py")
+    write(tmp_path, ".infraignore", "# local notes\nnotes/\n")
+    before = project_digest(filesync.scan_local(tmp_path))
+    write(tmp_path, ignored)
+    assert project_digest(filesync.scan_local(tmp_path)) == before
+
+
+def test_files_newer_than_the_workers_found_on_a_host_are_filtered_by_the_ignore_rules(tmp_path):
+    write(tmp_path, ".infraignore", "*.log\n")
+    rules = filesync.ignore_rules(tmp_path)
+    found = "./wordcount/tasks.py\n./output/wordcount.csv\n./wordcount/__pycache__/tasks.pyc\n./run.log\n"
+    assert parse_find(found, rules) == ["wordcount/tasks.py"]
+    assert parse_find("", rules) == []
+
+
+def test_the_newer_files_command_compares_with_the_workers_start():
+    moment = datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)
+    command = newer_files_command("/home/pi/infra/word count", moment)
+    assert command.startswith("cd '/home/pi/infra/word count' 2>/dev/null && find . -type f -newermt @")
+    assert f"@{int(moment.timestamp())} " in command
+
+
+def test_files_modified_after_the_earliest_start_count_as_changed():
+    start = earliest_start(STARTS)
+    assert start == datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)
+    t = start.timestamp()
+    assert changed_after({"a.py": t - 10, "b.py": t + 1, "c.py": t + 0.5}, start) == ["b.py", "c.py"]
+    assert changed_after({"a.py": t - 10}, start) == []
+    assert changed_after({"a.py": 1.0}, None) == ["a.py"]
+    assert earliest_start({}) is None
+
+
+def test_workers_recorded_with_this_code_are_not_restarted():
+    decision = restart_decision(CodeRecord(DIGEST, dict(STARTS)), DIGEST, dict(STARTS), changed_since_start=True)
+    assert (decision.restart, decision.current) == (False, True)
+    assert decision.reason == "the workers already run this code"
+
+
+def test_workers_recorded_with_older_code_are_restarted_even_if_the_files_look_old():
+    decision = restart_decision(CodeRecord("b" * 24, dict(STARTS)), DIGEST, dict(STARTS), changed_since_start=False)
+    assert (decision.restart, decision.reason) == (True, "code changed since the workers started")
+
+
+def test_a_record_of_other_starts_is_ignored_and_file_times_decide():
+    restarted_since = {**STARTS, "lab-worker-pi1-2": "2026-11-22T03:00:00Z"}
+    record = CodeRecord(DIGEST, dict(STARTS))
+    assert restart_decision(record, DIGEST, restarted_since, changed_since_start=True).restart
+    unchanged = restart_decision(record, DIGEST, restarted_since, changed_since_start=False)
+    assert (unchanged.restart, unchanged.current, unchanged.reason) == (False, True, "no file changed since the workers started")
+    assert restart_decision(None, DIGEST, dict(STARTS), changed_since_start=True).reason == "files changed after the workers started"
+
+
+def test_no_restart_leaves_stale_workers_and_says_so():
+    decision = restart_decision(None, DIGEST, dict(STARTS), changed_since_start=True, allowed=False)
+    assert (decision.restart, decision.current) == (False, False)
+    assert decision.reason == "files changed after the workers started; not restarted (--no-restart)"
+
+
+def test_a_host_without_running_workers_restarts_nothing():
+    decision = restart_decision(None, DIGEST, {}, changed_since_start=True)
+    assert (decision.restart, decision.reason) == (False, "no running worker here")
+
+
+def test_code_records_survive_a_round_trip_and_a_broken_file_is_no_record(cluster):
+    path = code_records_path(cluster)
+    assert path == cluster.state_dir / "worker-code.json"
+    assert load_code_records(path) == {}
+    save_code_records(path, {"pi1": CodeRecord(DIGEST, dict(STARTS))})
+    assert load_code_records(path) == {"pi1": CodeRecord(DIGEST, dict(STARTS))}
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    path.write_text("{not json")
+    assert load_code_records(path) == {}
+
+
+def test_restarts_give_workers_time_for_a_warm_shutdown():
+    assert restart_argv(["lab-worker-pi1-1"]) == ["docker", "restart", "--time", "10", "lab-worker-pi1-1"]
+
+
+def test_the_sync_report_gives_files_and_bytes_per_host():
+    sent = SyncOutcome("pi1", "/home/pi/infra/wordcount", sent=["wordcount/tasks.py"], bytes_sent=1047,
+                       wire_bytes=10240, unchanged=8, restarted=["lab-worker-pi1-1"], reason="code changed since the workers started")
+    assert sent.describe() == ("sent 1 file(s), 1047 bytes (10240 on the wire), deleted 0, 8 unchanged; "
+                               "restarted lab-worker-pi1-1 (code changed since the workers started)")
+    same = SyncOutcome("pi1", "/p", unchanged=9, reason="the workers already run this code")
+    assert same.describe() == "up to date (9 files), nothing sent; the workers already run this code"
+    local = SyncOutcome("local", "/p", in_place=True, unchanged=9, reason="no running worker here")
+    assert local.describe() == "project used in place (9 files); no running worker here"
+    assert SyncOutcome("pi1", "", error="cannot connect to pi@192.168.1.30: timed out").describe() == \
+        "failed: cannot connect to pi@192.168.1.30: timed out"
+
+
+# --------------------------------------------------------------------------- status commands
+
+
+def test_the_status_inspect_leaves_out_the_containers_environment():
+    assert "Env" not in INSPECT_FORMAT and "json .State" in INSPECT_FORMAT
+    command = containers_command("lab")
+    assert "--filter label=infra.cluster=lab" in command and "docker inspect --format" in command
+
+
+def test_the_celery_probe_carries_no_secret_and_names_the_expected_workers(cluster):
+    argv = celery_probe_argv(cluster)
+    assert argv[:4] == ["docker", "exec", "lab-master", "python"]
+    assert argv[-3:] == ["wordcount", json.dumps(["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1",
+                                                  "lab-worker-local-1@local"]), "2"]
+    assert not any("amqp://" in part or "redis://" in part for part in argv)
+
+
+# --------------------------------------------------------------------------- logs
+
+
+@pytest.mark.parametrize("target, hosts, matched", [
+    (None, ("gpu-box", "pi1", "local"), ["lab-broker", "lab-master", "lab-worker-pi1-1", "lab-worker-local-1"]),
+    ("worker", ("pi1", "local"), ["lab-worker-pi1-1", "lab-worker-local-1"]),
+    ("workers", ("pi1", "local"), ["lab-worker-pi1-1", "lab-worker-local-1"]),
+    ("broker", ("gpu-box",), ["lab-broker"]),
+    ("rabbitmq", ("gpu-box",), ["lab-broker"]),
+    ("flower", ("gpu-box",), []),
+    ("pi1", ("pi1",), ["lab-worker-pi1-1"]),
+    ("lab-worker-pi1-1", ("pi1",), ["lab-worker-pi1-1"]),
+    ("lab-worker-pi1-9", ("gpu-box", "pi1", "local"), []),  # not in the file: looked for everywhere
+])
+def test_a_logs_target_is_a_role_a_host_or_a_container(cluster, target, hosts, matched):
+    selection = log_target(cluster, target)
+    assert selection.hosts == hosts
+    found = [("lab-broker", "broker", "gpu-box"), ("lab-master", "master", "gpu-box"),
+             ("lab-worker-pi1-1", "worker", "pi1"), ("lab-worker-local-1", "worker", "local")]
+    assert [name for name, role, host in found if host in hosts and selection.matches(name, role, host)] == matched
+
+
+def test_a_host_only_in_the_manifest_is_a_valid_target(cluster):
+    assert log_target(cluster, "old-box", ["old-box"]).hosts == ("old-box",)
+    assert log_target(cluster, None, ["old-box"]).hosts == ("gpu-box", "pi1", "local", "old-box")
+
+
+def test_an_unknown_logs_target_names_the_choices(cluster):
+    with pytest.raises(ConfigError, match=r"logs: 'spare' is neither a role \(broker, flower, master, results, worker\), "
+                                          r"a host \(gpu-box, pi1, local\) nor a container of cluster lab"):
+        log_target(cluster, "spare")
+
+
+def test_logs_commands(cluster):
+    assert logs_argv("lab-broker", follow=False, since=None, tail="100") == \
+        ["docker", "logs", "--timestamps", "--tail", "100", "lab-broker"]
+    assert logs_argv("lab-broker", follow=True, since="10m", tail="all") == \
+        ["docker", "logs", "--timestamps", "--tail", "all", "--since", "10m", "--follow", "lab-broker"]
+    assert list_containers_argv("lab")[-1] == '{{.Names}}\t{{.Label "infra.role"}}'
+    assert parse_container_list("lab-master\tmaster\nlab-broker\tbroker\n\n") == [("lab-broker", "broker"), ("lab-master", "master")]
+
+
+@pytest.mark.parametrize("since", ["10m", "2h", "30s", "1.5h", "1706702400", "2025-01-31", "2025-01-31T12:00:00",
+                                   "2025-01-31T12:00:00Z", "2025-01-31T12:00:00+01:00"])
+def test_since_takes_durations_and_times(since):
+    check_since(since)
+
+
+@pytest.mark.parametrize("since", ["yesterday", "10 m", "$(reboot)", "-1h"])
+def test_since_refuses_anything_else(since):
+    with pytest.raises(ConfigError, match="--since"):
+        check_since(since)
+
+
+def test_tail_is_a_count_or_all():
+    assert parse_tail("0") == "0" and parse_tail("all") == "all"
+    for bad in ("-3", "ten", ""):
+        with pytest.raises(ConfigError, match="--tail"):
+            parse_tail(bad)
+
+
+def test_timestamps_are_split_off_with_nanosecond_order():
+    key, stamp, text = split_timestamp("2026-11-22T02:48:09.258645912Z [2026-11-22 02:48:09,218: INFO] ready")
+    assert (key, stamp, text) == (("2026-11-22T02:48:09", 258645912), "2026-11-22T02:48:09.258645912Z",
+                                  "[2026-11-22 02:48:09,218: INFO] ready")
+    # Docker trims trailing zeros: .5Z is later than .123456789Z, though it sorts before as text.
+    assert split_timestamp("2026-11-22T02:48:09.5Z a")[0] > split_timestamp("2026-11-22T02:48:09.123456789Z b")[0]
+    assert split_timestamp("no time here") == (("", 0), "", "no time here")
+
+
+def test_logs_of_several_hosts_are_merged_in_time_order_keeping_each_containers_order():
+    blocks = {
+        ("h2", "livem-worker-h2-1"): (FIXTURES / "docker_logs_livem-worker-h2-1.txt").read_text().splitlines(),
+        ("h3", "livem-worker-h3-1"): (FIXTURES / "docker_logs_livem-worker-h3-1.txt").read_text().splitlines(),
+    }
+    merged = merge_logs(blocks)
+    assert len(merged) == sum(len(lines) for lines in blocks.values())
+    keys = [line.key for line in merged]
+    assert keys == sorted(keys)
+    assert {line.host for line in merged} == {"h2", "h3"}
+    for (host, container), lines in blocks.items():
+        assert [line.text for line in merged if line.container == container] == [split_timestamp(raw)[2] for raw in lines]
+
+
+def test_each_log_line_is_prefixed_with_host_and_container():
+    line = LogLine("h2", "livem-worker-h2-1", "[..: WARNING/ForkPoolWorker-1] LIVE-MARKER 7", "2026-11-22T02:48:09.5Z")
+    assert format_log_line(line, 5, 20, timestamps=False) == "h2    livem-worker-h2-1    | [..: WARNING/ForkPoolWorker-1] LIVE-MARKER 7"
+    assert format_log_line(line, 2, 17, timestamps=True) == \
+        "h2 livem-worker-h2-1 | 2026-11-22T02:48:09.5Z [..: WARNING/ForkPoolWorker-1] LIVE-MARKER 7"
+
+
+def test_a_followed_stream_ends_when_its_stdin_closes_and_kills_the_command(tmp_path):
+    """The wrapper of `docker logs --follow`, run for real with `sh` (a long `sleep` stands in)."""
+    marker = tmp_path / "alive"
+    stop = threading.Event()
+    nap = f"{300 + os.getpid() % 1000}.25"  # a duration no other process uses
+    argv = ["sh", "-c", f"echo started; touch {shlex.quote(str(marker))}; exec sleep {nap}"]
+    lines: list[str] = []
+    box = {}
+    conn = LocalConnection(Host("local", "local"))
+    worker = threading.Thread(target=lambda: box.update(r=conn.run(["sh", "-c", follow_command(argv)], stdin=_HeldOpen(stop),
+                                                                   check=False, on_stdout=lines.append)))
+    worker.start()
+    deadline = time.monotonic() + 10
+    while not marker.exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert marker.exists() and worker.is_alive()
+    started = time.monotonic()
+    stop.set()
+    worker.join(10)
+    assert not worker.is_alive() and time.monotonic() - started < 5
+    assert lines == ["started"]
+    time.sleep(0.2)
+    leftover = subprocess.run(["pgrep", "-f", f"^sleep {nap}$"], capture_output=True, text=True).stdout
+    assert leftover.strip() == ""
+
+
+def test_a_followed_stream_that_ends_by_itself_returns_its_exit_code():
+    stop = threading.Event()
+    # Locally stdin stays open until `stop` (the command waits for Ctrl-C): closing it ends the stream.
+    threading.Timer(0.5, stop.set).start()
+    result = LocalConnection(Host("local", "local")).run(
+        ["sh", "-c", follow_command(["sh", "-c", "echo one; exit 3"])], stdin=_HeldOpen(stop), check=False, timeout=10)
+    assert (result.exit_code, result.stdout) == (3, "one\n")
+
+
+# --------------------------------------------------------------------------- run
+
+
+def test_a_py_script_is_a_file_of_the_project_and_anything_else_a_module(cluster):
+    assert script_command("scripts/report.py", cluster.project_dir) == ["scripts/report.py"]
+    assert script_command("./scripts/../scripts/report.py", cluster.project_dir) == ["scripts/report.py"]
+    assert script_command(str(cluster.project_dir / "scripts" / "report.py"), cluster.project_dir) == ["scripts/report.py"]
+    assert script_command("wordcount.client", cluster.project_dir) == ["-m", "wordcount.client"]
+
+
+@pytest.mark.parametrize("words, job", [
+    (("wordcount.client", "--top", "5"), ("wordcount.client", ("--top", "5"))),
+    (("python", "-m", "wordcount.client", "--top", "5"), ("wordcount.client", ("--top", "5"))),
+    (("python3", "scripts/report.py", "-m", "x"), ("scripts/report.py", ("-m", "x"))),
+    (("-m", "wordcount.client"), ("wordcount.client", ())),
+    (("scripts/report.py", "python"), ("scripts/report.py", ("python",))),
+])
+def test_the_job_may_be_written_as_a_python_command(words, job):
+    assert job_words(words[0], words[1:]) == job
+
+
+def test_a_bare_python_names_no_job():
+    with pytest.raises(ConfigError, match="name a script"):
+        job_words("python", ())
+
+
+@pytest.mark.parametrize("script, message", [
+    ("../elsewhere.py", "is not inside the project folder"),
+    ("/etc/evil.py", "is not inside the project folder"),
+    ("scripts/missing.py", "no file scripts/missing.py in the project folder"),
+    ("os; rm -rf /", "is neither a .py file of the project nor a module name"),
+    ("-c", "is neither"),
+    ("wordcount/client", "is neither"),
+])
+def test_scripts_outside_the_project_and_odd_names_are_refused(cluster, script, message):
+    with pytest.raises(ConfigError, match=message):
+        script_command(script, cluster.project_dir)
+
+
+def test_the_job_runs_in_the_master_container_in_the_project_folder_with_its_args_unchanged():
+    argv = run_argv("lab", ["-m", "wordcount.client"], ("--top", "5", "--output", "out put/x.csv"))
+    assert argv[:5] == ["docker", "exec", "--workdir", "/project", "lab-master"]
+    assert argv[5:7] == ["sh", "-c"] and PID_MARKER in argv[7]
+    assert argv[8:] == ["infra-run", "python", "-m", "wordcount.client", "--top", "5", "--output", "out put/x.csv"]
+    assert signal_argv("lab", 42, "INT") == ["docker", "exec", "lab-master", "kill", "-INT", "42"]
+
+
+def test_the_wrapper_tells_its_pid_then_becomes_the_job():
+    argv = run_argv("lab", ["-c", "import os, sys; print(os.getpid()); sys.exit(4)"], ())
+    wrapper_and_job = argv[argv.index("sh"):]
+    job = subprocess.run([*wrapper_and_job[:-3], "python3", *wrapper_and_job[-2:]], capture_output=True, text=True)
+    assert job.returncode == 4
+    assert job.stderr.strip() == f"{PID_MARKER}{job.stdout.strip()}"
+
+
+def test_output_files_that_are_new_or_differ_come_back_and_nothing_outside_the_folder():
+    local = {"same.csv": filesync.LocalFile("same.csv", "1" * 64, 3, 0o644),
+             "old.csv": filesync.LocalFile("old.csv", "2" * 64, 3, 0o644),
+             "only-here.csv": filesync.LocalFile("only-here.csv", "4" * 64, 3, 0o644)}
+    remote = {"same.csv": "1" * 64, "old.csv": "3" * 64, "new/deep.csv": "5" * 64, "../escape": "6" * 64, "/abs": "7" * 64}
+    assert plan_fetch(remote, local) == ["new/deep.csv", "old.csv"]
+
+
+def test_output_files_travel_as_a_base64_tarball_and_land_in_the_output_folder(tmp_path):
+    """The fetch command, run for real with sh, tar and base64 on a folder standing for the master's."""
+    remote = tmp_path / "remote"
+    write(remote, "wordcount.csv", "word,count\nthe,941\n")
+    write(remote, "sub dir/-odd name.txt", "odd")
+    write(remote, "not-asked.txt", "no")
+    local = tmp_path / "local" / "output"
+    names = "".join(f"./{rel}\n" for rel in ["wordcount.csv", "sub dir/-odd name.txt"]).encode()
+    encoded = subprocess.run(["sh", "-c", fetch_command(str(remote))], input=names, capture_output=True, check=True).stdout
+    written = unpack_files(base64.b64decode(encoded), local, ["wordcount.csv", "sub dir/-odd name.txt"])
+    assert written == len("word,count\nthe,941\n") + 3
+    assert (local / "wordcount.csv").read_text() == "word,count\nthe,941\n"
+    assert (local / "sub dir" / "-odd name.txt").read_text() == "odd"
+    assert not (local / "not-asked.txt").exists()
+
+
+def test_unpacking_ignores_members_that_were_not_asked_for(tmp_path):
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
+        for name in ("../evil.txt", "ok.txt", "link"):
+            info = tarfile.TarInfo(name)
+            if name == "link":
+                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+                tar.addfile(info)
+            else:
+                info.size = 2
+                tar.addfile(info, io.BytesIO(b"hi"))
+    target = tmp_path / "output"
+    assert unpack_files(buffer.getvalue(), target, ["ok.txt", "link"]) == 2
+    assert sorted(p.name for p in target.iterdir()) == ["ok.txt"]
+    assert not (tmp_path / "evil.txt").exists()
+
+
+# --------------------------------------------------------------------------- command line
+
+
+@pytest.mark.parametrize("command", ["status", "sync-files", "logs", "run"])
+def test_every_live_command_has_help_with_an_example(command):
+    from click.testing import CliRunner
+
+    from infra.cli import main
+
+    result = CliRunner().invoke(main, [command, "--help"])
+    assert result.exit_code == 0 and "Example:" in result.output
+
+
+def test_status_help_documents_the_exit_codes_and_the_json_shape():
+    from click.testing import CliRunner
+
+    from infra.cli import main
+
+    text = CliRunner().invoke(main, ["status", "--help"]).output
+    for code in ("0  every expected", "3  something expected", "2  bad input"):
+        assert code in text
+    assert '"schema": "infra.status/1"' in text
+
+
+def test_bad_input_exits_2(tmp_path):
+    from click.testing import CliRunner
+
+    from infra.cli import main
+
+    missing = str(tmp_path / "none.yaml")
+    assert CliRunner().invoke(main, ["status", "-f", missing]).exit_code == 2
+    assert CliRunner().invoke(main, ["sync-files", "-f", missing]).exit_code == 2
+    mistaken = CliRunner().invoke(main, ["logs", "-f", "cluster.yaml"])
+    assert mistaken.exit_code == 2 and "--file cluster.yaml (here -f means --follow)" in mistaken.output
