@@ -132,7 +132,6 @@ def check_architectures(cluster: Cluster, facts: dict[str, HostFacts], hosts: li
 
 def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResult:
     started = time.monotonic()
-    secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run else load_or_create_secrets(cluster.secrets_path)
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     hosts = [cluster.hosts[name] for name in cluster.used_hosts()]
     departed = [manifest.host_of(name) for name in manifest.hosts if name not in cluster.used_hosts()]
@@ -145,6 +144,11 @@ def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResu
         require_docker(facts, everyone, cluster.source)
         check_architectures(cluster, facts, [h for h in hosts if not h.is_local])
         master_address = resolve_master_address(cluster, pool)
+        # Only now, with every host reachable and ready, is anything written.
+        if dry_run:
+            secrets = load_secrets(cluster.secrets_path) or Secrets.generate()
+        else:
+            secrets = load_or_create_secrets(cluster.secrets_path)
 
         # Shipped images are built here first, so the plan knows which hosts already have them.
         local_ids: dict[str, str | None] = {}
@@ -220,15 +224,24 @@ def preview_sync(conn: Connection, local_root: Path, remote_root: str, rules=Non
                               parse_sha256_list(listing.stdout, "."), rules)
 
 
+def apply_sync(conn: Connection, local_root: Path, plan: filesync.SyncPlan) -> int:
+    """Send and delete what a sync plan says; returns the bytes of the tar stream sent."""
+    sent = 0
+    if plan.upload:
+        tar = filesync.tar_of(local_root, plan.upload)
+        sent = len(tar)
+        conn.run(filesync.extract_command(plan.root), stdin=tar, timeout=600)
+    else:
+        conn.run(["mkdir", "-p", plan.root], timeout=60)
+    if plan.delete:
+        conn.run(filesync.delete_command(plan.root, plan.delete), timeout=120)
+    return sent
+
+
 def sync_tree(conn: Connection, local_root: Path, remote_root: str, rules=None) -> filesync.SyncPlan:
     """Make remote_root hold the same files as local_root, sending only what differs."""
     plan = preview_sync(conn, local_root, remote_root, rules)
-    if plan.upload:
-        conn.run(filesync.extract_command(remote_root), stdin=filesync.tar_of(local_root, plan.upload))
-    else:
-        conn.run(["mkdir", "-p", remote_root])
-    if plan.delete:
-        conn.run(filesync.delete_command(remote_root, plan.delete))
+    apply_sync(conn, local_root, plan)
     return plan
 
 

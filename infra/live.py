@@ -29,7 +29,7 @@ import pathspec
 
 from . import filesync
 from .config import Cluster, Host
-from .deploy import gather_facts, master_exec, parse_ping, preview_sync
+from .deploy import apply_sync, gather_facts, master_exec, parse_ping, preview_sync
 from .errors import ConfigError, HostsFailedError, InfraError, one_line
 from .facts import HostFacts, parse_sha256_list
 from .manifest import Manifest
@@ -357,20 +357,6 @@ class SyncResult:
         }
 
 
-def _send_changes(conn: Connection, local_root: Path, remote_root: str, plan: filesync.SyncPlan) -> int:
-    """Apply a sync plan (as deploy.sync_tree does); returns the bytes of the tar stream sent."""
-    wire = 0
-    if plan.upload:
-        tar = filesync.tar_of(local_root, plan.upload)
-        wire = len(tar)
-        conn.run(filesync.extract_command(remote_root), stdin=tar, timeout=600)
-    else:
-        conn.run(["mkdir", "-p", remote_root], timeout=60)
-    if plan.delete:
-        conn.run(filesync.delete_command(remote_root, plan.delete), timeout=120)
-    return wire
-
-
 def _running_workers(cluster: Cluster, facts: HostFacts) -> dict[str, str]:
     return {c.name: c.started_at for c in facts.containers
             if c.role == "worker" and c.running and c.labels.get("infra.cluster") == cluster.name}
@@ -420,7 +406,7 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts_option: str | None
             else:
                 manifest.add_files(host, layout.project_dir)
                 plan = preview_sync(conn, cluster.project_dir, layout.project_dir, rules)
-                outcome.wire_bytes = _send_changes(conn, cluster.project_dir, layout.project_dir, plan)
+                outcome.wire_bytes = apply_sync(conn, cluster.project_dir, plan)
                 outcome.sent, outcome.deleted = plan.upload, plan.delete
                 outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
                 changed = plan.changed

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.test_cluster import TEST_IMAGES
 from tests.testbed import Testbed
 
 pytestmark = pytest.mark.e2e
@@ -80,7 +81,7 @@ def bed(tmp_path_factory):
                 {"host": "fresh2", "containers": 1, "concurrency": 2, "queues": ["on-fresh2"]},
             ],
         },
-        "images": {"source": "ship", "base": "infra-base:bookworm", "wheelhouse": str(WHEELHOUSE)},
+        "images": TEST_IMAGES,
         "docker": {"source": "distro"},
         "ssh": {"connect_timeout": 5},
         "state_dir": str(folder / "state"),
@@ -119,6 +120,18 @@ def test_unsupported_os_gets_a_clear_error_and_is_left_untouched(bed):
     assert "error: bootstrap failed on 1 of 1 host(s): unsupported1" in result.stderr
     assert "Traceback" not in result.stderr
     assert snapshot(tb, "unsupported1") == before
+
+
+def test_up_before_bootstrap_names_the_hosts_without_docker_and_touches_nothing(bed):
+    tb = bed["tb"]
+    result = infra("up", "-f", bed["file"])
+    assert result.returncode == 1, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ")
+    assert "fresh1: Docker is not installed" in lines[0] and "fresh2: Docker is not installed" in lines[0]
+    assert "infra bootstrap" in lines[0] and "--hosts fresh1,fresh2" in lines[0]
+    assert tb.exec("h1", "docker ps --all --quiet").strip() == ""
+    assert not (bed["state"] / "manifest.json").exists() and not (bed["state"] / "secrets.json").exists()
 
 
 def test_bootstrap_installs_docker_as_root_and_through_sudo(bed):
