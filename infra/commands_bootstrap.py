@@ -196,7 +196,7 @@ def password_source(from_stdin: bool) -> PasswordSource:
         if "pw" in cache:
             return cache["pw"]
         if from_stdin:
-            line = click.get_text_stream("stdin").readline()
+            line = sys.stdin.readline()
             cache["pw"] = line[:-1] if line.endswith("\n") else line
         elif sys.stdin.isatty():
             cache["pw"] = click.prompt(f"sudo password for {', '.join(who)}", hide_input=True,
