@@ -6,6 +6,7 @@ executes the resulting argv lists; tests check the same plans without any networ
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import posixpath
@@ -87,6 +88,17 @@ def _render_env(values: dict[str, str]) -> str:
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
+def rabbitmq_password_hash(password: str) -> str:
+    """RabbitMQ's stored form of a password (rabbit_password_hashing_sha256).
+
+    base64(salt + sha256(salt + password)). The broker imports it at every start, so the
+    password in the secrets file wins even over an older data volume. The salt is derived
+    from the password, so the env file (and the container's fingerprint) stays stable.
+    """
+    salt = hashlib.sha256(b"infra-broker-salt:" + password.encode()).digest()[:4]
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
 def broker_address_for(cluster: Cluster, host: Host, master_address: str) -> str:
     """The address a worker container on `host` (host networking) uses to reach the broker."""
     return "127.0.0.1" if host.name == cluster.master_host.name else master_address
@@ -111,6 +123,7 @@ def env_files_for(cluster: Cluster, host: Host, layout: HostLayout, secrets: Sec
         files.append(EnvFile("broker", layout.env_file("broker"), _render_env({
             "RABBITMQ_DEFAULT_USER": secrets.broker_user,
             "RABBITMQ_DEFAULT_PASS": secrets.broker_password,
+            "INFRA_BROKER_PASSWORD_HASH": rabbitmq_password_hash(secrets.broker_password),
         })))
         files.append(EnvFile("results", layout.env_file("results"), _render_env({
             "REDIS_PASSWORD": secrets.results_password,

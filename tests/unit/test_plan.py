@@ -11,6 +11,7 @@ import pytest
 from infra.config import Cluster, parse_cluster
 from infra.facts import HostFacts, ObservedContainer
 from infra.plan import (
+    rabbitmq_password_hash,
     ContainerChange,
     HostLayout,
     HostPlan,
@@ -276,7 +277,8 @@ def test_env_files_of_the_master_host_carry_the_secrets(cluster):
     assert list(files) == ["broker", "results", "celery", "flower", "worker"]
     assert all(f.path == f"/home/alice/infra/.infra-lab/{name}.env" for name, f in files.items())
     assert files["broker"].content == (
-        "RABBITMQ_DEFAULT_USER=infra\nRABBITMQ_DEFAULT_PASS=Brk-pw_0123456789abcdef\n")
+        "RABBITMQ_DEFAULT_USER=infra\nRABBITMQ_DEFAULT_PASS=Brk-pw_0123456789abcdef\n"
+        f"INFRA_BROKER_PASSWORD_HASH={rabbitmq_password_hash('Brk-pw_0123456789abcdef')}\n")
     assert files["results"].content == "REDIS_PASSWORD=Res-pw_0123456789abcdef\n"
     assert files["celery"].content == (
         "INFRA_CLUSTER=lab\n"
@@ -558,3 +560,14 @@ def test_expected_worker_nodes_match_the_hostname_given_to_each_worker(tmp_path)
                 hostnames.append(spec.command[spec.command.index("--hostname") + 1])
     assert expected_worker_nodes(cluster) == hostnames
     assert len(hostnames) == 5
+
+
+def test_the_broker_password_hash_is_rabbitmqs_salted_sha256_and_stable():
+    import base64
+    import hashlib
+
+    stored = base64.b64decode(rabbitmq_password_hash("s3cret"))
+    salt, digest = stored[:4], stored[4:]
+    assert digest == hashlib.sha256(salt + b"s3cret").digest()
+    assert rabbitmq_password_hash("s3cret") == rabbitmq_password_hash("s3cret")
+    assert rabbitmq_password_hash("s3cret") != rabbitmq_password_hash("other")
