@@ -192,6 +192,12 @@ class SSHConnection(Connection):
             raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {_describe_connect_error(exc)}") from None
         transport = self._fabric.client.get_transport()
         transport.set_keepalive(15)
+        # paramiko leaves Nagle's algorithm on: every small command then waits ~40 ms for
+        # a delayed ACK. OpenSSH turns it off too. (A ProxyCommand socket has no such option.)
+        try:
+            transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        except (AttributeError, OSError):
+            pass
         self._transport = transport
 
     def peer_address(self) -> str | None:

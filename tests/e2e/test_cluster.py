@@ -251,3 +251,12 @@ def test_clean_with_a_host_down_reports_it_and_cleans_the_others(cluster, testbe
     result = infra("clean", "-f", str(cluster["file"]))
     assert result.returncode == 0, result.stdout + result.stderr
     assert labelled_containers(testbed, h3) == []
+
+
+def test_up_after_losing_the_secrets_file_logs_in_to_the_kept_broker_volume(cluster, testbed):
+    # clean kept the broker's data volume; new credentials must still work with it.
+    (cluster["state"] / "secrets.json").unlink()
+    result = infra("up", "-f", str(cluster["file"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "all 5 workers answer" in result.stdout
+    assert f"{CLUSTER}-broker-data" in testbed.exec(cluster["hosts"][0], "docker volume ls --format '{{.Name}}'")
