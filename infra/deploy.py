@@ -15,7 +15,7 @@ from pathlib import Path
 from . import filesync
 from .assets import prepare_build_context
 from .config import Cluster, Host
-from .errors import DockerMissingError, InfraError, RemoteCommandError
+from .errors import DockerMissingError, InfraError, RemoteCommandError, one_line, without_host
 from .facts import HostFacts, docker_arch, facts_script, parse_host_facts, parse_sha256_list
 from .manifest import Manifest
 from .plan import (
@@ -452,7 +452,7 @@ def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes:
         opened = pool.open(hosts.values())
         reachable = [h for h in hosts.values() if h.name in opened.succeeded]
         for name, err in sorted(opened.failed.items()):
-            reporter.host(name, f"not cleaned: {err}", style="red")
+            reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
 
         def clean_host(host: Host) -> list[str]:
             return clean_one_host(cluster, host, pool[host.name], manifest, reporter, files=files, volumes=volumes)
@@ -460,7 +460,7 @@ def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes:
         done = run_concurrently(reachable, clean_host, key=lambda h: h.name)
     failed = {**opened.failed, **done.failed}
     for name, err in sorted(done.failed.items()):
-        reporter.host(name, f"not cleaned: {err}", style="red")
+        reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
     if not failed and volumes and not manifest.hosts:
         # The broker's data (and the credentials it holds) is gone: new ones next time.
         cluster.secrets_path.unlink(missing_ok=True)

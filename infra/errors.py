@@ -44,8 +44,18 @@ class HostsFailedError(InfraError):
 
     def __init__(self, action: str, failures: dict[str, BaseException]):
         self.failures = failures
-        parts = "; ".join(f"{host}: {one_line(err)}" for host, err in sorted(failures.items()))
+        parts = "; ".join(_with_host(host, one_line(err)) for host, err in sorted(failures.items()))
         super().__init__(f"{action} failed on {len(failures)} host(s): {parts}")
+
+
+def _with_host(host: str, message: str) -> str:
+    """`host: message`, without repeating the host when the message already starts with it."""
+    return f"{host}: {without_host(host, message)}"
+
+
+def without_host(host: str, message: str) -> str:
+    """The message without a leading `host: ` (for lines already prefixed with the host)."""
+    return message[len(host) + 2:] if message.startswith(f"{host}: ") else message
 
 
 def one_line(err: BaseException) -> str:
