@@ -27,6 +27,10 @@ fi
 "$VENV/bin/python" -m pip install -q -e .
 INFRA="$VENV/bin/infra"
 
+# Made first: examples/local.yaml names it, and `infra bootstrap` reads that file.
+say "wheelhouse .cache/wheels (installed into the images without PyPI)"
+PYTHON="$VENV/bin/python" bash scripts/make-wheelhouse.sh .cache/wheels projects/wordcount/requirements.txt
+
 say "Docker engine"
 if docker info >/dev/null 2>&1; then
     echo "Docker answers"
@@ -46,9 +50,6 @@ else
         as_root apt-get update -q && as_root apt-get install -y -q debootstrap; }
     as_root env PATH="$PATH:/usr/sbin:/sbin" bash scripts/make-base-image.sh infra-base:bookworm
 fi
-
-say "wheelhouse .cache/wheels (installed into the images without PyPI)"
-PYTHON="$VENV/bin/python" bash scripts/make-wheelhouse.sh .cache/wheels projects/wordcount/requirements.txt
 
 say "infra up -f $CLUSTER"
 "$INFRA" up -f "$CLUSTER"
