@@ -13,7 +13,7 @@ actually changed, so the report says exactly what happened, and a second run say
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Literal
 
 SECTION = "=====infra-bootstrap:"

@@ -7,7 +7,6 @@ fails does not stop the others; the manifest records everything that was actuall
 from __future__ import annotations
 
 import json
-import shlex
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,7 +23,6 @@ from .plan import (
     build_argv,
     container_changes,
     expected_worker_nodes,
-    host_layout,
     images_needed,
     plan_host,
     removal_plan,
@@ -100,6 +98,12 @@ class UpResult:
     dry_run: bool = False
 
 
+def departed_hosts(cluster: Cluster, manifest: Manifest) -> dict[str, Host]:
+    """Hosts the manifest still records that the cluster file no longer uses."""
+    used = cluster.used_hosts()
+    return {name: manifest.host_of(name) for name in manifest.hosts if name not in used}
+
+
 def resolve_master_address(cluster: Cluster, pool: ConnectionPool) -> str:
     """The address workers on other hosts use for the broker and result backend."""
     master = cluster.master_host
@@ -134,8 +138,7 @@ def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResu
     started = time.monotonic()
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     hosts = [cluster.hosts[name] for name in cluster.used_hosts()]
-    departed = [manifest.host_of(name) for name in manifest.hosts if name not in cluster.used_hosts()]
-    departed = [h for h in departed if h is not None]
+    departed = list(departed_hosts(cluster, manifest).values())
     everyone = hosts + departed
 
     with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
@@ -200,12 +203,14 @@ def build_images_locally(cluster: Cluster, hosts: list[Host], reporter: Reporter
     context = prepare_build_context(cluster)
     tags = [cluster.image_tag(r) for r in roles]
     before = image_ids_on(local, tags)
+    built: dict[str, str | None] = {}
     for role, tag in zip(roles, tags):
         started = time.monotonic()
         build_image(cluster, local, role, str(context))
-        if image_ids_on(local, [tag])[tag] != before[tag]:
+        built.update(image_ids_on(local, [tag]))
+        if built[tag] != before[tag]:
             reporter.host("local", f"image {tag} built for shipping ({time.monotonic() - started:.1f} s)")
-    return image_ids_on(local, tags)
+    return built
 
 
 def build_image(cluster: Cluster, conn: Connection, role: str, context: str) -> None:
@@ -357,7 +362,7 @@ def retire_host(cluster: Cluster, host: Host, conn: Connection, facts: HostFacts
                 reporter: Reporter) -> HostOutcome:
     """A host in the manifest that the cluster file no longer uses: remove its containers."""
     outcome = HostOutcome(host.name)
-    apply_container_changes(cluster, host, conn, removal_plan(cluster.name, host.name, facts), manifest, reporter, outcome)
+    apply_container_changes(cluster, host, conn, removal_plan(facts), manifest, reporter, outcome)
     for network in facts.networks:
         conn.run(["docker", "network", "rm", network], check=False)
         manifest.remove_network(host.name, network)

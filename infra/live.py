@@ -27,10 +27,10 @@ from typing import Callable
 
 import pathspec
 
-from . import filesync
+from . import filesync, summary
 from .config import Cluster, Host
-from .deploy import apply_sync, gather_facts, master_exec, parse_ping, preview_sync
-from .errors import ConfigError, HostsFailedError, InfraError, one_line
+from .deploy import apply_sync, departed_hosts, gather_facts, master_exec, parse_ping, preview_sync
+from .errors import ConfigError, HostsFailedError, InfraError, one_line, without_host
 from .facts import HostFacts, parse_sha256_list
 from .manifest import Manifest
 from .plan import CONTAINER_PROJECT, celery_node_name, expected_worker_nodes, host_layout
@@ -61,18 +61,6 @@ RESTART_TIMEOUT = 10  # seconds `docker restart` gives a worker to finish its ta
 OUTPUT_FOLDER = "output"  # where `infra run` jobs write results; fetched back, never synced out
 
 
-def _quiet_error(host: str, err: BaseException) -> str:
-    """An error's first line without the leading `host: ` the runner puts there."""
-    text = one_line(err)
-    return text[len(host) + 2:] if text.startswith(f"{host}: ") else text
-
-
-def _hosts_with_departed(cluster: Cluster, manifest: Manifest) -> tuple[list[Host], dict[str, Host]]:
-    used = [cluster.hosts[name] for name in cluster.used_hosts()]
-    departed = {name: manifest.host_of(name) for name in manifest.hosts if name not in cluster.used_hosts()}
-    return used, {name: host for name, host in departed.items() if host is not None}
-
-
 def _connect(pool: ConnectionPool, host: Host) -> Connection:
     opened = pool.open([host])
     if opened.failed:
@@ -94,7 +82,7 @@ def master_address(cluster: Cluster) -> str:
 
 
 def flower_url(cluster: Cluster) -> str:
-    return f"http://{master_address(cluster)}:{cluster.spec.ports.flower}"
+    return summary.flower_url(cluster, master_address(cluster))
 
 
 # =========================================================================== status
@@ -153,7 +141,8 @@ def _ask_rabbitmq(cluster: Cluster, conn: Connection) -> list[QueueStatus]:
 def gather_status(cluster: Cluster) -> ClusterStatus:
     """Ask every host at once; a host that does not answer costs at most the connect timeout."""
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
-    used, departed = _hosts_with_departed(cluster, manifest)
+    used = [cluster.hosts[name] for name in cluster.used_hosts()]
+    departed = departed_hosts(cluster, manifest)
     everyone = used + list(departed.values())
     master = cluster.master_host
 
@@ -163,7 +152,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
             # Connect and ask in one go per host, so a slow host delays nobody else.
             opened = pool.open([host])
             if opened.failed:
-                return {"docker": HostObservation(False, _quiet_error(host.name, opened.failed[host.name]))}
+                return {"docker": HostObservation(False, without_host(host.name, one_line(opened.failed[host.name])))}
             conn = pool[host.name]
             asks: dict[str, Callable] = {"docker": lambda: _observe_host(cluster, conn)}
             if host.name == master.name:
@@ -171,7 +160,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
                 asks["rabbitmq"] = lambda: _ask_rabbitmq(cluster, conn)
             answers = run_concurrently(list(asks), lambda key: asks[key]())
             found = dict(answers.succeeded)
-            found.update({f"{key}-error": _quiet_error(host.name, err) for key, err in answers.failed.items()})
+            found.update({f"{key}-error": without_host(host.name, one_line(err)) for key, err in answers.failed.items()})
             if "docker" not in found:
                 found["docker"] = HostObservation(True, found.get("docker-error", "no answer"))
             return found
@@ -432,7 +421,7 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts_option: str | None
             if host.name in done.succeeded:
                 outcomes[host.name] = done.succeeded[host.name]
             else:
-                outcomes[host.name] = SyncOutcome(host.name, "", error=_quiet_error(host.name, done.failed[host.name]))
+                outcomes[host.name] = SyncOutcome(host.name, "", error=without_host(host.name, one_line(done.failed[host.name])))
             reporter.host(host.name, outcomes[host.name].describe(), style="red" if outcomes[host.name].error else "")
 
         requirements = cluster.spec.project.requirements
@@ -630,7 +619,7 @@ def show_logs(
     check_since(since)
     tail = parse_tail(tail)
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
-    _, departed = _hosts_with_departed(cluster, manifest)
+    departed = departed_hosts(cluster, manifest)
     selection = log_target(cluster, target, list(departed))
     hosts = [cluster.hosts.get(name) or departed[name] for name in selection.hosts]
     all_ok = True
@@ -638,7 +627,7 @@ def show_logs(
     with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
         opened = pool.open(hosts)
         for name, err in sorted(opened.failed.items()):
-            warn(f"{name}: unreachable, its logs are left out ({_quiet_error(name, err)})")
+            warn(f"{name}: unreachable, its logs are left out ({without_host(name, one_line(err))})")
             all_ok = False
 
         def find(host: Host) -> list[tuple[str, str]]:
@@ -648,7 +637,7 @@ def show_logs(
 
         listed = run_concurrently([h for h in hosts if h.name in opened.succeeded], find, key=lambda h: h.name)
         for name, err in sorted(listed.failed.items()):
-            warn(f"{name}: cannot list containers ({_quiet_error(name, err)})")
+            warn(f"{name}: cannot list containers ({without_host(name, one_line(err))})")
             all_ok = False
         chosen = [pair for host in hosts for pair in listed.succeeded.get(host.name, [])]
         if not chosen:

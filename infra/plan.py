@@ -457,6 +457,6 @@ def plan_host(
     return plan
 
 
-def removal_plan(cluster_name: str, host_name: str, facts: HostFacts) -> list[ContainerChange]:
+def removal_plan(facts: HostFacts) -> list[ContainerChange]:
     """Every container of the cluster on a host that is no longer part of the cluster file."""
     return [ContainerChange("remove", c.name, c.role, "host left the cluster", existing=c) for c in facts.containers]

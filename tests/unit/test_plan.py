@@ -477,7 +477,7 @@ def test_diff_with_nothing_wanted_and_nothing_found_is_empty():
 def test_a_host_leaving_the_cluster_has_all_its_containers_removed():
     facts = host_facts("pi1", [ObservedContainer("lab-worker-pi1-1", "i1", "sha256:w1", "running",
                                                  {"infra.role": "worker"})])
-    assert removal_plan("lab", "pi1", facts) == [
+    assert removal_plan(facts) == [
         ContainerChange("remove", "lab-worker-pi1-1", "worker", "host left the cluster", existing=facts.containers[0])]
 
 
