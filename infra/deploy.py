@@ -224,7 +224,7 @@ def build_image(cluster: Cluster, conn: Connection, role: str, context: str) -> 
 def preview_sync(conn: Connection, local_root: Path, remote_root: str, rules=None) -> filesync.SyncPlan:
     """What `sync_tree` would send and delete; reads the host's file list, changes nothing."""
     rules = rules or filesync.ignore_rules(local_root)
-    listing = conn.run(filesync.remote_listing_command(remote_root), check=False)
+    listing = conn.run(filesync.remote_listing_command(remote_root), timeout=300)
     return filesync.plan_sync(remote_root, filesync.scan_local(local_root, rules),
                               parse_sha256_list(listing.stdout, "."), rules)
 

@@ -23,6 +23,7 @@ from .config import Host
 from .errors import ConnectError, InfraError, RemoteCommandError
 
 Command = str | Sequence[str]
+EOF_GRACE_AFTER_EXIT = 2.0  # seconds to wait for the end of output once a command has exited
 OutputCallback = Callable[[str], None]
 
 T = TypeVar("T")
@@ -221,6 +222,7 @@ class SSHConnection(Connection):
             writer.start()
         deadline = time.monotonic() + timeout if timeout else None
         timed_out = False
+        exited_at = 0.0
         while True:
             got = False
             while channel.recv_ready():
@@ -233,10 +235,16 @@ class SSHConnection(Connection):
                 err.extend(chunk)
                 err_lines.feed(chunk)
                 got = True
-            if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+            drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+            # The exit status may arrive before the last output (sshd sends it when the
+            # command exits, not when its pipes are drained): read on until EOF. A command
+            # that leaves a background process holding its output gets a short grace instead.
+            if drained and (channel.eof_received or channel.closed):
                 break
-            if channel.closed and not got:
-                break
+            if channel.exit_status_ready():
+                exited_at = exited_at or time.monotonic()
+                if drained and time.monotonic() - exited_at > EOF_GRACE_AFTER_EXIT:
+                    break
             if deadline and time.monotonic() > deadline:
                 timed_out = True
                 break
