@@ -15,7 +15,7 @@ from . import filesync
 from .assets import prepare_build_context
 from .config import Cluster, Host
 from .errors import DockerMissingError, InfraError, RemoteCommandError, one_line, without_host
-from .facts import HostFacts, docker_arch, facts_script, parse_host_facts, parse_sha256_list
+from .facts.host import HostFacts, docker_arch, facts_script, parse_host_facts, parse_sha256_list
 from .manifest import Manifest
 from .plan import (
     ContainerChange,

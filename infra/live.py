@@ -31,7 +31,7 @@ from . import filesync, summary
 from .config import Cluster, Host
 from .deploy import apply_sync, departed_hosts, gather_facts, master_exec, parse_ping, preview_sync
 from .errors import ConfigError, HostsFailedError, InfraError, one_line, without_host
-from .facts import HostFacts, parse_sha256_list
+from .facts.host import HostFacts, parse_sha256_list
 from .manifest import Manifest
 from .plan import CONTAINER_PROJECT, celery_node_name, expected_worker_nodes, host_layout
 from .report import Reporter

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from .config import Cluster, Host
-from .facts import HostFacts, ObservedContainer
+from .facts.host import HostFacts, ObservedContainer
 from .filesync import SyncPlan
 from .secrets import Secrets
 

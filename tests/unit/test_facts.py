@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from infra.deploy import parse_ping
-from infra.facts import (
+from infra.facts.host import (
     SECTION,
     HostFacts,
     docker_arch,

@@ -25,7 +25,7 @@ from infra.filesync import (
     scan_local,
     tar_of,
 )
-from infra.facts import parse_sha256_list
+from infra.facts.host import parse_sha256_list
 
 
 def write(root: Path, rel: str, content: str | bytes = "x") -> Path:

@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 
 from infra.config import Cluster, parse_cluster
-from infra.facts import HostFacts, ObservedContainer
+from infra.facts.host import HostFacts, ObservedContainer
 from infra.plan import (
     rabbitmq_password_hash,
     ContainerChange,

@@ -1,0 +1,1 @@
+"""The Docker engine of each host, driven through the Docker SDK over the host's connection."""
