@@ -1,5 +1,7 @@
 """One error tree: the CLI turns every InfraError into a one-line message and an exit code."""
 
+import re
+
 
 class InfraError(Exception):
     """Base of every error infra reports to a user (never shown as a traceback)."""
@@ -39,6 +41,16 @@ class DockerMissingError(InfraError):
     """Docker is not installed or not running on a host."""
 
 
+class EngineUnavailableError(InfraError):
+    """A host's Docker engine cannot be reached; `problem` says why in a user's words
+    ("the Docker engine is not running", "Docker is not installed", ...)."""
+
+    def __init__(self, host: str, problem: str):
+        self.host = host
+        self.problem = problem
+        super().__init__(f"{host}: {problem}")
+
+
 class HostsFailedError(InfraError):
     """Some hosts failed while others succeeded; the message names each failed host."""
 
@@ -62,3 +74,11 @@ def one_line(err: BaseException) -> str:
     """The first line of an error's message, prefixed by the host name it already carries."""
     text = str(err).strip() or type(err).__name__
     return text.splitlines()[0]
+
+
+_URL_CREDENTIALS = re.compile(r"(://)[^@/\s]*@")
+
+
+def redact(text: str) -> str:
+    """Hide `user:password@` in URLs of error messages."""
+    return _URL_CREDENTIALS.sub(r"\1****@", text)

@@ -17,10 +17,13 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import IO, Callable, Iterable, Sequence, TypeVar
+from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .config import Host
 from .errors import ConnectError, InfraError, RemoteCommandError
+
+if TYPE_CHECKING:
+    from .engine.engine import Engine
 
 Command = str | Sequence[str]
 EOF_GRACE_AFTER_EXIT = 2.0  # seconds to wait for the end of output once a command has exited
@@ -71,9 +74,38 @@ class _LineSplitter:
 
 
 class Connection:
-    """Runs commands on one host."""
+    """Runs commands on one host, and reaches its Docker engine (`engine`)."""
 
     host: Host
+
+    def __init__(self, host: Host):
+        self.host = host
+        self._engine: Engine | None = None
+        self._engine_lock = threading.Lock()
+
+    @property
+    def engine(self) -> Engine:
+        """The host's Docker engine, opened on first use and kept until close().
+
+        Raises EngineUnavailableError (with the reason) when the engine cannot be used; the
+        next use tries again.
+        """
+        with self._engine_lock:
+            if self._engine is None:
+                self._engine = self._open_engine()
+            return self._engine
+
+    def _open_engine(self) -> Engine:
+        raise NotImplementedError
+
+    def _close_engine(self) -> None:
+        with self._engine_lock:
+            engine, self._engine = self._engine, None
+        if engine is not None:
+            try:
+                engine.close()
+            except Exception:  # closing must not hide the work's own outcome
+                pass
 
     def run(
         self,
@@ -88,7 +120,7 @@ class Connection:
         raise NotImplementedError
 
     def close(self) -> None:
-        pass
+        self._close_engine()
 
     # Helpers shared by both kinds of connection.
 
@@ -118,7 +150,12 @@ class LocalConnection(Connection):
     """The machine running infra, through subprocesses."""
 
     def __init__(self, host: Host):
-        self.host = host
+        super().__init__(host)
+
+    def _open_engine(self) -> Engine:
+        from .engine.engine import Engine  # the Docker SDK is imported on first use only
+
+        return Engine.local(self.host.name)
 
     def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None):
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
@@ -170,15 +207,21 @@ class LocalConnection(Connection):
         return "127.0.0.1"
 
 
+# Fabric (and paramiko) are imported by the first SSH connection, so that pure modules and
+# `--help` never pay for them; connections open from many threads at once.
+_SSH_IMPORT_LOCK = threading.Lock()
+
+
 class SSHConnection(Connection):
     """A host reached over SSH."""
 
     def __init__(self, host: Host, connect_timeout: float):
         # Imported here so that pure modules and `--help` never pay for paramiko's import.
-        from fabric import Config as FabricConfig
-        from fabric import Connection as FabricConnection
+        with _SSH_IMPORT_LOCK:  # paramiko's first import is not safe from several threads at once
+            from fabric import Config as FabricConfig
+            from fabric import Connection as FabricConnection
 
-        self.host = host
+        super().__init__(host)
         connect_kwargs: dict = {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
         if host.key:
             connect_kwargs["key_filename"] = [host.key]
@@ -264,7 +307,13 @@ class SSHConnection(Connection):
         result = CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
         return self._checked(command, result, check)
 
+    def _open_engine(self) -> Engine:
+        from .engine.engine import Engine  # the Docker SDK is imported on first use only
+
+        return Engine.over_ssh(self.host.name, self._transport)
+
     def close(self) -> None:
+        self._close_engine()
         self._fabric.close()
 
 
@@ -350,14 +399,22 @@ def run_concurrently(items: Iterable[T], fn: Callable[[T], R], *, key: Callable[
 class ConnectionPool:
     """Opens one connection per host, concurrently, and closes them all at the end."""
 
-    def __init__(self, connect_timeout: float):
+    def __init__(self, connect_timeout: float, connector: Callable[[Host, float], Connection] | None = None):
         self.connect_timeout = connect_timeout
         self.connections: dict[str, Connection] = {}
+        # Tests put recording fakes here; by default, SSH or the local machine.
+        self.connector = connector or ConnectionPool.default_connector
         self._lock = threading.Lock()
 
+    # Set by tests that run whole workflows against recording fakes (see tests/unit/recording.py).
+    default_connector: Callable[[Host, float], Connection] = staticmethod(lambda host, timeout: connect(host, timeout))
+
     def open(self, hosts: Iterable[Host]) -> GroupResult:
+        """Connect to the hosts not connected yet, all at once; a failure per host is data."""
         def opener(host: Host) -> Connection:
-            conn = connect(host, self.connect_timeout)
+            if host.name in self.connections:
+                return self.connections[host.name]
+            conn = self.connector(host, self.connect_timeout)
             with self._lock:
                 self.connections[host.name] = conn
             return conn
@@ -366,6 +423,13 @@ class ConnectionPool:
 
     def __getitem__(self, name: str) -> Connection:
         return self.connections[name]
+
+    def get(self, host: Host) -> Connection:
+        """The host's connection, opened now if needed; a failure raises the host's own error."""
+        opened = self.open([host])
+        if opened.failed:
+            raise opened.failed[host.name]
+        return self.connections[host.name]
 
     def close(self) -> None:
         for conn in self.connections.values():
@@ -382,27 +446,21 @@ class ConnectionPool:
         self.close()
 
 
-def ship_images(source: Connection, target: Connection, tags: list[str]) -> int:
-    """Copy images from one engine to another as `docker save | docker load`; returns bytes sent."""
-    save = subprocess.Popen(["docker", "save", *tags], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    counter = _CountingReader(save.stdout)
-    try:
-        target.run(["docker", "load", "--quiet"], stdin=counter)
-    finally:
-        save.stdout.close()
-        save.wait()
-    if save.returncode != 0:
-        raise RemoteCommandError(source.host.name, f"docker save {' '.join(tags)}", save.returncode,
-                                 save.stderr.read().decode(errors="replace"))
-    return counter.count
+def ship_images(source: Engine, target: Engine, tags: list[str]) -> int:
+    """Copy images from one engine to another (`docker save | docker load`, through the Engine API).
 
+    The tar stream passes through in chunks as the target takes them, never whole in
+    memory. Returns the number of bytes sent.
+    """
+    from .commands.engine import LoadImages, SaveImages
 
-class _CountingReader:
-    def __init__(self, stream: IO[bytes]):
-        self.stream = stream
-        self.count = 0
+    sent = 0
 
-    def read(self, size: int = -1) -> bytes:
-        data = self.stream.read(size)
-        self.count += len(data)
-        return data
+    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal sent
+        for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+
+    target.load(LoadImages(), counted(source.save(SaveImages(tuple(tags)))))
+    return sent
