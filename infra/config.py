@@ -10,7 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, NoReturn
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
@@ -30,31 +30,55 @@ class _Model(BaseModel):
 class HostConfig(_Model):
     """A machine reachable over SSH. Unset fields fall back to ~/.ssh/config, then SSH defaults."""
 
-    address: str = Field(min_length=1)
-    user: str | None = None
-    port: int | None = Field(default=None, ge=1, le=65535)
-    key: str | None = None
+    address: str = Field(
+        min_length=1, description="IP address or host name to connect to; an alias from ~/.ssh/config works too.")
+    user: str | None = Field(
+        default=None, description="SSH user; default: ~/.ssh/config, else your local user name.")
+    port: int | None = Field(
+        default=None, ge=1, le=65535, description="SSH port; default: ~/.ssh/config, else 22.")
+    key: str | None = Field(
+        default=None,
+        description="Private key file (must exist), relative to the cluster file or absolute; "
+                    "default: ~/.ssh/config, then ssh-agent.")
 
 
 class ProjectConfig(_Model):
-    path: str = Field(min_length=1)
-    app: str = Field(min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$")
-    remote_path: str = Field(default="infra", min_length=1)
-    requirements: str | None = "requirements.txt"
+    """The task project, copied to every host that runs a role."""
+
+    path: str = Field(
+        min_length=1, description="The project folder, relative to the cluster file or absolute.")
+    app: str = Field(
+        min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$",
+        description="What `celery --app` gets: a module, or module:attribute.")
+    remote_path: str = Field(
+        default="infra", min_length=1,
+        description="Where the project goes on each host (REMOTE_PATH/<project folder name>): "
+                    "relative to the SSH user's home, or absolute.")
+    requirements: str | None = Field(
+        default="requirements.txt",
+        description="File of the project folder listing packages installed into the images (optional).")
 
 
 class MasterRole(_Model):
-    host: str
-    advertise_address: str | None = None
+    """The host of RabbitMQ, the Redis result backend, the Celery master container and Flower."""
+
+    host: str = Field(description="Name of a host under `hosts`, or `local`.")
+    advertise_address: str | None = Field(
+        default=None,
+        description="Address workers use to reach the broker; default: the address infra connects to.")
 
 
 class WorkerGroup(_Model):
-    host: str
-    containers: int = Field(default=1, ge=0, le=64)
-    concurrency: int | None = Field(default=None, ge=1, le=1024)
-    queues: tuple[str, ...] = ("celery",)
-    pool: Literal["prefork", "threads", "solo"] = "prefork"
-    loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    """Worker containers on one host; a host may have several groups (e.g. one per queue)."""
+
+    host: str = Field(description="Name of a host under `hosts`, or `local`.")
+    containers: int = Field(default=1, ge=0, le=64, description="Worker containers on this host.")
+    concurrency: int | None = Field(
+        default=None, ge=1, le=1024, description="Processes per container; default: the host's CPU count.")
+    queues: tuple[str, ...] = Field(default=("celery",), description="Queues these workers consume.")
+    pool: Literal["prefork", "threads", "solo"] = Field(default="prefork", description="Celery worker pool.")
+    loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Log level of the workers.")
 
     @field_validator("queues")
     @classmethod
@@ -62,57 +86,117 @@ class WorkerGroup(_Model):
         if not queues:
             raise ValueError("at least one queue is needed")
         for queue in queues:
-            if not re.match(QUEUE_PATTERN, queue):
-                raise ValueError(f"invalid queue name {queue!r}")
+            if not re.fullmatch(QUEUE_PATTERN, queue):  # `$` alone would let 'celery\n' through
+                raise ValueError(f"invalid queue name {_shown(queue)}")
         return queues
 
 
 class Roles(_Model):
-    master: MasterRole
-    workers: tuple[WorkerGroup, ...] = ()
+    """What runs where."""
+
+    master: MasterRole = Field(
+        description="The host running RabbitMQ, Redis (results), the Celery master container and Flower.")
+    workers: tuple[WorkerGroup, ...] = Field(
+        default=(), description="Groups of worker containers; at least one container in all.")
 
 
 class Ports(_Model):
-    broker: int = Field(default=5672, ge=1, le=65535)
-    results: int = Field(default=6379, ge=1, le=65535)
-    flower: int = Field(default=5555, ge=1, le=65535)
+    """Ports published on the master host."""
+
+    broker: int = Field(default=5672, ge=1, le=65535, description="RabbitMQ (AMQP); workers connect here.")
+    results: int = Field(
+        default=6379, ge=1, le=65535, description="Redis result backend; workers store results here.")
+    flower: int = Field(default=5555, ge=1, le=65535, description="Flower web UI and API (password protected).")
 
 
 class Images(_Model):
-    source: Literal["build", "ship", "pull"] = "build"
-    base: str = Field(default="python:3.11-slim-bookworm", min_length=1)
-    wheelhouse: str | None = None
-    worker: str | None = None
-    master: str | None = None
-    broker: str | None = None
+    """How the Docker images are made and reach the hosts."""
+
+    source: Literal["build", "ship", "pull"] = Field(
+        default="build",
+        description="build: each host builds its own (right CPU architecture everywhere); "
+                    "ship: built here and copied over SSH to hosts that lack it; "
+                    "pull: from a registry (worker, master and broker must then be set).")
+    base: str = Field(
+        default="python:3.11-slim-bookworm", min_length=1,
+        description="Base image of the builds (any Debian or Ubuntu image).")
+    wheelhouse: str | None = Field(
+        default=None,
+        description="Folder of wheels installed without PyPI (air-gapped hosts), relative to the cluster file.")
+    worker: str | None = Field(default=None, description="Worker image name; default: infra-NAME-worker:latest.")
+    master: str | None = Field(default=None, description="Master image name; default: infra-NAME-master:latest.")
+    broker: str | None = Field(default=None, description="Broker image name; default: infra-NAME-broker:latest.")
 
 
 class DockerSettings(_Model):
     """Where `infra bootstrap` installs the Docker engine from."""
 
-    source: Literal["distro", "official"] = "distro"
+    source: Literal["distro", "official"] = Field(
+        default="distro",
+        description="distro: the distribution's own package (docker.io); "
+                    "official: Docker's apt repository (docker-ce).")
 
 
 class SshSettings(_Model):
-    connect_timeout: float = Field(default=10.0, gt=0, le=300)
+    """How infra connects to hosts."""
+
+    connect_timeout: float = Field(
+        default=10.0, gt=0, le=300, description="Seconds to connect and authenticate to a host.")
 
 
 class Timeouts(_Model):
-    broker: float = Field(default=120.0, gt=0)
-    workers: float = Field(default=180.0, gt=0)
+    """How long `infra up` waits."""
+
+    broker: float = Field(default=120.0, gt=0, description="Seconds to wait for the broker to accept logins.")
+    workers: float = Field(default=180.0, gt=0, description="Seconds to wait for every worker to answer a ping.")
 
 
 class ClusterFile(_Model):
-    name: str = Field(pattern=NAME_PATTERN)
-    hosts: dict[str, HostConfig] = Field(default_factory=dict)
-    project: ProjectConfig
-    roles: Roles
-    ports: Ports = Ports()
-    images: Images = Images()
-    docker: DockerSettings = DockerSettings()
-    ssh: SshSettings = SshSettings()
-    timeouts: Timeouts = Timeouts()
-    state_dir: str = ".infra"
+    """An infra cluster file: the hosts, and which Celery role each runs."""
+
+    name: str = Field(
+        pattern=NAME_PATTERN,
+        description="Cluster name (lowercase letters, digits, '-'); containers, networks, volumes and "
+                    "labels carry it, so several clusters can share hosts.")
+    hosts: dict[str, HostConfig] = Field(
+        default_factory=dict,
+        description="Machines reachable over SSH, by name; `local` (the machine running infra) needs no entry.",
+        # The names are checked after validation (for a located message); editors learn them here.
+        json_schema_extra={"propertyNames": {"pattern": HOST_NAME_PATTERN, "not": {"const": LOCAL}}},
+    )
+    project: ProjectConfig = Field(description="The task project: a folder holding a Celery app.")
+    roles: Roles = Field(description="The master host and the groups of worker containers.")
+    ports: Ports = Field(
+        default=Ports(), description="Ports published on the master host: broker, result backend, Flower.")
+    images: Images = Field(
+        default=Images(),
+        description="How the Docker images are made: built on each host, shipped from here, or pulled.")
+    docker: DockerSettings = Field(
+        default=DockerSettings(), description="How `infra bootstrap` installs Docker where it is missing.")
+    ssh: SshSettings = Field(default=SshSettings(), description="SSH connection settings.")
+    timeouts: Timeouts = Field(
+        default=Timeouts(), description="How long `infra up` waits for the cluster to be ready.")
+    state_dir: str = Field(
+        default=".infra",
+        description="Folder of the manifest and the secrets (STATE_DIR/NAME/), relative to the cluster file.")
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+JSON_SCHEMA_DIALECT = "https://json-schema.org/draft/2020-12/schema"
+CLUSTER_SCHEMA_ID = "urn:infra-celery:cluster-file"
+
+
+def cluster_json_schema() -> dict[str, Any]:
+    """The JSON Schema (draft 2020-12) of the cluster file, for editors and other tools.
+
+    Generated from the models that validate the file, so the two cannot drift apart. What needs the
+    whole file or the disk (known host names, distinct ports, existing folders) is checked by
+    `load_cluster` only.
+    """
+    generated = ClusterFile.model_json_schema()
+    generated.pop("title", None)
+    return {"$schema": JSON_SCHEMA_DIALECT, "$id": CLUSTER_SCHEMA_ID, "title": "infra cluster file", **generated}
 
 
 # --------------------------------------------------------------------------- typed result
@@ -186,42 +270,130 @@ class Cluster:
 
 # --------------------------------------------------------------------------- YAML with lines
 
+# Limits far above any real cluster file (a few kB, a few hundred values, 5 levels deep) that keep
+# a hostile or mistaken file from hanging or crashing the loader: the composer recurses once per
+# level, and every value costs time and memory.
+MAX_FILE_BYTES = 1_000_000
+MAX_DEPTH = 64
+MAX_NODES = 100_000
 
-class _LineLoader(yaml.SafeLoader):
-    """SafeLoader; duplicate keys are refused beforehand by `_check_duplicate_keys`."""
-
-
-def _check_duplicate_keys(node: yaml.Node | None, filename: str, path: tuple = ()) -> None:
-    """Refuse duplicate keys (PyYAML silently keeps the last one), naming the key path and both lines."""
-    if isinstance(node, yaml.MappingNode):
-        seen: dict[tuple[str, str], int] = {}
-        for key_node, value_node in node.value:
-            if not isinstance(key_node, yaml.ScalarNode):
-                continue  # complex keys: the loader reports them as invalid YAML
-            key, line = key_node.value, key_node.start_mark.line + 1
-            if (key_node.tag, key) in seen:
-                raise ConfigError(f"{format_path(path + (key,))}: duplicate key "
-                                  f"(also at line {seen[(key_node.tag, key)]}) ({filename}:{line})")
-            seen[(key_node.tag, key)] = line
-            _check_duplicate_keys(value_node, filename, path + (key,))
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            _check_duplicate_keys(item, filename, path + (index,))
+# What PyYAML's pure-Python constructor (and, for a few inputs, its scanner) raises on hostile
+# scalars instead of a YAMLError: `2024-13-45` (read as a date), `!!int x`, `!!bool x`,
+# `!!timestamp x`, an integer of more than 4,300 digits...
+_PYYAML_CRASHES = (ValueError, TypeError, AttributeError, KeyError, IndexError, OverflowError)
 
 
-def _line_map(node: yaml.Node, path: tuple = (), lines: dict | None = None) -> dict[tuple, int]:
-    """Map every key path of a composed YAML document to its 1-based line."""
-    lines = {} if lines is None else lines
-    lines.setdefault(path, node.start_mark.line + 1)
-    if isinstance(node, yaml.MappingNode):
-        for key_node, value_node in node.value:
-            key = key_node.value
-            lines[path + (key,)] = key_node.start_mark.line + 1
-            _line_map(value_node, path + (key,), lines)
-    elif isinstance(node, yaml.SequenceNode):
-        for index, item in enumerate(node.value):
-            lines[path + (index,)] = item.start_mark.line + 1
-            _line_map(item, path + (index,), lines)
+class _ClusterFileLoader(yaml.SafeLoader):
+    """SafeLoader that refuses, event by event before any node is composed, what could make loading
+    explode: anchors and aliases (an alias repeats a whole subtree, so a few hundred bytes can stand
+    for billions of values), nesting deeper than MAX_DEPTH and more than MAX_NODES values.
+    """
+
+    def __init__(self, text: str, filename: str):
+        super().__init__(text)
+        self.filename = filename
+        self.depth = 0
+        self.node_count = 0
+
+    def get_event(self) -> yaml.Event:
+        # The composer takes every event through here, and a node's start event before its children.
+        event = super().get_event()
+        if isinstance(event, yaml.NodeEvent):
+            self.node_count += 1
+            if event.anchor is not None:
+                sign = "*" if isinstance(event, yaml.AliasEvent) else "&"
+                self._refuse(event, "anchors and aliases (&name, *name) are not allowed in a cluster file "
+                                    f"(found {sign}{_clip(event.anchor, 40)})")
+            if self.node_count > MAX_NODES:
+                self._refuse(event, f"more than {MAX_NODES:,} values are not allowed in a cluster file")
+            if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
+                self.depth += 1
+                if self.depth > MAX_DEPTH:
+                    self._refuse(event, f"nesting deeper than {MAX_DEPTH} levels is not allowed in a cluster file")
+        elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
+            self.depth -= 1
+        return event
+
+    def _refuse(self, event: yaml.Event, message: str) -> NoReturn:
+        raise ConfigError(f"{self.filename}:{event.start_mark.line + 1}: {message}")
+
+    def construct_object(self, node: yaml.Node, deep: bool = False) -> Any:
+        try:
+            return super().construct_object(node, deep)
+        except _PYYAML_CRASHES as exc:
+            # Raised for the innermost node first: the scalar that could not be read, with its line.
+            what = _shown(node.value) if isinstance(node, yaml.ScalarNode) else "this value"
+            tag = _clip(node.tag.replace("tag:yaml.org,2002:", "!!"), 40)
+            # A KeyError's text is only the key, which `what` already shows.
+            detail = "" if isinstance(exc, KeyError) else f": {_clip(str(exc), 100)}"
+            raise yaml.constructor.ConstructorError(
+                None, None, f"cannot read {what} as {tag}{detail}", node.start_mark) from None
+
+
+def _read_yaml(text: str, filename: str) -> tuple[Any, dict[tuple, int]]:
+    """The document's data and the 1-based line of each key path; any failure is a one-line ConfigError."""
+    if len(text) > MAX_FILE_BYTES:
+        raise ConfigError(f"{filename}: files over {MAX_FILE_BYTES:,} bytes are not allowed as cluster files "
+                          "(is this the right file?)")
+    loader = None
+    try:
+        loader = _ClusterFileLoader(text, filename)  # refuses non-printable characters (NUL...) at once
+        root = loader.get_single_node()
+        if root is None:
+            raise ConfigError(f"{filename}: the file is empty (start from config.example.yaml)")
+        # Before construction, which silently keeps the last of duplicate keys.
+        lines = _key_lines(root, filename)
+        data = loader.construct_document(root)
+    except yaml.YAMLError as exc:
+        raise ConfigError(_invalid_yaml_message(exc, text, filename)) from None
+    except _PYYAML_CRASHES as exc:
+        where = f"{filename}:{loader.get_mark().line + 1}" if loader else filename
+        raise ConfigError(f"{where}: invalid YAML: {_clip(str(exc), 100)}") from None
+    finally:
+        if loader is not None:
+            loader.dispose()
+    return data, lines
+
+
+def _invalid_yaml_message(exc: yaml.YAMLError, text: str, filename: str) -> str:
+    if isinstance(exc, yaml.reader.ReaderError):
+        # Raised for the whole text before scanning: it knows the position, not the line.
+        line = text.count("\n", 0, exc.position) + 1
+        return f"{filename}:{line}: invalid YAML: character #x{exc.character:04x} is not allowed in YAML text"
+    mark = getattr(exc, "problem_mark", None)
+    where = f"{filename}:{mark.line + 1}" if mark else filename
+    problem = getattr(exc, "problem", None) or str(exc)
+    context = getattr(exc, "context", None)
+    if context and problem.startswith("but "):  # "but found another document" needs what was expected
+        problem = f"{context}, {problem}"
+    return f"{where}: invalid YAML: {_clip(problem, 200)}"
+
+
+def _key_lines(root: yaml.Node, filename: str) -> dict[tuple, int]:
+    """Map every key path of a composed document to its 1-based line, refusing duplicate keys (naming
+    both lines). Recursion is bounded by MAX_DEPTH, and no alias can make a node appear twice.
+    """
+    lines: dict[tuple, int] = {(): root.start_mark.line + 1}
+
+    def visit(node: yaml.Node, path: tuple) -> None:
+        if isinstance(node, yaml.MappingNode):
+            first_lines: dict[tuple[str, str], int] = {}
+            for key_node, value_node in node.value:
+                if not isinstance(key_node, yaml.ScalarNode):
+                    continue  # a complex key: construction refuses it as invalid YAML
+                key, line = key_node.value, key_node.start_mark.line + 1
+                if (key_node.tag, key) in first_lines:
+                    raise ConfigError(f"{format_path(path + (key,))}: duplicate key "
+                                      f"(also at line {first_lines[(key_node.tag, key)]}) ({filename}:{line})")
+                first_lines[(key_node.tag, key)] = line
+                lines[path + (key,)] = line
+                visit(value_node, path + (key,))
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                lines[path + (index,)] = item.start_mark.line + 1
+                visit(item, path + (index,))
+
+    visit(root, ())
     return lines
 
 
@@ -231,8 +403,29 @@ def format_path(path: tuple) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
-            text += f".{part}" if text else str(part)
+            shown = _path_part(part)
+            text += f".{shown}" if text else shown
     return text or "(top level)"
+
+
+def _path_part(part: Any) -> str:
+    """A key as written, unless it would break the one-line message (a newline, a control character)
+    or drown it (a 10 kB key): then quoted and clipped."""
+    text = part if isinstance(part, str) else str(part)
+    return text if text.isprintable() and len(text) <= 60 else _shown(part)
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _shown(value: Any) -> str:
+    """repr() of a value quoted in an error: one line, clipped to stay readable."""
+    try:
+        text = repr(value)
+    except ValueError:  # an integer past Python's int-to-str limit (YAML's base 60 makes them: 1:2:3:...)
+        text = f"<{type(value).__name__} too large to show>"
+    return _clip(text, 60)
 
 
 class _Located:
@@ -268,7 +461,7 @@ def _pydantic_message(err: dict) -> str:
     if kind.endswith("_type") or kind in ("literal_error",):
         got = err.get("input")
         if not isinstance(got, (dict, list)):
-            message += f", got {got!r}"
+            message += f", got {_shown(got)}"
     return message[0].lower() + message[1:] if message else kind
 
 
@@ -277,28 +470,31 @@ def load_cluster(path: str | os.PathLike) -> Cluster:
     source = Path(path).expanduser()
     filename = str(path)
     try:
-        text = source.read_text(encoding="utf-8")
+        with source.open("rb") as stream:
+            # One byte over the limit is enough to refuse; never read a huge file (or /dev/zero) whole.
+            data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise ConfigError(f"{filename}: no such file (write one from config.example.yaml)") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{filename}: cannot read: {exc}") from None
+    except OSError as exc:
+        raise ConfigError(f"{filename}: cannot read: {exc.strerror or exc}") from None
+    if len(data) > MAX_FILE_BYTES:
+        raise ConfigError(f"{filename}: files over {MAX_FILE_BYTES:,} bytes are not allowed as cluster files "
+                          "(is this the right file?)")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(f"{filename}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
+                          "save the file as UTF-8") from None
     return parse_cluster(text, filename=filename, base_dir=source.resolve().parent)
 
 
 def parse_cluster(text: str, *, filename: str = "cluster.yaml", base_dir: Path | None = None) -> Cluster:
     base_dir = base_dir or Path.cwd()
-    try:
-        node = yaml.compose(text, Loader=_LineLoader)
-        _check_duplicate_keys(node, filename)
-        data = yaml.load(text, Loader=_LineLoader)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"{filename}:{mark.line + 1}" if mark else filename
-        problem = getattr(exc, "problem", None) or str(exc)
-        raise ConfigError(f"{where}: invalid YAML: {problem}") from None
-    if node is None or data is None:
+    data, lines = _read_yaml(text, filename)
+    if data is None:
         raise ConfigError(f"{filename}: the file is empty (start from config.example.yaml)")
-    located = _Located(filename, _line_map(node))
+    located = _Located(filename, lines)
     if not isinstance(data, dict):
         raise located.error((), "the cluster file must be a mapping of keys (name, hosts, project, roles, ...)")
     data = _yaml_lists_to_tuples(data)
@@ -325,15 +521,13 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
         path = ("hosts", name)
         if name == LOCAL:
             raise located.error(path, "'local' is the machine running infra and needs no entry")
-        if not re.match(HOST_NAME_PATTERN, name):
+        if not re.fullmatch(HOST_NAME_PATTERN, name):
             raise located.error(path, "host names are letters, digits, '.', '_' and '-'")
         key = None
         if host.key:
-            key_path = Path(os.path.expanduser(host.key))
-            if not key_path.is_absolute():
-                key_path = base_dir / key_path
-            if not key_path.is_file():
-                raise located.error(path + ("key",), f"no such key file '{host.key}'")
+            key_path = _local_path(host.key, base_dir)
+            if not _is_file(key_path):
+                raise located.error(path + ("key",), f"no such key file {_shown(host.key)}")
             key = str(key_path)
         hosts[name] = Host(name=name, address=host.address, user=host.user, port=host.port, key=key)
 
@@ -361,29 +555,25 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
             ("ports", role), f"port {master_ssh_port} is the SSH port of master host '{master.host}'"
         )
 
-    project_dir = Path(os.path.expanduser(spec.project.path))
-    if not project_dir.is_absolute():
-        project_dir = base_dir / project_dir
-    if not project_dir.is_dir():
-        raise located.error(("project", "path"), f"no such folder '{spec.project.path}'")
+    project_dir = _local_path(spec.project.path, base_dir)
+    if not _is_dir(project_dir):
+        raise located.error(("project", "path"), f"no such folder {_shown(spec.project.path)}")
     remote = spec.project.remote_path.rstrip("/")
     if remote in ("", "~", ".", "/", "$HOME") or ".." in Path(remote).parts:
         raise located.error(
             ("project", "remote_path"),
-            f"'{spec.project.remote_path}' is not a folder of its own (use e.g. 'infra' or '/srv/infra')",
+            f"{_shown(spec.project.remote_path)} is not a folder of its own (use e.g. 'infra' or '/srv/infra')",
         )
     if spec.project.requirements:
         req = project_dir / spec.project.requirements
-        if spec.project.requirements != "requirements.txt" and not req.is_file():
-            raise located.error(("project", "requirements"), f"no such file '{req}'")
+        if spec.project.requirements != "requirements.txt" and not _is_file(req):
+            raise located.error(("project", "requirements"), f"no such file {_shown(str(req))}")
 
     wheelhouse = None
     if spec.images.wheelhouse:
-        wheelhouse = Path(os.path.expanduser(spec.images.wheelhouse))
-        if not wheelhouse.is_absolute():
-            wheelhouse = base_dir / wheelhouse
-        if not wheelhouse.is_dir():
-            raise located.error(("images", "wheelhouse"), f"no such folder '{spec.images.wheelhouse}'")
+        wheelhouse = _local_path(spec.images.wheelhouse, base_dir)
+        if not _is_dir(wheelhouse):
+            raise located.error(("images", "wheelhouse"), f"no such folder {_shown(spec.images.wheelhouse)}")
 
     if spec.images.source == "pull":
         for role in ("worker", "master", "broker"):
@@ -393,19 +583,44 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
     if not spec.roles.workers or not any(g.containers for g in spec.roles.workers):
         raise located.error(("roles", "workers"), "at least one worker container is needed")
 
-    state_dir = Path(os.path.expanduser(spec.state_dir))
-    if not state_dir.is_absolute():
-        state_dir = base_dir / state_dir
+    try:
+        state_dir = (_local_path(spec.state_dir, base_dir) / spec.name).resolve()
+    except (OSError, ValueError, RuntimeError) as exc:  # a NUL character, a symlink loop...
+        raise located.error(
+            ("state_dir",), f"{_shown(spec.state_dir)} cannot be a folder: {_clip(str(exc), 80)}") from None
     return Cluster(
         source=source,
         spec=spec,
         hosts=hosts,
         project_dir=project_dir.resolve(),
-        state_dir=(state_dir / spec.name).resolve(),
+        state_dir=state_dir,
         wheelhouse=wheelhouse.resolve() if wheelhouse else None,
     )
 
 
 def _unknown_host(name: str, hosts: dict[str, Host]) -> str:
     known = ", ".join(sorted(hosts))
-    return f"unknown host {name!r} (hosts: {known})"
+    return f"unknown host {_shown(name)} (hosts: {known})"
+
+
+def _local_path(written: str, base_dir: Path) -> Path:
+    """A path as written in the cluster file: `~` expanded, relative to the file's folder."""
+    try:
+        path = Path(os.path.expanduser(written))
+    except ValueError:  # `~name` holding a NUL character: the user database refuses to look it up
+        path = Path(written)
+    return path if path.is_absolute() else base_dir / path
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the OS, a NUL character: no such file either
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False

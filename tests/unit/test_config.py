@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import jsonschema
 import pytest
+import yaml
 from click.testing import CliRunner
 
+from infra import config
 from infra.cli import main
-from infra.config import Cluster, load_cluster
+from infra.config import Cluster, cluster_json_schema, load_cluster
 from infra.errors import ConfigError, InfraError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -371,3 +377,289 @@ def test_cli_py_up_with_a_bad_file_prints_one_line_and_exits_2(tmp_path, text, m
     assert proc.stderr.splitlines() == [message]
     assert "Traceback" not in proc.stderr + proc.stdout
     assert proc.stdout == ""
+
+
+# --------------------------------------------------------------------------- hostile or broken input
+
+
+def billion_laughs(levels: int = 9) -> str:
+    """A few hundred bytes that YAML expands to 10**levels strings."""
+    lines = ["name: lab", 'laugh0: &laugh0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for n in range(1, levels):
+        lines.append(f"laugh{n}: &laugh{n} [" + ", ".join([f"*laugh{n - 1}"] * 10) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def test_the_alias_bomb_is_refused_in_well_under_a_second(workdir):
+    text = billion_laughs()
+    assert len(text) < 1000
+    started = time.perf_counter()
+    message = error_of(workdir, text)
+    assert time.perf_counter() - started < 0.5
+    assert message == (
+        "cluster.yaml:2: anchors and aliases (&name, *name) are not allowed in a cluster file (found &laugh0)")
+
+
+def test_an_alias_that_contains_itself_is_a_config_error_not_a_recursion_error(workdir):
+    assert error_of(workdir, BASE + "loop: &a [*a]\n") == (
+        "cluster.yaml:20: anchors and aliases (&name, *name) are not allowed in a cluster file (found &a)")
+
+
+def test_a_merge_key_from_an_anchor_is_refused_at_the_alias(workdir):
+    text = BASE.replace("    - host: b\n", "    - <<: *two\n      host: b\n").replace(
+        "    - host: a\n      containers: 2\n", "    - &two\n      host: a\n      containers: 2\n")
+    assert error_of(workdir, text) == (
+        f"cluster.yaml:{line_of(text, '&two')}: anchors and aliases (&name, *name) are not allowed "
+        "in a cluster file (found &two)")
+
+
+def test_an_undefined_alias_is_refused_like_any_alias(workdir):
+    text = BASE.replace("host: a\n  workers", "host: *master\n  workers")
+    assert error_of(workdir, text) == (
+        "cluster.yaml:14: anchors and aliases (&name, *name) are not allowed in a cluster file (found *master)")
+
+
+@pytest.mark.parametrize(
+    "nested",
+    ["[" * 1000 + "]" * 1000, "{a: " * 1000 + "1" + "}" * 1000, "[" * 100_000],
+    ids=["flow-lists", "flow-mappings", "unclosed"],
+)
+def test_nesting_1000_deep_is_refused_quickly(workdir, nested):
+    started = time.perf_counter()
+    assert error_of(workdir, BASE + "deep: " + nested + "\n") == (
+        "cluster.yaml:20: nesting deeper than 64 levels is not allowed in a cluster file")
+    assert time.perf_counter() - started < 2
+
+
+def test_deep_block_nesting_is_refused_at_the_line_that_goes_too_deep(workdir):
+    text = BASE + "deep:\n" + "".join(" " * level + f"k{level}:\n" for level in range(1, 200))
+    # The top-level mapping is level 1, the one holding k1 level 2: the one holding k64 is level 65.
+    assert error_of(workdir, text) == (
+        f"cluster.yaml:{line_of(text, ' k64:')}: nesting deeper than 64 levels is not allowed in a cluster file")
+
+
+def test_nesting_up_to_the_limit_is_only_an_unknown_key(workdir):
+    nested = "[" * 63 + "]" * 63  # 63 levels inside the top-level mapping: 64 in all
+    assert error_of(workdir, BASE + "deep: " + nested + "\n") == "deep: unknown key (cluster.yaml:20)"
+
+
+def test_more_values_than_the_limit_are_refused(workdir, monkeypatch):
+    # The real limit (100,000) takes seconds of pure-Python parsing to reach; the rule is the same.
+    monkeypatch.setattr(config, "MAX_NODES", 50)
+    text = BASE + "many: [" + ", ".join(["1"] * 40) + "]\n"
+    assert error_of(workdir, text) == "cluster.yaml:20: more than 50 values are not allowed in a cluster file"
+
+
+def test_a_file_over_the_size_limit_is_refused_without_parsing(workdir):
+    text = BASE + "# " + "x" * config.MAX_FILE_BYTES + "\n"
+    started = time.perf_counter()
+    assert error_of(workdir, text) == (
+        "cluster.yaml: files over 1,000,000 bytes are not allowed as cluster files (is this the right file?)")
+    assert time.perf_counter() - started < 0.5
+
+
+def test_bytes_that_are_not_utf8_give_the_line(workdir):
+    (workdir / "cluster.yaml").write_bytes(BASE.replace("user: alice", "user: al\xefce").encode("latin-1"))
+    with pytest.raises(ConfigError) as caught:
+        load_cluster("cluster.yaml")
+    assert str(caught.value) == "cluster.yaml:5: not UTF-8 text (byte 0xef); save the file as UTF-8"
+
+
+def test_a_utf16_file_is_not_utf8_text(workdir):
+    (workdir / "cluster.yaml").write_bytes(BASE.encode("utf-16"))
+    with pytest.raises(ConfigError) as caught:
+        load_cluster("cluster.yaml")
+    assert str(caught.value) == "cluster.yaml:1: not UTF-8 text (byte 0xff); save the file as UTF-8"
+
+
+def test_a_utf8_byte_order_mark_is_accepted(workdir):
+    (workdir / "cluster.yaml").write_bytes(b"\xef\xbb\xbf" + BASE.encode())
+    assert load_cluster("cluster.yaml").name == "lab"
+
+
+@pytest.mark.parametrize(("character", "code"), [("\x00", "0000"), ("\x1b", "001b"), ("\x7f", "007f")])
+def test_a_control_character_gives_the_line(workdir, character, code):
+    text = BASE.replace("user: alice", f"user: ali{character}ce")
+    assert error_of(workdir, text) == f"cluster.yaml:5: invalid YAML: character #x{code} is not allowed in YAML text"
+
+
+def test_a_scalar_file_is_not_a_mapping(workdir):
+    assert error_of(workdir, "just some text\n") == (
+        "(top level): the cluster file must be a mapping of keys (name, hosts, project, roles, ...) (cluster.yaml:1)")
+
+
+def test_two_documents_are_invalid_yaml(workdir):
+    assert error_of(workdir, BASE + "---\nname: other\n") == (
+        "cluster.yaml:20: invalid YAML: expected a single document in the stream, but found another document")
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("2024-13-45", "cannot read '2024-13-45' as !!timestamp: month must be in 1..12"),
+        ("!!int many", "cannot read 'many' as !!int: invalid literal for int() with base 10: 'many'"),
+        ("!!bool maybe", "cannot read 'maybe' as !!bool"),
+        ("!!timestamp soon", "cannot read 'soon' as !!timestamp: 'NoneType' object has no attribute 'groupdict'"),
+        ("!!python/object:os.system x",
+         "could not determine a constructor for the tag 'tag:yaml.org,2002:python/object:os.system'"),
+    ],
+    ids=["impossible-date", "int-tag", "bool-tag", "timestamp-tag", "python-tag"],
+)
+def test_a_value_yaml_cannot_read_gives_the_line(workdir, value, message):
+    text = BASE.replace("containers: 1", f"containers: {value}")
+    assert error_of(workdir, text) == f"cluster.yaml:19: invalid YAML: {message}"
+
+
+def test_an_integer_too_large_to_print_is_named_by_its_type(workdir):
+    text = BASE.replace("name: lab", "name: " + ":".join(["59"] * 3000))  # base 60: thousands of digits
+    assert error_of(workdir, text) == (
+        "name: input should be a valid string, got <int too large to show> (cluster.yaml:1)")
+
+
+def test_a_key_holding_a_newline_stays_on_one_line(workdir):
+    assert error_of(workdir, BASE + '"bo\\ngus": 1\n') == "'bo\\ngus': unknown key (cluster.yaml:20)"
+
+
+def test_a_long_value_is_clipped_in_the_message(workdir):
+    text = BASE.replace("containers: 1", "containers: " + "x" * 5000)
+    message = error_of(workdir, text)
+    assert len(message) < 200
+    assert message.startswith("roles.workers[1].containers: input should be a valid integer, got 'xxx")
+
+
+@pytest.mark.parametrize(
+    ("replace", "by", "message"),
+    [
+        ("path: proj", 'path: "~x\\0"', "project.path: no such folder '~x\\x00' (cluster.yaml:10)"),
+        ("path: proj", "path: " + "p" * 5000,
+         "project.path: no such folder '" + "p" * 56 + "... (cluster.yaml:10)"),
+        ("    user: alice\n", '    user: alice\n    key: "id\\0"\n',
+         "hosts.a.key: no such key file 'id\\x00' (cluster.yaml:6)"),
+        ("  app: wordcount\n", '  app: wordcount\nstate_dir: "st\\0te"\n',
+         "state_dir: 'st\\x00te' cannot be a folder: embedded null byte (cluster.yaml:12)"),
+    ],
+    ids=["nul-in-project-path", "project-path-too-long-for-the-os", "nul-in-key-file", "nul-in-state-dir"],
+)
+def test_a_path_the_os_cannot_use_is_a_config_error(workdir, replace, by, message):
+    assert error_of(workdir, BASE.replace(replace, by)) == message
+
+
+def test_a_queue_name_with_a_trailing_newline_is_refused(workdir):
+    text = BASE + '      queues: ["celery\\n"]\n'
+    assert error_of(workdir, text) == (
+        "roles.workers[1].queues: value error, invalid queue name 'celery\\n' (cluster.yaml:20)")
+
+
+def test_loading_the_example_file_takes_milliseconds():
+    load_cluster(REPO / "config.example.yaml")  # imports warmed up
+    started = time.perf_counter()
+    for _ in range(20):
+        load_cluster(REPO / "config.example.yaml")
+    assert (time.perf_counter() - started) / 20 < 0.05
+
+
+# --------------------------------------------------------------------------- JSON Schema
+
+
+SHIPPED_SCHEMA = REPO / "docs" / "cluster.schema.json"
+
+
+def test_the_shipped_json_schema_is_the_one_the_models_generate():
+    shipped = json.loads(SHIPPED_SCHEMA.read_text())
+    assert shipped == cluster_json_schema(), "regenerate it: infra schema -o docs/cluster.schema.json"
+
+
+def test_the_json_schema_is_a_valid_draft_2020_12_schema():
+    schema = cluster_json_schema()
+    assert schema["$schema"] == "https://json-schema.org/draft/2020-12/schema"
+    assert schema["$id"] and schema["title"] == "infra cluster file"
+    jsonschema.Draft202012Validator.check_schema(schema)
+
+
+def test_the_example_file_validates_against_the_json_schema():
+    example = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    jsonschema.Draft202012Validator(cluster_json_schema()).validate(example)
+
+
+def test_every_key_of_the_json_schema_has_a_description():
+    schema = cluster_json_schema()
+    objects = {"(top level)": schema, **schema["$defs"]}
+    missing = [f"{name}.{key}" for name, obj in objects.items()
+               for key, prop in obj["properties"].items() if not prop.get("description")]
+    assert not missing
+    assert all(definition.get("description") for definition in schema["$defs"].values())
+
+
+@pytest.mark.parametrize(
+    ("change", "expected_error"),
+    [
+        ({"bogus": 1}, "Additional properties are not allowed"),
+        ({"hosts": {"local": {"address": "x"}}}, "should not be valid"),
+        ({"ports": {"flower": 70000}}, "is greater than the maximum"),
+        ({"roles": {"master": {"host": "gpu-box"}, "workers": [{"host": "a", "pool": "gevent"}]}}, "is not one of"),
+    ],
+    ids=["unknown-key", "host-named-local", "port-range", "pool"],
+)
+def test_the_json_schema_refuses_what_the_models_refuse(change, expected_error):
+    example = yaml.safe_load((REPO / "config.example.yaml").read_text())
+    errors = list(jsonschema.Draft202012Validator(cluster_json_schema()).iter_errors({**example, **change}))
+    assert errors and expected_error in errors[0].message
+
+
+def test_the_example_file_points_editors_at_the_shipped_schema():
+    first_line = (REPO / "config.example.yaml").read_text().splitlines()[0]
+    assert first_line == "# yaml-language-server: $schema=docs/cluster.schema.json"
+    assert (REPO / first_line.split("$schema=")[1]).is_file()
+
+
+# --------------------------------------------------------------------------- infra check, infra schema
+
+
+def test_check_prints_one_line_for_a_valid_file(workdir):
+    (workdir / "cluster.yaml").write_text(BASE)
+    result = CliRunner().invoke(main, ["check", "-f", "cluster.yaml"])
+    assert result.exit_code == 0
+    assert result.stdout == "cluster.yaml: cluster lab is valid (2 hosts, 3 worker containers)\n"
+    assert result.stderr == ""
+
+
+def test_check_counts_one_host_and_one_container_in_the_singular(workdir):
+    text = ("name: solo\nproject: {path: proj, app: wordcount}\n"
+            "roles: {master: {host: local}, workers: [{host: local}]}\n")
+    (workdir / "cluster.yaml").write_text(text)
+    result = CliRunner().invoke(main, ["check", "-f", "cluster.yaml"])
+    assert result.stdout == "cluster.yaml: cluster solo is valid (1 host, 1 worker container)\n"
+
+
+def test_check_prints_one_error_line_and_exits_2(workdir):
+    (workdir / "cluster.yaml").write_text(billion_laughs())
+    result = CliRunner().invoke(main, ["check", "-f", "cluster.yaml"])
+    assert result.exit_code == 2
+    assert result.stderr == (
+        "error: cluster.yaml:2: anchors and aliases (&name, *name) are not allowed in a cluster file "
+        "(found &laugh0)\n")
+    assert result.stdout == ""
+
+
+def test_check_contacts_no_host(workdir, monkeypatch):
+    def no_network(*args, **kwargs):
+        raise AssertionError("infra check opened a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    result = CliRunner().invoke(main, ["check", "-f", str(REPO / "config.example.yaml")])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.endswith("config.example.yaml: cluster lab is valid (3 hosts, 4 worker containers)\n")
+
+
+def test_schema_prints_the_json_schema():
+    result = CliRunner().invoke(main, ["schema"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == cluster_json_schema()
+
+
+def test_schema_writes_the_shipped_file_byte_for_byte(tmp_path):
+    result = CliRunner().invoke(main, ["schema", "-o", str(tmp_path / "cluster.schema.json")])
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "cluster.schema.json").read_text() == SHIPPED_SCHEMA.read_text()
