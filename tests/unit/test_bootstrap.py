@@ -11,21 +11,11 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from infra import bootstrap as bs
-from infra.bootstrap import (
-    CHANGE,
-    PROBE_SCRIPT,
-    SECTION,
-    HostState,
-    OsInfo,
-    changes_in,
-    explain_failure,
-    normalize_arch,
-    parse_os_release,
-    parse_probe,
-    plan_bootstrap,
-    privileged_argv,
-)
+from infra.commands.bootstrap import CHANGE, PROBE_SCRIPT, START_WAIT, privileged_argv
+from infra.facts.arch import docker_arch, dpkg_arch
+from infra.facts.os import SECTION, HostState, normalize_arch, parse_os_release, parse_probe
+from infra.facts.sections import last_line, split_sections
+from infra.plans.bootstrap import changes_in, explain_failure, plan_bootstrap
 from infra.runner import CommandResult, Connection
 
 # --------------------------------------------------------------------------- os-release samples
@@ -156,6 +146,22 @@ def test_os_release_quoting_comments_and_junk():
 )
 def test_architecture(dpkg, uname, expected):
     assert normalize_arch(dpkg, uname) == expected
+
+
+@pytest.mark.parametrize(
+    "uname, docker, dpkg",
+    [("x86_64", "amd64", "amd64"), ("aarch64", "arm64", "arm64"), ("armv7l", "arm", "armhf"),
+     ("armv6l", "arm", "armhf"), ("riscv64", "riscv64", "riscv64"), ("x86_64\n", "amd64", "amd64")],
+)
+def test_one_table_names_each_architecture_for_docker_and_for_debian(uname, docker, dpkg):
+    assert (docker_arch(uname), dpkg_arch(uname)) == (docker, dpkg)
+
+
+def test_probe_sections_are_read_by_the_shared_splitter():
+    output = f"motd noise\n\n{SECTION}user\n  deploy\n\n{SECTION}empty\n\n{SECTION}end\n"
+    assert split_sections(output, SECTION) == {"user": "  deploy", "empty": "", "end": ""}
+    assert last_line("apt output\nE: the reason  \n\n") == "E: the reason"
+    assert last_line("  \n", default="none") == "none"
 
 
 # --------------------------------------------------------------------------- probe output
@@ -296,7 +302,7 @@ def test_plan_of_a_fresh_host(os_name, arch, privilege, source, systemd):
     else:
         assert "setsid nohup dockerd >>/var/log/dockerd.log 2>&1 </dev/null &" in start
         assert "systemctl" not in start
-    assert "until docker info" in start and f"-gt {bs.START_WAIT}" in start  # a bounded wait
+    assert "until docker info" in start and f"-gt {START_WAIT}" in start  # a bounded wait
 
     if privilege != "root":
         group = plan.steps[keys.index("group")].script

@@ -1,6 +1,11 @@
-"""Every command explains itself with an example."""
+"""Every command explains itself with an example, and each module of the command line imports on its own."""
 
 from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
@@ -34,3 +39,71 @@ def test_every_command_shows_its_example_in_help(name):
     assert result.exit_code == 0, result.output
     assert "Example" in result.output
     assert f"infra {name}" in result.output
+
+
+# --------------------------------------------------------------------------- the package's imports
+
+REPO = Path(__file__).resolve().parents[2]
+PACKAGE = REPO / "infra"
+CLI_MODULES = sorted(
+    "infra.cli" if path.name == "__init__.py" else f"infra.cli.{path.stem}"
+    for path in (PACKAGE / "cli").glob("*.py")
+)
+ENTRY_POINTS = {"infra.__main__"}  # run the command line; nothing imports them
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(REPO).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_modules(path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (functions included), as absolute names."""
+    name = module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[: len(base) - (node.level - 1)]
+                origin = ".".join(base + ([node.module] if node.module else []))
+            else:
+                origin = node.module or ""
+            if node.module:
+                found.add(origin)
+            # The names may be modules: `from . import options` imports infra.cli.options.
+            found.update(f"{origin}.{alias.name}" for alias in node.names)
+    return found
+
+
+def is_cli(module: str) -> bool:
+    return module == "infra.cli" or module.startswith("infra.cli.")
+
+
+@pytest.mark.parametrize("module", CLI_MODULES)
+def test_every_cli_module_imports_on_its_own(module):
+    result = subprocess.run([sys.executable, "-c", f"import {module}"], cwd=REPO, capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 0, result.stderr
+
+
+def test_no_library_module_imports_the_command_line():
+    offenders = [
+        module_name(path) for path in PACKAGE.rglob("*.py")
+        if not is_cli(module_name(path)) and module_name(path) not in ENTRY_POINTS
+        and any(is_cli(imported) for imported in imported_modules(path))
+    ]
+    assert offenders == [], f"library modules importing infra.cli: {offenders}"
+
+
+@pytest.mark.parametrize("module", [m for m in CLI_MODULES if m != "infra.cli"])
+def test_command_modules_import_only_the_shared_options_from_the_cli(module):
+    path = PACKAGE / "cli" / f"{module.rpartition('.')[2]}.py"
+    cli_imports = {imported for imported in imported_modules(path) if is_cli(imported)}
+    allowed = set() if module == "infra.cli.options" else {"infra.cli.options"}
+    # `from .options import handle_errors` also lists infra.cli.options.handle_errors: a name, not a module.
+    modules = {imported for imported in cli_imports if not imported.startswith("infra.cli.options.")}
+    assert modules <= allowed, f"{module} imports {sorted(modules - allowed)}"

@@ -1,0 +1,52 @@
+"""The `infra` command line: the `main` group and its commands, one module each.
+
+Each command is thin: it parses its options, calls one library function and prints. What the
+commands share (cluster file options, `--hosts`, error handling) is in `infra.cli.options`.
+Every InfraError becomes one line on stderr and a non-zero exit code; a traceback is a bug.
+Exit codes: 0 success, 1 a host or command failed, 2 bad input (cluster file, options, state),
+3 (`status`) the cluster is not fully running, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import click
+
+from .bootstrap import bootstrap
+from .check import check
+from .clean import clean
+from .logs import logs
+from .run import run
+from .schema import schema
+from .status import status
+from .sync_files import sync_files
+from .up import up
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(package_name="infra-celery", prog_name="infra")
+def main() -> None:
+    """Turn machines you can SSH into into a Celery cluster, and take it down again.
+
+    \b
+    A cluster file says which hosts there are and what each runs: RabbitMQ, the Celery
+    master and Flower on one host, Celery workers on any (`local` is this machine).
+    Start from config.example.yaml.
+
+    \b
+    Example:
+      infra up -f cluster.yaml      # start or update everything, on all hosts at once
+      infra clean -f cluster.yaml   # remove what `up` started
+    """
+
+
+main.add_command(up)
+main.add_command(clean)
+main.add_command(status)
+main.add_command(sync_files)
+main.add_command(logs)
+main.add_command(run)
+main.add_command(bootstrap)
+main.add_command(check)
+main.add_command(schema)
+
+__all__ = ["main"]

@@ -1,0 +1,40 @@
+"""`infra clean`: remove everything `infra up` started."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from ..errors import InfraError
+from .options import cluster_file_option, handle_errors, load_cluster_file
+
+
+@click.command()
+@cluster_file_option
+@click.option("--files", is_flag=True, help="Also delete the project copies on the hosts.")
+@click.option("--volumes", is_flag=True, help="Also delete the broker's and result backend's data volumes.")
+@handle_errors
+def clean(cluster_file: Path, files: bool, volumes: bool) -> None:
+    """Remove everything `infra up` started, on all hosts at once.
+
+    Removes the containers recorded in the manifest and any container still carrying the
+    cluster's label, the cluster's network and the env files holding its secrets. Project
+    files and data volumes stay unless asked. A host that cannot be reached is reported,
+    the others are cleaned, the exit code is 1 and the manifest keeps what is left there.
+
+    \b
+    Example:
+      infra clean -f cluster.yaml
+      infra clean -f cluster.yaml --files --volumes
+    """
+    from ..workflows.clean import clean as run_clean
+    from ..report import Reporter
+
+    cluster = load_cluster_file(cluster_file)
+    reporter = Reporter()
+    result = run_clean(cluster, reporter, files=files, volumes=volumes)
+    if result.failed:
+        names = ", ".join(sorted(result.failed))
+        raise InfraError(f"could not clean {names}; the manifest keeps what is left there — run `infra clean` again")
+    reporter.info(f"cluster {cluster.name} removed from {len(result.cleaned)} host(s)")

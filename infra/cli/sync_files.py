@@ -1,0 +1,52 @@
+"""`infra sync-files`: bring the task project on the hosts up to date, restart what needs it."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .options import cluster_file_option, handle_errors, hosts_option, load_cluster_file, select_hosts
+
+
+@click.command("sync-files")
+@cluster_file_option
+@hosts_option
+@click.option("--no-restart", is_flag=True, help="Only copy; leave the workers running their old code.")
+@click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (one object per host).")
+@handle_errors
+def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, as_json: bool) -> None:
+    """Bring the task project on the hosts up to date, then restart the workers that need it.
+
+    Compares contents (sha256), not timestamps, and sends only the files that differ, in one
+    tar stream per host; files deleted locally are deleted in the project's folder on the
+    hosts. Ignored: .git, __pycache__, virtual environments, output/ and the patterns of the
+    project's .infraignore (gitignore syntax). Then restarts (`docker restart`) the workers of
+    the hosts whose code changed, so new task code is live without rebuilding images, and
+    waits until they answer again; hosts whose workers already run this code are not
+    restarted. On `local` the project is used in place: its workers restart when the project
+    changed since they started. The master container is not restarted: every `infra run`
+    starts a new Python process there, which reads the current files.
+
+    \b
+    Reports per host the files and bytes sent. Exit code 1 if a host failed or restarted
+    workers did not answer again, 2 for bad input.
+
+    \b
+    Example:
+      infra sync-files -f cluster.yaml
+      infra sync-files -f cluster.yaml --hosts gpu-box,pi1 --no-restart
+    """
+    from ..workflows.sync_files import sync_files as run_sync
+    from ..report import Reporter
+
+    cluster = load_cluster_file(cluster_file)
+    hosts = select_hosts(cluster, hosts_option)
+    reporter = Reporter(quiet=as_json)
+    result = run_sync(cluster, reporter, hosts=hosts, restart=not no_restart)
+    if as_json:
+        click.echo(json.dumps(result.to_json(), indent=2))
+    if result.failed:
+        sys.exit(1)
