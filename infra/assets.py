@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 from pathlib import Path
 
 from .config import Cluster
-from .plan import DOCKERFILES
+from .plans.up import DOCKERFILES
 
 
 def assets_dir() -> Path:
@@ -61,3 +62,16 @@ def prepare_build_context(cluster: Cluster) -> Path:
         requirements.write_text("")
     _mirror(cluster.wheelhouse, context / "wheels")
     return context
+
+
+def context_digest(context: Path) -> str:
+    """One hash of a build context: every file's path, mode and content."""
+    sha = hashlib.sha256()
+    for item in sorted(context.rglob("*")):
+        if item.is_file():
+            sha.update(f"{item.relative_to(context).as_posix()}\0{item.stat().st_mode & 0o777:o}\0".encode())
+            with item.open("rb") as handle:
+                for block in iter(lambda: handle.read(1 << 20), b""):
+                    sha.update(block)
+            sha.update(b"\n")
+    return sha.hexdigest()[:24]

@@ -136,6 +136,22 @@ class Manifest:
     def remove_files(self, host_name: str, path: str) -> None:
         self._remove_from_list(host_name, "files", path)
 
+    # One entry point for the records of executed plan steps (`infra.plans.steps.Record`).
+    _LISTS = {"files": "files", "secret_dir": "secret_dirs", "network": "networks", "volume": "volumes"}
+
+    def apply(self, host: Host, kind: str, name: str, role: str = "", ident: str = "") -> None:
+        """Record `add_container`, `remove_container`, or `add_`/`remove_` of files, secret_dir, network, volume."""
+        change, _, what = kind.partition("_")
+        if what == "container":
+            if change == "add":
+                self.add_container(host, name, ident, role)
+            else:
+                self.remove_container(host.name, name)
+        elif change == "add":
+            self._add_to_list(host, self._LISTS[what], name)
+        else:
+            self._remove_from_list(host.name, self._LISTS[what], name)
+
     def drop_host_if_empty(self, host_name: str) -> None:
         with self._lock:
             rec = self.hosts.get(host_name)

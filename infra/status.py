@@ -1,8 +1,8 @@
-"""The state of a running cluster: parsers of what the hosts answer, the status model, renderings.
+"""The state of a running cluster: the status model, its verdict and its renderings.
 
-Pure: `infra.live` runs the commands (`docker inspect` of the cluster's containers on every host,
-a Celery probe in the master container, `rabbitmqctl list_queues` in the broker container) and
-hands their outputs here; everything `infra status` shows or decides is computed below.
+Pure: `infra.workflows.status` asks the hosts (each engine for the cluster's containers, a
+Celery probe in the master container, `rabbitmqctl list_queues` in the broker container),
+`infra.facts` parses the answers, and everything `infra status` shows or decides is computed here.
 
 Exit code of `infra status` (`ClusterStatus.exit_code`):
   0  every host of the cluster answers, every expected container is running (and not unhealthy),
@@ -45,18 +45,19 @@ own (events, broadcast replies); the table leaves them out.
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timezone
 from pathlib import Path
 
 from .config import Cluster
-from .plan import expected_worker_nodes, worker_name
+from .facts.celery import CeleryView, QueueStatus
+from .facts.containers import Container
+from .names import MASTER_ROLES, container_name
+from .plans.up import expected_worker_nodes, worker_count
 
 SCHEMA = "infra.status/1"
 EXIT_RUNNING = 0
 EXIT_NOT_RUNNING = 3
-MASTER_ROLES = ("broker", "results", "master", "flower")
 
 
 # --------------------------------------------------------------------------- what should run
@@ -72,208 +73,11 @@ class ExpectedContainer:
 def expected_containers(cluster: Cluster) -> list[ExpectedContainer]:
     """Every container the cluster file asks for (same names as `infra.plan.desired_containers`)."""
     master = cluster.master_host.name
-    wanted = [ExpectedContainer(f"{cluster.name}-{role}", master, role) for role in MASTER_ROLES]
+    wanted = [ExpectedContainer(container_name(cluster.name, role), master, role) for role in MASTER_ROLES]
     for host in cluster.worker_hosts():
-        count = sum(g.containers for g in cluster.spec.roles.workers if g.host == host)
-        wanted += [ExpectedContainer(worker_name(cluster, host, i), host, "worker") for i in range(1, count + 1)]
+        wanted += [ExpectedContainer(container_name(cluster.name, "worker", host, i), host, "worker")
+                   for i in range(1, worker_count(cluster, host) + 1)]
     return wanted
-
-
-# --------------------------------------------------------------------------- parsers
-
-
-@dataclass(frozen=True)
-class ContainerInfo:
-    """One container as `docker inspect` describes it."""
-
-    name: str
-    id: str
-    role: str  # label infra.role ("" for a container without it)
-    state: str  # running, restarting, paused, exited, created, dead
-    health: str | None  # healthy, unhealthy, starting; None without a health check
-    started_at: datetime | None
-    image: str  # the image name the container was started from
-    restarts: int
-    exit_code: int | None  # of the last run, when not running
-
-    @property
-    def running(self) -> bool:
-        return self.state == "running"
-
-
-def parse_docker_time(text: str | None) -> datetime | None:
-    """Docker's RFC 3339 times with nanoseconds (`2025-01-31T12:00:00.123456789Z`); None for its zero time."""
-    if not text or text.startswith("0001-01-01"):
-        return None
-    match = re.match(r"^(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(?:\.(\d+))?(Z|[+-]\d\d:\d\d)?$", text.strip())
-    if not match:
-        return None
-    base, fraction, zone = match.groups()
-    micro = int((fraction or "0")[:6].ljust(6, "0"))
-    parsed = datetime.fromisoformat(base).replace(microsecond=micro)
-    if zone and zone != "Z":
-        sign = 1 if zone[0] == "+" else -1
-        parsed -= sign * timedelta(hours=int(zone[1:3]), minutes=int(zone[4:6]))
-    return parsed.replace(tzinfo=timezone.utc)
-
-
-def parse_containers(text: str) -> list[ContainerInfo]:
-    """`docker inspect` of containers: its JSON array, or one JSON object per line (`--format`)."""
-    text = text.strip()
-    if not text:
-        return []
-    items = json.loads(text) if text.startswith("[") else [json.loads(line) for line in text.splitlines() if line.strip()]
-    found = []
-    for item in items:
-        state = item.get("State") or {}
-        config = item.get("Config") or {}
-        labels = config.get("Labels") or {}
-        health = (state.get("Health") or {}).get("Status") or None
-        status = state.get("Status", "unknown")
-        found.append(ContainerInfo(
-            name=item.get("Name", "").lstrip("/"),
-            id=item.get("Id", "")[:12],
-            role=labels.get("infra.role", ""),
-            state=status,
-            health=health,
-            started_at=parse_docker_time(state.get("StartedAt")),
-            image=config.get("Image", ""),
-            restarts=int(item.get("RestartCount") or 0),
-            exit_code=None if status == "running" else state.get("ExitCode"),
-        ))
-    return sorted(found, key=lambda c: c.name)
-
-
-def last_json_line(output: str, opening: str = "{"):
-    """The last line of `output` that is a JSON value starting with `opening` (others are log noise)."""
-    for line in reversed(output.strip().splitlines()):
-        line = line.strip()
-        if line.startswith(opening):
-            try:
-                return json.loads(line)
-            except ValueError:
-                continue
-    return None
-
-
-def active_counts(replies: dict | None) -> dict[str, int]:
-    """Node -> tasks running now, from `celery inspect active --json` (a list of tasks per node)."""
-    return {node: len(tasks or []) for node, tasks in (replies or {}).items()}
-
-
-def processed_counts(replies: dict | None) -> dict[str, int]:
-    """Node -> tasks processed since the worker started, from `celery inspect stats --json` ("total")."""
-    counts = {}
-    for node, stats in (replies or {}).items():
-        total = (stats or {}).get("total") or {}
-        counts[node] = sum(int(n) for n in total.values()) if isinstance(total, dict) else 0
-    return counts
-
-
-@dataclass(frozen=True)
-class CeleryView:
-    """What the workers told the master: which answered, their active and processed counts."""
-
-    active: dict[str, int] = field(default_factory=dict)
-    processed: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-
-    @property
-    def answered(self) -> bool:
-        return self.error is None
-
-    @property
-    def online(self) -> set[str]:
-        return set(self.active) | set(self.processed)
-
-
-# Run in the master container as `python -c CELERY_PROBE APP EXPECTED_JSON TIMEOUT`. One process
-# asks `active` then `stats`, each returning as soon as every expected worker answered (the
-# `celery inspect` command always waits its whole timeout). Prints one JSON line.
-CELERY_PROBE = r"""
-import json, sys
-out = {"active": None, "stats": None, "error": None}
-try:
-    from celery.app.utils import find_app
-    app = find_app(sys.argv[1])
-    expected = set(json.loads(sys.argv[2]))
-    timeout = float(sys.argv[3])
-    app.conf.broker_connection_timeout = timeout
-    app.conf.broker_connection_max_retries = 1
-    active = app.control.inspect(timeout=timeout, limit=len(expected) or None).active() or {}
-    if expected - set(active) and len(active) >= len(expected):
-        active = app.control.inspect(timeout=timeout).active() or {}  # others answered first
-    stats = app.control.inspect(timeout=timeout, limit=len(active)).stats() or {} if active else {}
-    out["active"], out["stats"] = active, stats
-except Exception as exc:
-    out["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0]
-print(json.dumps(out, default=str))
-"""
-
-
-def parse_celery_probe(output: str) -> CeleryView:
-    """The JSON line printed by CELERY_PROBE."""
-    data = last_json_line(output)
-    if not isinstance(data, dict):
-        lines = output.strip().splitlines()
-        return CeleryView(error=redact(lines[-1]) if lines else "no answer from the master container")
-    if data.get("error"):
-        return CeleryView(error=redact(str(data["error"])))
-    return CeleryView(active_counts(data.get("active")), processed_counts(data.get("stats")))
-
-
-def parse_celery_cli(active_output: str, stats_output: str) -> CeleryView:
-    """The same view from `celery inspect active --json` and `celery inspect stats --json` outputs."""
-    return CeleryView(active_counts(last_json_line(active_output)), processed_counts(last_json_line(stats_output)))
-
-
-@dataclass(frozen=True)
-class QueueStatus:
-    name: str
-    messages: int  # ready + unacknowledged (taken by a worker, not finished)
-    consumers: int
-    ready: int | None = None
-    unacked: int | None = None
-
-    @property
-    def internal(self) -> bool:
-        """Celery's own queues: events (celeryev.*), broadcast and reply queues (*.pidbox)."""
-        return self.name.startswith(("celeryev.", "amq.")) or self.name.endswith(".pidbox")
-
-
-def list_queues_argv(cluster_name: str) -> list[str]:
-    return ["docker", "exec", f"{cluster_name}-broker", "rabbitmqctl", "list_queues", "--quiet",
-            "--formatter", "json", "name", "messages", "messages_ready", "messages_unacknowledged", "consumers"]
-
-
-def parse_list_queues(output: str) -> list[QueueStatus]:
-    """`rabbitmqctl list_queues --formatter json name messages ... consumers`: a JSON array of objects."""
-    text = output.strip()
-    rows = None
-    for match in re.finditer(r"^\[", text, re.MULTILINE):  # the list starts a line; messages may precede it
-        try:
-            rows = json.loads(text[match.start():])
-            break
-        except ValueError:
-            continue
-    if not isinstance(rows, list):
-        raise ValueError(f"no JSON list in the output: {text.splitlines()[-1] if text else 'empty'}")
-
-    def number(row: dict, key: str) -> int | None:
-        return int(row[key]) if isinstance(row.get(key), (int, float)) else None
-
-    queues = [QueueStatus(str(r.get("name", "")), number(r, "messages") or 0, number(r, "consumers") or 0,
-                          number(r, "messages_ready"), number(r, "messages_unacknowledged"))
-              for r in rows if isinstance(r, dict)]
-    return sorted(queues, key=lambda q: (q.internal, q.name))
-
-
-_URL_CREDENTIALS = re.compile(r"(://)[^@/\s]*@")
-
-
-def redact(text: str) -> str:
-    """Hide `user:password@` in URLs of error messages."""
-    return _URL_CREDENTIALS.sub(r"\1****@", text)
 
 
 # --------------------------------------------------------------------------- the model
@@ -285,7 +89,7 @@ class HostObservation:
 
     reachable: bool
     error: str | None = None  # why it could not be reached or Docker could not be asked
-    containers: list[ContainerInfo] | None = None  # None: Docker was not asked or did not answer
+    containers: list[Container] | None = None  # None: Docker was not asked or did not answer
 
 
 @dataclass
@@ -437,8 +241,8 @@ def build_status(
         if is_expected and not online and container in running:
             problems.append(f"worker {node}: its container runs but it does not answer Celery (see `infra logs {container}`)")
 
-    master = f"{cluster.name}-master"
-    broker = f"{cluster.name}-broker"
+    master = container_name(cluster.name, "master")
+    broker = container_name(cluster.name, "broker")
     celery_error = None
     if celery is None:
         celery_error = "the master container could not be asked"
@@ -466,13 +270,14 @@ def build_status(
     )
 
 
-def _container_status(found: ContainerInfo, host: str, expected: bool, now: datetime) -> ContainerStatus:
+def _container_status(found: Container, host: str, expected: bool, now: datetime) -> ContainerStatus:
+    started = found.started
     uptime = None
-    if found.running and found.started_at:
-        uptime = max(0, int((now - found.started_at).total_seconds()))
+    if found.running and started:
+        uptime = max(0, int((now - started).total_seconds()))
     return ContainerStatus(
         name=found.name, host=host, role=found.role or "?", expected=expected, state=found.state,
-        health=found.health, started_at=_iso(found.started_at) if found.started_at else None,
+        health=found.health, started_at=_iso(started) if started else None,
         uptime_seconds=uptime, image=found.image or None, restarts=found.restarts, exit_code=found.exit_code,
     )
 

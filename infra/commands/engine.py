@@ -1,0 +1,329 @@
+"""Engine operations as data: everything infra asks of a host's Docker engine.
+
+Each operation is a frozen dataclass that `infra.engine.Engine` carries out through the Docker
+SDK (a typed API call, no shell). `argv()` gives the docker command line that does the same:
+what `--dry-run` prints, what error messages name and what golden tests compare. It is a
+rendering for people, never executed.
+
+Secrets never appear in a rendering: a container's environment is shown as the env file it
+comes from (`--env-file PATH`), its values travel only inside the API call.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+
+from ..names import LABEL_CLUSTER, cluster_label
+
+LOG_DRIVER = "json-file"  # `docker logs` reads it back; rotated by LOG_OPTIONS
+LOG_OPTIONS = (("max-size", "20m"), ("max-file", "3"))
+
+
+class EngineOp:
+    """Base of every engine operation."""
+
+    def argv(self) -> list[str]:
+        raise NotImplementedError
+
+    def text(self) -> str:
+        return shlex.join(self.argv())
+
+
+def _labels_argv(labels: tuple[tuple[str, str], ...]) -> list[str]:
+    words: list[str] = []
+    for key, value in labels:
+        words += ["--label", f"{key}={value}"]
+    return words
+
+
+# --------------------------------------------------------------------------- queries (read only)
+
+
+@dataclass(frozen=True)
+class EngineVersion(EngineOp):
+    """The engine's version and platform (answers: the API's `/version` object)."""
+
+    def argv(self) -> list[str]:
+        return ["docker", "version", "--format", "{{json .Server}}"]
+
+
+@dataclass(frozen=True)
+class ListContainers(EngineOp):
+    """The cluster's containers, running or not (answers: the API's container list, no environment)."""
+
+    cluster: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "ps", "--all", "--no-trunc", "--filter", f"label={cluster_label(self.cluster)}",
+                "--format", "{{json .}}"]
+
+
+@dataclass(frozen=True)
+class InspectContainers(EngineOp):
+    """State details of containers (answers: one inspect object per container found)."""
+
+    names: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return ["docker", "container", "inspect", *self.names]
+
+
+@dataclass(frozen=True)
+class InspectImages(EngineOp):
+    """Id, labels and layers of images by reference (answers: {ref: {"Id", "Labels", "Layers"} or None})."""
+
+    refs: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return ["docker", "image", "inspect", "--format", "{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}",
+                *self.refs]
+
+
+@dataclass(frozen=True)
+class ListNetworks(EngineOp):
+    cluster: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "network", "ls", "--filter", f"label={cluster_label(self.cluster)}", "--format", "{{.Name}}"]
+
+
+@dataclass(frozen=True)
+class ListVolumes(EngineOp):
+    cluster: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "volume", "ls", "--filter", f"label={cluster_label(self.cluster)}", "--format", "{{.Name}}"]
+
+
+# --------------------------------------------------------------------------- containers
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Everything a container is started with, as data (secrets only as the env file's path)."""
+
+    name: str
+    role: str
+    host: str
+    image: str
+    command: tuple[str, ...] = ()
+    env_file: str | None = None  # where its settings are kept on the host (mode 0600)
+    ports: tuple[tuple[int, int], ...] = ()  # (host port, container port)
+    volumes: tuple[tuple[str, str, str], ...] = ()  # (source, target, mode)
+    network: str = "host"
+    network_alias: str | None = None
+    hostname: str | None = None
+    user: str | None = None
+    workdir: str | None = None
+    restart: str = "unless-stopped"
+
+
+@dataclass(frozen=True)
+class RunContainer(EngineOp):
+    """Create and start a container (answers: its id).
+
+    `env` holds the env file's content (KEY=value lines); it goes into the API call only.
+    """
+
+    spec: ContainerSpec
+    labels: tuple[tuple[str, str], ...]
+    env: str = field(default="", repr=False, compare=False)
+
+    def argv(self) -> list[str]:
+        spec = self.spec
+        argv = ["docker", "run", "--detach", "--name", spec.name, *_labels_argv(self.labels)]
+        argv += ["--restart", spec.restart, "--log-driver", LOG_DRIVER]
+        for key, value in LOG_OPTIONS:
+            argv += ["--log-opt", f"{key}={value}"]
+        argv += ["--network", spec.network]
+        if spec.network_alias:
+            argv += ["--network-alias", spec.network_alias]
+        if spec.hostname:
+            argv += ["--hostname", spec.hostname]
+        for host_port, container_port in spec.ports:
+            argv += ["--publish", f"{host_port}:{container_port}"]
+        for source, target, mode in spec.volumes:
+            argv += ["--volume", f"{source}:{target}:{mode}"]
+        if spec.env_file:
+            argv += ["--env-file", spec.env_file]
+        if spec.user:
+            argv += ["--user", spec.user]
+        if spec.workdir:
+            argv += ["--workdir", spec.workdir]
+        return argv + [spec.image, *spec.command]
+
+    def environment(self) -> dict[str, str]:
+        """The env file's variables, read as Docker reads an env file: each line literally."""
+        values: dict[str, str] = {}
+        for line in self.env.splitlines():
+            if line.strip() and not line.lstrip().startswith("#"):
+                key, _, value = line.partition("=")
+                values[key.strip()] = value
+        return values
+
+
+@dataclass(frozen=True)
+class RemoveContainers(EngineOp):
+    """Remove containers, running or not; a container already gone is no error."""
+
+    names: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return ["docker", "rm", "--force", *self.names]
+
+
+@dataclass(frozen=True)
+class StartContainer(EngineOp):
+    name: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "start", self.name]
+
+
+@dataclass(frozen=True)
+class RestartContainer(EngineOp):
+    """Restart a container, giving it `timeout` seconds to stop (then SIGKILL)."""
+
+    name: str
+    timeout: int
+
+    def argv(self) -> list[str]:
+        return ["docker", "restart", "--time", str(self.timeout), self.name]
+
+
+# --------------------------------------------------------------------------- networks and volumes
+
+
+@dataclass(frozen=True)
+class CreateNetwork(EngineOp):
+    name: str
+    cluster: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "network", "create", "--label", cluster_label(self.cluster), self.name]
+
+
+@dataclass(frozen=True)
+class RemoveNetwork(EngineOp):
+    """Remove a network; one already gone is no error."""
+
+    name: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "network", "rm", self.name]
+
+
+@dataclass(frozen=True)
+class CreateVolume(EngineOp):
+    name: str
+    cluster: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "volume", "create", "--label", cluster_label(self.cluster), self.name]
+
+
+@dataclass(frozen=True)
+class RemoveVolume(EngineOp):
+    """Remove a volume; one already gone is no error."""
+
+    name: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "volume", "rm", "--force", self.name]
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class BuildImage(EngineOp):
+    """Build an image from a local folder, sent to the engine as the build context (answers: image id).
+
+    `dockerfile` is relative to the context folder. Builds use the host's network, so a
+    build reaches the package mirrors the host reaches.
+    """
+
+    tag: str
+    context_dir: str
+    dockerfile: str
+    build_args: tuple[tuple[str, str], ...] = ()
+    labels: tuple[tuple[str, str], ...] = ()
+
+    def argv(self) -> list[str]:
+        argv = ["docker", "build", "--network", "host", "--file", f"{self.context_dir}/{self.dockerfile}",
+                "--tag", self.tag, *_labels_argv(self.labels)]
+        for key, value in self.build_args:
+            argv += ["--build-arg", f"{key}={value}"]
+        return argv + [self.context_dir]
+
+
+@dataclass(frozen=True)
+class PullImage(EngineOp):
+    ref: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "pull", self.ref]
+
+
+@dataclass(frozen=True)
+class SaveImages(EngineOp):
+    """The images as one tar stream (answers: an iterator of byte chunks)."""
+
+    refs: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        return ["docker", "save", *self.refs]
+
+
+@dataclass(frozen=True)
+class LoadImages(EngineOp):
+    """Load images from a tar stream given to the engine."""
+
+    def argv(self) -> list[str]:
+        return ["docker", "load", "--quiet"]
+
+
+# --------------------------------------------------------------------------- processes in containers
+
+
+@dataclass(frozen=True)
+class Exec(EngineOp):
+    """Run a process in a running container; its output streams back, its exit code is returned."""
+
+    container: str
+    command: tuple[str, ...]
+    workdir: str | None = None
+
+    def argv(self) -> list[str]:
+        argv = ["docker", "exec"]
+        if self.workdir:
+            argv += ["--workdir", self.workdir]
+        return argv + [self.container, *self.command]
+
+
+@dataclass(frozen=True)
+class Logs(EngineOp):
+    """A container's log lines, with Docker's timestamps; `follow` keeps streaming new ones.
+
+    `since` is a Unix time in seconds (pure code turns `10m` or a date into one); `tail` a
+    number of lines or "all".
+    """
+
+    container: str
+    tail: str = "all"
+    since: float | None = None
+    follow: bool = False
+
+    def argv(self) -> list[str]:
+        argv = ["docker", "logs", "--timestamps", "--tail", self.tail]
+        if self.since is not None:
+            argv += ["--since", f"{self.since:.3f}".rstrip("0").rstrip(".")]
+        if self.follow:
+            argv.append("--follow")
+        return argv + [self.container]
+
+
+def cluster_labels(cluster: str, **more: str) -> tuple[tuple[str, str], ...]:
+    """`infra.cluster=NAME` first, then `infra.KEY=VALUE` for each keyword, in order."""
+    return ((LABEL_CLUSTER, cluster), *((f"infra.{key}", value) for key, value in more.items()))

@@ -1,0 +1,34 @@
+"""One rule each for where the master's services are reached: by workers, and by people here."""
+
+from __future__ import annotations
+
+from ..config import Cluster, Host
+
+
+def master_address(cluster: Cluster, *, master_peer: str | None = None, towards_workers: str | None = None) -> str:
+    """The address of the master's published ports.
+
+    `roles.master.advertise_address` when the cluster file sets one. Otherwise, for a remote
+    master, the address infra's own connection reached it at (`master_peer`), else its
+    configured address; for a master on this machine, this machine's address on the route to
+    the remote workers (`towards_workers`), else loopback.
+    """
+    master = cluster.master_host
+    if cluster.spec.roles.master.advertise_address:
+        return cluster.spec.roles.master.advertise_address
+    if master.is_local:
+        return towards_workers or "127.0.0.1"
+    return master_peer or master.address
+
+
+def broker_address_for(cluster: Cluster, host: Host, address: str) -> str:
+    """The address a worker container on `host` (host networking) uses to reach the broker."""
+    return "127.0.0.1" if host.name == cluster.master_host.name else address
+
+
+def flower_url(cluster: Cluster, address: str) -> str:
+    return f"http://{address}:{cluster.spec.ports.flower}"
+
+
+def broker_url_hidden(cluster: Cluster, user: str, address: str) -> str:
+    return f"amqp://{user}:****@{address}:{cluster.spec.ports.broker}//"

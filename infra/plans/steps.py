@@ -1,0 +1,64 @@
+"""A step: one thing to do on one host, as data — what runs, what it is fed, what it records.
+
+Plans are ordered lists of steps; `infra.runner.execute_step` carries one out and the workflow
+writes its record into the manifest. `--dry-run` prints the steps' descriptions and commands.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass, field
+from typing import Literal
+
+from ..commands.engine import EngineOp
+
+RecordKind = Literal[
+    "add_files", "remove_files", "add_secret_dir", "remove_secret_dir",
+    "add_container", "remove_container", "add_network", "remove_network", "add_volume", "remove_volume",
+]
+
+
+@dataclass(frozen=True)
+class Record:
+    """What a step changes in the manifest.
+
+    Folders, networks and volumes are recorded before the step runs (a step that dies halfway
+    leaves something `clean` must find); containers once they exist (their id is known then),
+    removals once they are done.
+    """
+
+    kind: RecordKind
+    name: str
+    role: str = ""
+    ident: str = ""  # a container's id when the plan knows it (kept or started, not created)
+
+    @property
+    def before(self) -> bool:
+        return self.kind in ("add_files", "add_secret_dir", "add_network", "add_volume")
+
+
+@dataclass(frozen=True)
+class Step:
+    """Either an engine operation (`op`) or a shell command (`command`), never both."""
+
+    description: str
+    op: EngineOp | None = None
+    command: tuple[str, ...] | None = None
+    stdin: bytes | None = field(default=None, repr=False, compare=False)  # content, possibly secret
+    records: tuple[Record, ...] = ()
+    timeout: float | None = None
+
+    def text(self) -> str:
+        """The command line this step amounts to (secrets never appear: they travel on stdin)."""
+        if self.op is not None:
+            return self.op.text()
+        return shlex.join(self.command or ())
+
+
+def engine_step(description: str, op: EngineOp, *records: Record, timeout: float | None = None) -> Step:
+    return Step(description, op=op, records=tuple(records), timeout=timeout)
+
+
+def shell_step(description: str, command: list[str], *records: Record, stdin: bytes | None = None,
+               timeout: float | None = None) -> Step:
+    return Step(description, command=tuple(command), stdin=stdin, records=tuple(records), timeout=timeout)

@@ -1,0 +1,76 @@
+"""`infra clean`: on every host at once, remove what the manifest recorded and what carries the cluster's label."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ..commands.engine import ListContainers, ListNetworks, ListVolumes
+from ..config import Cluster, Host
+from ..errors import InfraError, one_line, without_host
+from ..facts.containers import parse_container_list
+from ..manifest import Manifest
+from ..plans.clean import CleanPlan, plan_clean
+from ..report import Reporter
+from ..runner import Connection, ConnectionPool, run_concurrently
+from .execute import execute_steps
+
+
+@dataclass
+class CleanResult:
+    cleaned: dict[str, list[str]]
+    failed: dict[str, BaseException]
+
+
+def plan_host_clean(cluster: Cluster, conn: Connection, manifest: Manifest, *, files: bool, volumes: bool) -> CleanPlan:
+    engine = conn.engine
+    name = conn.host.name
+    return plan_clean(
+        name, manifest.hosts.get(name),
+        containers=[c.name for c in parse_container_list(engine.query(ListContainers(cluster.name)))],
+        networks=engine.query(ListNetworks(cluster.name)),
+        volumes=engine.query(ListVolumes(cluster.name)) if volumes else [],
+        files=files, remove_volumes=volumes,
+    )
+
+
+def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter: Reporter, *,
+               files: bool, volumes: bool) -> list[str]:
+    plan = plan_host_clean(cluster, conn, manifest, files=files, volumes=volumes)
+    execute_steps(conn, plan.steps, manifest)
+    left = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
+    if left:
+        raise InfraError(f"{conn.host.name}: {len(left)} container(s) could not be removed: "
+                         f"{', '.join(c.name for c in left)}")
+    manifest.drop_host_if_empty(conn.host.name)
+    record = manifest.hosts.get(conn.host.name)
+    kept = ([f"volume {v}" for v in record.volumes] + [f"files {f}" for f in record.files]) if record else []
+    line = f"removed {len(plan.containers)} container(s)"
+    if kept:
+        line += f"; kept {', '.join(kept)}"
+    if plan.refused:
+        line += f"; refused to delete {', '.join(plan.refused)}"
+    reporter.host(conn.host.name, line)
+    return plan.removed()
+
+
+def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes: bool = False) -> CleanResult:
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    hosts: dict[str, Host] = {name: manifest.host_of(name) for name in manifest.hosts}
+    for name in cluster.used_hosts():  # a label sweep also where the manifest lost track
+        hosts.setdefault(name, cluster.hosts[name])
+
+    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+        opened = pool.open(hosts.values())
+        for name, err in sorted(opened.failed.items()):
+            reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
+        reachable = [h for h in hosts.values() if h.name in opened.succeeded]
+        done = run_concurrently(
+            reachable, lambda host: clean_host(cluster, pool[host.name], manifest, reporter, files=files, volumes=volumes),
+            key=lambda h: h.name)
+    for name, err in sorted(done.failed.items()):
+        reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
+    failed = {**opened.failed, **done.failed}
+    if not failed and volumes and not manifest.hosts:
+        # The broker's data (and the credentials it holds) is gone: new ones next time.
+        cluster.secrets_path.unlink(missing_ok=True)
+    return CleanResult(done.succeeded, failed)

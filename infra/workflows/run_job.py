@@ -1,0 +1,199 @@
+"""`infra run`: a script of the project in the master container, its output streamed here, its files fetched back."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import posixpath
+import re
+import tarfile
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..commands.celery import PID_MARKER, signal_job
+from ..commands.celery import run_job as job_op
+from ..commands.files import fetch_files, list_files, names_on_stdin
+from ..config import Cluster
+from ..errors import ConfigError, InfraError
+from ..facts.files import OUTPUT_FOLDER, LocalFile, ignore_rules, no_ignores, parse_sha256_list, scan_local
+from ..names import container_name
+from ..plans.sync import plan_sync
+from ..plans.up import host_layout
+from ..runner import Connection, ConnectionPool
+from .gather import read_host_facts
+
+_MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")
+
+
+def job_words(script: str, args: tuple[str, ...]) -> tuple[str, tuple[str, ...]]:
+    """Also accept the job written as a command: `python -m MODULE ...`, `python FILE.py ...`, `-m MODULE`."""
+    words = (script, *args)
+    if words[0] in ("python", "python3"):
+        words = words[1:]
+    if len(words) >= 2 and words[0] == "-m":
+        words = words[1:]
+    if not words:
+        raise ConfigError("run: name a script (FILE.py) or a module to run")
+    return words[0], tuple(words[1:])
+
+
+def script_command(script: str, project_dir: Path) -> list[str]:
+    """What follows `python` for SCRIPT: a file of the project (`*.py`) or a module (`-m NAME`)."""
+    if script.endswith(".py"):
+        path = Path(script)
+        if path.is_absolute():
+            try:
+                path = path.resolve().relative_to(project_dir.resolve())
+            except ValueError:
+                raise ConfigError(f"run: {script} is not inside the project folder {project_dir}") from None
+        rel = posixpath.normpath(path.as_posix())
+        if rel.startswith("../") or rel == ".." or rel.startswith("/"):
+            raise ConfigError(f"run: {script} is not inside the project folder {project_dir}")
+        if not (project_dir / rel).is_file():
+            raise ConfigError(f"run: no file {rel} in the project folder {project_dir}")
+        return [rel]
+    if not _MODULE.match(script):
+        raise ConfigError(f"run: {script!r} is neither a .py file of the project nor a module name (package.module)")
+    return ["-m", script]
+
+
+def _wait_until_gone(conn: Connection, cluster_name: str, pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not conn.engine.exec(signal_job(cluster_name, pid, "0"), timeout=30).ok:
+            return True
+        time.sleep(0.3)
+    return False
+
+
+def plan_fetch(remote: dict[str, str], local: dict[str, LocalFile]) -> list[str]:
+    """Output files of the master host that are new here or differ from the local copy."""
+    wanted = []
+    for rel, digest in sorted(remote.items()):
+        parts = rel.split("/")
+        if rel.startswith("/") or ".." in parts or "\n" in rel or not rel:
+            continue  # never write outside the output folder
+        if rel not in local or local[rel].digest != digest:
+            wanted.append(rel)
+    return wanted
+
+
+def unpack_files(data: bytes, target: Path, wanted: list[str]) -> int:
+    """Write the wanted regular files of a tar.gz under `target`; returns the bytes written."""
+    allowed = set(wanted)
+    written = 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        for member in tar.getmembers():
+            rel = posixpath.normpath(member.name)
+            if rel.startswith("./"):
+                rel = rel[2:]
+            if rel not in allowed or not member.isfile():
+                continue
+            content = tar.extractfile(member).read()
+            path = target / rel
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_name(f".{path.name}.infra-tmp")
+            tmp.write_bytes(content)
+            os.chmod(tmp, (member.mode & 0o777) or 0o644)
+            os.replace(tmp, path)
+            written += len(content)
+    return written
+
+
+@dataclass
+class RunResult:
+    exit_code: int
+    fetched: list[str] = field(default_factory=list)
+    fetched_bytes: int = 0
+    output_dir: Path | None = None
+    in_place: bool = False
+
+
+def fetch_outputs(conn: Connection, remote_dir: str, local_dir: Path) -> tuple[list[str], int]:
+    listing = conn.run(list_files(remote_dir), timeout=120, check=False)
+    remote = parse_sha256_list(listing.stdout)
+    local = scan_local(local_dir, no_ignores()) if local_dir.is_dir() else {}
+    wanted = plan_fetch(remote, local)
+    if not wanted:
+        return [], 0
+    result = conn.run(fetch_files(remote_dir), stdin=names_on_stdin(wanted), timeout=600)
+    return wanted, unpack_files(base64.b64decode(result.stdout), local_dir, wanted)
+
+
+def run_job(
+    cluster: Cluster, script: str, args: tuple[str, ...], *,
+    out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
+) -> RunResult:
+    """Run SCRIPT in the master container, streaming its output; then fetch its output files."""
+    script, args = job_words(script, args)
+    python_args = script_command(script, cluster.project_dir)
+    master = cluster.master_host
+    local_output = cluster.project_dir / OUTPUT_FOLDER
+    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+        conn = pool.get(master)
+        facts = read_host_facts(conn, cluster)
+        name = container_name(cluster.name, "master")
+        container = facts.container(name)
+        if container is None or not container.running:
+            state = container.state if container else "missing"
+            raise InfraError(f"{master.name}: the master container {name} is {state}: run `infra up`")
+        layout = host_layout(cluster, master, facts)
+        if not master.is_local:
+            rules = ignore_rules(cluster.project_dir)
+            listing = conn.run(list_files(layout.project_dir), timeout=300)
+            stale = plan_sync(layout.project_dir, cluster.project_dir, scan_local(cluster.project_dir, rules),
+                              parse_sha256_list(listing.stdout), rules)
+            if stale.changed:
+                note(f"warning: the project on {master.name} differs from the local folder "
+                     f"({len(stale.upload)} file(s) to send, {len(stale.delete)} to delete): "
+                     f"run `infra sync-files` to use your latest code")
+
+        pid: list[int] = []
+
+        def on_stderr(line: str) -> None:
+            if not pid and line.startswith(PID_MARKER) and line[len(PID_MARKER):].strip().isdigit():
+                pid.append(int(line[len(PID_MARKER):]))
+                return
+            err(line)
+
+        box: dict = {}
+
+        def execute() -> None:
+            try:
+                box["result"] = conn.engine.exec(job_op(cluster.name, python_args, args),
+                                                 on_stdout=out, on_stderr=on_stderr)
+            except BaseException as exc:  # handed to the main thread
+                box["error"] = exc
+
+        worker = threading.Thread(target=execute, daemon=True)
+        worker.start()
+        interrupted = False
+        try:
+            while worker.is_alive():
+                worker.join(0.2)
+        except KeyboardInterrupt:
+            interrupted = True
+            note("interrupted: stopping the job in the master container")
+            # Signals go to the job itself: `docker exec` forwards none, and may have died already.
+            for signal, grace in (("INT", 10.0), ("TERM", 5.0), ("KILL", 5.0)):
+                if not pid:
+                    break
+                conn.engine.exec(signal_job(cluster.name, pid[0], signal), timeout=30)
+                if _wait_until_gone(conn, cluster.name, pid[0], grace):
+                    break
+            worker.join(5)
+        if "error" in box and not interrupted:
+            raise box["error"]
+        code = 130 if interrupted else box["result"].exit_code
+
+        result = RunResult(code, output_dir=local_output)
+        if master.is_local:
+            result.in_place = True
+            return result
+        remote_output = posixpath.join(layout.project_dir, OUTPUT_FOLDER)
+        result.fetched, result.fetched_bytes = fetch_outputs(conn, remote_output, local_output)
+        return result

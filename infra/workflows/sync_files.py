@@ -1,0 +1,194 @@
+"""`infra sync-files`: bring the project on the hosts up to date, then restart the workers whose code changed.
+
+Which workers run which code is recorded in `STATE_DIR/NAME/worker-code.json` (their start
+times at the moment infra restarted them), so only hosts whose code changed restart.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from ..commands.engine import InspectContainers, RestartContainer
+from ..commands.files import files_newer_than, list_files
+from ..config import Cluster, Host
+from ..errors import InfraError, one_line, without_host
+from ..facts.containers import parse_container_inspect
+from ..facts.files import ignore_rules, parse_find, parse_sha256_list, project_digest, scan_local
+from ..manifest import Manifest
+from ..names import celery_node_name
+from ..plans.steps import Record
+from ..plans.sync import CodeRecord, changed_after, earliest_start, plan_sync, restart_decision, sync_steps
+from ..plans.up import host_layout
+from ..report import Reporter
+from ..runner import Connection, ConnectionPool, run_concurrently
+from ..secrets import write_private_file
+from .execute import execute_steps
+from .gather import read_host_facts
+from .readiness import wait_for_workers
+
+RESTART_TIMEOUT = 10  # seconds a restart gives a worker to finish its tasks (then SIGKILL)
+LISTING_TIMEOUT = 300
+
+
+@dataclass
+class SyncOutcome:
+    host: str
+    project_dir: str
+    in_place: bool = False
+    sent: list[str] = field(default_factory=list)
+    bytes_sent: int = 0  # content of the files sent
+    wire_bytes: int = 0  # the tar stream that carried them
+    deleted: list[str] = field(default_factory=list)
+    unchanged: int = 0
+    restarted: list[str] = field(default_factory=list)
+    reason: str = ""
+    error: str | None = None
+
+    def describe(self) -> str:
+        if self.error:
+            return f"failed: {self.error}"
+        if self.in_place:
+            files = f"project used in place ({self.unchanged} files)"
+        elif self.sent or self.deleted:
+            files = (f"sent {len(self.sent)} file(s), {self.bytes_sent} bytes ({self.wire_bytes} on the wire), "
+                     f"deleted {len(self.deleted)}, {self.unchanged} unchanged")
+        else:
+            files = f"up to date ({self.unchanged} files), nothing sent"
+        if self.restarted:
+            return f"{files}; restarted {', '.join(self.restarted)} ({self.reason})"
+        return f"{files}; {self.reason}"
+
+
+@dataclass
+class SyncResult:
+    outcomes: dict[str, SyncOutcome]
+    answering: bool | None  # restarted workers answer again (None: nothing restarted)
+    wait_error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return any(o.error for o in self.outcomes.values()) or self.answering is False
+
+    def to_json(self) -> dict:
+        return {
+            "hosts": [asdict(o) for o in self.outcomes.values()],
+            "restarted_workers_answer": self.answering,
+            "error": self.wait_error,
+        }
+
+
+def code_records_path(cluster: Cluster) -> Path:
+    return cluster.state_dir / "worker-code.json"
+
+
+def load_code_records(path: Path) -> dict[str, CodeRecord]:
+    try:
+        raw = json.loads(path.read_text())
+        return {host: CodeRecord(rec["digest"], dict(rec["workers"])) for host, rec in raw.get("hosts", {}).items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # a lost record only means the mtime rule decides (see restart_decision)
+
+
+def save_code_records(path: Path, records: dict[str, CodeRecord]) -> None:
+    data = {"version": 1, "hosts": {host: asdict(rec) for host, rec in sorted(records.items())}}
+    write_private_file(path, json.dumps(data, indent=2).encode() + b"\n")
+
+
+def start_times(conn: Connection, names: list[str]) -> dict[str, str]:
+    """{container: its State.StartedAt} of the given containers."""
+    if not names:
+        return {}
+    return {c.name: c.started_at for c in parse_container_inspect(conn.engine.query(InspectContainers(tuple(names))))}
+
+
+def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None = None,
+               restart: bool = True) -> SyncResult:
+    """Bring the project on `hosts` (default: every host of the cluster) up to date, then restart
+    the workers whose code changed."""
+    hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
+    rules = ignore_rules(cluster.project_dir)
+    local_files = scan_local(cluster.project_dir, rules)
+    digest = project_digest(local_files)
+    records_path = code_records_path(cluster)
+    records = load_code_records(records_path)
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    new_records: dict[str, CodeRecord | None] = {}
+
+    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+
+        def sync_host(host: Host) -> SyncOutcome:
+            conn = pool.get(host)
+            facts = read_host_facts(conn, cluster)
+            layout = host_layout(cluster, host, facts)
+            outcome = SyncOutcome(host.name, layout.project_dir)
+            workers = start_times(conn, sorted(facts.running_workers))
+            record = records.get(host.name)
+            record_valid = record is not None and record.workers == workers
+            started = earliest_start(workers)
+            if host.is_local:
+                outcome.in_place = True
+                outcome.unchanged = len(local_files)
+                changed = False
+                if workers and not record_valid:
+                    mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in local_files}
+                    changed = bool(changed_after(mtimes, started))
+            else:
+                listing = conn.run(list_files(layout.project_dir), timeout=LISTING_TIMEOUT)
+                plan = plan_sync(layout.project_dir, cluster.project_dir, local_files,
+                                 parse_sha256_list(listing.stdout), rules)
+                steps = sync_steps(plan, Record("add_files", layout.project_dir))
+                execute_steps(conn, steps, manifest)
+                outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
+                outcome.sent, outcome.deleted = plan.upload, plan.delete
+                outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
+                changed = plan.changed
+                if workers and not changed and not record_valid and started is not None:
+                    found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
+                    changed = bool(parse_find(found.stdout, rules))
+            decision = restart_decision(record, digest, workers, changed, allowed=restart)
+            outcome.reason = decision.reason
+            if decision.restart:
+                names = sorted(workers)
+                # One restart per worker, all at once: each waits for a warm shutdown.
+                restarted = run_concurrently(
+                    names, lambda name: conn.engine.apply(RestartContainer(name, RESTART_TIMEOUT)))
+                outcome.restarted = sorted(restarted.succeeded)
+                restarted.raise_if_failed(f"restarting workers on {host.name}")
+                workers = start_times(conn, names)
+            new_records[host.name] = CodeRecord(digest, workers) if decision.current and workers else (
+                None if not workers else record)
+            return outcome
+
+        done = run_concurrently(hosts, sync_host, key=lambda h: h.name)
+        outcomes: dict[str, SyncOutcome] = {}
+        for host in hosts:
+            if host.name in done.succeeded:
+                outcomes[host.name] = done.succeeded[host.name]
+            else:
+                outcomes[host.name] = SyncOutcome(host.name, "", error=without_host(host.name, one_line(done.failed[host.name])))
+            reporter.host(host.name, outcomes[host.name].describe(), style="red" if outcomes[host.name].error else "")
+
+        requirements = cluster.spec.project.requirements
+        if requirements and any(requirements in o.sent + o.deleted for o in outcomes.values()):
+            reporter.warn(f"{requirements} changed: new packages need new images, run `infra up` to rebuild them")
+
+        for name, rec in new_records.items():
+            if rec is None:
+                records.pop(name, None)
+            else:
+                records[name] = rec
+        if new_records:
+            save_code_records(records_path, records)
+
+        restarted_nodes = [celery_node_name(w, o.host) for o in outcomes.values() for w in o.restarted]
+        if not restarted_nodes:
+            return SyncResult(outcomes, None)
+        try:
+            waited = wait_for_workers(cluster, pool.get(cluster.master_host), restarted_nodes, "restarted worker(s)")
+            reporter.info(f"{len(restarted_nodes)} restarted worker(s) answer again ({waited:.1f} s)")
+            return SyncResult(outcomes, True)
+        except InfraError as exc:
+            reporter.warn(str(exc))
+            return SyncResult(outcomes, False, str(exc))

@@ -1,0 +1,229 @@
+"""`infra up`: gather every host's facts, plan, carry the plan out on all hosts at once, wait, record.
+
+Nothing is written anywhere before every host answered and has a working engine. Each host's
+steps run in order (files, images, network and volumes, containers); a host that fails does not
+stop the others; the manifest records each step as it happens, so it always covers what was
+actually started.
+"""
+
+from __future__ import annotations
+
+import platform
+import time
+from dataclasses import dataclass, field
+
+from ..assets import context_digest, prepare_build_context
+from ..commands.engine import BuildImage, InspectImages, PullImage
+from ..commands.files import list_files
+from ..config import Cluster, Host
+from ..errors import DockerMissingError, InfraError
+from ..facts.arch import docker_arch
+from ..facts.containers import parse_image_inspect
+from ..facts.files import ignore_rules, parse_sha256_list, scan_local
+from ..facts.host import HostFacts
+from ..manifest import Manifest
+from ..plans.addresses import master_address
+from ..plans.clean import plan_clean
+from ..plans.sync import SyncPlan, plan_sync
+from ..plans.up import (
+    IMAGE_ROLES,
+    HostPlan,
+    container_steps,
+    expected_worker_nodes,
+    image_steps,
+    images_needed,
+    plan_host,
+    plan_images,
+    build_fingerprints,
+)
+from ..report import Reporter
+from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently, ship_images
+from ..secrets import Secrets, load_or_create_secrets, load_secrets
+from .execute import execute_step, execute_steps
+from .gather import gather_facts, read_host_facts, require_docker
+from .readiness import wait_for_broker, wait_for_workers
+
+LISTING_TIMEOUT = 300
+
+
+@dataclass
+class HostOutcome:
+    host: str
+    changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class UpResult:
+    plans: dict[str, HostPlan]
+    outcomes: dict[str, HostOutcome]
+    master_address: str
+    workers: list[str]
+    departed: dict[str, list[str]] = field(default_factory=dict)  # host -> what is removed there
+    dry_run: bool = False
+
+
+def departed_hosts(cluster: Cluster, manifest: Manifest) -> dict[str, Host]:
+    """Hosts the manifest still records that the cluster file no longer uses."""
+    used = cluster.used_hosts()
+    return {name: manifest.host_of(name) for name in manifest.hosts if name not in used}
+
+
+def check_architectures(cluster: Cluster, facts: dict[str, HostFacts], hosts: list[Host]) -> None:
+    """Images built here run only on hosts of this machine's CPU architecture."""
+    if cluster.spec.images.source != "ship":
+        return
+    local_arch = docker_arch(facts["local"].arch if "local" in facts else platform.machine())
+    for host in hosts:
+        arch = docker_arch(facts[host.name].arch)
+        if arch != local_arch:
+            raise InfraError(f"{host.name}: the host is {arch} but images built here are {local_arch}; "
+                             f"set images.source: build so each host builds its own")
+
+
+def resolve_master_address(cluster: Cluster, pool: ConnectionPool) -> str:
+    master = cluster.master_host
+    remote_workers = [n for n in cluster.worker_hosts() if not cluster.hosts[n].is_local]
+    towards = None
+    if master.is_local and remote_workers:
+        first = remote_workers[0]
+        towards = local_address_towards(pool[first].peer_address() or cluster.hosts[first].address)
+    peer = None if master.is_local else pool[master.name].peer_address()
+    return master_address(cluster, master_peer=peer, towards_workers=towards)
+
+
+def project_sync_plans(cluster: Cluster, pool: ConnectionPool, hosts: list[Host],
+                       facts: dict[str, HostFacts]) -> dict[str, SyncPlan]:
+    """What each remote host lacks of the project (one listing per host, all at once)."""
+    from ..plans.up import host_layout
+
+    rules = ignore_rules(cluster.project_dir)
+    local_files = scan_local(cluster.project_dir, rules)
+
+    def plan_one(host: Host) -> SyncPlan:
+        root = host_layout(cluster, host, facts[host.name]).project_dir
+        listing = pool[host.name].run(list_files(root), timeout=LISTING_TIMEOUT)
+        return plan_sync(root, cluster.project_dir, local_files, parse_sha256_list(listing.stdout), rules)
+
+    listed = run_concurrently([h for h in hosts if not h.is_local], plan_one, key=lambda h: h.name)
+    listed.raise_if_failed("listing the project on the hosts")
+    return listed.succeeded
+
+
+def build_images_here(cluster: Cluster, local: Connection, context_dir: str, digest: str, reporter: Reporter,
+                      *, dry_run: bool) -> dict[str, str | None]:
+    """`images.source: ship`: the images are built on this machine first; returns their ids."""
+    facts = read_host_facts(local, cluster)
+    if not facts.docker_version:
+        raise DockerMissingError(f"local: images are built here before they are shipped, but Docker does not "
+                                 f"answer ({facts.docker_problem}) — run `infra bootstrap --hosts local`")
+    plans = plan_images(cluster, Host(name="local", address="127.0.0.1"), facts, {}, digest, roles=IMAGE_ROLES)
+    if dry_run:
+        return facts.image_ids
+    for step in image_steps(cluster, plans, context_dir, build_fingerprints(cluster, digest)):
+        started = time.monotonic()
+        local.engine.apply(step.op)
+        reporter.host("local", f"image {step.op.tag} built for shipping ({time.monotonic() - started:.1f} s)")
+    return image_ids_on(local, [cluster.image_tag(role) for role in IMAGE_ROLES])
+
+
+def image_ids_on(conn: Connection, refs: list[str]) -> dict[str, str | None]:
+    return {ref: info.id if info else None
+            for ref, info in parse_image_inspect(conn.engine.query(InspectImages(tuple(refs)))).items()}
+
+
+def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResult:
+    started = time.monotonic()
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    hosts = [cluster.hosts[name] for name in cluster.used_hosts()]
+    departed = departed_hosts(cluster, manifest)
+    everyone = hosts + list(departed.values())
+
+    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+        pool.open(everyone).raise_if_failed("connecting")
+        facts = gather_facts(pool, cluster, everyone)
+        require_docker(facts, everyone, cluster.source)
+        check_architectures(cluster, facts, [h for h in hosts if not h.is_local])
+        address = resolve_master_address(cluster, pool)
+        # Only now, with every host reachable and ready, is anything written.
+        secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run \
+            else load_or_create_secrets(cluster.secrets_path)
+        context = prepare_build_context(cluster)
+        digest = context_digest(context)
+        local_ids: dict[str, str | None] = {}
+        local = None  # this machine's engine, where shipped images come from
+        if cluster.spec.images.source == "ship":
+            local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"])
+            local_ids = build_images_here(cluster, local, str(context), digest, reporter, dry_run=dry_run)
+            if "local" in facts and not dry_run:
+                facts["local"] = read_host_facts(local, cluster)  # now with the images just built
+        syncs = project_sync_plans(cluster, pool, hosts, facts)
+        plans = {h.name: plan_host(cluster, h, facts[h.name], secrets, address, local_image_ids=local_ids,
+                                   context_dir=str(context), context_digest=digest, sync=syncs.get(h.name))
+                 for h in hosts}
+        retirements = {name: plan_clean(name, manifest.hosts.get(name),
+                                        containers=[c.name for c in facts[name].containers],
+                                        networks=list(facts[name].networks), volumes=[], files=False,
+                                        remove_volumes=False)
+                       for name in departed}
+        if dry_run:
+            return UpResult(plans, {}, address, expected_worker_nodes(cluster),
+                            {name: plan.removed() for name, plan in retirements.items()}, dry_run=True)
+
+        def apply(host: Host) -> HostOutcome:
+            conn = pool[host.name]
+            if host.name in departed:
+                execute_steps(conn, retirements[host.name].steps, manifest)
+                manifest.drop_host_if_empty(host.name)
+                return HostOutcome(host.name, retirements[host.name].removed())
+            return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, local)
+
+        applied = run_concurrently(everyone, apply, key=lambda h: h.name)
+        applied.raise_if_failed("bringing the cluster up")
+        outcomes: dict[str, HostOutcome] = applied.succeeded
+        master = pool[cluster.master_host.name]
+        wait_for_broker(cluster, master)
+        reporter.host(master.host.name, "broker accepts connections")
+        nodes = expected_worker_nodes(cluster)
+        wait_for_workers(cluster, master, nodes)
+        reporter.info(f"all {len(nodes)} workers answer")
+        for name, outcome in outcomes.items():
+            if not outcome.changes:
+                reporter.host(name, "nothing to do: already up to date", style="dim")
+    reporter.info(f"cluster {cluster.name} is up ({time.monotonic() - started:.1f} s)")
+    return UpResult(plans, outcomes, address, expected_worker_nodes(cluster))
+
+
+def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: HostFacts, manifest: Manifest,
+                    reporter: Reporter, local: Connection | None) -> HostOutcome:
+    """One host: files and images first, then the containers those image ids call for."""
+    host = plan.host
+    outcome = HostOutcome(host.name)
+    if plan.sync is not None and plan.sync.changed:
+        outcome.changes.append(f"project: {plan.sync.describe()}")
+        reporter.host(host.name, f"project {plan.layout.project_dir}: {plan.sync.describe()}")
+    for step in plan.steps:
+        started = time.monotonic()
+        answer = execute_step(conn, step, manifest)
+        if isinstance(step.op, (BuildImage, PullImage)):
+            tag = step.op.tag if isinstance(step.op, BuildImage) else step.op.ref
+            if answer != facts.image_id(tag):
+                verb = "built" if isinstance(step.op, BuildImage) else "pulled"
+                reporter.host(host.name, f"image {tag} {verb} ({time.monotonic() - started:.1f} s)")
+                outcome.changes.append(f"image {tag}")
+        elif step.op is not None or step.command is not None:
+            outcome.changes.append(step.description)
+    for image in plan.images:
+        if image.action == "ship":
+            started = time.monotonic()
+            sent = ship_images(local.engine, conn.engine, [image.tag])
+            reporter.host(host.name, f"image {image.tag} shipped ({sent / 1e6:.0f} MB in {time.monotonic() - started:.1f} s)")
+            outcome.changes.append(f"image {image.tag}")
+    ids = facts.image_ids
+    if any(image.action != "present" for image in plan.images):
+        ids = image_ids_on(conn, sorted({cluster.image_tag(r) for r in images_needed(cluster, host)}))
+    for step in container_steps(cluster, plan, facts, ids):
+        execute_step(conn, step, manifest)
+        if step.op is not None:
+            reporter.host(host.name, step.description)
+            outcome.changes.append(step.description)
+    return outcome
