@@ -1,166 +1,253 @@
-"""Facts about a host are parsed from recorded probe output, without any host."""
+"""Facts about a host are parsed from recorded answers, without any host.
+
+Two sources: the shell probe (home, uid, gid, `uname -m`) and the host's engine, whose answers
+are recorded here as the Docker Engine API gives them (fixtures/api/: `GET /containers/json`,
+`GET /containers/{id}/json`, and image inspects by reference, of a master host `gpu-box`).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import platform
 import shutil
-import stat
 import subprocess
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
 
-from infra.deploy import parse_ping
-from infra.facts.host import (
-    SECTION,
-    HostFacts,
-    docker_arch,
-    facts_script,
-    parse_docker_inspect,
-    parse_docker_version,
-    parse_host_facts,
-    parse_sha256_list,
-    split_sections,
+from infra.commands.files import PROBE_MARKER, host_probe
+from infra.facts.arch import docker_arch
+from infra.facts.celery import parse_ping
+from infra.facts.containers import (
+    Container,
+    ImageInfo,
+    parse_container_inspect,
+    parse_container_list,
+    parse_image_inspect,
 )
+from infra.facts.docker import parse_docker_version
+from infra.facts.files import parse_sha256_list
+from infra.facts.host import HostFacts, Identity, host_facts, parse_host_probe
+from infra.facts.sections import split_sections
 
 FIXTURES = Path(__file__).parent / "fixtures"
 WORKER_ID = "sha256:" + "1f3a" * 16
 MASTER_ID = "sha256:" + "9c0d" * 16
+BROKER_ID = "sha256:" + "77aa" * 16
+SECRETS = ("Brk-pw_0123456789abcdef", "Res-pw_0123456789abcdef")
 
 
 def recorded(name: str) -> str:
     return (FIXTURES / name).read_text()
 
 
-# --------------------------------------------------------------------------- parse_host_facts
+def api(name: str):
+    return json.loads(recorded(f"api/{name}"))
+
+
+@pytest.fixture(scope="module")
+def listed() -> dict[str, Container]:
+    return {c.name: c for c in parse_container_list(api("containers_gpu_box.json"))}
+
+
+@pytest.fixture(scope="module")
+def inspected() -> dict[str, Container]:
+    return {c.name: c for c in parse_container_inspect(api("inspect_gpu_box.json"))}
 
 
 @pytest.fixture(scope="module")
 def master_facts() -> HostFacts:
-    return parse_host_facts(recorded("probe_gpu_box.txt"))
+    return host_facts(
+        parse_host_probe(recorded("host_probe_gpu_box.txt")), "27.3.1",
+        containers=parse_container_list(api("containers_gpu_box.json")),
+        images=parse_image_inspect(api("images_gpu_box.json")),
+        networks=["lab-net"], volumes=["lab-broker-data", "lab-results-data"],
+    )
 
 
-def test_the_recorded_probe_has_every_section_the_script_prints():
-    sections = split_sections(recorded("probe_gpu_box.txt"))
-    assert list(sections) == [
-        "home", "uid", "arch", "docker_version", "containers", "images", "networks", "volumes", "end",
+# --------------------------------------------------------------------------- the shell probe
+
+
+def test_the_recorded_probe_has_every_section_the_probe_prints():
+    assert list(split_sections(recorded("host_probe_gpu_box.txt"), PROBE_MARKER)) == ["home", "uid", "arch", "end"]
+
+
+def test_home_uid_gid_and_arch_are_read():
+    assert parse_host_probe(recorded("host_probe_gpu_box.txt")) == Identity("/home/alice", 1000, 1100, "x86_64")
+
+
+def test_a_login_banner_before_the_probe_is_ignored():
+    assert parse_host_probe(recorded("host_probe_pi1.txt")) == Identity("/home/pi", 1001, 1001, "aarch64")
+
+
+def test_a_probe_cut_short_is_refused():
+    text = recorded("host_probe_gpu_box.txt")
+    with pytest.raises(ValueError, match="incomplete"):
+        parse_host_probe(text[: text.index(PROBE_MARKER + "end")])
+
+
+def test_a_probe_without_a_numeric_uid_is_refused():
+    text = recorded("host_probe_gpu_box.txt").replace("1000\n1100", "id: cannot find name for user ID")
+    with pytest.raises(ValueError, match="no uid"):
+        parse_host_probe(text)
+
+
+def test_a_single_id_line_serves_as_uid_and_gid():
+    text = recorded("host_probe_gpu_box.txt").replace("1000\n1100", "1000")
+    assert (parse_host_probe(text).uid, parse_host_probe(text).gid) == (1000, 1000)
+
+
+@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
+def test_the_probe_run_by_sh_parses():
+    """The probe and its parser agree on the format."""
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": "/home/bob"}
+    out = subprocess.run(host_probe(), capture_output=True, text=True, env=env, check=True).stdout
+    identity = parse_host_probe(out)
+    assert identity == Identity("/home/bob", os.getuid(), os.getgid(), platform.machine())
+
+
+# --------------------------------------------------------------------------- the engine's container list
+
+
+def test_containers_come_from_the_api_list_sorted_by_name_without_the_slash(listed):
+    assert list(listed) == [
+        "lab-broker", "lab-flower", "lab-master", "lab-results", "lab-worker-gpu-box-1", "lab-worker-gpu-box-2",
     ]
 
 
-def test_home_uid_gid_and_arch_are_read(master_facts):
-    assert master_facts.home == "/home/alice"
-    assert (master_facts.uid, master_facts.gid) == (1000, 1000)
-    assert master_facts.arch == "x86_64"
-
-
-def test_a_working_docker_gives_its_server_version_and_no_problem(master_facts):
-    assert master_facts.docker_version == "27.3.1"
-    assert master_facts.docker_problem == ""
-
-
-def test_containers_come_from_docker_inspect_sorted_by_name_without_the_slash(master_facts):
-    assert [c.name for c in master_facts.containers] == [
-        "lab-broker", "lab-flower", "lab-master", "lab-results", "lab-worker-gpu-box-1",
-    ]
-
-
-def test_each_container_carries_its_state_role_and_spec_label(master_facts):
-    broker = master_facts.container("lab-broker")
+def test_each_listed_container_carries_its_state_role_image_and_spec_label(listed):
+    broker = listed["lab-broker"]
     assert broker.state == "running" and broker.running
-    assert broker.role == "broker"
+    assert (broker.role, broker.cluster, broker.host_label) == ("broker", "lab", "gpu-box")
     assert broker.fingerprint == "0a1b2c3d4e5f60718293"
-    assert broker.labels["infra.cluster"] == "lab"
-    assert broker.health == "healthy"
-    assert broker.started_at == "2024-05-01T09:12:45.30212Z"
-    assert broker.id.startswith("6c61622d")
+    assert (broker.image, broker.image_id) == ("infra-lab-broker:latest", BROKER_ID)
+    assert len(broker.id) == 64
 
-    master = master_facts.container("lab-master")
+    master = listed["lab-master"]
     assert master.state == "exited" and not master.running
-    assert master.health == ""
 
-    worker = master_facts.container("lab-worker-gpu-box-1")
-    assert worker.image_id == WORKER_ID
-    assert worker.role == "worker"
+    assert listed["lab-worker-gpu-box-1"].image_id == WORKER_ID
+
+
+def test_the_list_tells_health_only_through_its_status_text(listed):
+    assert listed["lab-broker"].health == "healthy"  # "Up 2 hours (healthy)"
+    assert listed["lab-worker-gpu-box-1"].health == "starting"  # "(health: starting)"
+    assert listed["lab-flower"].health is None  # no health check
+    assert listed["lab-master"].health is None
+
+
+def test_the_list_has_no_start_time_restart_count_or_exit_code(listed):
+    assert all((c.started_at, c.restarts, c.exit_code) == ("", None, None) for c in listed.values())
+    assert listed["lab-broker"].started is None
+
+
+def test_a_container_whose_tag_moved_on_is_listed_with_its_image_id(listed):
+    stale = listed["lab-worker-gpu-box-2"]
+    assert stale.image == stale.image_id == "sha256:" + "0bad" * 16
+    assert stale.state == "restarting" and not stale.running
+
+
+def test_an_empty_answer_means_no_containers():
+    assert parse_container_list([]) == ()
+    assert parse_container_list(None) == ()
+    assert parse_container_inspect([]) == ()
+    assert parse_container_inspect(None) == ()
+
+
+def test_an_unhealthy_status_text_is_read():
+    item = {"Names": ["/lab-broker"], "Id": "x", "State": "running", "Status": "Up 3 minutes (unhealthy)"}
+    assert parse_container_list([item])[0].health == "unhealthy"
+
+
+# --------------------------------------------------------------------------- the engine's inspect answers
+
+
+def test_inspect_gives_start_time_restart_count_health_and_exit_code(inspected):
+    broker = inspected["lab-broker"]
+    assert (broker.state, broker.health, broker.restarts, broker.exit_code) == ("running", "healthy", 0, None)
+    assert broker.started == datetime(2024, 5, 1, 9, 12, 45, 302120, tzinfo=timezone.utc)
+    assert (broker.image, broker.image_id) == ("infra-lab-broker:latest", BROKER_ID)
+
+    master = inspected["lab-master"]
+    assert (master.state, master.exit_code, master.health) == ("exited", 137, None)
+
+    looping = inspected["lab-worker-gpu-box-2"]
+    assert (looping.state, looping.restarts, looping.exit_code) == ("restarting", 7, 1)
+    assert looping.image == "infra-lab-worker:latest"  # what it was started from, unlike the list
+
+
+def test_list_and_inspect_agree_on_names_ids_and_labels(listed, inspected):
+    for name, container in inspected.items():
+        assert (container.id, container.labels["infra.spec"]) == (listed[name].id, listed[name].fingerprint)
+
+
+def test_the_inspected_environment_with_its_secrets_is_not_kept():
+    raw = api("inspect_gpu_box.json")
+    assert any(secret in " ".join(item["Config"]["Env"]) for item in raw for secret in SECRETS)  # the API sends it
+    parsed = parse_container_inspect(raw)
+    assert not any(secret in repr(parsed) for secret in SECRETS)
+
+
+# --------------------------------------------------------------------------- images
+
+
+def test_image_inspects_give_ids_and_labels_and_none_for_a_missing_image():
+    images = parse_image_inspect(api("images_gpu_box.json"))
+    assert images["infra-lab-worker:latest"] == ImageInfo(WORKER_ID, {
+        "infra.cluster": "lab", "infra.context": "c0ffee0123456789abcd",
+        "org.opencontainers.image.title": "infra celery worker"})
+    assert images["python:3.11-slim-bookworm"] == ImageInfo("sha256:" + "ba5e" * 16, {})  # "Labels": null
+    assert images["infra-lab-broker:latest"] is None
+
+
+# --------------------------------------------------------------------------- HostFacts
+
+
+def test_facts_carry_the_identity_and_a_working_engine_has_no_problem(master_facts):
+    assert (master_facts.home, master_facts.uid, master_facts.gid, master_facts.arch) == (
+        "/home/alice", 1000, 1100, "x86_64")
+    assert (master_facts.docker_version, master_facts.docker_problem) == ("27.3.1", "")
 
 
 def test_a_container_that_is_not_there_is_none(master_facts):
+    assert master_facts.container("lab-broker").role == "broker"
     assert master_facts.container("lab-worker-gpu-box-9") is None
 
 
-def test_image_ids_are_read_and_a_dash_means_the_image_is_missing(master_facts):
+def test_image_ids_and_labels_are_read_and_a_missing_image_has_none(master_facts):
     assert master_facts.image_ids == {
+        "python:3.11-slim-bookworm": "sha256:" + "ba5e" * 16,
         "infra-lab-worker:latest": WORKER_ID,
         "infra-lab-master:latest": MASTER_ID,
         "infra-lab-broker:latest": None,
     }
+    assert master_facts.image_id("infra-lab-other:latest") is None
+    assert master_facts.image_label("infra-lab-master:latest", "infra.context") == "ba5eba11ba5eba11ba5e"
+    assert master_facts.image_label("infra-lab-master:latest", "infra.nothing") is None
+    assert master_facts.image_label("infra-lab-broker:latest", "infra.context") is None
 
 
-def test_networks_and_volumes_of_the_cluster_are_listed(master_facts):
+def test_running_workers_leave_out_services_and_workers_that_do_not_run(master_facts):
+    assert list(master_facts.running_workers) == ["lab-worker-gpu-box-1"]  # gpu-box-2 is restarting
+
+
+def test_networks_and_volumes_of_the_cluster_are_kept(master_facts):
     assert master_facts.networks == ("lab-net",)
     assert master_facts.volumes == ("lab-broker-data", "lab-results-data")
 
 
-def test_a_host_without_docker_has_no_version_a_reason_and_no_containers():
-    facts = parse_host_facts(recorded("probe_no_docker.txt"))
-    assert facts.docker_version is None
-    assert facts.docker_problem == "Docker is not installed"
-    assert facts.containers == ()
-    assert facts.image_ids == {
-        "infra-lab-worker:latest": None, "infra-lab-master:latest": None, "infra-lab-broker:latest": None,
-    }
-    assert facts.networks == () and facts.volumes == ()
+def test_a_host_whose_engine_does_not_answer_has_no_version_a_reason_and_nothing_else():
+    facts = host_facts(parse_host_probe(recorded("host_probe_pi1.txt")), None, "Docker is not installed")
+    assert (facts.docker_version, facts.docker_problem) == (None, "Docker is not installed")
+    assert facts.containers == () and facts.images == {} and facts.image_ids == {}
+    assert facts.image_id("infra-lab-worker:latest") is None
+    assert facts.networks == () and facts.volumes == () and facts.running_workers == {}
     assert facts.arch == "aarch64" and docker_arch(facts.arch) == "arm64"
 
 
-def test_containers_are_ignored_when_docker_does_not_answer():
-    # Whatever the containers section holds, it cannot be trusted without a working engine.
-    text = recorded("probe_gpu_box.txt").replace("27.3.1\nexit=0", "Cannot connect to the Docker daemon at "
-                                                 "unix:///var/run/docker.sock. Is the docker daemon running?\nexit=1")
-    facts = parse_host_facts(text)
-    assert facts.docker_version is None
-    assert facts.containers == ()
-
-
-def test_a_probe_cut_short_is_refused():
-    text = recorded("probe_gpu_box.txt")
-    truncated = text[: text.index(SECTION + "networks")]
-    with pytest.raises(ValueError, match="incomplete"):
-        parse_host_facts(truncated)
-
-
-def test_an_empty_inspect_output_means_no_containers():
-    assert parse_docker_inspect("[]") == ()
-    assert parse_docker_inspect("") == ()
-
-
-@pytest.mark.skipif(shutil.which("sh") is None, reason="needs a POSIX sh")
-def test_the_probe_script_run_by_sh_against_a_stub_docker_parses(tmp_path):
-    """The script and the parser agree on the format (sections, image lines, `exit=`)."""
-    stub = tmp_path / "docker"
-    stub.write_text(
-        "#!/bin/sh\n"
-        'case "$1 $2" in\n'
-        '  "version --format") echo 26.1.4;;\n'
-        '  "ps -aq") ;;\n'
-        '  "image inspect") [ "$5" = "infra-lab-worker:latest" ] && echo sha256:abc || exit 1;;\n'
-        '  "network ls") echo lab-net;;\n'
-        '  "volume ls") ;;\n'
-        "esac\n"
-    )
-    stub.chmod(stub.stat().st_mode | stat.S_IXUSR)
-    script = facts_script("lab", ["infra-lab-worker:latest", "infra-lab-broker:latest"])
-    env = {"PATH": f"{tmp_path}:{os.environ.get('PATH', '/usr/bin:/bin')}", "HOME": "/home/bob"}
-    out = subprocess.run(["sh", "-c", script], capture_output=True, text=True, env=env, check=True).stdout
-    facts = parse_host_facts(out)
-    assert facts.home == "/home/bob"
-    assert facts.uid == os.getuid() and facts.gid == os.getgid()
-    assert facts.docker_version == "26.1.4"
-    assert facts.containers == ()
-    assert facts.image_ids == {"infra-lab-worker:latest": "sha256:abc", "infra-lab-broker:latest": None}
-    assert facts.networks == ("lab-net",)
-
-
-# --------------------------------------------------------------------------- docker version
+# --------------------------------------------------------------------------- docker version (shell probe)
 
 
 def test_docker_version_ok():
@@ -226,6 +313,20 @@ def test_sha256_list_skips_lines_that_are_not_digests():
     assert parse_sha256_list(text, ".") == {}
 
 
+def test_sha256_list_reads_the_escaped_lines_of_odd_file_names():
+    # Recorded with GNU coreutils 9.1: `find . -type f -exec sha256sum {} +`.
+    text = ("2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6  ./plain name.txt\n"
+            "\\ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb  ./back\\\\slash.txt\n"
+            "\\3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d  ./new\\nline.txt\n"
+            "\\18ac3e7343f016890c510e93f935261169d9e3f565436429830faf0934f4f8e4  ./lit\\\\nname.txt\n")
+    assert parse_sha256_list(text, ".") == {
+        "plain name.txt": "2e7d2c03a9507ae265ecf5b5356885a53393a2029d241394997265a1a25aefc6",
+        "back\\slash.txt": "ca978112ca1bbdcafac231b39a23dc4da786eff8147c4e72b9807785afee48bb",
+        "new\nline.txt": "3e23e8160039594a33894f6564e1b1348bbd7a0088d42c4acb73eeaed59c009d",
+        "lit\\nname.txt": "18ac3e7343f016890c510e93f935261169d9e3f565436429830faf0934f4f8e4",  # a backslash, then n
+    }
+
+
 @pytest.mark.parametrize(
     ("machine", "arch"),
     [("x86_64", "amd64"), ("aarch64", "arm64"), ("arm64", "arm64"), ("armv7l", "arm"),
@@ -250,3 +351,4 @@ def test_no_json_in_ping_output_means_nobody_answered():
     assert parse_ping("Error: No nodes replied within time constraint\n") == set()
     assert parse_ping("") == set()
     assert parse_ping("{not json\n") == set()
+    assert parse_ping("{}\n") == set()

@@ -209,3 +209,80 @@ def test_write_private_file_replaces_content_and_keeps_mode_0600(tmp_path):
     assert path.read_bytes() == b"two"
     assert mode_of(path) == 0o600
     assert [p.name for p in path.parent.iterdir()] == ["f"]
+
+
+# --------------------------------------------------------------------------- records of plan steps
+
+
+@pytest.mark.parametrize("kind, name, field, value", [
+    ("add_files", "/home/pi/infra/wordcount", "files", ["/home/pi/infra/wordcount"]),
+    ("add_secret_dir", "/home/pi/infra/.infra-lab", "secret_dirs", ["/home/pi/infra/.infra-lab"]),
+    ("add_network", "lab-net", "networks", ["lab-net"]),
+    ("add_volume", "lab-broker-data", "volumes", ["lab-broker-data"]),
+])
+def test_each_kind_of_step_record_adds_to_its_list_once_and_its_removal_takes_it_out(path, kind, name, field, value):
+    manifest = Manifest.load(path, "lab")
+    manifest.apply(PI, kind, name)
+    manifest.apply(PI, kind, name)
+    assert getattr(Manifest.load(path, "lab").hosts["pi1"], field) == value
+    manifest.apply(PI, kind.replace("add_", "remove_"), name)
+    assert not path.exists()  # nothing else was recorded
+
+
+def test_a_container_record_keeps_its_role_and_id_and_its_removal_forgets_it(path):
+    manifest = Manifest.load(path, "lab")
+    manifest.apply(GPU, "add_container", "lab-broker", "broker", "c0ffee")
+    manifest.apply(GPU, "add_network", "lab-net")
+    assert Manifest.load(path, "lab").hosts["gpu-box"].containers == {"lab-broker": {"id": "c0ffee", "role": "broker"}}
+    manifest.apply(GPU, "remove_container", "lab-broker")
+    assert Manifest.load(path, "lab").hosts["gpu-box"].containers == {}
+
+
+def test_every_record_kind_a_step_can_carry_is_understood(path):
+    from typing import get_args
+
+    from infra.plans.steps import RecordKind
+
+    manifest = Manifest.load(path, "lab")
+    for kind in get_args(RecordKind):
+        manifest.apply(GPU, kind, "/srv/infra/x" if "files" in kind or "dir" in kind else "x", "worker", "id")
+    assert not path.exists()  # each removal undid its addition
+
+
+def test_folders_networks_and_volumes_are_recorded_before_their_step_runs_containers_after(path):
+    """A step that dies halfway leaves its folder recorded for `clean`; a container only once it exists."""
+    from infra.commands.engine import ContainerSpec, CreateNetwork, RunContainer
+    from infra.plans.steps import Record, engine_step, shell_step
+    from infra.workflows.execute import execute_step
+
+    manifest = Manifest.load(path, "lab")
+    seen: list[dict] = []
+
+    class Engine:
+        def apply(self, op, on_line=None):
+            seen.append(json.loads(path.read_text())["hosts"]["gpu-box"] if path.exists() else {})
+            if isinstance(op, CreateNetwork):
+                raise OSError("the engine went away")
+            return "new-id"
+
+    class Conn:
+        host = GPU
+        engine = Engine()
+
+        def run(self, argv, **kwargs):
+            seen.append(json.loads(path.read_text())["hosts"]["gpu-box"])
+            raise OSError("connection lost")
+
+    with pytest.raises(OSError):
+        execute_step(Conn(), shell_step("send", ["true"], Record("add_files", "/srv/infra/wordcount")), manifest)
+    assert seen[-1]["files"] == ["/srv/infra/wordcount"]
+    with pytest.raises(OSError):
+        execute_step(Conn(), engine_step("net", CreateNetwork("lab-net", "lab"), Record("add_network", "lab-net")),
+                     manifest)
+    assert seen[-1]["networks"] == ["lab-net"]
+
+    spec = ContainerSpec("lab-broker", "broker", "gpu-box", "img")
+    start = engine_step("start", RunContainer(spec, ()), Record("add_container", "lab-broker", "broker"))
+    assert execute_step(Conn(), start, manifest) == "new-id"
+    assert "lab-broker" not in seen[-1]["containers"]  # not yet while the engine worked
+    assert Manifest.load(path, "lab").hosts["gpu-box"].containers == {"lab-broker": {"id": "new-id", "role": "broker"}}

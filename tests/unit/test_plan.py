@@ -8,28 +8,50 @@ from typing import Callable
 
 import pytest
 
-from infra.config import Cluster, parse_cluster
-from infra.facts.host import HostFacts, ObservedContainer
-from infra.plan import (
-    rabbitmq_password_hash,
-    ContainerChange,
+from infra.commands.engine import (
+    BuildImage,
+    CreateNetwork,
+    CreateVolume,
+    RemoveContainers,
+    RemoveNetwork,
+    RemoveVolume,
+    RunContainer,
+    StartContainer,
+    cluster_labels,
+)
+from infra.config import Cluster, Host, parse_cluster
+from infra.facts.containers import Container, ImageInfo
+from infra.facts.host import HostFacts
+from infra.manifest import HostRecord
+from infra.plans.addresses import broker_address_for, broker_url_hidden, flower_url, master_address
+from infra.plans.clean import plan_clean
+from infra.plans.steps import Record, Step
+from infra.plans.sync import SyncPlan
+from infra.plans.up import (
     HostLayout,
     HostPlan,
-    build_argv,
+    build_fingerprints,
+    build_op,
+    container_steps,
     desired_containers,
     diff_containers,
     env_files_for,
     expected_worker_nodes,
+    fingerprint,
     host_layout,
     images_needed,
     plan_host,
     plan_images,
-    removal_plan,
+    rabbitmq_password_hash,
+    worker_count,
 )
 from infra.secrets import Secrets
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MASTER_ADDRESS = "192.168.1.20"
+CONTEXT_DIR = "/home/me/.infra/lab/build"
+DIGEST = "c0ffee" * 4
+BASE = "python:3.11-slim-bookworm"
 WORKER_TAG, MASTER_TAG, BROKER_TAG = "infra-lab-worker:latest", "infra-lab-master:latest", "infra-lab-broker:latest"
 IMAGE_IDS = {WORKER_TAG: "sha256:w1", MASTER_TAG: "sha256:m1", BROKER_TAG: "sha256:b1"}
 SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef", results_password="Res-pw_0123456789abcdef",
@@ -43,24 +65,47 @@ def make_cluster(tmp_path: Path, edit: Callable[[str], str] = lambda text: text)
     return parse_cluster(text, filename="cluster.yaml", base_dir=tmp_path)
 
 
-def host_facts(host: str, containers=(), image_ids=None) -> HostFacts:
+def images_of(ids: dict[str, str | None], labels: dict[str, dict[str, str]] | None = None,
+              built_on: str | None = None) -> dict[str, ImageInfo | None]:
+    """Image inspect answers: an id per reference (None: absent), labels where given.
+
+    Layers as Docker gives them: the base image has one of its own; every other image stands on
+    the base it was built on (`built_on`, default the base present now) plus a layer of its own.
+    """
+    labels = labels or {}
+    base_id = built_on or ids.get(BASE)
+    base_layers = (f"layer-of-{base_id}",) if base_id else ()
+
+    def layers(ref: str, image_id: str) -> tuple[str, ...]:
+        return (f"layer-of-{image_id}",) if ref == BASE else (*base_layers, f"layer-of-{image_id}")
+
+    return {ref: ImageInfo(image_id, dict(labels.get(ref, {})), layers(ref, image_id)) if image_id else None
+            for ref, image_id in ids.items()}
+
+
+def host_facts(host: str, containers=(), image_ids=None, *, images=None, networks=(), volumes=()) -> HostFacts:
     home, uid = {"gpu-box": ("/home/alice", 1000), "pi1": ("/home/pi", 1001), "local": ("/home/me", 501)}[host]
+    if images is None:
+        images = images_of(IMAGE_IDS if image_ids is None else image_ids)
     return HostFacts(home=home, uid=uid, gid=uid + 100, arch="x86_64", docker_version="27.3.1", docker_problem="",
-                     containers=tuple(containers), image_ids=dict(IMAGE_IDS if image_ids is None else image_ids))
+                     containers=tuple(containers), images=images, networks=tuple(networks), volumes=tuple(volumes))
 
 
 def plan_for(cluster: Cluster, host: str, facts: HostFacts | None = None, *, secrets: Secrets = SECRETS,
-             master_address: str = MASTER_ADDRESS, local_ids=None) -> HostPlan:
+             master_address: str = MASTER_ADDRESS, local_ids=None, sync: SyncPlan | None = None,
+             digest: str = DIGEST) -> HostPlan:
     facts = facts or host_facts(host)
-    return plan_host(cluster, cluster.hosts[host], facts, secrets, master_address, local_ids or {})
+    return plan_host(cluster, cluster.hosts[host], facts, secrets, master_address, local_image_ids=local_ids or {},
+                     context_dir=CONTEXT_DIR, context_digest=digest, sync=sync)
 
 
-def running_as_planned(plan: HostPlan, state: str = "running") -> list[ObservedContainer]:
+def running_as_planned(plan: HostPlan, state: str = "running") -> list[Container]:
     """The containers a host would have after `up` carried out `plan`."""
     return [
-        ObservedContainer(name=c.name, id=f"id-{c.name}", image_id=IMAGE_IDS.get(c.spec.image, ""), state=state,
-                          labels={"infra.cluster": "lab", "infra.role": c.role, "infra.host": plan.host.name,
-                                  "infra.spec": c.fingerprint})
+        Container(name=c.name, id=f"id-{c.name}", state=state, image=c.spec.image,
+                  image_id=IMAGE_IDS.get(c.spec.image, ""),
+                  labels={"infra.cluster": "lab", "infra.role": c.role, "infra.host": plan.host.name,
+                          "infra.spec": c.fingerprint})
         for c in plan.containers if c.spec is not None
     ]
 
@@ -74,6 +119,10 @@ def specs_by_name(cluster: Cluster, host: str, facts: HostFacts | None = None):
     facts = facts or host_facts(host)
     layout = host_layout(cluster, cluster.hosts[host], facts)
     return {s.name: s for s in desired_containers(cluster, cluster.hosts[host], facts, layout)}
+
+
+def steps_after_images(cluster: Cluster, plan: HostPlan, facts: HostFacts, ids=None) -> list[Step]:
+    return container_steps(cluster, plan, facts, dict(IMAGE_IDS if ids is None else ids))
 
 
 @pytest.fixture
@@ -90,7 +139,6 @@ def test_remote_layout_with_a_relative_remote_path_lives_in_the_home_folder(clus
         root="/home/alice/infra",
         project_dir="/home/alice/infra/wordcount",
         env_dir="/home/alice/infra/.infra-lab",
-        build_dir="/home/alice/infra/.infra-lab/build",
     )
     assert layout.env_file("worker") == "/home/alice/infra/.infra-lab/worker.env"
 
@@ -115,7 +163,6 @@ def test_local_layout_uses_the_project_in_place_and_the_state_dir(tmp_path):
         root=str(state),
         project_dir=str(tmp_path.resolve() / "wordcount"),
         env_dir=str(state / "env"),
-        build_dir=str(state / "build"),
     )
 
 
@@ -136,7 +183,7 @@ def test_the_broker_publishes_its_port_keeps_data_in_a_volume_and_runs_as_its_ow
     assert broker.image == BROKER_TAG
     assert broker.ports == ((5672, 5672),)
     assert broker.volumes == (("lab-broker-data", "/var/lib/rabbitmq", "rw"),)
-    assert (broker.network, broker.network_alias) == ("lab-net", "broker")
+    assert (broker.network, broker.network_alias, broker.hostname) == ("lab-net", "broker", "lab-broker")
     assert broker.env_file == "/home/alice/infra/.infra-lab/broker.env"
     assert broker.user is None
 
@@ -210,6 +257,7 @@ def test_two_groups_on_one_host_number_their_workers_in_sequence(tmp_path):
     specs = specs_by_name(cluster, "pi1")
     assert list(specs) == ["lab-worker-pi1-1", "lab-worker-pi1-2", "lab-worker-pi1-3"]
     assert "io" in specs["lab-worker-pi1-3"].command and "heavy" not in " ".join(specs["lab-worker-pi1-3"].command)
+    assert worker_count(cluster, "pi1") == 3 and worker_count(cluster, "gpu-box") == 2
 
 
 def test_local_workers_mount_the_project_where_it_is(tmp_path):
@@ -220,13 +268,14 @@ def test_local_workers_mount_the_project_where_it_is(tmp_path):
     assert specs["lab-worker-local-1"].env_file == str(tmp_path.resolve() / ".infra" / "lab" / "env" / "worker.env")
 
 
-def test_run_argv_of_a_worker_is_exactly_this(cluster):
+def test_the_run_command_of_a_worker_is_exactly_this(cluster):
     worker = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
-    assert worker.run_argv("lab", "f00") == [
+    op = RunContainer(worker, cluster_labels("lab", role="worker", host="pi1", spec="f00"))
+    assert op.argv() == [
         "docker", "run", "--detach", "--name", "lab-worker-pi1-1",
         "--label", "infra.cluster=lab", "--label", "infra.role=worker", "--label", "infra.host=pi1",
         "--label", "infra.spec=f00",
-        "--restart", "unless-stopped", "--log-opt", "max-size=20m", "--log-opt", "max-file=3",
+        "--restart", "unless-stopped", "--log-driver", "json-file", "--log-opt", "max-size=20m", "--log-opt", "max-file=3",
         "--network", "host",
         "--volume", "/home/pi/infra/wordcount:/project:ro",
         "--env-file", "/home/pi/infra/.infra-lab/worker.env",
@@ -237,10 +286,12 @@ def test_run_argv_of_a_worker_is_exactly_this(cluster):
     ]
 
 
-def test_run_argv_of_the_broker_publishes_and_joins_the_network_under_its_alias(cluster):
-    argv = specs_by_name(cluster, "gpu-box")["lab-broker"].run_argv("lab", "abc")
+def test_the_run_command_of_the_broker_publishes_and_joins_the_network_under_its_alias(cluster):
+    broker = specs_by_name(cluster, "gpu-box")["lab-broker"]
+    argv = RunContainer(broker, cluster_labels("lab", role="broker", host="gpu-box", spec="abc")).argv()
     assert argv[argv.index("--network") + 1] == "lab-net"
     assert argv[argv.index("--network-alias") + 1] == "broker"
+    assert argv[argv.index("--hostname") + 1] == "lab-broker"
     assert argv[argv.index("--publish") + 1] == "5672:5672"
     assert argv[argv.index("--volume") + 1] == "lab-broker-data:/var/lib/rabbitmq:rw"
     assert "--user" not in argv
@@ -250,25 +301,27 @@ def test_run_argv_of_the_broker_publishes_and_joins_the_network_under_its_alias(
 # --------------------------------------------------------------------------- secrets and env files
 
 
-def test_no_argv_on_any_host_contains_a_secret(tmp_path):
+def test_no_command_on_any_host_contains_a_secret(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
     secrets = Secrets.generate()
     assert len(secrets.values()) == 3 and all(len(v) >= 20 for v in secrets.values())
-    argvs = []
+    texts: list[str] = []
+    fed: list[bytes] = []
     for host in ("gpu-box", "pi1", "local"):
-        plan = plan_for(cluster, host, secrets=secrets)
-        assert plan.containers, host
-        for change in plan.containers:
-            argvs.append(change.spec.run_argv(cluster.name, change.fingerprint))
-            argvs.append([change.describe()])
-        for step in plan.images:
-            argvs.append(build_argv(cluster, step.role, plan.layout.build_dir))
-            argvs.append([step.describe()])
-    assert len(argvs) > 20
-    for argv in argvs:
-        for word in argv:
-            for secret in secrets.values():
-                assert secret not in word
+        facts = host_facts(host, image_ids={})
+        plan = plan_for(cluster, host, facts, secrets=secrets)
+        steps = plan.steps + steps_after_images(cluster, plan, facts)
+        assert any(isinstance(step.op, RunContainer) for step in steps), host
+        for step in steps:
+            texts += [step.text(), step.description, repr(step)]
+            fed.append(step.stdin or b"")
+            if isinstance(step.op, RunContainer):
+                texts.append(repr(step.op))
+        texts += [image.describe() for image in plan.images] + [change.describe() for change in plan.containers]
+    assert len(texts) > 60
+    for secret in secrets.values():
+        assert not any(secret in text for text in texts)
+        assert any(secret.encode() in data for data in fed)  # they travel, on stdin only
 
 
 def test_env_files_of_the_master_host_carry_the_secrets(cluster):
@@ -317,6 +370,29 @@ def test_a_master_host_without_workers_has_no_worker_env_file(tmp_path):
     assert names == ["broker", "results", "celery", "flower"]
 
 
+def test_each_env_file_is_written_private_from_stdin_and_recorded_as_a_secret_folder(cluster):
+    plan = plan_for(cluster, "pi1")
+    [write] = [step for step in plan.steps if step.description.startswith("write ")]
+    assert write.description == "write /home/pi/infra/.infra-lab/worker.env (mode 0600)"
+    assert write.op is None and write.command[:2] == ("sh", "-c") and "umask 077" in write.command[2]
+    assert write.stdin == plan.env_files[0].content.encode()
+    assert write.records == (Record("add_secret_dir", "/home/pi/infra/.infra-lab"),)
+
+
+def test_each_container_gets_its_env_file_content_inside_the_engine_call_only(cluster):
+    facts = host_facts("gpu-box")
+    plan = plan_for(cluster, "gpu-box", facts)
+    runs = {step.op.spec.name: step.op for step in steps_after_images(cluster, plan, facts)
+            if isinstance(step.op, RunContainer)}
+    contents = {f.path: f.content for f in plan.env_files}
+    assert len(runs) == 6
+    for name, op in runs.items():
+        assert op.env == contents[op.spec.env_file], name
+        assert op.environment()["INFRA_CLUSTER" if op.spec.role not in ("broker", "results") else
+                                ("RABBITMQ_DEFAULT_USER" if op.spec.role == "broker" else "REDIS_PASSWORD")]
+        assert f"--env-file {op.spec.env_file}" in op.text()
+
+
 # --------------------------------------------------------------------------- fingerprints
 
 
@@ -324,17 +400,17 @@ def test_the_fingerprint_is_stable_for_the_same_spec_image_and_env(cluster):
     first = specs_by_name(cluster, "gpu-box")
     again = specs_by_name(cluster, "gpu-box")
     for name, spec in first.items():
-        assert spec.fingerprint("sha256:w1", "env1") == again[name].fingerprint("sha256:w1", "env1")
+        assert fingerprint(spec, "sha256:w1", "env1") == fingerprint(again[name], "sha256:w1", "env1")
 
 
 def test_the_fingerprint_changes_with_the_image_id(cluster):
     spec = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
-    assert spec.fingerprint("sha256:w1", "env1") != spec.fingerprint("sha256:w2", "env1")
+    assert fingerprint(spec, "sha256:w1", "env1") != fingerprint(spec, "sha256:w2", "env1")
 
 
 def test_the_fingerprint_changes_with_the_env_file(cluster):
     spec = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
-    assert spec.fingerprint("sha256:w1", "env1") != spec.fingerprint("sha256:w1", "env2")
+    assert fingerprint(spec, "sha256:w1", "env1") != fingerprint(spec, "sha256:w1", "env2")
 
 
 @pytest.mark.parametrize("change", [
@@ -343,10 +419,12 @@ def test_the_fingerprint_changes_with_the_env_file(cluster):
     {"volumes": (("/elsewhere", "/project", "ro"),)},
     {"image": "other:latest"},
     {"restart": "no"},
+    {"env_file": "/elsewhere/worker.env"},
+    {"hostname": "w1"},
 ])
 def test_the_fingerprint_changes_with_any_setting(cluster, change):
     spec = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
-    assert spec.fingerprint("sha256:w1", "env1") != dataclasses.replace(spec, **change).fingerprint("sha256:w1", "env1")
+    assert fingerprint(spec, "sha256:w1", "env1") != fingerprint(dataclasses.replace(spec, **change), "sha256:w1", "env1")
 
 
 def test_planning_twice_gives_the_same_fingerprints(cluster):
@@ -386,6 +464,7 @@ def test_a_worker_host_gets_no_network_or_volumes(cluster):
     plan = plan_for(cluster, "pi1")
     assert actions(plan) == {"lab-worker-pi1-1": "create"}
     assert plan.network is None and plan.volumes == []
+    assert not any(isinstance(step.op, (CreateNetwork, CreateVolume)) for step in plan.steps)
 
 
 @pytest.mark.parametrize("host", ["gpu-box", "pi1"])
@@ -447,11 +526,33 @@ def test_a_new_master_image_replaces_results_master_and_flower(cluster):
     assert {c.action for c in plan.changes} == {"replace"}
 
 
+def test_an_image_built_during_up_decides_the_containers_by_its_new_id(cluster):
+    """`container_steps` runs once the images are there: the ids a build gave count, not the old ones."""
+    facts = host_facts("gpu-box", running_as_planned(plan_for(cluster, "gpu-box")))
+    plan = plan_for(cluster, "gpu-box", facts)
+    assert plan.changes == []  # with the ids known before the build
+    steps = steps_after_images(cluster, plan, facts, {**IMAGE_IDS, WORKER_TAG: "sha256:built-now"})
+    assert [c.name for c in plan.changes] == ["lab-worker-gpu-box-1", "lab-worker-gpu-box-2"]
+    assert [step.description for step in steps if step.op is not None] == [
+        "remove the old lab-worker-gpu-box-1 (settings or image changed)",
+        "remove the old lab-worker-gpu-box-2 (settings or image changed)",
+        "replace lab-worker-gpu-box-1 (settings or image changed)",
+        "replace lab-worker-gpu-box-2 (settings or image changed)",
+    ]
+
+
 def test_a_stopped_container_is_started(cluster):
     running = running_as_planned(plan_for(cluster, "gpu-box"))
     running = [dataclasses.replace(c, state="exited") if c.name == "lab-master" else c for c in running]
     plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", running))
     assert [(c.action, c.name, c.reason) for c in plan.changes] == [("start", "lab-master", "was exited")]
+
+
+@pytest.mark.parametrize("state", ["paused", "dead"])
+def test_a_paused_or_dead_container_is_replaced_since_a_start_would_not_revive_it(cluster, state):
+    running = running_as_planned(plan_for(cluster, "pi1"), state=state)
+    plan = plan_for(cluster, "pi1", host_facts("pi1", running))
+    assert [(c.action, c.name, c.reason) for c in plan.changes] == [("replace", "lab-worker-pi1-1", f"was {state}")]
 
 
 def test_a_restarting_container_is_left_alone(cluster):
@@ -461,8 +562,8 @@ def test_a_restarting_container_is_left_alone(cluster):
 
 def test_a_labelled_container_no_longer_wanted_is_removed_first(cluster):
     running = running_as_planned(plan_for(cluster, "pi1"))
-    stray = ObservedContainer(name="lab-worker-pi1-7", id="x7", image_id="sha256:w0", state="running",
-                              labels={"infra.cluster": "lab", "infra.role": "worker", "infra.spec": "old"})
+    stray = Container(name="lab-worker-pi1-7", id="x7", state="running", image_id="sha256:w0",
+                      labels={"infra.cluster": "lab", "infra.role": "worker", "infra.spec": "old"})
     plan = plan_for(cluster, "pi1", host_facts("pi1", [*running, stray]))
     assert [(c.action, c.name, c.role) for c in plan.containers] == [
         ("remove", "lab-worker-pi1-7", "worker"), ("keep", "lab-worker-pi1-1", "worker"),
@@ -474,25 +575,225 @@ def test_diff_with_nothing_wanted_and_nothing_found_is_empty():
     assert diff_containers([], []) == []
 
 
-def test_a_host_leaving_the_cluster_has_all_its_containers_removed():
-    facts = host_facts("pi1", [ObservedContainer("lab-worker-pi1-1", "i1", "sha256:w1", "running",
-                                                 {"infra.role": "worker"})])
-    assert removal_plan(facts) == [
-        ContainerChange("remove", "lab-worker-pi1-1", "worker", "host left the cluster", existing=facts.containers[0])]
+# --------------------------------------------------------------------------- container steps
+
+
+def test_container_steps_remove_first_then_start_in_role_order_with_labels_and_records(cluster):
+    facts = host_facts("gpu-box")
+    running = running_as_planned(plan_for(cluster, "gpu-box", facts))
+    changed = [dataclasses.replace(c, labels={**c.labels, "infra.spec": "old"}) if c.name == "lab-broker" else
+               dataclasses.replace(c, state="exited") if c.name == "lab-master" else c
+               for c in running if c.name != "lab-worker-gpu-box-2"]
+    stray = Container("lab-worker-gpu-box-9", "id9", "running", labels={"infra.role": "worker"})
+    facts = host_facts("gpu-box", [*changed, stray])
+    plan = plan_for(cluster, "gpu-box", facts)
+    steps = steps_after_images(cluster, plan, facts)
+    assert [(step.description, type(step.op).__name__ if step.op else None) for step in steps] == [
+        ("remove lab-worker-gpu-box-9 (no longer wanted)", "RemoveContainers"),
+        ("remove the old lab-broker (settings or image changed)", "RemoveContainers"),
+        ("replace lab-broker (settings or image changed)", "RunContainer"),
+        ("keep lab-results (up to date)", None),
+        ("start lab-master (was exited)", "StartContainer"),
+        ("keep lab-flower (up to date)", None),
+        ("keep lab-worker-gpu-box-1 (up to date)", None),
+        ("create lab-worker-gpu-box-2 (new)", "RunContainer"),
+    ]
+    by_description = {step.description: step for step in steps}
+    assert by_description["remove lab-worker-gpu-box-9 (no longer wanted)"].op == RemoveContainers(("lab-worker-gpu-box-9",))
+    assert by_description["remove lab-worker-gpu-box-9 (no longer wanted)"].records == (
+        Record("remove_container", "lab-worker-gpu-box-9"),)
+    new_broker = by_description["replace lab-broker (settings or image changed)"]
+    fingerprint_of = {c.name: c.fingerprint for c in plan.containers}
+    assert new_broker.op.labels == (("infra.cluster", "lab"), ("infra.role", "broker"), ("infra.host", "gpu-box"),
+                                    ("infra.spec", fingerprint_of["lab-broker"]))
+    assert new_broker.records == (Record("add_container", "lab-broker", "broker"),)
+    assert by_description["start lab-master (was exited)"].op == StartContainer("lab-master")
+    assert by_description["keep lab-results (up to date)"].records == (
+        Record("add_container", "lab-results", "results", ident="id-lab-results"),)
+
+
+def test_a_started_container_is_recorded_with_the_id_it_already_has(cluster):
+    running = [dataclasses.replace(c, state="exited") for c in running_as_planned(plan_for(cluster, "pi1"))]
+    facts = host_facts("pi1", running)
+    [step] = steps_after_images(cluster, plan_for(cluster, "pi1", facts), facts)
+    assert step.op == StartContainer("lab-worker-pi1-1")
+    assert step.records == (Record("add_container", "lab-worker-pi1-1", "worker", ident="id-lab-worker-pi1-1"),)
+
+
+def test_a_host_that_is_no_longer_the_master_removes_its_old_network_after_its_containers(cluster):
+    facts = host_facts("pi1", networks=["lab-net"])
+    plan = plan_for(cluster, "pi1", facts)
+    assert plan.stale_networks == ["lab-net"] and not plan.nothing_to_do
+    last = steps_after_images(cluster, plan, facts)[-1]
+    assert last.op == RemoveNetwork("lab-net")
+    assert last.description == "remove network lab-net (this host is no longer the master)"
+    assert last.records == (Record("remove_network", "lab-net"),)
+
+
+# --------------------------------------------------------------------------- a host's steps
+
+
+def sync_plan(cluster: Cluster, root: str) -> SyncPlan:
+    files = cluster.project_dir
+    (files / "tasks.py").write_text("def count(): pass\n")
+    return SyncPlan(root=root, local_root=files, upload=["tasks.py"], delete=["old.py"], unchanged=3, bytes_to_send=18)
+
+
+def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_network_and_volumes(cluster):
+    plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", image_ids={}),
+                    sync=sync_plan(cluster, "/home/alice/infra/wordcount"))
+    assert [step.description for step in plan.steps] == [
+        "send 1 file(s), 18 bytes, to /home/alice/infra/wordcount",
+        "delete 1 file(s) from /home/alice/infra/wordcount",
+        "write /home/alice/infra/.infra-lab/broker.env (mode 0600)",
+        "write /home/alice/infra/.infra-lab/results.env (mode 0600)",
+        "write /home/alice/infra/.infra-lab/celery.env (mode 0600)",
+        "write /home/alice/infra/.infra-lab/flower.env (mode 0600)",
+        "write /home/alice/infra/.infra-lab/worker.env (mode 0600)",
+        f"build {WORKER_TAG} (built on the host)",
+        f"build {MASTER_TAG} (built on the host)",
+        f"build {BROKER_TAG} (built on the host)",
+        "create network lab-net",
+        "create volume lab-broker-data",
+        "create volume lab-results-data",
+    ]
+    assert plan.steps[0].records == (Record("add_files", "/home/alice/infra/wordcount"),)
+    assert plan.steps[-3].op == CreateNetwork("lab-net", "lab")
+    assert plan.steps[-3].records == (Record("add_network", "lab-net"),)
+    assert plan.steps[-1].op == CreateVolume("lab-results-data", "lab")
+    assert plan.steps[-1].records == (Record("add_volume", "lab-results-data"),)
+    assert all(step.timeout for step in plan.steps)
+
+
+def test_the_network_and_volumes_a_host_has_are_kept_and_still_recorded(cluster):
+    plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", networks=["lab-net"], volumes=["lab-broker-data"]))
+    tail = plan.steps[-3:]
+    assert [(step.description, step.op) for step in tail] == [
+        ("keep network lab-net", None),
+        ("keep volume lab-broker-data", None),
+        ("create volume lab-results-data", CreateVolume("lab-results-data", "lab")),
+    ]
+    assert tail[0].records == (Record("add_network", "lab-net"),)
+    assert tail[1].records == (Record("add_volume", "lab-broker-data"),)
+
+
+def test_a_project_already_up_to_date_is_only_recorded(cluster):
+    sync = SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, unchanged=4)
+    plan = plan_for(cluster, "pi1", sync=sync)
+    first = plan.steps[0]
+    assert first.description == "project /home/pi/infra/wordcount: 4 files up to date"
+    assert (first.op, first.command, first.text()) == (None, None, "")
+    assert first.records == (Record("add_files", "/home/pi/infra/wordcount"),)
+
+
+def test_env_files_are_written_only_for_containers_that_start_since_a_kept_one_proves_its_file_current(cluster):
+    running = running_as_planned(plan_for(cluster, "gpu-box"))
+    running = [dataclasses.replace(c, state="exited") if c.name == "lab-flower" else c for c in running]
+    plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", running))
+    assert [step.description for step in plan.steps if step.description.startswith("write")] == [
+        "write /home/alice/infra/.infra-lab/flower.env (mode 0600)"]
+    everything_kept = plan_for(cluster, "gpu-box", host_facts("gpu-box", running_as_planned(plan)))
+    assert not any(step.description.startswith("write") for step in everything_kept.steps)
+
+
+def test_the_env_folder_is_recorded_even_when_no_env_file_is_rewritten(cluster):
+    first = plan_for(cluster, "pi1")
+    again = plan_for(cluster, "pi1", host_facts("pi1", running_as_planned(first)))
+    assert Record("add_secret_dir", "/home/pi/infra/.infra-lab") in [r for step in again.steps for r in step.records]
+
+
+def test_the_local_host_uses_the_project_in_place_and_gets_no_sync_steps(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
+    plan = plan_for(cluster, "local", sync=sync_plan(cluster, "/nowhere"))
+    assert plan.sync is None
+    assert not any(step.description.startswith(("send", "delete", "project")) for step in plan.steps)
+
+
+def test_an_unchanged_host_has_nothing_to_do(cluster):
+    prints = build_fingerprints(cluster, DIGEST)
+    images = images_of({WORKER_TAG: "sha256:w1"}, {WORKER_TAG: {"infra.context": prints[WORKER_TAG]}})
+    first = plan_for(cluster, "pi1", host_facts("pi1", images=images))
+    again = plan_for(cluster, "pi1", host_facts("pi1", running_as_planned(first), images=images),
+                     sync=SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, unchanged=4))
+    assert again.nothing_to_do
+    assert not any(isinstance(step.op, BuildImage) for step in again.steps)
 
 
 # --------------------------------------------------------------------------- images
 
 
-def image_plan(cluster: Cluster, host: str, present: dict, local_ids: dict | None = None):
-    facts = host_facts(host, image_ids=present)
-    return [(s.role, s.action) for s in plan_images(cluster, cluster.hosts[host], facts, local_ids or {})]
+def image_plan(cluster: Cluster, host: str, present: dict, local_ids: dict | None = None, *, labels=None, digest=DIGEST,
+               built_on: str | None = None):
+    facts = host_facts(host, images=images_of(present, labels, built_on))
+    return [(s.role, s.action) for s in plan_images(cluster, cluster.hosts[host], facts, local_ids or {}, digest)]
 
 
-def test_build_builds_every_needed_image_on_each_host_whether_present_or_not(cluster):
+def built_here(cluster: Cluster, host: str, ids: dict[str, str | None], digest: str = DIGEST) -> dict[str, dict]:
+    """Labels of images as `up` builds them (on any host: the base an image stands on is in its layers)."""
+    prints = build_fingerprints(cluster, digest)
+    return {tag: {"infra.cluster": "lab", "infra.context": prints[tag]} for tag in (WORKER_TAG, MASTER_TAG, BROKER_TAG)}
+
+
+WITH_BASE = {BASE: "sha256:base1", **IMAGE_IDS}
+
+
+def test_build_builds_every_needed_image_a_host_lacks(cluster):
     assert image_plan(cluster, "gpu-box", {}) == [("worker", "build"), ("master", "build"), ("broker", "build")]
-    assert image_plan(cluster, "gpu-box", IMAGE_IDS) == [("worker", "build"), ("master", "build"), ("broker", "build")]
-    assert image_plan(cluster, "pi1", IMAGE_IDS) == [("worker", "build")]
+    assert image_plan(cluster, "pi1", {}) == [("worker", "build")]
+
+
+def test_build_rebuilds_images_that_carry_no_or_another_context(cluster):
+    assert image_plan(cluster, "gpu-box", WITH_BASE) == [("worker", "build"), ("master", "build"), ("broker", "build")]
+    other = built_here(cluster, "gpu-box", WITH_BASE, digest="another-context")
+    assert image_plan(cluster, "gpu-box", WITH_BASE, labels=other) == [
+        ("worker", "build"), ("master", "build"), ("broker", "build")]
+    facts = host_facts("gpu-box", images=images_of(WITH_BASE))
+    reasons = [p.reason for p in plan_images(cluster, cluster.hosts["gpu-box"], facts, {}, DIGEST)]
+    assert reasons == ["built on the host: its context changed"] * 3
+
+
+def test_build_skips_images_built_from_the_same_context(cluster):
+    labels = built_here(cluster, "gpu-box", WITH_BASE)
+    assert image_plan(cluster, "gpu-box", WITH_BASE, labels=labels) == [
+        ("worker", "present"), ("master", "present"), ("broker", "present")]
+    assert image_plan(cluster, "pi1", WITH_BASE, labels=labels) == [("worker", "present")]
+
+
+def test_a_new_base_image_rebuilds_every_image(cluster):
+    labels = built_here(cluster, "gpu-box", WITH_BASE)
+    newer = {**WITH_BASE, BASE: "sha256:base2"}
+    assert image_plan(cluster, "gpu-box", newer, labels=labels, built_on="sha256:base1") == [
+        ("worker", "build"), ("master", "build"), ("broker", "build")]
+
+
+def test_a_new_base_image_setting_rebuilds_every_image(tmp_path):
+    before = make_cluster(tmp_path)
+    after = make_cluster(tmp_path, lambda t: t + "images:\n  base: python:3.12-slim-bookworm\n")
+    labels = built_here(before, "gpu-box", WITH_BASE)
+    assert image_plan(after, "gpu-box", WITH_BASE, labels=labels) == [
+        ("worker", "build"), ("master", "build"), ("broker", "build")]
+
+
+def test_a_rebuilt_worker_image_means_a_rebuilt_master_image_built_from_it(cluster):
+    labels = built_here(cluster, "gpu-box", WITH_BASE)
+    worker_gone = {**WITH_BASE, WORKER_TAG: None}
+    assert image_plan(cluster, "gpu-box", worker_gone, labels=labels) == [
+        ("worker", "build"), ("master", "build"), ("broker", "present")]
+
+
+def test_images_built_on_a_host_that_lacked_the_base_image_are_not_rebuilt_next_time(cluster):
+    before = {}  # a fresh host: no base, no images
+    labels = built_here(cluster, "gpu-box", before)  # what the first up labels its builds with
+    after = {BASE: "sha256:base1", **IMAGE_IDS}  # the build pulled the base
+    assert image_plan(cluster, "gpu-box", after, labels=labels) == [
+        ("worker", "present"), ("master", "present"), ("broker", "present")]
+
+
+def test_images_built_on_a_host_that_lacked_the_base_image_follow_a_new_base_image(cluster):
+    labels = built_here(cluster, "gpu-box", {})
+    newer_base = {BASE: "sha256:base2", **IMAGE_IDS}
+    assert image_plan(cluster, "gpu-box", newer_base, labels=labels, built_on="sha256:base1") == [
+        ("worker", "build"), ("master", "build"), ("broker", "build")]
 
 
 def test_build_on_a_master_host_without_workers_still_builds_the_worker_image_first(tmp_path):
@@ -500,13 +801,25 @@ def test_build_on_a_master_host_without_workers_still_builds_the_worker_image_fi
     assert images_needed(cluster, cluster.hosts["gpu-box"]) == ["worker", "master", "broker"]
 
 
-def test_build_argv_passes_the_base_image_and_for_the_master_the_worker_image(cluster):
-    argv = build_argv(cluster, "master", "/ctx")
-    assert argv == ["docker", "build", "--network", "host", "--file", "/ctx/Dockerfile.master",
-                    "--tag", MASTER_TAG, "--label", "infra.cluster=lab",
-                    "--build-arg", "BASE_IMAGE=python:3.11-slim-bookworm",
-                    "--build-arg", f"WORKER_IMAGE={WORKER_TAG}", "/ctx"]
-    assert "WORKER_IMAGE" not in " ".join(build_argv(cluster, "worker", "/ctx"))
+def test_build_steps_label_each_image_with_its_context_fingerprint(cluster):
+    facts = host_facts("gpu-box", image_ids={})
+    plan = plan_for(cluster, "gpu-box", facts)
+    prints = build_fingerprints(cluster, DIGEST)
+    builds = [step.op for step in plan.steps if isinstance(step.op, BuildImage)]
+    assert [op.tag for op in builds] == [WORKER_TAG, MASTER_TAG, BROKER_TAG]
+    assert all(dict(op.labels) == {"infra.cluster": "lab", "infra.context": prints[op.tag]} for op in builds)
+    assert all(op.context_dir == CONTEXT_DIR for op in builds)
+    assert len(set(prints.values())) == 3
+
+
+def test_the_build_command_passes_the_base_image_and_for_the_master_the_worker_image(cluster):
+    assert build_op(cluster, "master", "/ctx", "f1f2").argv() == [
+        "docker", "build", "--network", "host", "--file", "/ctx/Dockerfile.master",
+        "--tag", MASTER_TAG, "--label", "infra.cluster=lab", "--label", "infra.context=f1f2",
+        "--build-arg", "BASE_IMAGE=python:3.11-slim-bookworm",
+        "--build-arg", f"WORKER_IMAGE={WORKER_TAG}", "/ctx"]
+    assert "WORKER_IMAGE" not in build_op(cluster, "worker", "/ctx", "f1f2").text()
+    assert build_op(cluster, "broker", "/ctx", "f1f2").dockerfile == "Dockerfile.broker"
 
 
 def test_ship_sends_images_the_host_lacks_or_has_in_another_version(tmp_path):
@@ -517,10 +830,22 @@ def test_ship_sends_images_the_host_lacks_or_has_in_another_version(tmp_path):
     assert image_plan(cluster, "pi1", {WORKER_TAG: "sha256:w1"}, local) == [("worker", "present")]
 
 
-def test_ship_builds_on_the_local_machine_unless_already_built(tmp_path):
+def test_ship_builds_on_the_local_machine_unless_built_from_the_same_context(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\nimages:\n  source: ship\n")
     assert image_plan(cluster, "local", {}, {}) == [("worker", "build")]
-    assert image_plan(cluster, "local", {}, {WORKER_TAG: "sha256:w1"}) == [("worker", "present")]
+    labels = built_here(cluster, "local", WITH_BASE)
+    assert image_plan(cluster, "local", WITH_BASE, labels=labels) == [("worker", "present")]
+    facts = host_facts("local", images=images_of({}))
+    assert plan_images(cluster, cluster.hosts["local"], facts, {}, DIGEST)[0].reason == \
+        "built here, then shipped to the other hosts"
+
+
+def test_ship_builds_all_three_images_here_when_asked_for_every_role(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t + "images:\n  source: ship\n")
+    facts = host_facts("local", images=images_of({}))
+    plans = plan_images(cluster, Host(name="local", address="127.0.0.1"), facts, {}, DIGEST,
+                        roles=("worker", "master", "broker"))
+    assert [(p.role, p.action) for p in plans] == [("worker", "build"), ("master", "build"), ("broker", "build")]
 
 
 def test_ship_expects_the_shipped_image_ids_in_the_container_fingerprints(tmp_path):
@@ -529,6 +854,7 @@ def test_ship_expects_the_shipped_image_ids_in_the_container_fingerprints(tmp_pa
     stale = plan_for(cluster, "pi1", host_facts("pi1", image_ids={WORKER_TAG: "sha256:old"}), local_ids=local)
     fresh = plan_for(cluster, "pi1", host_facts("pi1", image_ids={WORKER_TAG: "sha256:new"}), local_ids=local)
     assert stale.containers[0].fingerprint == fresh.containers[0].fingerprint
+    assert not any(isinstance(step.op, BuildImage) for step in stale.steps)  # shipped by the workflow itself
 
 
 def test_pull_fetches_only_missing_images_and_never_the_worker_image_for_a_master_only_host(tmp_path):
@@ -539,6 +865,105 @@ def test_pull_fetches_only_missing_images_and_never_the_worker_image_for_a_maste
         ("master", "present"), ("broker", "pull")]
     assert image_plan(cluster, "pi1", {"reg.example/w:1": "sha256:w"}) == [("worker", "present")]
     assert image_plan(cluster, "pi1", {}) == [("worker", "pull")]
+    pulls = [step.text() for step in plan_for(cluster, "gpu-box", host_facts("gpu-box", image_ids={})).steps
+             if step.description.startswith("pull")]
+    assert pulls == ["docker pull reg.example/m:1", "docker pull reg.example/b:1"]
+
+
+# --------------------------------------------------------------------------- a host leaving, and clean
+
+
+def test_a_host_leaving_the_cluster_has_all_its_containers_and_networks_removed_and_its_data_kept():
+    record = HostRecord("192.168.1.30", "pi", containers={"lab-worker-pi1-1": {"id": "i1", "role": "worker"}},
+                        volumes=["lab-broker-data"], files=["/home/pi/infra/wordcount"],
+                        secret_dirs=["/home/pi/infra/.infra-lab"])
+    # As `up` retires a departed host: what it finds by label, no files, no volumes.
+    plan = plan_clean("pi1", record, containers=["lab-worker-pi1-1", "lab-worker-pi1-2"], networks=["lab-net"],
+                      volumes=[], files=False, remove_volumes=False)
+    assert plan.containers == ["lab-worker-pi1-1", "lab-worker-pi1-2"]
+    assert [(step.description, step.text()) for step in plan.steps] == [
+        ("remove 2 container(s)", "docker rm --force lab-worker-pi1-1 lab-worker-pi1-2"),
+        ("network lab-net", "docker network rm lab-net"),
+        ("files /home/pi/infra/.infra-lab", "rm -rf -- /home/pi/infra/.infra-lab"),
+    ]
+    assert plan.steps[0].records == (Record("remove_container", "lab-worker-pi1-1"),
+                                     Record("remove_container", "lab-worker-pi1-2"))
+    assert plan.steps[2].records == (Record("remove_secret_dir", "/home/pi/infra/.infra-lab"),)
+    assert plan.removed() == ["remove 2 container(s)", "network lab-net", "files /home/pi/infra/.infra-lab"]
+
+
+def test_clean_removes_what_the_manifest_recorded_and_what_carries_the_label():
+    record = HostRecord("192.168.1.20", containers={"lab-broker": {"id": "c0", "role": "broker"}},
+                        networks=["lab-net"], volumes=["lab-broker-data"], files=["/home/alice/infra/wordcount"],
+                        secret_dirs=["/home/alice/infra/.infra-lab"])
+    plan = plan_clean("gpu-box", record, containers=["lab-master"], networks=["lab-net", "lab-old-net"],
+                      volumes=["lab-results-data"], files=True, remove_volumes=True)
+    assert [step.text() for step in plan.steps] == [
+        "docker rm --force lab-broker lab-master",
+        "docker network rm lab-net",
+        "docker network rm lab-old-net",
+        "docker volume rm --force lab-broker-data",
+        "docker volume rm --force lab-results-data",
+        "rm -rf -- /home/alice/infra/.infra-lab",
+        "rm -rf -- /home/alice/infra/wordcount",
+    ]
+    assert [step.op for step in plan.steps[3:5]] == [RemoveVolume("lab-broker-data"), RemoveVolume("lab-results-data")]
+    assert plan.steps[-1].records == (Record("remove_files", "/home/alice/infra/wordcount"),)
+
+
+def test_clean_without_volumes_or_files_keeps_them():
+    record = HostRecord("h", volumes=["lab-broker-data"], files=["/srv/infra/wordcount"])
+    plan = plan_clean("gpu-box", record, containers=[], networks=[], volumes=["lab-broker-data"],
+                      files=False, remove_volumes=False)
+    assert plan.steps == [] and plan.removed() == []
+
+
+def test_clean_refuses_folders_that_are_not_two_levels_deep_but_forgets_them():
+    record = HostRecord("h", secret_dirs=["/home", "relative/dir"])
+    plan = plan_clean("gpu-box", record, containers=[], networks=[], volumes=[], files=True, remove_volumes=False)
+    assert plan.refused == ["/home (not an absolute path two levels deep)",
+                            "relative/dir (not an absolute path two levels deep)"]
+    assert [(step.description, step.op, step.command) for step in plan.steps] == [
+        ("forget /home", None, None), ("forget relative/dir", None, None)]
+    assert plan.steps[0].records == (Record("remove_secret_dir", "/home"),)
+    assert plan.removed() == []
+
+
+def test_clean_of_a_host_the_manifest_does_not_know_removes_what_carries_the_label():
+    plan = plan_clean("pi1", None, containers=["lab-worker-pi1-1"], networks=[], volumes=["v"], files=True,
+                      remove_volumes=True)
+    assert [step.text() for step in plan.steps] == ["docker rm --force lab-worker-pi1-1", "docker volume rm --force v"]
+
+
+# --------------------------------------------------------------------------- addresses
+
+
+def test_the_master_address_is_the_advertised_one_when_set(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("    host: gpu-box\n  workers",
+                                                         "    host: gpu-box\n    advertise_address: 10.8.0.1\n  workers"))
+    assert master_address(cluster, master_peer="192.168.1.99") == "10.8.0.1"
+
+
+def test_a_remote_master_is_reached_where_infra_reached_it_else_at_its_configured_address(cluster):
+    assert master_address(cluster, master_peer="192.168.1.99") == "192.168.1.99"
+    assert master_address(cluster) == "192.168.1.20"
+
+
+def test_a_local_master_is_reached_on_the_route_to_the_workers_else_on_loopback(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("master:\n    host: gpu-box", "master:\n    host: local"))
+    assert master_address(cluster, towards_workers="192.168.1.5") == "192.168.1.5"
+    assert master_address(cluster) == "127.0.0.1"
+
+
+def test_workers_on_the_master_host_use_loopback_and_the_others_the_master_address(cluster):
+    assert broker_address_for(cluster, cluster.hosts["gpu-box"], "192.168.1.20") == "127.0.0.1"
+    assert broker_address_for(cluster, cluster.hosts["pi1"], "192.168.1.20") == "192.168.1.20"
+
+
+def test_flower_and_broker_urls_for_people_use_the_published_ports_and_hide_the_password(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("flower: 5555", "flower: 5600"))
+    assert flower_url(cluster, "192.168.1.20") == "http://192.168.1.20:5600"
+    assert broker_url_hidden(cluster, "infra", "192.168.1.20") == "amqp://infra:****@192.168.1.20:5672//"
 
 
 # --------------------------------------------------------------------------- worker nodes

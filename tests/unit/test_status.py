@@ -1,7 +1,9 @@
 """`infra status` decided without any host: recorded outputs in, model, table, JSON and exit code out.
 
 The fixtures in fixtures/live/ were recorded on the testbed from a cluster named `livem`
-(master on h1, workers: 2 on h2, 1 on h3, 1 on local), with the commands infra itself sends.
+(master on h1, workers: 2 on h2, 1 on h3, 1 on local), with the commands infra itself sends;
+the inspect_*.jsonl files hold one container inspect object per line (the fields infra reads of
+the API's `GET /containers/{id}/json` answer, recorded without the environment).
 """
 
 from __future__ import annotations
@@ -12,25 +14,19 @@ from pathlib import Path
 
 import pytest
 
+from infra.commands.celery import list_queues
 from infra.config import Cluster, parse_cluster
+from infra.errors import redact
+from infra.facts.celery import CeleryView, QueueStatus, parse_celery_cli, parse_celery_probe, parse_list_queues
+from infra.facts.containers import Container, parse_container_inspect, parse_docker_time
 from infra.status import (
     EXIT_NOT_RUNNING,
     EXIT_RUNNING,
     SCHEMA,
-    CeleryView,
-    ContainerInfo,
     HostObservation,
-    QueueStatus,
     build_status,
     expected_containers,
     format_duration,
-    list_queues_argv,
-    parse_celery_cli,
-    parse_celery_probe,
-    parse_containers,
-    parse_docker_time,
-    parse_list_queues,
-    redact,
     render_json,
     render_table,
     to_json,
@@ -44,6 +40,11 @@ NODES = ["livem-worker-h2-1@h2", "livem-worker-h2-2@h2", "livem-worker-h3-1@h3",
 
 def fixture(name: str) -> str:
     return (FIXTURES / name).read_text()
+
+
+def inspected(name: str) -> list[Container]:
+    """The containers of a recorded inspect answer (one object per line)."""
+    return list(parse_container_inspect([json.loads(line) for line in fixture(name).splitlines() if line.strip()]))
 
 
 @pytest.fixture
@@ -68,17 +69,17 @@ roles:
 
 
 def healthy_observations() -> dict[str, HostObservation]:
-    workers = parse_containers(fixture("inspect_worker_host.jsonl"))
+    workers = inspected("inspect_worker_host.jsonl")
     h3 = [c for c in workers if c.name.startswith("livem-worker-h2-1")]
     return {
-        "h1": HostObservation(True, None, parse_containers(fixture("inspect_master_host.jsonl"))),
+        "h1": HostObservation(True, None, inspected("inspect_master_host.jsonl")),
         "h2": HostObservation(True, None, workers),
         "h3": HostObservation(True, None, [_renamed(c, "livem-worker-h3-1") for c in h3]),
         "local": HostObservation(True, None, [_renamed(c, "livem-worker-local-1") for c in h3]),
     }
 
 
-def _renamed(container: ContainerInfo, name: str) -> ContainerInfo:
+def _renamed(container: Container, name: str) -> Container:
     from dataclasses import replace
 
     return replace(container, name=name)
@@ -107,7 +108,7 @@ def test_docker_times_with_nanoseconds_and_zones_are_read_and_the_zero_time_is_n
 
 
 def test_containers_of_the_master_host_are_read_from_recorded_inspect_lines():
-    found = parse_containers(fixture("inspect_master_host.jsonl"))
+    found = inspected("inspect_master_host.jsonl")
     assert [(c.name, c.role, c.state, c.image) for c in found] == [
         ("livem-broker", "broker", "running", "infra-test-broker:latest"),
         ("livem-flower", "flower", "running", "infra-test-master:latest"),
@@ -117,21 +118,23 @@ def test_containers_of_the_master_host_are_read_from_recorded_inspect_lines():
     broker = found[0]
     assert broker.health in ("healthy", "starting")
     assert found[1].health is None  # no health check in the master image
-    assert broker.started_at is not None and broker.started_at.tzinfo is timezone.utc
+    assert broker.started is not None and broker.started.tzinfo is timezone.utc
+    assert found[1].started == datetime(2026, 11, 22, 2, 41, 39, 331843, tzinfo=timezone.utc)
+    assert found[1].id == "60ac06e41c99c2c566db2343c62b89ef955adec1ea68319e7e38e7f5d01ba23f"
     assert all(c.exit_code is None and c.restarts == 0 for c in found)
 
 
 def test_a_stopped_worker_is_exited_with_its_exit_code():
-    found = {c.name: c for c in parse_containers(fixture("inspect_worker_host_one_exited.jsonl"))}
+    found = {c.name: c for c in inspected("inspect_worker_host_one_exited.jsonl")}
     assert found["livem-worker-h2-1"].running
     stopped = found["livem-worker-h2-2"]
     assert (stopped.state, stopped.exit_code, stopped.running) == ("exited", 0, False)
 
 
-def test_the_full_docker_inspect_array_is_read_too():
-    line = fixture("inspect_worker_host.jsonl").splitlines()[0]
-    assert parse_containers(f"[{line}]") == parse_containers(line)
-    assert parse_containers("") == [] and parse_containers("[]") == []
+def test_inspect_objects_are_read_in_any_order_and_sorted_by_name():
+    items = [json.loads(line) for line in fixture("inspect_master_host.jsonl").splitlines()]
+    assert parse_container_inspect(list(reversed(items))) == parse_container_inspect(items)
+    assert parse_container_inspect([]) == ()
 
 
 def test_the_celery_probe_gives_every_worker_with_active_and_processed_counts():
@@ -191,9 +194,17 @@ def test_the_older_three_column_listing_is_read_as_well():
 
 
 def test_rabbitmqctl_is_asked_for_json_without_headers():
-    argv = list_queues_argv("lab")
+    argv = list_queues("lab").argv()
     assert argv[:4] == ["docker", "exec", "lab-broker", "rabbitmqctl"]
     assert "--formatter" in argv and argv[argv.index("--formatter") + 1] == "json" and "--quiet" in argv
+    assert argv[-5:] == ["name", "messages", "messages_ready", "messages_unacknowledged", "consumers"]
+
+
+def test_a_queue_listing_after_a_notice_line_is_still_read():
+    notice = "Timeout: 60.0 seconds ...\nListing queues for vhost / ...\n"
+    queues = parse_list_queues(notice + fixture("rabbitmqctl_list_queues_busy.txt"))
+    assert queues == parse_list_queues(fixture("rabbitmqctl_list_queues_busy.txt"))
+    assert parse_list_queues("[]") == []
 
 
 def test_a_usage_message_instead_of_json_is_an_error():
@@ -229,7 +240,7 @@ def test_a_healthy_cluster_has_no_problem_and_exit_code_0(cluster, tmp_path):
 
 def test_a_stopped_worker_and_an_unreachable_host_are_both_named_with_exit_code_3(cluster, tmp_path):
     observations = healthy_observations()
-    observations["h2"] = HostObservation(True, None, parse_containers(fixture("inspect_worker_host_one_exited.jsonl")))
+    observations["h2"] = HostObservation(True, None, inspected("inspect_worker_host_one_exited.jsonl"))
     observations["h3"] = HostObservation(False, "cannot connect to root@172.30.2.13:22: timed out")
     status = healthy_status(cluster, tmp_path, observations=observations,
                             celery=parse_celery_probe(fixture("celery_probe_two_missing.txt")))
@@ -373,7 +384,7 @@ def test_the_table_lists_hosts_containers_workers_queues_and_the_verdict(cluster
 
 def test_the_table_of_a_degraded_cluster_ends_with_its_problems(cluster, tmp_path):
     observations = healthy_observations()
-    observations["h2"] = HostObservation(True, None, parse_containers(fixture("inspect_worker_host_one_exited.jsonl")))
+    observations["h2"] = HostObservation(True, None, inspected("inspect_worker_host_one_exited.jsonl"))
     observations["h3"] = HostObservation(False, "timed out")
     text = render_table(healthy_status(cluster, tmp_path, observations=observations,
                                        celery=parse_celery_probe(fixture("celery_probe_two_missing.txt"))))

@@ -1,0 +1,188 @@
+"""A recording fake of a host: shell commands and engine operations in, canned answers out.
+
+Golden tests of the workflows give each host its facts (what the probe and the engine answer),
+run the real workflow against these fakes, and compare the exact commands it sent, in order,
+with the ones the test spells out — "these facts in, exactly these commands out", no network.
+Every line the fake records is the command's text as `--dry-run` would show it: shell commands
+as `shlex.join` of their words (plus `<N bytes` when something is fed on stdin), engine
+operations as the docker command line that does the same.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import shlex
+import tarfile
+import threading
+from dataclasses import dataclass, field
+
+from infra.commands import engine as ops
+from infra.commands.celery import BROKER_CHECK, PING_PROBE
+from infra.commands.files import PROBE_MARKER
+from infra.config import Host
+from infra.runner import CommandResult
+
+
+@dataclass
+class FakeHost:
+    """What one host answers: its identity, engine state, and files listing of the project."""
+
+    home: str = "/home/user"
+    uid: int = 1000
+    gid: int = 1000
+    arch: str = "x86_64"
+    version: str = "24.0.7"
+    containers: list[dict] = field(default_factory=list)  # the API's container-list items
+    inspected: dict[str, dict] = field(default_factory=dict)  # container name -> inspect object
+    images: dict[str, dict] = field(default_factory=dict)  # ref -> {"Id", "Labels"}
+    networks: list[str] = field(default_factory=list)
+    volumes: list[str] = field(default_factory=list)
+    listings: dict[str, str] = field(default_factory=dict)  # folder -> `sha256sum` lines
+    built: dict[str, str] = field(default_factory=dict)  # ref -> the id a build or pull gives it
+
+
+class RecordingEngine:
+    def __init__(self, state: FakeHost, log: list[str], lock: threading.Lock):
+        self.state = state
+        self.log = log
+        self.lock = lock
+
+    def _record(self, line: str) -> None:
+        with self.lock:
+            self.log.append(line)
+
+    def query(self, op):
+        self._record(op.text())
+        state = self.state
+        if isinstance(op, ops.EngineVersion):
+            return {"Version": state.version, "Arch": "amd64", "Os": "linux"}
+        if isinstance(op, ops.ListContainers):
+            return list(state.containers)
+        if isinstance(op, ops.InspectContainers):
+            return [state.inspected[name] for name in op.names if name in state.inspected]
+        if isinstance(op, ops.InspectImages):
+            return {ref: state.images.get(ref) for ref in op.refs}
+        if isinstance(op, ops.ListNetworks):
+            return sorted(state.networks)
+        if isinstance(op, ops.ListVolumes):
+            return sorted(state.volumes)
+        raise AssertionError(f"unexpected query {op!r}")
+
+    def apply(self, op, on_line=None):
+        """Record the operation and change the fake's state as the engine would."""
+        self._record(op.text())
+        state = self.state
+        if isinstance(op, ops.RunContainer):
+            spec = op.spec
+            state.containers = [c for c in state.containers if c["Names"] != [f"/{spec.name}"]]
+            image = state.images.get(spec.image) or {}
+            state.containers.append({"Names": [f"/{spec.name}"], "Id": f"id-{spec.name}", "State": "running",
+                                     "Status": "Up 1 second", "Image": spec.image, "ImageID": image.get("Id", ""),
+                                     "Labels": dict(op.labels)})
+            state.inspected[spec.name] = {"Name": f"/{spec.name}", "Id": f"id-{spec.name}",
+                                          "State": {"Status": "running", "StartedAt": "2026-01-01T00:00:00Z"},
+                                          "Config": {"Image": spec.image, "Labels": dict(op.labels)}}
+            return f"id-{spec.name}"
+        if isinstance(op, ops.RemoveContainers):
+            state.containers = [c for c in state.containers if c["Names"][0].lstrip("/") not in op.names]
+            for name in op.names:
+                state.inspected.pop(name, None)
+        elif isinstance(op, ops.RestartContainer):
+            state.inspected[op.name]["State"]["StartedAt"] = "2026-01-01T00:01:00Z"
+        elif isinstance(op, ops.CreateNetwork):
+            state.networks.append(op.name)
+        elif isinstance(op, ops.RemoveNetwork):
+            state.networks = [n for n in state.networks if n != op.name]
+        elif isinstance(op, ops.CreateVolume):
+            state.volumes.append(op.name)
+        elif isinstance(op, ops.RemoveVolume):
+            state.volumes = [v for v in state.volumes if v != op.name]
+        elif isinstance(op, (ops.BuildImage, ops.PullImage)):
+            ref = op.tag if isinstance(op, ops.BuildImage) else op.ref
+            new_id = state.built.get(ref, f"sha256:new-{ref}")
+            state.images[ref] = {"Id": new_id, "Labels": dict(getattr(op, "labels", ()))}
+            return new_id
+        return None
+
+    def exec(self, op, *, on_stdout=None, on_stderr=None, timeout=None) -> CommandResult:
+        command = op.command
+        if BROKER_CHECK in command:
+            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "BROKER_CHECK"]))
+            return CommandResult(0, "", "")
+        if PING_PROBE in command:
+            # A ping is answered by every node it names: the workers are up.
+            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "PING_PROBE", *command[3:]]))
+            nodes = json.loads(command[4])
+            return CommandResult(0, json.dumps({node: {"ok": "pong"} for node in nodes}) + "\n", "")
+        if len(command) > 2 and command[:2] == ("python", "-c"):
+            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "PROBE", *command[3:]]))
+            return CommandResult(0, "", "")
+        self._record(op.text())
+        return CommandResult(0, "", "")
+
+
+def sha256_listing(files: dict[str, bytes]) -> str:
+    """What `list_files` prints for these files."""
+    return "".join(f"{hashlib.sha256(data).hexdigest()}  ./{rel}\n" for rel, data in sorted(files.items()))
+
+
+def merge_listing(listing: str, tar: bytes) -> str:
+    """A folder's listing after the files of a tar were extracted into it."""
+    files = {line[68:]: line[:64] for line in listing.splitlines() if len(line) > 68}
+    with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
+        for member in archive.getmembers():
+            if member.isfile():
+                files[member.name] = hashlib.sha256(archive.extractfile(member).read()).hexdigest()
+    return "".join(f"{digest}  ./{rel}\n" for rel, digest in sorted(files.items()))
+
+
+class RecordingConnection:
+    """Stands in for `infra.runner.Connection`: records, answers from its `FakeHost`."""
+
+    def __init__(self, host: Host, state: FakeHost, log: list[str], lock: threading.Lock):
+        self.host = host
+        self.state = state
+        self.log = log
+        self.lock = lock
+        self.engine = RecordingEngine(state, log, lock)
+
+    def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None) -> CommandResult:
+        text = command if isinstance(command, str) else shlex.join(command)
+        fed = f" <{len(stdin)} bytes sha256:{hashlib.sha256(stdin).hexdigest()[:8]}" if isinstance(stdin, bytes) else ""
+        with self.lock:
+            self.log.append(text + fed)
+        state = self.state
+        if PROBE_MARKER in text:
+            out = (f"{PROBE_MARKER}home\n{state.home}\n{PROBE_MARKER}uid\n{state.uid}\n{state.gid}\n"
+                   f"{PROBE_MARKER}arch\n{state.arch}\n{PROBE_MARKER}end\n")
+            return CommandResult(0, out, "")
+        for folder, listing in state.listings.items():
+            if "sha256sum" in text and shlex.quote(folder) in text:
+                return CommandResult(0, listing, "")
+        if "tar -x" in text and isinstance(stdin, bytes):
+            folder = shlex.split(shlex.split(text)[2])[2]  # sh -c 'mkdir -p ROOT && tar ...'
+            state.listings[folder] = merge_listing(state.listings.get(folder, ""), stdin)
+        return CommandResult(0, "", "")
+
+    def peer_address(self) -> str | None:
+        return self.host.address
+
+    def close(self) -> None:
+        pass
+
+
+class RecordingHosts:
+    """The fake hosts of one test, and what each was sent: `connect` goes into `ConnectionPool`."""
+
+    def __init__(self, **hosts: FakeHost):
+        self.hosts = hosts
+        self.logs: dict[str, list[str]] = {name: [] for name in hosts}
+        self.lock = threading.Lock()
+
+    def connect(self, host: Host, connect_timeout: float) -> RecordingConnection:
+        return RecordingConnection(host, self.hosts[host.name], self.logs[host.name], self.lock)
+
+    def sent(self, name: str) -> list[str]:
+        return list(self.logs[name])

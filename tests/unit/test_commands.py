@@ -1,0 +1,634 @@
+"""Every command infra sends, spelled out exactly: engine operations, shell commands, Celery probes.
+
+Engine operations are carried out through the Engine API; their `text()` is the docker command
+line that does the same, which `--dry-run` prints and error messages name. Shell commands run
+on the hosts as they are. Both are pinned here word for word, then fed hostile values (quotes,
+`$(...)`, backticks, `;`, `&&`, newlines, a leading `-`, unicode) that must come back intact as
+one word and never reach a shell unquoted.
+"""
+
+from __future__ import annotations
+
+import base64
+import inspect
+import io
+import os
+import re
+import shlex
+import subprocess
+import sys
+import tarfile
+from datetime import datetime, timezone
+from pathlib import Path
+
+import pytest
+
+from infra.commands import celery as celery_commands
+from infra.commands import files as file_commands
+from infra.commands.celery import (
+    BROKER_CHECK,
+    CELERY_PROBE,
+    PID_MARKER,
+    PING_PROBE,
+    broker_check,
+    celery_probe,
+    list_queues,
+    ping_workers,
+    run_job,
+    signal_job,
+)
+from infra.commands.engine import (
+    BuildImage,
+    ContainerSpec,
+    CreateNetwork,
+    CreateVolume,
+    EngineOp,
+    EngineVersion,
+    Exec,
+    InspectContainers,
+    InspectImages,
+    ListContainers,
+    ListNetworks,
+    ListVolumes,
+    LoadImages,
+    Logs,
+    PullImage,
+    RemoveContainers,
+    RemoveNetwork,
+    RemoveVolume,
+    RestartContainer,
+    RunContainer,
+    SaveImages,
+    StartContainer,
+    cluster_labels,
+)
+from infra.commands.files import (
+    HOST_PROBE,
+    delete_files,
+    extract_files,
+    fetch_files,
+    files_newer_than,
+    host_probe,
+    list_files,
+    make_folder,
+    names_on_stdin,
+    remove_tree,
+    tar_of,
+    write_private_file,
+)
+from infra.config import parse_cluster
+from infra.facts.containers import ImageInfo
+from infra.facts.files import parse_sha256_list
+from infra.facts.host import HostFacts
+from infra.plans.steps import Record, Step, engine_step, shell_step
+from infra.plans.sync import SyncPlan
+from infra.plans.up import plan_host
+from infra.secrets import Secrets
+
+FIXTURES = Path(__file__).parent / "fixtures"
+MOMENT = datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)  # 1795315442.473877
+
+WORKER = ContainerSpec(
+    name="lab-worker-pi1-1", role="worker", host="pi1", image="infra-lab-worker:latest",
+    command=("celery", "--app", "wordcount", "worker", "--hostname", "lab-worker-pi1-1@pi1", "--concurrency", "2"),
+    env_file="/home/pi/infra/.infra-lab/worker.env", volumes=(("/home/pi/infra/wordcount", "/project", "ro"),),
+    user="1001:1101", workdir="/project",
+)
+BROKER = ContainerSpec(
+    name="lab-broker", role="broker", host="gpu-box", image="infra-lab-broker:latest",
+    env_file="/home/alice/infra/.infra-lab/broker.env", ports=((5672, 5672),),
+    volumes=(("lab-broker-data", "/var/lib/rabbitmq", "rw"),), network="lab-net", network_alias="broker",
+    hostname="lab-broker",
+)
+
+
+# --------------------------------------------------------------------------- engine: queries
+
+
+def test_engine_version():
+    assert EngineVersion().text() == "docker version --format '{{json .Server}}'"
+
+
+def test_list_containers_finds_the_clusters_running_or_not():
+    assert ListContainers("lab").text() == \
+        "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'"
+
+
+def test_inspect_containers():
+    assert InspectContainers(("lab-broker", "lab-master")).text() == "docker container inspect lab-broker lab-master"
+
+
+def test_inspect_images():
+    assert InspectImages(("python:3.11-slim-bookworm", "infra-lab-worker:latest")).text() == (
+        "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' "
+        "python:3.11-slim-bookworm infra-lab-worker:latest")
+
+
+def test_list_networks_and_volumes_of_the_cluster():
+    assert ListNetworks("lab").text() == "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'"
+    assert ListVolumes("lab").text() == "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'"
+
+
+# --------------------------------------------------------------------------- engine: containers
+
+
+def test_run_a_worker():
+    op = RunContainer(WORKER, cluster_labels("lab", role="worker", host="pi1", spec="f00"))
+    assert op.text() == (
+        "docker run --detach --name lab-worker-pi1-1 "
+        "--label infra.cluster=lab --label infra.role=worker --label infra.host=pi1 --label infra.spec=f00 "
+        "--restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host "
+        "--volume /home/pi/infra/wordcount:/project:ro --env-file /home/pi/infra/.infra-lab/worker.env "
+        "--user 1001:1101 --workdir /project "
+        "infra-lab-worker:latest celery --app wordcount worker --hostname lab-worker-pi1-1@pi1 --concurrency 2")
+
+
+def test_run_the_broker_on_its_network_with_its_port_and_volume():
+    op = RunContainer(BROKER, cluster_labels("lab", role="broker", host="gpu-box", spec="abc"))
+    assert op.text() == (
+        "docker run --detach --name lab-broker "
+        "--label infra.cluster=lab --label infra.role=broker --label infra.host=gpu-box --label infra.spec=abc "
+        "--restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 "
+        "--network lab-net --network-alias broker --hostname lab-broker --publish 5672:5672 "
+        "--volume lab-broker-data:/var/lib/rabbitmq:rw --env-file /home/alice/infra/.infra-lab/broker.env "
+        "infra-lab-broker:latest")
+
+
+def test_run_a_bare_container_with_its_defaults():
+    bare = ContainerSpec(name="c", role="worker", host="h", image="img:1")
+    assert RunContainer(bare, ()).text() == (
+        "docker run --detach --name c --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 "
+        "--network host img:1")
+
+
+def test_cluster_labels_come_cluster_first_then_in_the_order_given():
+    assert cluster_labels("lab") == (("infra.cluster", "lab"),)
+    assert cluster_labels("lab", spec="f", role="r") == (("infra.cluster", "lab"), ("infra.spec", "f"), ("infra.role", "r"))
+
+
+def test_remove_start_and_restart_containers():
+    assert RemoveContainers(("lab-worker-pi1-1", "lab-worker-pi1-2")).text() == \
+        "docker rm --force lab-worker-pi1-1 lab-worker-pi1-2"
+    assert StartContainer("lab-master").text() == "docker start lab-master"
+    assert RestartContainer("lab-worker-pi1-1", 10).text() == "docker restart --time 10 lab-worker-pi1-1"
+
+
+# --------------------------------------------------------------------------- engine: networks, volumes, images
+
+
+def test_networks_and_volumes_are_made_with_the_cluster_label():
+    assert CreateNetwork("lab-net", "lab").text() == "docker network create --label infra.cluster=lab lab-net"
+    assert RemoveNetwork("lab-net").text() == "docker network rm lab-net"
+    assert CreateVolume("lab-broker-data", "lab").text() == \
+        "docker volume create --label infra.cluster=lab lab-broker-data"
+    assert RemoveVolume("lab-broker-data").text() == "docker volume rm --force lab-broker-data"
+
+
+def test_build_an_image_from_a_context_folder_on_the_hosts_network():
+    op = BuildImage(tag="infra-lab-master:latest", context_dir="/home/me/.infra/lab/build",
+                    dockerfile="Dockerfile.master",
+                    build_args=(("BASE_IMAGE", "python:3.11-slim-bookworm"), ("WORKER_IMAGE", "infra-lab-worker:latest")),
+                    labels=cluster_labels("lab", context="9f8e7d6c5b4a39281706"))
+    assert op.text() == (
+        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.master "
+        "--tag infra-lab-master:latest --label infra.cluster=lab --label infra.context=9f8e7d6c5b4a39281706 "
+        "--build-arg BASE_IMAGE=python:3.11-slim-bookworm --build-arg WORKER_IMAGE=infra-lab-worker:latest "
+        "/home/me/.infra/lab/build")
+    assert BuildImage("t:1", "/ctx", "Dockerfile").text() == "docker build --network host --file /ctx/Dockerfile --tag t:1 /ctx"
+
+
+def test_pull_save_and_load_images():
+    assert PullImage("registry.example.com/team/worker:1.2").text() == "docker pull registry.example.com/team/worker:1.2"
+    assert SaveImages(("infra-lab-worker:latest", "infra-lab-master:latest")).text() == \
+        "docker save infra-lab-worker:latest infra-lab-master:latest"
+    assert LoadImages().text() == "docker load --quiet"
+
+
+# --------------------------------------------------------------------------- engine: processes and logs
+
+
+def test_exec_in_a_container_with_and_without_a_working_folder():
+    assert Exec("lab-master", ("ls", "-l", "out put"), "/project").text() == \
+        "docker exec --workdir /project lab-master ls -l 'out put'"
+    assert Exec("lab-broker", ("rabbitmqctl", "status")).text() == "docker exec lab-broker rabbitmqctl status"
+
+
+def test_logs_with_timestamps_a_tail_a_since_and_follow():
+    assert Logs("lab-broker").text() == "docker logs --timestamps --tail all lab-broker"
+    assert Logs("lab-broker", tail="100", since=1_795_315_442.0, follow=True).text() == \
+        "docker logs --timestamps --tail 100 --since 1795315442 --follow lab-broker"
+    assert Logs("lab-broker", since=1_795_315_442.47).text() == \
+        "docker logs --timestamps --tail all --since 1795315442.47 lab-broker"
+    assert Logs("lab-broker", since=0.0).argv()[5:7] == ["--since", "0"]
+
+
+# --------------------------------------------------------------------------- shell: the host probe and files
+
+
+def test_the_host_probe():
+    assert host_probe() == ["sh", "-c", HOST_PROBE]
+    assert HOST_PROBE == (
+        "printf '=====infra:home\\n%s\\n' \"$HOME\"; printf '=====infra:uid\\n'; id -u; id -g; "
+        "printf '=====infra:arch\\n'; uname -m; printf '=====infra:end\\n'")
+
+
+def test_write_a_private_file_from_stdin_atomically():
+    assert write_private_file("/home/pi/infra/.infra-lab/worker.env") == ["sh", "-c", (
+        "umask 077 && mkdir -p /home/pi/infra/.infra-lab && chmod 700 /home/pi/infra/.infra-lab && "
+        "cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
+        "mv -f /home/pi/infra/.infra-lab/worker.env.tmp /home/pi/infra/.infra-lab/worker.env")]
+
+
+def test_make_and_remove_folders():
+    assert make_folder("/home/pi/infra/wordcount") == ["mkdir", "-p", "--", "/home/pi/infra/wordcount"]
+    assert remove_tree("/home/pi/infra/.infra-lab") == ["rm", "-rf", "--", "/home/pi/infra/.infra-lab"]
+
+
+def test_list_the_files_of_a_folder_with_their_sha256():
+    assert list_files("/home/pi/infra/wordcount") == ["sh", "-c", (
+        "if [ -d /home/pi/infra/wordcount ]; then cd /home/pi/infra/wordcount && "
+        "find . -type f -exec sha256sum {} + ; fi")]
+
+
+def test_extract_a_tar_from_stdin_into_a_folder():
+    assert extract_files("/home/pi/infra/wordcount") == ["sh", "-c", (
+        "mkdir -p /home/pi/infra/wordcount && tar -x --no-same-owner -m -f - -C /home/pi/infra/wordcount")]
+
+
+def test_delete_files_then_the_folders_they_leave_empty_deepest_first():
+    assert delete_files("/home/pi/infra/wordcount", ["a/b/c.txt", "a/d.txt", "top.txt"]) == ["sh", "-c", (
+        "cd /home/pi/infra/wordcount && rm -f -- a/b/c.txt a/d.txt top.txt && "
+        "(rmdir -p --ignore-fail-on-non-empty -- a/b a 2>/dev/null || true)")]
+    assert delete_files("/srv/wc", ["x.txt"]) == ["sh", "-c", "cd /srv/wc && rm -f -- x.txt"]
+
+
+def test_find_the_files_modified_after_a_moment_in_whole_seconds():
+    assert files_newer_than("/home/pi/infra/wordcount", MOMENT) == ["sh", "-c", (
+        "cd /home/pi/infra/wordcount 2>/dev/null && "
+        "find . -type f -newermt @1795315442 -print 2>/dev/null | head -n 1000")]
+
+
+def test_fetch_the_files_named_on_stdin_as_base64_of_a_tar_gz():
+    assert fetch_files("/home/alice/infra/wordcount/output") == ["sh", "-c", (
+        "cd /home/alice/infra/wordcount/output && tar -czf - -T - | base64")]
+    assert names_on_stdin(["wordcount.csv", "sub dir/-x.txt"]) == b"./wordcount.csv\n./sub dir/-x.txt\n"
+
+
+def test_the_tar_for_extract_holds_exactly_the_chosen_files_owner_neutral(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.py").write_text("A = 1\n")
+    (tmp_path / "b.txt").write_text("b")
+    with tarfile.open(fileobj=io.BytesIO(tar_of(tmp_path, ["sub/a.py"]))) as tar:
+        [member] = tar.getmembers()
+        assert (member.name, member.size, member.uid, member.gid, member.uname, member.gname) == (
+            "sub/a.py", 6, 0, 0, "", "")
+        assert tar.extractfile(member).read() == b"A = 1\n"
+
+
+# --------------------------------------------------------------------------- celery: probes, jobs, signals
+
+
+def test_the_broker_check_runs_in_the_master_container():
+    assert broker_check("lab").argv() == ["docker", "exec", "lab-master", "python", "-c", BROKER_CHECK]
+    assert broker_check("lab").text() == "docker exec lab-master python -c " + shlex.quote(BROKER_CHECK)
+
+
+def test_the_ping_names_the_nodes_and_the_reply_timeout():
+    op = ping_workers("lab", "wordcount", ["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"], 2.0)
+    assert op.argv() == ["docker", "exec", "lab-master", "python", "-c", PING_PROBE, "wordcount",
+                         '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]', "2"]
+    assert op.text().endswith(""" wordcount '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]' 2""")
+
+
+def test_the_celery_probe_names_the_expected_workers_and_the_reply_timeout():
+    assert celery_probe("lab", "wordcount", ["lab-worker-pi1-1@pi1"], 2.5).argv() == [
+        "docker", "exec", "lab-master", "python", "-c", CELERY_PROBE, "wordcount", '["lab-worker-pi1-1@pi1"]', "2.5"]
+    assert celery_probe("lab", "wordcount", [], 2.0).argv()[-2:] == ["[]", "2"]
+
+
+@pytest.mark.parametrize("program", [BROKER_CHECK, PING_PROBE, CELERY_PROBE])
+def test_the_probes_are_python_programs(program):
+    compile(program, "<probe>", "exec")
+
+
+def test_the_queue_listing_asks_rabbitmq_for_json():
+    assert list_queues("lab").text() == (
+        "docker exec lab-broker rabbitmqctl list_queues --quiet --formatter json "
+        "name messages messages_ready messages_unacknowledged consumers")
+
+
+def test_a_job_tells_its_pid_then_runs_with_its_arguments_untouched():
+    op = run_job("lab", ["-m", "wordcount.client"], ("--top", "5", "--output", "out put/x.csv"))
+    assert op.text() == (
+        "docker exec --workdir /project lab-master "
+        f"""sh -c 'echo "{PID_MARKER}$$" >&2; exec "$@"' infra-run """
+        "python -m wordcount.client --top 5 --output 'out put/x.csv'")
+
+
+def test_a_signal_goes_to_the_job_by_pid():
+    assert signal_job("lab", 4242, "INT").text() == "docker exec lab-master kill -INT 4242"
+    assert signal_job("lab", 4242, "0").text() == "docker exec lab-master kill -0 4242"
+
+
+# --------------------------------------------------------------------------- plan steps as printed
+
+
+@pytest.fixture
+def cluster(tmp_path):
+    (tmp_path / "wordcount").mkdir()
+    (tmp_path / "wordcount" / "tasks.py").write_text("def count(): pass\n")
+    return parse_cluster((FIXTURES / "plan_cluster.yaml").read_text(), filename="cluster.yaml", base_dir=tmp_path)
+
+
+SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef", results_password="Res-pw_0123456789abcdef",
+                  flower_user="admin", flower_password="Flw-pw_0123456789")
+
+
+def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
+    facts = HostFacts(home="/home/pi", uid=1001, gid=1001, arch="aarch64", docker_version="27.3.1",
+                      images={"python:3.11-slim-bookworm": ImageInfo("sha256:base", {})})
+    sync = SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, upload=["tasks.py"],
+                    delete=["old dir/gone.py"], bytes_to_send=18)
+    plan = plan_host(cluster, cluster.hosts["pi1"], facts, SECRETS, "192.168.1.20", local_image_ids={},
+                     context_dir="/home/me/.infra/lab/build", context_digest="d" * 24, sync=sync)
+    build = next(step for step in plan.steps if step.op is not None)
+    assert [step.text() for step in plan.steps] == [
+        "sh -c 'mkdir -p /home/pi/infra/wordcount && "
+        "tar -x --no-same-owner -m -f - -C /home/pi/infra/wordcount'",
+        "sh -c 'cd /home/pi/infra/wordcount && rm -f -- '\"'\"'old dir/gone.py'\"'\"' && "
+        "(rmdir -p --ignore-fail-on-non-empty -- '\"'\"'old dir'\"'\"' 2>/dev/null || true)'",
+        "sh -c 'umask 077 && mkdir -p /home/pi/infra/.infra-lab && chmod 700 /home/pi/infra/.infra-lab && "
+        "cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
+        "mv -f /home/pi/infra/.infra-lab/worker.env.tmp /home/pi/infra/.infra-lab/worker.env'",
+        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.worker "
+        "--tag infra-lab-worker:latest --label infra.cluster=lab "
+        f"--label infra.context={dict(build.op.labels)['infra.context']} "
+        "--build-arg BASE_IMAGE=python:3.11-slim-bookworm /home/me/.infra/lab/build",
+    ]
+    assert shlex.split(plan.steps[1].text())[2] == (
+        "cd /home/pi/infra/wordcount && rm -f -- 'old dir/gone.py' && "
+        "(rmdir -p --ignore-fail-on-non-empty -- 'old dir' 2>/dev/null || true)")
+
+
+def test_a_step_without_a_command_reads_as_nothing_and_a_fed_one_hides_what_it_is_fed():
+    assert Step("keep lab-broker (up to date)", records=(Record("add_container", "lab-broker", "broker"),)).text() == ""
+    fed = shell_step("write", write_private_file("/srv/a.env"), stdin=b"PASSWORD=s3cret\n")
+    assert "s3cret" not in fed.text() and "s3cret" not in repr(fed)
+    assert engine_step("net", CreateNetwork("lab-net", "lab")).text() == \
+        "docker network create --label infra.cluster=lab lab-net"
+
+
+# --------------------------------------------------------------------------- secrets never on a command line
+
+
+ENV = ("INFRA_CLUSTER=lab\n"
+       "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@192.168.1.20:5672//\n"
+       "# a comment\n"
+       "\n"
+       "CELERY_RESULT_BACKEND=redis://:Res=pw 'quoted' $(x)@192.168.1.20:6379/0\n")
+
+
+def test_a_containers_environment_travels_only_inside_the_engine_call():
+    op = RunContainer(WORKER, cluster_labels("lab", role="worker", host="pi1", spec="f00"), ENV)
+    assert op.environment() == {
+        "INFRA_CLUSTER": "lab",
+        "CELERY_BROKER_URL": "amqp://infra:Brk-pw_0123456789abcdef@192.168.1.20:5672//",
+        "CELERY_RESULT_BACKEND": "redis://:Res=pw 'quoted' $(x)@192.168.1.20:6379/0",
+    }
+    shown = [op.text(), " ".join(op.argv()), repr(op), repr(engine_step("start", op)), str(op)]
+    for secret in ("Brk-pw_0123456789abcdef", "Res=pw", "CELERY_BROKER_URL", "INFRA_CLUSTER=lab"):
+        assert not any(secret in text for text in shown), secret
+    assert "--env-file /home/pi/infra/.infra-lab/worker.env" in op.text()
+    assert op == RunContainer(WORKER, op.labels)  # the content is no part of what the operation is
+
+
+# --------------------------------------------------------------------------- hostile values
+
+
+HOSTILE = [
+    "two words  here",
+    "it's",
+    'say "hi"',
+    "$(touch /tmp/pwned)",
+    "`touch /tmp/pwned`",
+    "x; touch /tmp/pwned",
+    "x && touch /tmp/pwned",
+    "x | tee /tmp/pwned",
+    "x > /tmp/pwned",
+    "first\nsecond",
+    "-leading-dash",
+    "ünïcødé-✓-名前",
+    "~/*.py",
+    "$HOME",
+    "back\\slash",
+    "#not-a-comment",
+    "tab\there",
+]
+BENIGN = "benign value"  # needs quoting too: a reference for where quotes may be
+SAFE = re.compile(r"[\w@%+=:,./-]+", re.ASCII)  # what shlex.quote leaves unquoted
+OPERATOR = re.compile(r"[();<>|&]+")
+
+
+def benign_like(value: str) -> str:
+    """A harmless value with the same folders as `value` (its `/` are path separators in a path)."""
+    return "/".join(BENIGN for _ in value.split("/"))
+
+
+def quoted_skeleton(text: str) -> str:
+    """`text` with every quoted run ('...', "...") replaced by one Q: what a shell reads unquoted."""
+    out, i, in_quotes = [], 0, False
+    while i < len(text):
+        char = text[i]
+        if char in "'\"":
+            end = text.index(char, i + 1)
+            if not in_quotes:
+                out.append("Q")
+            in_quotes, i = True, end + 1
+            continue
+        in_quotes = False
+        out.append(char)
+        i += 1
+    return "".join(out)
+
+
+def shell_words(script: str) -> list[str]:
+    """Words and operators of a script as sh splits them (`;`, `&&`, `|`, `(`, `>` are tokens of their own)."""
+    lexer = shlex.shlex(script, posix=True, punctuation_chars=True)
+    lexer.whitespace_split = True
+    lexer.commenters = ""
+    return list(lexer)
+
+
+def shape(words: list[str]) -> list[str]:
+    """The operators of a script, and a W for each word between them."""
+    return [word if OPERATOR.fullmatch(word) else "W" for word in words]
+
+
+# Each builder that takes a value, with where the value shows in its words.
+ENGINE_BUILDERS = {
+    "ListContainers": (lambda v: ListContainers(v), lambda v: [f"label=infra.cluster={v}"]),
+    "InspectContainers": (lambda v: InspectContainers((v, "lab-master")), lambda v: [v]),
+    "InspectImages": (lambda v: InspectImages((v,)), lambda v: [v]),
+    "ListNetworks": (lambda v: ListNetworks(v), lambda v: [f"label=infra.cluster={v}"]),
+    "ListVolumes": (lambda v: ListVolumes(v), lambda v: [f"label=infra.cluster={v}"]),
+    "RunContainer": (
+        lambda v: RunContainer(ContainerSpec(
+            name=v, role=v, host=v, image=v, command=(v, "--flag", v), env_file=v, volumes=((v, v, "ro"),),
+            network=v, network_alias=v, hostname=v, user=v, workdir=v, restart=v),
+            cluster_labels(v, role=v, spec=v), env=f"SECRET={v}\n"),
+        lambda v: [v, f"infra.cluster={v}", f"infra.role={v}", f"{v}:{v}:ro", "--env-file"]),
+    "RemoveContainers": (lambda v: RemoveContainers((v,)), lambda v: [v]),
+    "StartContainer": (lambda v: StartContainer(v), lambda v: [v]),
+    "RestartContainer": (lambda v: RestartContainer(v, 10), lambda v: [v]),
+    "CreateNetwork": (lambda v: CreateNetwork(v, v), lambda v: [v, f"infra.cluster={v}"]),
+    "RemoveNetwork": (lambda v: RemoveNetwork(v), lambda v: [v]),
+    "CreateVolume": (lambda v: CreateVolume(v, v), lambda v: [v, f"infra.cluster={v}"]),
+    "RemoveVolume": (lambda v: RemoveVolume(v), lambda v: [v]),
+    "BuildImage": (lambda v: BuildImage(v, v, v, (("BASE_IMAGE", v),), cluster_labels(v, context=v)),
+                   lambda v: [v, f"{v}/{v}", f"BASE_IMAGE={v}", f"infra.context={v}"]),
+    "PullImage": (lambda v: PullImage(v), lambda v: [v]),
+    "SaveImages": (lambda v: SaveImages((v, v)), lambda v: [v]),
+    "Exec": (lambda v: Exec(v, ("echo", v), v), lambda v: [v]),
+    "Logs": (lambda v: Logs(v, tail=v), lambda v: [v]),
+    "broker_check": (lambda v: broker_check(v), lambda v: [f"{v}-master"]),
+    "ping_workers": (lambda v: ping_workers(v, v, [v], 2.0), lambda v: [f"{v}-master"]),
+    "celery_probe": (lambda v: celery_probe(v, v, [v], 2.0), lambda v: [f"{v}-master", v]),
+    "list_queues": (lambda v: list_queues(v), lambda v: [f"{v}-broker"]),
+    "run_job": (lambda v: run_job(v, ["-m", v], (v, "--out", v)), lambda v: [f"{v}-master", v]),
+    "signal_job": (lambda v: signal_job(v, 42, "INT"), lambda v: [f"{v}-master"]),
+}
+
+SHELL_BUILDERS = {
+    "write_private_file": (lambda v: write_private_file(f"/srv/{v}/.infra-lab/worker.env"),
+                           lambda v: [f"/srv/{v}/.infra-lab", f"/srv/{v}/.infra-lab/worker.env.tmp",
+                                      f"/srv/{v}/.infra-lab/worker.env"]),
+    "list_files": (lambda v: list_files(f"/srv/{v}"), lambda v: [f"/srv/{v}"]),
+    "extract_files": (lambda v: extract_files(f"/srv/{v}"), lambda v: [f"/srv/{v}"]),
+    "delete_files": (lambda v: delete_files(f"/srv/{v}", [v, f"sub/{v}"]), lambda v: [f"/srv/{v}", v, f"sub/{v}"]),
+    "files_newer_than": (lambda v: files_newer_than(f"/srv/{v}", MOMENT), lambda v: [f"/srv/{v}"]),
+    "fetch_files": (lambda v: fetch_files(f"/srv/{v}/output"), lambda v: [f"/srv/{v}/output"]),
+}
+
+
+def public_functions(module) -> set[str]:
+    return {name for name, item in vars(module).items()
+            if inspect.isfunction(item) and item.__module__ == module.__name__ and not name.startswith("_")}
+
+
+def test_every_builder_that_takes_a_value_is_fed_hostile_values():
+    assert {cls.__name__ for cls in EngineOp.__subclasses__()} - set(ENGINE_BUILDERS) == {
+        "EngineVersion", "LoadImages"}  # they take none
+    assert public_functions(celery_commands) - set(ENGINE_BUILDERS) == set()
+    assert public_functions(file_commands) - set(SHELL_BUILDERS) == {
+        "host_probe",  # takes none
+        "make_folder", "remove_tree", "names_on_stdin", "tar_of",  # no shell: the tests below
+    }
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("builder", list(ENGINE_BUILDERS))
+def test_hostile_values_come_back_intact_from_every_engine_and_celery_rendering(builder, value):
+    make, words_of = ENGINE_BUILDERS[builder]
+    op = make(value)
+    text = op.text()
+    assert shlex.split(text) == op.argv()  # every word comes back as it was given
+    for word in words_of(value):
+        assert word in op.argv(), word
+    if not SAFE.fullmatch(value):  # a value of safe characters only needs no quotes
+        assert quoted_skeleton(text) == quoted_skeleton(make(BENIGN).text())  # nothing of it outside quotes
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+@pytest.mark.parametrize("builder", list(SHELL_BUILDERS))
+def test_hostile_values_stay_one_quoted_word_in_every_shell_script(builder, value):
+    make, words_of = SHELL_BUILDERS[builder]
+    argv = make(value)
+    assert argv[:2] == ["sh", "-c"] and len(argv) == 3
+    assert shlex.split(shlex.join(argv)) == argv
+    script, reference = argv[2], make(benign_like(value))[2]
+    words = shell_words(script)
+    for word in words_of(value):
+        assert word in shlex.split(script) and word in words, word  # whole, as one word
+    # The same words and operators as with a harmless value: the value added no `;`, `&&`, `|`, `$(`...
+    assert shape(words) == shape(shell_words(reference))
+    if not SAFE.fullmatch(value):
+        assert quoted_skeleton(script) == quoted_skeleton(reference)
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_values_stay_whole_words_of_the_plain_commands(value):
+    assert make_folder(f"/srv/{value}") == ["mkdir", "-p", "--", f"/srv/{value}"]
+    assert remove_tree(f"/srv/{value}") == ["rm", "-rf", "--", f"/srv/{value}"]
+    assert shlex.split(shlex.join(make_folder(value))) == make_folder(value)
+    assert names_on_stdin([value]) == f"./{value}\n".encode()
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="file names with any character but / and NUL")
+@pytest.mark.parametrize("value", HOSTILE)
+def test_hostile_file_names_travel_in_the_tar_exactly_as_they_are(tmp_path, value):
+    (tmp_path / value).parent.mkdir(parents=True, exist_ok=True)
+    (tmp_path / value).write_bytes(b"content")
+    with tarfile.open(fileobj=io.BytesIO(tar_of(tmp_path, [value]))) as tar:
+        assert tar.getnames() == [value]
+        assert tar.extractfile(value).read() == b"content"
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_file_names_with_a_leading_dash_are_never_read_as_options(value):
+    words = shell_words(delete_files("/srv/wc", [f"-{value}", f"-{value}/x"])[2])
+    rm = words.index("rm")
+    assert words[rm:rm + 3] == ["rm", "-f", "--"]
+    rmdir = words.index("rmdir")
+    assert words[rmdir:rmdir + 4] == ["rmdir", "-p", "--ignore-fail-on-non-empty", "--"]
+
+
+@pytest.mark.parametrize("value", HOSTILE)
+def test_a_secret_in_the_environment_never_reaches_the_rendering_whatever_it_holds(value):
+    op = RunContainer(WORKER, cluster_labels("lab"), env=f"PASSWORD=S3cret-{value}\n")
+    assert "S3cret" not in op.text() and "S3cret" not in repr(op)
+    if "\n" not in value:  # an env file holds one variable a line
+        assert op.environment() == {"PASSWORD": f"S3cret-{value}"}
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU find, tar, rmdir and base64, as on the hosts")
+@pytest.mark.parametrize("value", HOSTILE)
+def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_say(tmp_path, value):
+    canary = tmp_path / "pwned"
+    value = value.replace("/tmp/pwned", str(canary))
+    root = str(tmp_path / "hosts" / value / "wordcount")
+    sandbox = tmp_path / "hosts"
+    project = tmp_path / "project"
+    (project / "data").mkdir(parents=True)
+    (project / "data" / "it's a file.txt").write_text("hello\n")
+
+    def sh(argv, stdin=b""):
+        return subprocess.run(argv, input=stdin, capture_output=True, check=True, cwd=tmp_path).stdout
+
+    sh(make_folder(root))
+    assert Path(root).is_dir()
+    sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=s3cret\n")
+    env_file = Path(root, ".infra-lab", "worker.env")
+    assert env_file.read_bytes() == b"PASSWORD=s3cret\n" and (env_file.stat().st_mode & 0o777) == 0o600
+    sh(extract_files(root), tar_of(project, ["data/it's a file.txt"]))
+    listing = parse_sha256_list(sh(list_files(root)).decode())
+    assert sorted(listing) == [".infra-lab/worker.env", "data/it's a file.txt"]
+    assert sh(files_newer_than(root, datetime(2000, 1, 1, tzinfo=timezone.utc))).decode().splitlines() != []
+    fetched = sh(fetch_files(root), names_on_stdin(["data/it's a file.txt"]))
+    with tarfile.open(fileobj=io.BytesIO(base64.b64decode(fetched)), mode="r:gz") as tar:
+        assert tar.extractfile("./data/it's a file.txt").read() == b"hello\n"
+    sh(delete_files(root, ["data/it's a file.txt"]))
+    assert not Path(root, "data").exists() and Path(root, ".infra-lab").is_dir()
+    sh(remove_tree(root))
+    assert not Path(root).exists()
+    assert not canary.exists()
+    assert sorted(os.listdir(tmp_path)) == ["hosts", "project"]
+    assert all(str(path).startswith(str(sandbox)) for path in sandbox.rglob("*"))
+
+
+def test_writing_a_private_file_right_under_the_root_never_changes_the_roots_mode():
+    assert "chmod 700 / " not in write_private_file("/infra.env")[2]
+
+
+def test_writing_a_private_file_by_a_bare_name_writes_that_file(tmp_path):
+    subprocess.run(write_private_file("worker.env"), input=b"A=1\n", cwd=tmp_path, check=True)
+    assert (tmp_path / "worker.env").read_bytes() == b"A=1\n"

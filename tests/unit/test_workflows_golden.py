@@ -1,0 +1,305 @@
+"""Golden tests of the workflows: these facts in, exactly these commands out.
+
+Each test describes what the hosts answer (`FakeHost`), runs the real workflow (`up`, `clean`,
+`sync-files`) against recording fakes, and compares every command it sent, in order, with the
+list spelled out here. A change to a workflow shows up here as a diff of command lines, without
+any host; the end-to-end tests check the same workflows on real hosts.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from infra.config import parse_cluster
+from infra.manifest import Manifest
+from infra.plans.up import rabbitmq_password_hash
+from infra.report import Reporter
+from infra.runner import ConnectionPool
+from infra.secrets import Secrets, write_private_file
+from infra.workflows import up as up_workflow
+from infra.workflows.clean import clean
+from infra.workflows.sync_files import sync_files
+from infra.workflows.up import up
+
+from tests.unit.recording import FakeHost, RecordingHosts
+
+SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw")
+CONTEXT = "ctx0"  # the build context's digest, fixed so that the golden lines do not follow the Dockerfiles
+
+CLUSTER = """\
+name: lab
+hosts:
+  m1: {address: 10.0.0.1, user: alice}
+  w1: {address: 10.0.0.2, user: bob}
+project: {path: proj, app: tasks, remote_path: infra}
+roles:
+  master: {host: m1}
+  workers:
+    - {host: m1, containers: 1, concurrency: 2}
+    - {host: w1, containers: 1}
+"""
+
+
+@pytest.fixture
+def cluster(tmp_path, monkeypatch):
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "tasks.py").write_text("from celery import Celery\napp = Celery()\n")
+    (project / "README").write_text("hello\n")
+    for item in project.iterdir():  # fixed times and modes: the tar sent is the same in every run
+        item.chmod(0o644)
+        os.utime(item, (1_700_000_000, 1_700_000_000))
+    cluster = parse_cluster(CLUSTER, filename="cluster.yaml", base_dir=tmp_path)
+    write_private_file(cluster.secrets_path, json.dumps(SECRETS.__dict__).encode())
+    monkeypatch.setattr(up_workflow, "context_digest", lambda context: CONTEXT)
+    return cluster
+
+
+@pytest.fixture
+def hosts(monkeypatch):
+    fakes = RecordingHosts(
+        m1=FakeHost(home="/home/alice", uid=1000, gid=1000),
+        w1=FakeHost(home="/home/bob", uid=1001, gid=1001),
+    )
+    monkeypatch.setattr(ConnectionPool, "default_connector", staticmethod(fakes.connect))
+    return fakes
+
+
+def quiet() -> Reporter:
+    return Reporter(stream=io.StringIO())
+
+
+def sent(hosts: RecordingHosts, name: str, cluster) -> list[str]:
+    """What a host was sent, with the test's own folder written as <tmp>."""
+    tmp = str(cluster.project_dir.parent)
+    return [line.replace(tmp, "<tmp>") for line in hosts.sent(name)]
+
+
+def forget(hosts: RecordingHosts) -> None:
+    for log in hosts.logs.values():
+        log.clear()
+
+
+PROBE = ("sh -c 'printf '\"'\"'=====infra:home\\n%s\\n'\"'\"' \"$HOME\"; printf '\"'\"'=====infra:uid\\n'\"'\"'; "
+         "id -u; id -g; printf '\"'\"'=====infra:arch\\n'\"'\"'; uname -m; printf '\"'\"'=====infra:end\\n'\"'\"''")
+FACTS = [
+    PROBE,
+    "docker version --format '{{json .Server}}'",
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+    "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' python:3.11-slim-bookworm "
+    "infra-lab-worker:latest infra-lab-master:latest infra-lab-broker:latest",
+    "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+]
+
+
+def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
+    """A guard for the fixtures below: one probe and five engine queries per host."""
+    up(cluster, quiet(), dry_run=True)
+    assert hosts.sent("w1")[:6] == FACTS
+
+
+
+
+
+
+UP_FRESH_M1 = [
+    *FACTS,
+    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    "sh -c 'mkdir -p /home/alice/infra/proj && tar -x --no-same-owner -m -f - -C /home/alice/infra/proj' <10240 bytes sha256:9d270bd2",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/broker.env.tmp && mv -f /home/alice/infra/.infra-lab/broker.env.tmp /home/alice/infra/.infra-lab/broker.env' <135 bytes sha256:38d7c8e0",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/results.env.tmp && mv -f /home/alice/infra/.infra-lab/results.env.tmp /home/alice/infra/.infra-lab/results.env' <25 bytes sha256:9d3a3ca3",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/celery.env.tmp && mv -f /home/alice/infra/.infra-lab/celery.env.tmp /home/alice/infra/.infra-lab/celery.env' <128 bytes sha256:0497eb0e",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/flower.env.tmp && mv -f /home/alice/infra/.infra-lab/flower.env.tmp /home/alice/infra/.infra-lab/flower.env' <219 bytes sha256:15b4eb7b",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/worker.env.tmp && mv -f /home/alice/infra/.infra-lab/worker.env.tmp /home/alice/infra/.infra-lab/worker.env' <133 bytes sha256:aacf5fce",
+    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
+    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.master --tag infra-lab-master:latest --label infra.cluster=lab --label infra.context=12ab9fcb1c8067e2ae1f --build-arg BASE_IMAGE=python:3.11-slim-bookworm --build-arg WORKER_IMAGE=infra-lab-worker:latest <tmp>/.infra/lab/build',
+    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.broker --tag infra-lab-broker:latest --label infra.cluster=lab --label infra.context=7c63902eed836de05b81 --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
+    'docker network create --label infra.cluster=lab lab-net',
+    'docker volume create --label infra.cluster=lab lab-broker-data',
+    'docker volume create --label infra.cluster=lab lab-results-data',
+    "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-broker:latest infra-lab-master:latest infra-lab-worker:latest",
+    'docker run --detach --name lab-broker --label infra.cluster=lab --label infra.role=broker --label infra.host=m1 --label infra.spec=af62dfac0f9c2b8c3cfd --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias broker --hostname lab-broker --publish 5672:5672 --volume lab-broker-data:/var/lib/rabbitmq:rw --env-file /home/alice/infra/.infra-lab/broker.env infra-lab-broker:latest',
+    'docker run --detach --name lab-results --label infra.cluster=lab --label infra.role=results --label infra.host=m1 --label infra.spec=5c32542a66e43e524024 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias results --hostname lab-results --publish 6379:6379 --volume lab-results-data:/data:rw --env-file /home/alice/infra/.infra-lab/results.env infra-lab-master:latest infra-results',
+    'docker run --detach --name lab-master --label infra.cluster=lab --label infra.role=master --label infra.host=m1 --label infra.spec=dff323090fc03ed49440 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-master --volume /home/alice/infra/proj:/project:rw --env-file /home/alice/infra/.infra-lab/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest infra-idle',
+    'docker run --detach --name lab-flower --label infra.cluster=lab --label infra.role=flower --label infra.host=m1 --label infra.spec=0c57e1df413860345c39 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-flower --publish 5555:5555 --volume /home/alice/infra/proj:/project:ro --env-file /home/alice/infra/.infra-lab/flower.env --user 1000:1000 --workdir /project infra-lab-master:latest celery --app tasks flower --port=5555',
+    'docker run --detach --name lab-worker-m1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=m1 --label infra.spec=fff50a2ef33a40cc8a99 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/alice/infra/proj:/project:ro --env-file /home/alice/infra/.infra-lab/worker.env --user 1000:1000 --workdir /project infra-lab-worker:latest celery --app tasks worker --hostname lab-worker-m1-1@m1 --queues celery --pool prefork --loglevel INFO --task-events --concurrency 2',
+    'docker exec lab-master python -c BROKER_CHECK',
+    'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
+]
+
+
+UP_FRESH_W1 = [
+    *FACTS,
+    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    "sh -c 'mkdir -p /home/bob/infra/proj && tar -x --no-same-owner -m -f - -C /home/bob/infra/proj' <10240 bytes sha256:9d270bd2",
+    "sh -c 'umask 077 && mkdir -p /home/bob/infra/.infra-lab && chmod 700 /home/bob/infra/.infra-lab && cat > /home/bob/infra/.infra-lab/worker.env.tmp && mv -f /home/bob/infra/.infra-lab/worker.env.tmp /home/bob/infra/.infra-lab/worker.env' <131 bytes sha256:adb52cf5",
+    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
+    "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-worker:latest",
+    'docker run --detach --name lab-worker-w1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=w1 --label infra.spec=8e3e84ff4572a92ca794 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/bob/infra/proj:/project:ro --env-file /home/bob/infra/.infra-lab/worker.env --user 1001:1001 --workdir /project infra-lab-worker:latest celery --app tasks worker --hostname lab-worker-w1-1@w1 --queues celery --pool prefork --loglevel INFO --task-events',
+]
+
+
+UP_AGAIN_M1 = [
+    *FACTS,
+    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    'docker exec lab-master python -c BROKER_CHECK',
+    'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
+]
+
+
+UP_AGAIN_W1 = [
+    *FACTS,
+    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+]
+
+
+SYNC_M1 = [
+    *FACTS,
+    'docker container inspect lab-worker-m1-1',
+    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    "sh -c 'mkdir -p /home/alice/infra/proj && tar -x --no-same-owner -m -f - -C /home/alice/infra/proj' <10240 bytes sha256:da349029",
+    "sh -c 'cd /home/alice/infra/proj && rm -f -- README'",
+    'docker restart --time 10 lab-worker-m1-1',
+    'docker container inspect lab-worker-m1-1',
+    'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
+]
+
+
+SYNC_W1 = [
+    *FACTS,
+    'docker container inspect lab-worker-w1-1',
+    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    "sh -c 'mkdir -p /home/bob/infra/proj && tar -x --no-same-owner -m -f - -C /home/bob/infra/proj' <10240 bytes sha256:da349029",
+    "sh -c 'cd /home/bob/infra/proj && rm -f -- README'",
+    'docker restart --time 10 lab-worker-w1-1',
+    'docker container inspect lab-worker-w1-1',
+]
+
+
+CLEAN_ALL_M1 = [
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+    "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    'docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1',
+    'docker network rm lab-net',
+    'docker volume rm --force lab-broker-data',
+    'docker volume rm --force lab-results-data',
+    'rm -rf -- /home/alice/infra/.infra-lab',
+    'rm -rf -- /home/alice/infra/proj',
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+]
+
+
+CLEAN_ALL_W1 = [
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+    "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    'docker rm --force lab-worker-w1-1',
+    'rm -rf -- /home/bob/infra/.infra-lab',
+    'rm -rf -- /home/bob/infra/proj',
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+]
+
+
+def test_up_on_fresh_hosts_sends_exactly_these_commands(cluster, hosts):
+    up(cluster, quiet())
+    assert sent(hosts, "m1", cluster) == UP_FRESH_M1
+    assert sent(hosts, "w1", cluster) == UP_FRESH_W1
+
+
+def test_up_again_on_an_unchanged_cluster_only_asks(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    up(cluster, quiet())
+    assert sent(hosts, "m1", cluster) == UP_AGAIN_M1
+    assert sent(hosts, "w1", cluster) == UP_AGAIN_W1
+
+
+def test_up_records_in_the_manifest_everything_it_started(cluster, hosts):
+    up(cluster, quiet())
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    assert sorted(manifest.hosts["m1"].containers) == ["lab-broker", "lab-flower", "lab-master", "lab-results",
+                                                       "lab-worker-m1-1"]
+    assert manifest.hosts["m1"].containers["lab-broker"] == {"id": "id-lab-broker", "role": "broker"}
+    assert manifest.hosts["m1"].networks == ["lab-net"]
+    assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
+    assert manifest.hosts["w1"].files == ["/home/bob/infra/proj"]
+    assert manifest.hosts["w1"].secret_dirs == ["/home/bob/infra/.infra-lab"]
+
+
+def test_the_env_files_sent_hold_the_secrets_and_no_command_line_does(cluster, hosts):
+    up(cluster, quiet())
+    everything = "\n".join(hosts.sent("m1") + hosts.sent("w1"))
+    for secret in SECRETS.values():
+        assert secret not in everything
+    assert rabbitmq_password_hash(SECRETS.broker_password) not in everything
+
+
+def test_a_dry_run_only_asks(cluster, hosts):
+    up(cluster, quiet(), dry_run=True)
+    assert sent(hosts, "m1", cluster) == FACTS + [UP_FRESH_M1[len(FACTS)]]
+    assert sent(hosts, "w1", cluster) == FACTS + [UP_FRESH_W1[len(FACTS)]]
+    assert not cluster.manifest_path.exists()
+
+
+def test_scaling_a_host_down_removes_exactly_its_last_worker(cluster, hosts, tmp_path):
+    bigger = parse_cluster(CLUSTER.replace("{host: w1, containers: 1}", "{host: w1, containers: 2}"),
+                           filename="cluster.yaml", base_dir=tmp_path)
+    up(bigger, quiet())
+    forget(hosts)
+    up(cluster, quiet())
+    assert sent(hosts, "w1", cluster)[len(FACTS) + 1:] == ["docker rm --force lab-worker-w1-2"]
+
+
+def test_sync_files_sends_the_changed_file_deletes_the_removed_one_and_restarts_the_workers(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    (cluster.project_dir / "tasks.py").write_text("from celery import Celery\napp = Celery('changed')\n")
+    os.utime(cluster.project_dir / "tasks.py", (1_700_000_100, 1_700_000_100))
+    (cluster.project_dir / "README").unlink()
+    result = sync_files(cluster, quiet())
+    assert sent(hosts, "m1", cluster) == SYNC_M1
+    assert sent(hosts, "w1", cluster) == SYNC_W1
+    assert result.outcomes["w1"].sent == ["tasks.py"] and result.outcomes["w1"].deleted == ["README"]
+    assert result.answering is True
+
+
+def test_sync_files_again_sends_nothing_and_restarts_nobody(cluster, hosts):
+    up(cluster, quiet())
+    sync_files(cluster, quiet())
+    forget(hosts)
+    sync_files(cluster, quiet())
+    for name in ("m1", "w1"):
+        assert not [line for line in hosts.sent(name) if "tar -x" in line or "restart" in line or "rm -f" in line]
+
+
+def test_clean_removes_what_up_started_then_checks_nothing_is_left(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    result = clean(cluster, quiet(), files=True, volumes=True)
+    assert sent(hosts, "m1", cluster) == CLEAN_ALL_M1
+    assert sent(hosts, "w1", cluster) == CLEAN_ALL_W1
+    assert not result.failed
+    assert not cluster.manifest_path.exists()
+    assert not cluster.secrets_path.exists()  # the broker's data is gone: new credentials next time
+
+
+def test_clean_without_options_keeps_the_project_and_the_data_volumes(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    clean(cluster, quiet())
+    removed = [line for line in sent(hosts, "m1", cluster) if not line.startswith(("docker ps", "docker network ls"))]
+    assert removed == [
+        "docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1",
+        "docker network rm lab-net",
+        "rm -rf -- /home/alice/infra/.infra-lab",
+    ]
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
+    assert manifest.hosts["m1"].files == ["/home/alice/infra/proj"]
