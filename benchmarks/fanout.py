@@ -53,7 +53,7 @@ if str(REPO) not in sys.path:
 
 from infra import runner  # noqa: E402
 from infra.config import Host  # noqa: E402
-from infra.deploy import gather_facts  # noqa: E402
+from infra.workflows.gather import gather_facts  # noqa: E402
 from infra.errors import InfraError  # noqa: E402
 
 ADDRESS_PREFIX = "127.0.1."

@@ -112,30 +112,6 @@ class Manifest:
                 getattr(rec, attr).remove(value)
                 self.save()
 
-    def add_network(self, host: Host, name: str) -> None:
-        self._add_to_list(host, "networks", name)
-
-    def add_volume(self, host: Host, name: str) -> None:
-        self._add_to_list(host, "volumes", name)
-
-    def add_files(self, host: Host, path: str) -> None:
-        self._add_to_list(host, "files", path)
-
-    def add_secret_dir(self, host: Host, path: str) -> None:
-        self._add_to_list(host, "secret_dirs", path)
-
-    def remove_secret_dir(self, host_name: str, path: str) -> None:
-        self._remove_from_list(host_name, "secret_dirs", path)
-
-    def remove_network(self, host_name: str, name: str) -> None:
-        self._remove_from_list(host_name, "networks", name)
-
-    def remove_volume(self, host_name: str, name: str) -> None:
-        self._remove_from_list(host_name, "volumes", name)
-
-    def remove_files(self, host_name: str, path: str) -> None:
-        self._remove_from_list(host_name, "files", path)
-
     # One entry point for the records of executed plan steps (`infra.plans.steps.Record`).
     _LISTS = {"files": "files", "secret_dir": "secret_dirs", "network": "networks", "volume": "volumes"}
 

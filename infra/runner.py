@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .config import Host
+from .engine.wire import LineBuffer
 from .errors import ConnectError, InfraError, RemoteCommandError
 
 if TYPE_CHECKING:
@@ -50,27 +51,6 @@ class CommandResult:
 
 def command_text(command: Command) -> str:
     return command if isinstance(command, str) else shlex.join(command)
-
-
-class _LineSplitter:
-    """Turns chunks of bytes into complete lines for a callback."""
-
-    def __init__(self, callback: OutputCallback | None):
-        self.callback = callback
-        self.pending = b""
-
-    def feed(self, data: bytes) -> None:
-        if not self.callback:
-            return
-        self.pending += data
-        *lines, self.pending = self.pending.split(b"\n")
-        for line in lines:
-            self.callback(line.decode(errors="replace"))
-
-    def close(self) -> None:
-        if self.callback and self.pending:
-            self.callback(self.pending.decode(errors="replace"))
-        self.pending = b""
 
 
 class Connection:
@@ -167,9 +147,9 @@ class LocalConnection(Connection):
         except FileNotFoundError as exc:
             return self._checked(command, CommandResult(127, "", f"{exc.filename}: command not found"), check)
         out, err = bytearray(), bytearray()
-        out_lines, err_lines = _LineSplitter(on_stdout), _LineSplitter(on_stderr)
+        out_lines, err_lines = LineBuffer(on_stdout), LineBuffer(on_stderr)
 
-        def pump(stream, sink: bytearray, lines: _LineSplitter) -> None:
+        def pump(stream, sink: bytearray, lines: LineBuffer) -> None:
             for chunk in iter(lambda: stream.read1(65536), b""):
                 sink.extend(chunk)
                 lines.feed(chunk)
@@ -258,7 +238,7 @@ class SSHConnection(Connection):
         except Exception as exc:
             raise ConnectError(f"{self.host.name}: lost the SSH connection: {_describe_connect_error(exc)}") from None
         out, err = bytearray(), bytearray()
-        out_lines, err_lines = _LineSplitter(on_stdout), _LineSplitter(on_stderr)
+        out_lines, err_lines = LineBuffer(on_stdout), LineBuffer(on_stderr)
         writer = None
         if stdin is not None:
             writer = threading.Thread(target=_feed_channel, args=(channel, stdin), daemon=True)

@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 
-from ..names import LABEL_CLUSTER, LABEL_HOST, LABEL_ROLE, LABEL_SPEC
+from ..names import LABEL_ROLE, LABEL_SPEC
 
 
 @dataclass(frozen=True)
@@ -31,14 +31,6 @@ class Container:
     @property
     def role(self) -> str:
         return self.labels.get(LABEL_ROLE, "")
-
-    @property
-    def host_label(self) -> str:
-        return self.labels.get(LABEL_HOST, "")
-
-    @property
-    def cluster(self) -> str:
-        return self.labels.get(LABEL_CLUSTER, "")
 
     @property
     def fingerprint(self) -> str:

@@ -120,7 +120,7 @@ def test_containers_come_from_the_api_list_sorted_by_name_without_the_slash(list
 def test_each_listed_container_carries_its_state_role_image_and_spec_label(listed):
     broker = listed["lab-broker"]
     assert broker.state == "running" and broker.running
-    assert (broker.role, broker.cluster, broker.host_label) == ("broker", "lab", "gpu-box")
+    assert (broker.role, broker.labels["infra.cluster"], broker.labels["infra.host"]) == ("broker", "lab", "gpu-box")
     assert broker.fingerprint == "0a1b2c3d4e5f60718293"
     assert (broker.image, broker.image_id) == ("infra-lab-broker:latest", BROKER_ID)
     assert len(broker.id) == 64

@@ -16,6 +16,7 @@ from infra.secrets import Secrets, load_or_create_secrets, load_secrets, write_p
 
 GPU = Host(name="gpu-box", address="192.168.1.20", user="alice", port=22, key="/home/me/.ssh/id_ed25519")
 PI = Host(name="pi1", address="pi1.local", user="pi")
+HOSTS = {"gpu-box": GPU, "pi1": PI}
 
 
 def mode_of(path: Path) -> int:
@@ -62,11 +63,11 @@ def test_the_manifest_file_is_private_and_no_temporary_file_is_left(path):
 def test_a_reloaded_manifest_has_everything_recorded(path):
     manifest = Manifest.load(path, "lab")
     manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
-    manifest.add_network(GPU, "lab-net")
-    manifest.add_network(GPU, "lab-net")  # recorded once
-    manifest.add_volume(GPU, "lab-broker-data")
-    manifest.add_files(PI, "/home/pi/infra/wordcount")
-    manifest.add_secret_dir(PI, "/home/pi/infra/.infra-lab")
+    manifest.apply(GPU, "add_network", "lab-net")
+    manifest.apply(GPU, "add_network", "lab-net")  # recorded once
+    manifest.apply(GPU, "add_volume", "lab-broker-data")
+    manifest.apply(PI, "add_files", "/home/pi/infra/wordcount")
+    manifest.apply(PI, "add_secret_dir", "/home/pi/infra/.infra-lab")
 
     again = Manifest.load(path, "lab")
     assert again.hosts["gpu-box"] == HostRecord(
@@ -92,13 +93,13 @@ def test_a_host_record_follows_the_latest_way_to_reach_the_host(path):
 def test_removing_everything_deletes_the_manifest_file(path):
     manifest = Manifest.load(path, "lab")
     manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
-    manifest.add_network(GPU, "lab-net")
-    manifest.add_secret_dir(GPU, "/home/alice/infra/.infra-lab")
+    manifest.apply(GPU, "add_network", "lab-net")
+    manifest.apply(GPU, "add_secret_dir", "/home/alice/infra/.infra-lab")
     manifest.add_container(PI, "lab-worker-pi1-1", "f00d", "worker")
 
     manifest.remove_container("gpu-box", "lab-broker")
-    manifest.remove_network("gpu-box", "lab-net")
-    manifest.remove_secret_dir("gpu-box", "/home/alice/infra/.infra-lab")
+    manifest.apply(HOSTS["gpu-box"], "remove_network", "lab-net")
+    manifest.apply(HOSTS["gpu-box"], "remove_secret_dir", "/home/alice/infra/.infra-lab")
     manifest.drop_host_if_empty("gpu-box")
     assert path.exists()
     assert list(Manifest.load(path, "lab").hosts) == ["pi1"]
@@ -111,7 +112,7 @@ def test_removing_everything_deletes_the_manifest_file(path):
 
 def test_a_host_with_something_left_is_not_dropped(path):
     manifest = Manifest.load(path, "lab")
-    manifest.add_volume(GPU, "lab-broker-data")
+    manifest.apply(GPU, "add_volume", "lab-broker-data")
     manifest.add_container(GPU, "lab-broker", "c0ffee", "broker")
     manifest.remove_container("gpu-box", "lab-broker")
     manifest.drop_host_if_empty("gpu-box")
@@ -124,7 +125,7 @@ def test_removing_what_is_not_recorded_changes_nothing(path):
     before = path.read_text()
     manifest.remove_container("gpu-box", "lab-nothing")
     manifest.remove_container("nowhere", "lab-broker")
-    manifest.remove_volume("gpu-box", "nope")
+    manifest.apply(HOSTS["gpu-box"], "remove_volume", "nope")
     manifest.drop_host_if_empty("gpu-box")
     assert path.read_text() == before
 
