@@ -61,7 +61,8 @@ MAX_HOSTS = 254
 PER_SSHD = 15  # one sshd refuses more than 16 listen sockets
 CLUSTER = "fanout-bench"
 # What the hosts' commands may find on PATH (the facts probe needs sh, id and uname; no docker).
-HOST_TOOLS = ("sh", "bash", "id", "uname", "true", "cat", "env", "mkdir", "mv", "chmod", "rm", "printf", "sleep")
+HOST_TOOLS = ("sh", "bash", "id", "uname", "true", "cat", "env", "mkdir", "mv", "chmod", "rm", "printf", "sleep",
+              "timeout")  # infra bounds every remote command with timeout(1)
 
 
 def log(message: str) -> None:
@@ -476,15 +477,15 @@ def infra_fanout(hosts: list[Host], connect_timeout: float, command_timeout: flo
     connect_times: dict[str, float] = {}
     real_connect = runner.connect
 
-    def timed_connect(host, timeout):  # ConnectionPool.open looks `connect` up in infra.runner
+    def timed_connect(host, limits):  # ConnectionPool.open looks `connect` up in infra.runner
         began = time.perf_counter()
         try:
-            return real_connect(host, timeout)
+            return real_connect(host, limits)
         finally:
             connect_times[host.name] = time.perf_counter() - began
 
     runner.connect = timed_connect
-    pool = runner.ConnectionPool(connect_timeout)
+    pool = runner.ConnectionPool(runner.Limits(connect=connect_timeout, command=command_timeout))
     try:
         with _ThreadPeak() as threads:
             cpu0 = cpu_seconds(resource.RUSAGE_SELF)

@@ -145,10 +145,17 @@ class SshSettings(_Model):
 
 
 class Timeouts(_Model):
-    """How long `infra up` waits."""
+    """How long infra waits."""
 
     broker: float = Field(default=120.0, gt=0, description="Seconds to wait for the broker to accept logins.")
     workers: float = Field(default=180.0, gt=0, description="Seconds to wait for every worker to answer a ping.")
+    command: float = Field(
+        default=120.0, gt=0, le=3600,
+        description="Seconds one command on a host or one call to its Docker engine may take; a host that "
+                    "does not answer within it is reported and the others go on.")
+    image: float = Field(
+        default=3600.0, gt=0, le=86400,
+        description="Seconds an image build, pull or transfer may stay silent before it counts as stalled.")
 
 
 class ClusterFile(_Model):

@@ -54,10 +54,10 @@ class EngineUnavailableError(InfraError):
 class HostsFailedError(InfraError):
     """Some hosts failed while others succeeded; the message names each failed host."""
 
-    def __init__(self, action: str, failures: dict[str, BaseException]):
+    def __init__(self, action: str, failures: dict[str, BaseException], *, note: str = ""):
         self.failures = failures
         parts = "; ".join(_with_host(host, one_line(err)) for host, err in sorted(failures.items()))
-        super().__init__(f"{action} failed on {len(failures)} host(s): {parts}")
+        super().__init__(f"{action} failed on {len(failures)} host(s): {parts}" + (f" — {note}" if note else ""))
 
 
 def _with_host(host: str, message: str) -> str:

@@ -9,16 +9,19 @@ paramiko channels (so binary streams such as `docker save | docker load` pass un
 from __future__ import annotations
 
 import io
+import os
 import select
 import shlex
+import signal
 import socket
 import subprocess
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+import weakref
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from .commands.process import KILL_AFTER, with_time_limit
 from .config import Host
 from .engine.wire import LineBuffer
 from .errors import ConnectError, InfraError, RemoteCommandError
@@ -32,6 +35,34 @@ OutputCallback = Callable[[str], None]
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+
+@dataclass(frozen=True)
+class Limits:
+    """How long infra waits for a host (seconds); from the cluster file's `ssh` and `timeouts`."""
+
+    connect: float = 10.0  # to connect and authenticate
+    command: float = 120.0  # one shell command or engine call: a host that does not answer within it is reported
+    image: float = 3600.0  # one build, pull or image transfer: the longest its stream may stay silent
+
+    @classmethod
+    def of(cls, cluster) -> "Limits":
+        return cls(cluster.spec.ssh.connect_timeout, cluster.spec.timeouts.command, cluster.spec.timeouts.image)
+
+
+# Set by the first Ctrl-C: every host's work stops before its next step (see run_concurrently).
+interrupted = threading.Event()
+
+
+class Interrupted(InfraError):
+    """Work not started because the user pressed Ctrl-C."""
+
+    exit_code = 130
+
+
+def check_interrupted() -> None:
+    if interrupted.is_set():
+        raise Interrupted("interrupted")
 
 
 @dataclass(frozen=True)
@@ -58,8 +89,9 @@ class Connection:
 
     host: Host
 
-    def __init__(self, host: Host):
+    def __init__(self, host: Host, limits: Limits | None = None):
         self.host = host
+        self.limits = limits or Limits()
         self._engine: Engine | None = None
         self._engine_lock = threading.Lock()
 
@@ -109,15 +141,6 @@ class Connection:
             raise RemoteCommandError(self.host.name, _shorten(command_text(command)), result.exit_code, result.output)
         return result
 
-    def write_private_file(self, path: str, data: bytes) -> None:
-        """Write a file readable by the connecting user only; the content travels on stdin."""
-        folder = path.rsplit("/", 1)[0] or "/"
-        script = (
-            f"umask 077 && mkdir -p {shlex.quote(folder)} && chmod 700 {shlex.quote(folder)} && "
-            f"cat > {shlex.quote(path)}.tmp && mv -f {shlex.quote(path)}.tmp {shlex.quote(path)}"
-        )
-        self.run(script, stdin=data)
-
     def peer_address(self) -> str | None:
         return None
 
@@ -129,20 +152,22 @@ def _shorten(text: str, limit: int = 160) -> str:
 class LocalConnection(Connection):
     """The machine running infra, through subprocesses."""
 
-    def __init__(self, host: Host):
-        super().__init__(host)
+    def __init__(self, host: Host, limits: Limits | None = None):
+        super().__init__(host, limits)
 
     def _open_engine(self) -> Engine:
         from .engine.engine import Engine  # the Docker SDK is imported on first use only
 
-        return Engine.local(self.host.name)
+        return Engine.local(self.host.name, timeout=self.limits.command, long_timeout=self.limits.image)
 
     def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None):
         argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        timeout = timeout or self.limits.command
         try:
+            # A session of its own: a timeout or Ctrl-C ends the command's whole process group.
             proc = subprocess.Popen(
                 argv, stdin=subprocess.PIPE if stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
             )
         except FileNotFoundError as exc:
             return self._checked(command, CommandResult(127, "", f"{exc.filename}: command not found"), check)
@@ -171,15 +196,17 @@ class LocalConnection(Connection):
                 proc.stdin.close()
             except BrokenPipeError:
                 pass
+        _running.add(proc)
         try:
             code = proc.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+            _kill_group(proc)
             code = 124
             err.extend(f"timed out after {timeout:g} s".encode())
+        finally:
+            _running.discard(proc)
         for reader in readers:
-            reader.join()
+            reader.join(5)  # a grandchild that escaped the group may still hold the pipes
         result = CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
         return self._checked(command, result, check)
 
@@ -195,13 +222,14 @@ _SSH_IMPORT_LOCK = threading.Lock()
 class SSHConnection(Connection):
     """A host reached over SSH."""
 
-    def __init__(self, host: Host, connect_timeout: float):
+    def __init__(self, host: Host, limits: Limits | None = None):
         # Imported here so that pure modules and `--help` never pay for paramiko's import.
         with _SSH_IMPORT_LOCK:  # paramiko's first import is not safe from several threads at once
             from fabric import Config as FabricConfig
             from fabric import Connection as FabricConnection
 
-        super().__init__(host)
+        super().__init__(host, limits)
+        connect_timeout = self.limits.connect
         connect_kwargs: dict = {"banner_timeout": connect_timeout, "auth_timeout": connect_timeout}
         if host.key:
             connect_kwargs["key_filename"] = [host.key]
@@ -209,6 +237,8 @@ class SSHConnection(Connection):
             host.address, user=host.user, port=host.port, connect_timeout=connect_timeout,
             connect_kwargs=connect_kwargs, config=FabricConfig(),
         )
+        # Fabric truncates connect_timeout with int(): 0.5 s would become no timeout at all.
+        self._fabric.connect_timeout = connect_timeout
         try:
             self._fabric.open()
         except Exception as exc:  # paramiko and socket errors of every kind
@@ -231,9 +261,14 @@ class SSHConnection(Connection):
             return None
 
     def run(self, command, *, stdin=None, timeout=None, check=True, on_stdout=None, on_stderr=None):
-        text = command_text(command)
+        timeout = timeout or self.limits.command
+        # The host ends the command itself when its time is up, so that it never runs on after
+        # infra gave up; this side waits a little longer to hear its exit code 124.
+        argv = ["sh", "-c", command] if isinstance(command, str) else list(command)
+        text = shlex.join(with_time_limit(argv, timeout))
+        timeout += KILL_AFTER + 2
         try:
-            channel = self._transport.open_session(timeout=30)
+            channel = self._transport.open_session(timeout=self.limits.command)
             channel.exec_command(text)
         except Exception as exc:
             raise ConnectError(f"{self.host.name}: lost the SSH connection: {_describe_connect_error(exc)}") from None
@@ -290,7 +325,8 @@ class SSHConnection(Connection):
     def _open_engine(self) -> Engine:
         from .engine.engine import Engine  # the Docker SDK is imported on first use only
 
-        return Engine.over_ssh(self.host.name, self._transport)
+        return Engine.over_ssh(self.host.name, self._transport, timeout=self.limits.command,
+                               long_timeout=self.limits.image)
 
     def close(self) -> None:
         self._close_engine()
@@ -324,8 +360,20 @@ def _describe_connect_error(exc: BaseException) -> str:
     return text.splitlines()[0] if text else name
 
 
-def connect(host: Host, connect_timeout: float) -> Connection:
-    return LocalConnection(host) if host.is_local else SSHConnection(host, connect_timeout)
+def connect(host: Host, limits: Limits) -> Connection:
+    return LocalConnection(host, limits) if host.is_local else SSHConnection(host, limits)
+
+
+# Local commands running now, so that Ctrl-C can end their process groups too.
+_running: set[subprocess.Popen] = set()
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        proc.kill()
+    proc.wait()
 
 
 def local_address_towards(address: str) -> str:
@@ -357,44 +405,92 @@ class GroupResult:
             raise HostsFailedError(action, self.failed)
 
 
+MAX_PARALLEL = 32
+INTERRUPTED_EXIT_CODE = 130
+INTERRUPT_GRACE = 2.0  # seconds the hosts' threads get to stop once Ctrl-C closed their connections
+
+
 def run_concurrently(items: Iterable[T], fn: Callable[[T], R], *, key: Callable[[T], str] = str) -> GroupResult:
-    """Call `fn` on every item at once; a failure on one item is data, not a crash."""
+    """Call `fn` on every item at once; a failure on one item is data, not a crash.
+
+    Ctrl-C while waiting (only the main thread gets it): `interrupted` is set, so no host starts
+    another step; every open connection and local command is closed, which ends the steps under
+    way; after a short grace KeyboardInterrupt propagates. The threads are daemons, so one stuck
+    in a call that ignores its closed connection cannot keep the process alive.
+    """
     items = list(items)
-    succeeded: dict = {}
-    failed: dict = {}
+    results: dict = {}
+    failures: dict = {}
     if not items:
-        return GroupResult(succeeded, failed)
-    with ThreadPoolExecutor(max_workers=min(32, len(items))) as pool:
-        futures = {key(item): pool.submit(fn, item) for item in items}
-        for name, future in futures.items():
+        return GroupResult(results, failures)
+    slots = threading.Semaphore(MAX_PARALLEL)
+
+    def work(name: str, item: T) -> None:
+        with slots:
             try:
-                succeeded[name] = future.result()
+                check_interrupted()
+                results[name] = fn(item)
             except InfraError as exc:
-                failed[name] = exc
+                failures[name] = exc
             except Exception as exc:  # an unexpected error on one host must not hide the others
-                failed[name] = InfraError(f"{name}: {type(exc).__name__}: {exc}")
-    return GroupResult(succeeded, failed)
+                failures[name] = InfraError(f"{name}: {type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=work, args=(key(item), item), name=f"infra {key(item)}", daemon=True)
+               for item in items]
+    for thread in threads:
+        thread.start()
+    try:
+        for thread in threads:
+            while thread.is_alive():
+                thread.join(0.2)  # short joins: Ctrl-C reaches the main thread at once
+    except KeyboardInterrupt:
+        interrupted.set()
+        # A second Ctrl-C ends the process at once, whatever is still closing.
+        signal.signal(signal.SIGINT, lambda *_: os._exit(INTERRUPTED_EXIT_CODE))
+        abort_everything()
+        deadline = time.monotonic() + INTERRUPT_GRACE
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        raise
+    return GroupResult({key(i): results[key(i)] for i in items if key(i) in results},
+                       {key(i): failures[key(i)] for i in items if key(i) in failures})
+
+
+_live_pools: "weakref.WeakSet[ConnectionPool]" = weakref.WeakSet()
+
+
+def abort_everything() -> None:
+    """Close every open connection and kill every local command: the steps under way end now."""
+    for pool in list(_live_pools):
+        pool.close()
+    for proc in list(_running):
+        _kill_group(proc)
 
 
 class ConnectionPool:
     """Opens one connection per host, concurrently, and closes them all at the end."""
 
-    def __init__(self, connect_timeout: float, connector: Callable[[Host, float], Connection] | None = None):
-        self.connect_timeout = connect_timeout
+    def __init__(self, limits: Limits, connector: Callable[[Host, Limits], Connection] | None = None):
+        self.limits = limits
         self.connections: dict[str, Connection] = {}
         # Tests put recording fakes here; by default, SSH or the local machine.
         self.connector = connector or ConnectionPool.default_connector
         self._lock = threading.Lock()
+        _live_pools.add(self)
+
+    @classmethod
+    def for_cluster(cls, cluster) -> "ConnectionPool":
+        return cls(Limits.of(cluster))
 
     # Set by tests that run whole workflows against recording fakes (see tests/unit/recording.py).
-    default_connector: Callable[[Host, float], Connection] = staticmethod(lambda host, timeout: connect(host, timeout))
+    default_connector: Callable[[Host, Limits], Connection] = staticmethod(lambda host, limits: connect(host, limits))
 
     def open(self, hosts: Iterable[Host]) -> GroupResult:
         """Connect to the hosts not connected yet, all at once; a failure per host is data."""
         def opener(host: Host) -> Connection:
             if host.name in self.connections:
                 return self.connections[host.name]
-            conn = self.connector(host, self.connect_timeout)
+            conn = self.connector(host, self.limits)
             with self._lock:
                 self.connections[host.name] = conn
             return conn
@@ -412,12 +508,13 @@ class ConnectionPool:
         return self.connections[host.name]
 
     def close(self) -> None:
-        for conn in self.connections.values():
+        with self._lock:
+            connections, self.connections = list(self.connections.values()), {}
+        for conn in connections:
             try:
                 conn.close()
             except Exception:
                 pass
-        self.connections.clear()
 
     def __enter__(self) -> "ConnectionPool":
         return self

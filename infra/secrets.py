@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import secrets as random_source
+import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -66,5 +67,21 @@ def load_or_create_secrets(path: Path) -> Secrets:
             os.chmod(path, 0o600)
         return existing
     created = Secrets.generate()
-    write_private_file(path, json.dumps(asdict(created), indent=2).encode() + b"\n")
+    data = json.dumps(asdict(created), indent=2).encode() + b"\n"
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".new", dir=path.parent)  # mode 0600
+    tmp = Path(name)
+    try:
+        os.write(fd, data)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+    try:
+        # link() refuses an existing name (as O_EXCL would): when two runs generate at once, the
+        # first file wins whole and the other run uses it; never a file written by both.
+        os.link(tmp, path)
+    except FileExistsError:
+        return load_secrets(path) or created
+    finally:
+        tmp.unlink(missing_ok=True)
     return created

@@ -7,15 +7,16 @@ from pathlib import Path
 import click
 
 from ..errors import InfraError
-from .options import cluster_file_option, handle_errors, load_cluster_file
+from .options import cluster_file_option, handle_errors, load_cluster_file, wait_option
 
 
 @click.command()
 @cluster_file_option
 @click.option("--files", is_flag=True, help="Also delete the project copies on the hosts.")
 @click.option("--volumes", is_flag=True, help="Also delete the broker's and result backend's data volumes.")
+@wait_option
 @handle_errors
-def clean(cluster_file: Path, files: bool, volumes: bool) -> None:
+def clean(cluster_file: Path, files: bool, volumes: bool, wait: bool) -> None:
     """Remove everything `infra up` started, on all hosts at once.
 
     Removes the containers recorded in the manifest and any container still carrying the
@@ -33,7 +34,7 @@ def clean(cluster_file: Path, files: bool, volumes: bool) -> None:
 
     cluster = load_cluster_file(cluster_file)
     reporter = Reporter()
-    result = run_clean(cluster, reporter, files=files, volumes=volumes)
+    result = run_clean(cluster, reporter, files=files, volumes=volumes, wait=wait)
     if result.failed:
         names = ", ".join(sorted(result.failed))
         raise InfraError(f"could not clean {names}; the manifest keeps what is left there — run `infra clean` again")

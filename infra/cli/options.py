@@ -50,6 +50,12 @@ def hosts_option(func):
     )(func)
 
 
+def wait_option(func):
+    """`--wait`: wait for another command that holds the cluster's lock instead of exiting 2."""
+    return click.option("--wait", is_flag=True,
+                        help="If another infra command is changing this cluster, wait for it instead of stopping.")(func)
+
+
 def handle_errors(func):
     """Turn library errors into one-line messages and exit codes."""
 

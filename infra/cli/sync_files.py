@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .options import cluster_file_option, handle_errors, hosts_option, load_cluster_file, select_hosts
+from .options import cluster_file_option, handle_errors, hosts_option, load_cluster_file, select_hosts, wait_option
 
 
 @click.command("sync-files")
@@ -16,8 +16,9 @@ from .options import cluster_file_option, handle_errors, hosts_option, load_clus
 @hosts_option
 @click.option("--no-restart", is_flag=True, help="Only copy; leave the workers running their old code.")
 @click.option("--json", "as_json", is_flag=True, help="Print the outcome as JSON (one object per host).")
+@wait_option
 @handle_errors
-def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, as_json: bool) -> None:
+def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, as_json: bool, wait: bool) -> None:
     """Bring the task project on the hosts up to date, then restart the workers that need it.
 
     Compares contents (sha256), not timestamps, and sends only the files that differ, in one
@@ -45,7 +46,7 @@ def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, a
     cluster = load_cluster_file(cluster_file)
     hosts = select_hosts(cluster, hosts_option)
     reporter = Reporter(quiet=as_json)
-    result = run_sync(cluster, reporter, hosts=hosts, restart=not no_restart)
+    result = run_sync(cluster, reporter, hosts=hosts, restart=not no_restart, wait=wait)
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     if result.failed:

@@ -6,14 +6,15 @@ from pathlib import Path
 
 import click
 
-from .options import cluster_file_option, handle_errors, load_cluster_file
+from .options import cluster_file_option, handle_errors, load_cluster_file, wait_option
 
 
 @click.command()
 @cluster_file_option
 @click.option("--dry-run", is_flag=True, help="Print what would be copied, built, started and removed; change nothing.")
+@wait_option
 @handle_errors
-def up(cluster_file: Path, dry_run: bool) -> None:
+def up(cluster_file: Path, dry_run: bool, wait: bool) -> None:
     """Start the cluster, or bring it in line with the cluster file.
 
     Connects to every host at once, copies the task project, makes the images available
@@ -32,7 +33,7 @@ def up(cluster_file: Path, dry_run: bool) -> None:
 
     cluster = load_cluster_file(cluster_file)
     reporter = Reporter()
-    result = run_up(cluster, reporter, dry_run=dry_run)
+    result = run_up(cluster, reporter, dry_run=dry_run, wait=wait)
     if dry_run:
         print_plan(cluster, result, reporter)
     else:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 
 from ..names import container_name
+from ..runtime import DRIVER_MODULE
 from .engine import Exec
 
 CONTAINER_PROJECT = "/project"
@@ -82,10 +83,19 @@ def list_queues(cluster: str) -> Exec:
         "name", "messages", "messages_ready", "messages_unacknowledged", "consumers"))
 
 
+# `sh -c WRAPPER NAME ARGV...`: tells the job's pid on stderr (for Ctrl-C), then becomes the job.
+_PID_WRAPPER = f'echo "{PID_MARKER}$$" >&2; exec "$@"'
+
+
 def run_job(cluster: str, python_args: list[str], args: list[str] | tuple[str, ...]) -> Exec:
     """A job in the master container; a tiny shell first tells the job's pid (for Ctrl-C)."""
-    wrapper = f'echo "{PID_MARKER}$$" >&2; exec "$@"'
-    return _in_master(cluster, "sh", "-c", wrapper, "infra-run", "python", *python_args, *args,
+    return _in_master(cluster, "sh", "-c", _PID_WRAPPER, "infra-run", "python", *python_args, *args,
+                      workdir=CONTAINER_PROJECT)
+
+
+def sweep_driver(cluster: str, plan_path: str) -> Exec:
+    """The driver of a sweep in the master container (`python -m infra_runtime.driver PLAN`), pid told first."""
+    return _in_master(cluster, "sh", "-c", _PID_WRAPPER, "infra-sweep", "python", "-m", DRIVER_MODULE, plan_path,
                       workdir=CONTAINER_PROJECT)
 
 

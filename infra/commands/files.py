@@ -39,6 +39,13 @@ def write_private_file(path: str) -> list[str]:
     return ["sh", "-c", f"umask 077 && {make}cat > {tmp} && mv -f {tmp} {quoted}"]
 
 
+def write_file(path: str) -> list[str]:
+    """Write stdin to `path` (its folder made if missing), atomically; for files that hold no secret."""
+    folder = posixpath.dirname(path) or "."
+    quoted, tmp = shlex.quote(path), shlex.quote(path + ".tmp")
+    return ["sh", "-c", f"mkdir -p {shlex.quote(folder)} && cat > {tmp} && mv -f {tmp} {quoted}"]
+
+
 def make_folder(path: str) -> list[str]:
     return ["mkdir", "-p", "--", path]
 

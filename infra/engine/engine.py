@@ -61,10 +61,9 @@ from .wire import STDERR, STDOUT, LineBuffer, Progress, create_arguments, iter_f
 
 LineCallback = Callable[[str], None]
 
-# Longest silence tolerated in a stream before it counts as stalled (seconds): an image
-# transfer always moves; a build step may compute quietly for a long time.
-TRANSFER_STALL_TIMEOUT = 600.0
-BUILD_STALL_TIMEOUT = 3600.0
+# Longest silence tolerated in a build's, pull's or image transfer's stream (seconds), unless the
+# engine is given another (the cluster file's timeouts.image): a build step may compute quietly.
+LONG_TIMEOUT = 3600.0
 SAVE_CHUNK_SIZE = 1 << 20
 # After an exec's output ends, how long the engine may take to record its exit code.
 EXEC_EXIT_WAIT = 5.0
@@ -75,19 +74,26 @@ MAX_COMMAND_TEXT = 160
 class Engine:
     """One host's Docker engine, over the host's SSH connection or this machine's socket."""
 
-    def __init__(self, host: str, api: docker.APIClient):
+    def __init__(self, host: str, api: docker.APIClient, *, timeout: float = API_TIMEOUT,
+                 long_timeout: float = LONG_TIMEOUT):
         self.host = host
         self._api = api
+        self.timeout = timeout  # for an answer to one call (a frozen engine is reported after it)
+        self.long_timeout = long_timeout  # for silence in a build's, pull's or transfer's stream
 
     @classmethod
-    def over_ssh(cls, host: str, transport: paramiko.Transport, **options: Any) -> "Engine":
+    def over_ssh(cls, host: str, transport: paramiko.Transport, *, timeout: float = API_TIMEOUT,
+                 long_timeout: float = LONG_TIMEOUT, **options: Any) -> "Engine":
         """The engine of a host reached through `transport` (one channel per pooled HTTP connection)."""
-        return cls(host, ssh_api_client(host, transport, **options))
+        return cls(host, ssh_api_client(host, transport, timeout=timeout, **options), timeout=timeout,
+                   long_timeout=long_timeout)
 
     @classmethod
-    def local(cls, host: str = "local", **options: Any) -> "Engine":
+    def local(cls, host: str = "local", *, timeout: float = API_TIMEOUT, long_timeout: float = LONG_TIMEOUT,
+              **options: Any) -> "Engine":
         """This machine's engine: `DOCKER_HOST` if set, else the default unix socket."""
-        return cls(host, local_api_client(host, **options))
+        return cls(host, local_api_client(host, timeout=timeout, **options), timeout=timeout,
+                   long_timeout=long_timeout)
 
     @property
     def api_version(self) -> str:
@@ -223,7 +229,7 @@ class Engine:
         messages = self._api.build(
             path=op.context_dir, dockerfile=op.dockerfile, tag=op.tag, rm=True, forcerm=True,
             network_mode="host", buildargs=dict(op.build_args), labels=dict(op.labels) or None,
-            decode=True, timeout=BUILD_STALL_TIMEOUT,
+            decode=True, timeout=self.long_timeout,
         )
         for message in messages:
             progress.feed(message)
@@ -250,7 +256,7 @@ class Engine:
         """
         with self._errors(op):
             response = self._request("GET", "/images/get", params={"names": list(op.refs)}, stream=True,
-                                     timeout=TRANSFER_STALL_TIMEOUT)
+                                     timeout=self.long_timeout)
         try:
             with self._errors(op):
                 yield from response.iter_content(SAVE_CHUNK_SIZE)
@@ -272,7 +278,7 @@ class Engine:
         with self._errors(op):
             response = self._request("POST", "/images/load", params={"quiet": 1}, data=iter(chunks),
                                      headers={"Content-Type": "application/x-tar"}, stream=True,
-                                     timeout=TRANSFER_STALL_TIMEOUT)
+                                     timeout=self.long_timeout)
             try:
                 for message in json_stream(response.iter_content(chunk_size=None)):
                     progress.feed(message)
@@ -302,7 +308,7 @@ class Engine:
             # output until the process ends, as a plain response body. (On an upgraded
             # connection, output that arrives with the headers can be buffered out of reach.)
             response = self._request("POST", f"/exec/{exec_id}/start", json={"Detach": False, "Tty": False},
-                                     stream=True, timeout=(API_TIMEOUT, None))
+                                     stream=True, timeout=(self.timeout, None))
         output = {STDOUT: bytearray(), STDERR: bytearray()}
         lines = {STDOUT: LineBuffer(on_stdout), STDERR: LineBuffer(on_stderr)}
         failures: list[BaseException] = []
@@ -358,7 +364,7 @@ class Engine:
             tty = bool((self._api.inspect_container(op.container).get("Config") or {}).get("Tty"))
             response = self._request("GET", f"/containers/{urllib.parse.quote(op.container, safe='')}/logs",
                                      params=logs_params(op), stream=True,
-                                     timeout=(API_TIMEOUT, None if op.follow else API_TIMEOUT))
+                                     timeout=(self.timeout, None if op.follow else self.timeout))
         finished = threading.Event()
         if stop is not None:
             def cut_when_stopped() -> None:
@@ -390,14 +396,14 @@ class Engine:
 
     # ------------------------------------------------------------------ plumbing
 
-    def _request(self, method: str, path: str, *, timeout: Any = API_TIMEOUT, **kwargs: Any) -> requests.Response:
+    def _request(self, method: str, path: str, *, timeout: Any = None, **kwargs: Any) -> requests.Response:
         """An Engine API request the SDK has no method for (or none that streams as needed here).
 
         Goes through the client's own session (so through the host's channels); an error
         status raises the SDK's own APIError/NotFound, as its methods do.
         """
         url = f"{self._api.base_url}/v{self._api.api_version}{path}"
-        response = self._api.request(method, url, timeout=timeout, **kwargs)
+        response = self._api.request(method, url, timeout=self.timeout if timeout is None else timeout, **kwargs)
         if response.status_code >= 400:
             try:
                 response.raise_for_status()

@@ -22,9 +22,9 @@ RecordKind = Literal[
 class Record:
     """What a step changes in the manifest.
 
-    Folders, networks and volumes are recorded before the step runs (a step that dies halfway
-    leaves something `clean` must find); containers once they exist (their id is known then),
-    removals once they are done.
+    Everything a step may create is recorded before it runs, so that a run killed at any moment
+    leaves nothing `clean` cannot find (a container again once it exists, with its id);
+    removals are recorded once they are done.
     """
 
     kind: RecordKind
@@ -34,7 +34,11 @@ class Record:
 
     @property
     def before(self) -> bool:
-        return self.kind in ("add_files", "add_secret_dir", "add_network", "add_volume")
+        return self.kind.startswith("add_")
+
+    @property
+    def after(self) -> bool:
+        return not self.kind.startswith("add_") or self.kind == "add_container"
 
 
 @dataclass(frozen=True)

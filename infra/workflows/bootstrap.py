@@ -118,7 +118,7 @@ def bootstrap_hosts(
     """Probe, plan and (unless dry_run) bootstrap every host at once; failures are outcomes."""
     source = cluster.spec.docker.source
     outcomes: dict[str, BootstrapOutcome] = {}
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts)
         for name, err in opened.failed.items():
             outcomes[name] = _failed(name, err)

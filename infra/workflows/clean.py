@@ -8,6 +8,7 @@ from ..commands.engine import ListContainers, ListNetworks, ListVolumes
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
+from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..plans.clean import CleanPlan, plan_clean
 from ..report import Reporter
@@ -53,13 +54,19 @@ def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter:
     return plan.removed()
 
 
-def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes: bool = False) -> CleanResult:
+def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes: bool = False,
+          wait: bool = False) -> CleanResult:
+    with cluster_lock(cluster.state_dir, cluster.name, "clean", wait=wait):
+        return _clean(cluster, reporter, files=files, volumes=volumes)
+
+
+def _clean(cluster: Cluster, reporter: Reporter, *, files: bool, volumes: bool) -> CleanResult:
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     hosts: dict[str, Host] = {name: manifest.host_of(name) for name in manifest.hosts}
     for name in cluster.used_hosts():  # a label sweep also where the manifest lost track
         hosts.setdefault(name, cluster.hosts[name])
 
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts.values())
         for name, err in sorted(opened.failed.items()):
             reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")

@@ -6,11 +6,15 @@ from typing import Callable
 
 from ..manifest import Manifest
 from ..plans.steps import Step
-from ..runner import Connection
+from ..runner import Connection, check_interrupted
 
 
 def execute_step(conn: Connection, step: Step, manifest: Manifest, *, on_line: Callable[[str], None] | None = None):
-    """Run one step; returns what the engine answered (a container's or image's id) or None."""
+    """Run one step; returns what the engine answered (a container's or image's id) or None.
+
+    After Ctrl-C no step starts (Interrupted); the step under way ends with its connection.
+    """
+    check_interrupted()
     host = conn.host
     for record in step.records:
         if record.before:
@@ -21,7 +25,7 @@ def execute_step(conn: Connection, step: Step, manifest: Manifest, *, on_line: C
     elif step.command is not None:
         conn.run(list(step.command), stdin=step.stdin, timeout=step.timeout)
     for record in step.records:
-        if not record.before:
+        if record.after:
             ident = answer if isinstance(answer, str) and record.kind == "add_container" else record.ident
             manifest.apply(host, record.kind, record.name, record.role, ident)
     return answer

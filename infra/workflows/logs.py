@@ -164,7 +164,7 @@ def show_logs(
     hosts = [cluster.hosts.get(name) or departed[name] for name in selection.hosts]
     all_ok = True
 
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts)
         for name, err in sorted(opened.failed.items()):
             warn(f"{name}: unreachable, its logs are left out ({without_host(name, one_line(err))})")

@@ -10,7 +10,7 @@ from ..config import Cluster
 from ..errors import InfraError
 from ..facts.celery import parse_ping
 from ..facts.sections import last_line
-from ..runner import Connection
+from ..runner import Connection, check_interrupted
 
 PING_REPLY_TIMEOUT = 2.0  # how long one ping gives the workers to answer
 ROUND_INTERVAL = 1.0  # the least time between the starts of two rounds
@@ -20,6 +20,7 @@ def poll(ask: Callable[[], tuple[bool, str]], timeout: float, interval: float = 
     """Ask until `ask` says done or `timeout` seconds passed; returns (done, what the last answer said)."""
     deadline = time.monotonic() + timeout
     while True:
+        check_interrupted()
         started = time.monotonic()
         done, said = ask()
         if done or time.monotonic() > deadline:

@@ -16,13 +16,14 @@ from typing import Callable
 
 from ..commands.celery import PID_MARKER, signal_job
 from ..commands.celery import run_job as job_op
+from ..commands.engine import Exec
 from ..commands.files import fetch_files, list_files, names_on_stdin
 from ..config import Cluster
 from ..errors import ConfigError, InfraError
 from ..facts.files import OUTPUT_FOLDER, LocalFile, ignore_rules, no_ignores, parse_sha256_list, scan_local
 from ..names import container_name
 from ..plans.sync import plan_sync
-from ..plans.up import host_layout
+from ..plans.up import HostLayout, host_layout
 from ..runner import Connection, ConnectionPool
 from .gather import read_host_facts
 
@@ -124,6 +125,80 @@ def fetch_outputs(conn: Connection, remote_dir: str, local_dir: Path) -> tuple[l
     return wanted, unpack_files(base64.b64decode(result.stdout), local_dir, wanted)
 
 
+# Ctrl-C: the signals sent to a job in turn, each with the seconds it gets to end.
+JOB_STOP_SIGNALS: tuple[tuple[str, float], ...] = (("INT", 10.0), ("TERM", 5.0), ("KILL", 5.0))
+
+
+def master_ready(conn: Connection, cluster: Cluster, note: Callable[[str], None]) -> HostLayout:
+    """The master host's layout once its master container runs; warns when its project is stale."""
+    master = cluster.master_host
+    facts = read_host_facts(conn, cluster)
+    name = container_name(cluster.name, "master")
+    container = facts.container(name)
+    if container is None or not container.running:
+        state = container.state if container else "missing"
+        raise InfraError(f"{master.name}: the master container {name} is {state}: run `infra up`")
+    layout = host_layout(cluster, master, facts)
+    if not master.is_local:
+        rules = ignore_rules(cluster.project_dir)
+        listing = conn.run(list_files(layout.project_dir), timeout=300)
+        stale = plan_sync(layout.project_dir, cluster.project_dir, scan_local(cluster.project_dir, rules),
+                          parse_sha256_list(listing.stdout), rules)
+        if stale.changed:
+            note(f"warning: the project on {master.name} differs from the local folder "
+                 f"({len(stale.upload)} file(s) to send, {len(stale.delete)} to delete): "
+                 f"run `infra sync-files` to use your latest code")
+    return layout
+
+
+def exec_job(
+    conn: Connection, cluster: Cluster, op: Exec, *,
+    out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
+    stop_signals: tuple[tuple[str, float], ...] = JOB_STOP_SIGNALS, what: str = "the job",
+) -> int:
+    """Run a job (an `Exec` made by `commands.celery.run_job` or alike) in the master container.
+
+    Its output is streamed to `out`/`err` as it comes. Ctrl-C sends it `stop_signals` in turn
+    (`docker exec` forwards none, and the exec stream may be gone already) until it is gone,
+    and returns 130; otherwise its exit code.
+    """
+    pid: list[int] = []
+
+    def on_stderr(line: str) -> None:
+        if not pid and line.startswith(PID_MARKER) and line[len(PID_MARKER):].strip().isdigit():
+            pid.append(int(line[len(PID_MARKER):]))
+            return
+        err(line)
+
+    box: dict = {}
+
+    def execute() -> None:
+        try:
+            box["result"] = conn.engine.exec(op, on_stdout=out, on_stderr=on_stderr)
+        except BaseException as exc:  # handed to the main thread
+            box["error"] = exc
+
+    worker = threading.Thread(target=execute, daemon=True)
+    worker.start()
+    interrupted = False
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        interrupted = True
+        note(f"interrupted: stopping {what} in the master container")
+        for signal, grace in stop_signals:
+            if not pid:
+                break
+            conn.engine.exec(signal_job(cluster.name, pid[0], signal), timeout=30)
+            if _wait_until_gone(conn, cluster.name, pid[0], grace):
+                break
+        worker.join(5)
+    if "error" in box and not interrupted:
+        raise box["error"]
+    return 130 if interrupted else box["result"].exit_code
+
+
 def run_job(
     cluster: Cluster, script: str, args: tuple[str, ...], *,
     out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
@@ -135,61 +210,8 @@ def run_job(
     local_output = cluster.project_dir / OUTPUT_FOLDER
     with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
         conn = pool.get(master)
-        facts = read_host_facts(conn, cluster)
-        name = container_name(cluster.name, "master")
-        container = facts.container(name)
-        if container is None or not container.running:
-            state = container.state if container else "missing"
-            raise InfraError(f"{master.name}: the master container {name} is {state}: run `infra up`")
-        layout = host_layout(cluster, master, facts)
-        if not master.is_local:
-            rules = ignore_rules(cluster.project_dir)
-            listing = conn.run(list_files(layout.project_dir), timeout=300)
-            stale = plan_sync(layout.project_dir, cluster.project_dir, scan_local(cluster.project_dir, rules),
-                              parse_sha256_list(listing.stdout), rules)
-            if stale.changed:
-                note(f"warning: the project on {master.name} differs from the local folder "
-                     f"({len(stale.upload)} file(s) to send, {len(stale.delete)} to delete): "
-                     f"run `infra sync-files` to use your latest code")
-
-        pid: list[int] = []
-
-        def on_stderr(line: str) -> None:
-            if not pid and line.startswith(PID_MARKER) and line[len(PID_MARKER):].strip().isdigit():
-                pid.append(int(line[len(PID_MARKER):]))
-                return
-            err(line)
-
-        box: dict = {}
-
-        def execute() -> None:
-            try:
-                box["result"] = conn.engine.exec(job_op(cluster.name, python_args, args),
-                                                 on_stdout=out, on_stderr=on_stderr)
-            except BaseException as exc:  # handed to the main thread
-                box["error"] = exc
-
-        worker = threading.Thread(target=execute, daemon=True)
-        worker.start()
-        interrupted = False
-        try:
-            while worker.is_alive():
-                worker.join(0.2)
-        except KeyboardInterrupt:
-            interrupted = True
-            note("interrupted: stopping the job in the master container")
-            # Signals go to the job itself: `docker exec` forwards none, and may have died already.
-            for signal, grace in (("INT", 10.0), ("TERM", 5.0), ("KILL", 5.0)):
-                if not pid:
-                    break
-                conn.engine.exec(signal_job(cluster.name, pid[0], signal), timeout=30)
-                if _wait_until_gone(conn, cluster.name, pid[0], grace):
-                    break
-            worker.join(5)
-        if "error" in box and not interrupted:
-            raise box["error"]
-        code = 130 if interrupted else box["result"].exit_code
-
+        layout = master_ready(conn, cluster, note)
+        code = exec_job(conn, cluster, job_op(cluster.name, python_args, args), out=out, err=err, note=note)
         result = RunResult(code, output_dir=local_output)
         if master.is_local:
             result.in_place = True

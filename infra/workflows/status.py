@@ -54,7 +54,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
     everyone = [cluster.hosts[name] for name in cluster.used_hosts()] + list(departed.values())
     master = cluster.master_host
 
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
 
         def visit(host: Host) -> dict:
             # Connect and ask in one go per host, so a slow host delays nobody else.

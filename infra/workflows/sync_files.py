@@ -16,6 +16,7 @@ from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_inspect
 from ..facts.files import ignore_rules, parse_find, parse_sha256_list, project_digest, scan_local
+from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..names import celery_node_name
 from ..plans.steps import Record
@@ -104,9 +105,15 @@ def start_times(conn: Connection, names: list[str]) -> dict[str, str]:
 
 
 def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None = None,
-               restart: bool = True) -> SyncResult:
+               restart: bool = True, wait: bool = False) -> SyncResult:
     """Bring the project on `hosts` (default: every host of the cluster) up to date, then restart
     the workers whose code changed."""
+    with cluster_lock(cluster.state_dir, cluster.name, "sync-files", wait=wait):
+        return _sync_files(cluster, reporter, hosts=hosts, restart=restart)
+
+
+def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None,
+                restart: bool) -> SyncResult:
     hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
     rules = ignore_rules(cluster.project_dir)
     local_files = scan_local(cluster.project_dir, rules)
@@ -116,7 +123,7 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     new_records: dict[str, CodeRecord | None] = {}
 
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
 
         def sync_host(host: Host) -> SyncOutcome:
             conn = pool.get(host)

@@ -16,11 +16,12 @@ from ..assets import context_digest, prepare_build_context
 from ..commands.engine import BuildImage, InspectImages, PullImage
 from ..commands.files import list_files
 from ..config import Cluster, Host
-from ..errors import DockerMissingError, InfraError
+from ..errors import DockerMissingError, HostsFailedError, InfraError, one_line, without_host
 from ..facts.arch import docker_arch
 from ..facts.containers import parse_image_inspect
 from ..facts.files import ignore_rules, parse_sha256_list, scan_local
 from ..facts.host import HostFacts
+from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..plans.addresses import master_address
 from ..plans.clean import plan_clean
@@ -40,7 +41,7 @@ from ..report import Reporter
 from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently, ship_images
 from ..secrets import Secrets, load_or_create_secrets, load_secrets
 from .execute import execute_step, execute_steps
-from .gather import gather_facts, read_host_facts, require_docker
+from .gather import read_host_facts, require_docker
 from .readiness import wait_for_broker, wait_for_workers
 
 LISTING_TIMEOUT = 300
@@ -80,9 +81,9 @@ def check_architectures(cluster: Cluster, facts: dict[str, HostFacts], hosts: li
                              f"set images.source: build so each host builds its own")
 
 
-def resolve_master_address(cluster: Cluster, pool: ConnectionPool) -> str:
+def resolve_master_address(cluster: Cluster, pool: ConnectionPool, reachable: list[str]) -> str:
     master = cluster.master_host
-    remote_workers = [n for n in cluster.worker_hosts() if not cluster.hosts[n].is_local]
+    remote_workers = [n for n in cluster.worker_hosts() if not cluster.hosts[n].is_local and n in reachable]
     towards = None
     if master.is_local and remote_workers:
         first = remote_workers[0]
@@ -131,19 +132,39 @@ def image_ids_on(conn: Connection, refs: list[str]) -> dict[str, str | None]:
             for ref, info in parse_image_inspect(conn.engine.query(InspectImages(tuple(refs)))).items()}
 
 
-def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResult:
+def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False, wait: bool = False) -> UpResult:
+    """Bring the hosts in line with the cluster file; a dry run only plans (and takes no lock)."""
+    if dry_run:
+        return _up(cluster, reporter, dry_run=True)
+    with cluster_lock(cluster.state_dir, cluster.name, "up", wait=wait):
+        return _up(cluster, reporter, dry_run=False)
+
+
+def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
     started = time.monotonic()
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     hosts = [cluster.hosts[name] for name in cluster.used_hosts()]
     departed = departed_hosts(cluster, manifest)
     everyone = hosts + list(departed.values())
+    master_name = cluster.master_host.name
 
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
-        pool.open(everyone).raise_if_failed("connecting")
-        facts = gather_facts(pool, cluster, everyone)
-        require_docker(facts, everyone, cluster.source)
+    with ConnectionPool.for_cluster(cluster) as pool:
+        # A worker host that cannot be reached, or whose engine does not answer in time, is left
+        # out and named at the end; the rest of the cluster comes up. Without the master, nothing can.
+        opened = pool.open(everyone)
+        gathered = run_concurrently([h for h in everyone if h.name in opened.succeeded],
+                                    lambda host: read_host_facts(pool[host.name], cluster), key=lambda h: h.name)
+        failed: dict[str, BaseException] = {**opened.failed, **gathered.failed}
+        if master_name in failed:
+            raise HostsFailedError("reading host state", {master_name: failed[master_name]})
+        facts = gathered.succeeded
+        hosts = [h for h in hosts if h.name in facts]
+        departed = {name: host for name, host in departed.items() if name in facts}
+        for name, err in sorted(failed.items()):
+            reporter.host(name, f"left out: {without_host(name, one_line(err))}", style="red")
+        require_docker(facts, hosts + list(departed.values()), cluster.source)
         check_architectures(cluster, facts, [h for h in hosts if not h.is_local])
-        address = resolve_master_address(cluster, pool)
+        address = resolve_master_address(cluster, pool, [h.name for h in hosts])
         # Only now, with every host reachable and ready, is anything written.
         secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run \
             else load_or_create_secrets(cluster.secrets_path)
@@ -152,7 +173,7 @@ def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResu
         local_ids: dict[str, str | None] = {}
         local = None  # this machine's engine, where shipped images come from
         if cluster.spec.images.source == "ship":
-            local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"])
+            local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
             local_ids = build_images_here(cluster, local, str(context), digest, reporter, dry_run=dry_run)
             if "local" in facts and not dry_run:
                 facts["local"] = read_host_facts(local, cluster)  # now with the images just built
@@ -177,18 +198,25 @@ def up(cluster: Cluster, reporter: Reporter, *, dry_run: bool = False) -> UpResu
                 return HostOutcome(host.name, retirements[host.name].removed())
             return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, local)
 
-        applied = run_concurrently(everyone, apply, key=lambda h: h.name)
-        applied.raise_if_failed("bringing the cluster up")
+        applied = run_concurrently(hosts + list(departed.values()), apply, key=lambda h: h.name)
+        for name, err in sorted(applied.failed.items()):
+            reporter.host(name, f"failed: {without_host(name, one_line(err))}", style="red")
+        if master_name in applied.failed:
+            raise HostsFailedError("bringing the cluster up", {**failed, **applied.failed})
+        failed.update(applied.failed)
         outcomes: dict[str, HostOutcome] = applied.succeeded
-        master = pool[cluster.master_host.name]
+        master = pool[master_name]
         wait_for_broker(cluster, master)
-        reporter.host(master.host.name, "broker accepts connections")
-        nodes = expected_worker_nodes(cluster)
+        reporter.host(master_name, "broker accepts connections")
+        nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
         wait_for_workers(cluster, master, nodes)
         reporter.info(f"all {len(nodes)} workers answer")
         for name, outcome in outcomes.items():
             if not outcome.changes:
                 reporter.host(name, "nothing to do: already up to date", style="dim")
+    if failed:
+        raise HostsFailedError("up", failed, note="the rest of the cluster is up; run `infra up` again once "
+                                                  "they answer")
     reporter.info(f"cluster {cluster.name} is up ({time.monotonic() - started:.1f} s)")
     return UpResult(plans, outcomes, address, expected_worker_nodes(cluster))
 

@@ -181,7 +181,7 @@ class RecordingHosts:
         self.logs: dict[str, list[str]] = {name: [] for name in hosts}
         self.lock = threading.Lock()
 
-    def connect(self, host: Host, connect_timeout: float) -> RecordingConnection:
+    def connect(self, host: Host, limits) -> RecordingConnection:
         return RecordingConnection(host, self.hosts[host.name], self.logs[host.name], self.lock)
 
     def sent(self, name: str) -> list[str]:

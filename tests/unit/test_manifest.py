@@ -250,8 +250,8 @@ def test_every_record_kind_a_step_can_carry_is_understood(path):
     assert not path.exists()  # each removal undid its addition
 
 
-def test_folders_networks_and_volumes_are_recorded_before_their_step_runs_containers_after(path):
-    """A step that dies halfway leaves its folder recorded for `clean`; a container only once it exists."""
+def test_everything_a_step_may_create_is_recorded_before_it_runs_a_container_again_with_its_id(path):
+    """A step that dies halfway leaves what it may have made recorded for `clean`."""
     from infra.commands.engine import ContainerSpec, CreateNetwork, RunContainer
     from infra.plans.steps import Record, engine_step, shell_step
     from infra.workflows.execute import execute_step
@@ -285,5 +285,5 @@ def test_folders_networks_and_volumes_are_recorded_before_their_step_runs_contai
     spec = ContainerSpec("lab-broker", "broker", "gpu-box", "img")
     start = engine_step("start", RunContainer(spec, ()), Record("add_container", "lab-broker", "broker"))
     assert execute_step(Conn(), start, manifest) == "new-id"
-    assert "lab-broker" not in seen[-1]["containers"]  # not yet while the engine worked
+    assert seen[-1]["containers"]["lab-broker"] == {"id": "", "role": "broker"}  # while the engine worked
     assert Manifest.load(path, "lab").hosts["gpu-box"].containers == {"lab-broker": {"id": "new-id", "role": "broker"}}

@@ -35,9 +35,14 @@ app.conf.update(
     # Flower and `celery events` want task events; workers are also started with -E.
     worker_send_task_events=True,
     task_send_sent_event=True,
-    # Workers may start before the broker is up: keep retrying.
+    # Workers may start before the broker is up, and the broker may restart: keep retrying.
     broker_connection_retry_on_startup=True,
+    broker_connection_retry=True,
     broker_connection_max_retries=None,
+    # A worker host that dies without closing its connections (power cut, kill -9 of the
+    # machine) is noticed by RabbitMQ after two missed heartbeats; its unacknowledged tasks
+    # then go to other workers. Celery's default (120 s) would leave them waiting minutes.
+    broker_heartbeat=10,
     broker_connection_timeout=5,
     redis_socket_connect_timeout=5,
     redis_retry_on_timeout=True,

@@ -3,13 +3,21 @@
 
 from __future__ import annotations
 
+import time
+
 from . import text
 from .celery_app import app
 
 
 @app.task(bind=True, name="wordcount.count_words")
-def count_words(self, chunk: str) -> dict:
-    """Count the words of one chunk; tell which worker did it."""
+def count_words(self, chunk: str, pause: float = 0.0) -> dict:
+    """Count the words of one chunk; tell which worker did it.
+
+    `pause` stands for heavier work (seconds of waiting): the fault tests keep a job running
+    with it while they restart the broker or kill a worker host.
+    """
+    if pause:
+        time.sleep(pause)
     counts = text.count_words(chunk)
     return {
         "counts": counts,

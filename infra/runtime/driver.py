@@ -1,0 +1,281 @@
+"""`infra sweep`'s side in the master container, next to the broker and Redis.
+
+    python -m infra_runtime.driver PLAN.json
+
+Sends one `infra.run_command` task per combination of the plan, then relays what the runs
+report (see `protocol`) as lines on stdout, which `infra sweep` reads through the engine's exec
+and turns into live output, log files and the CSV. It decides only what needs the cluster:
+resubmitting a failed run while it has retries left, and, on SIGINT or SIGTERM, stopping the
+sweep: the cancel flag makes queued runs skip and running ones stop, queued tasks are also
+revoked, and the ends of the stopped runs are relayed before it exits with 130.
+
+If its own output stops being read for `STALLED_OUTPUT_SECONDS` (the CLI's connection is gone),
+it stops the sweep too, and exits: nobody would record the results.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Protocol
+
+from . import protocol
+
+ALIVE_REFRESH_SECONDS = 10.0
+NO_START_WARNING_SECONDS = 60.0
+CANCEL_GRACE_SECONDS = 20.0  # the runs' own stop takes up to runner.STOP_GRACE_SECONDS + a check
+STALLED_OUTPUT_SECONDS = 120.0
+POP_TIMEOUT_SECONDS = 1
+POP_BATCH = 1000
+INTERRUPTED_EXIT_CODE = 130
+
+
+class Sender(Protocol):
+    def send(self, submission: str, message: dict, queue: str) -> None: ...
+
+    def revoke(self, submissions: list[str]) -> None: ...
+
+
+class CelerySender:
+    """Tasks through the broker, with the built-in app's settings (JSON messages)."""
+
+    def __init__(self, app):
+        self.app = app
+
+    def send(self, submission: str, message: dict, queue: str) -> None:
+        self.app.send_task(protocol.TASK_NAME, args=[message], task_id=submission, queue=queue)
+
+    def revoke(self, submissions: list[str]) -> None:
+        if submissions:
+            self.app.control.revoke(submissions)
+
+
+class Output:
+    """Event lines on stdout, with a watchdog for a reader that went away."""
+
+    def __init__(self, stream=None, on_stalled: Callable[[], None] | None = None,
+                 stalled_after: float = STALLED_OUTPUT_SECONDS):
+        self.stream = stream or sys.stdout
+        self.busy_since: float | None = None
+        self.lock = threading.Lock()
+        if on_stalled is not None:
+            def watch() -> None:
+                while True:
+                    time.sleep(5)
+                    since = self.busy_since
+                    if since is not None and time.monotonic() - since > stalled_after:
+                        on_stalled()
+                        return
+
+            threading.Thread(target=watch, name="output watchdog", daemon=True).start()
+
+    def event(self, event: dict) -> None:
+        self.write(protocol.event_line(event))
+
+    def write(self, line: str) -> None:
+        with self.lock:
+            self.busy_since = time.monotonic()
+            try:
+                self.stream.write(line + "\n")
+                self.stream.flush()
+            finally:
+                self.busy_since = None
+
+
+@dataclass
+class RunState:
+    run: str
+    attempts: int = 0
+    submission: str = ""
+    started: bool = False
+    finished: bool = False
+
+
+@dataclass
+class Driver:
+    plan: dict
+    redis: Any
+    sender: Sender
+    output: Output
+    clock: Callable[[], float] = time.monotonic
+    runs: dict[str, RunState] = field(default_factory=dict)
+    interrupted: bool = False
+
+    @property
+    def sweep_id(self) -> str:
+        return self.plan["sweep_id"]
+
+    def _message(self, run: dict) -> dict:
+        return {**self.plan.get("message", {}), "sweep_id": self.sweep_id, "run": run["run"], "argv": run["argv"]}
+
+    def _submit(self, state: RunState, argv: list[str]) -> None:
+        state.attempts += 1
+        state.submission = protocol.submission_id(self.sweep_id, state.run, state.attempts)
+        state.started = False
+        self.sender.send(state.submission, self._message({"run": state.run, "argv": argv}), self.plan["queue"])
+
+    def _refresh_alive(self) -> None:
+        self.redis.set(protocol.alive_key(self.sweep_id), "1", ex=protocol.ALIVE_SECONDS)
+
+    # ------------------------------------------------------------------ the sweep
+
+    def run(self) -> int:
+        self._refresh_alive()
+        argv_of = {run["run"]: run["argv"] for run in self.plan["runs"]}
+        last_refresh = self.clock()
+        for run in self.plan["runs"]:
+            if self.interrupted:
+                break
+            state = self.runs[run["run"]] = RunState(run["run"])
+            self._submit(state, run["argv"])
+            if self.clock() - last_refresh > ALIVE_REFRESH_SECONDS:
+                self._refresh_alive()
+                last_refresh = self.clock()
+        self.output.event({"event": "submitted", "count": len(self.runs)})
+        submitted_at = self.clock()
+        warned = False
+        while True:
+            if self.interrupted:
+                return self.cancel()
+            for event in self._pop():
+                self._handle(event, argv_of)
+            if all(state.finished for state in self.runs.values()):
+                self.output.event({"event": "finished", "interrupted": False})
+                self._clean_up(keep_cancel=False)
+                return 0
+            now = self.clock()
+            if now - last_refresh > ALIVE_REFRESH_SECONDS:
+                self._refresh_alive()
+                last_refresh = now
+            if (not warned and now - submitted_at > NO_START_WARNING_SECONDS
+                    and not any(s.started or s.finished for s in self.runs.values())):
+                warned = True
+                self.output.event({"event": "warning", "text": (
+                    f"no run has started within {NO_START_WARNING_SECONDS:g} s: does a worker consume the queue "
+                    f"'{self.plan['queue']}'? (`infra status` lists the workers and queues)")})
+
+    def _pop(self) -> list[dict]:
+        key = protocol.events_key(self.sweep_id)
+        first = self.redis.blpop([key], timeout=POP_TIMEOUT_SECONDS)
+        if not first:
+            return []
+        raw = [first[1]] + list(self.redis.lpop(key, POP_BATCH) or [])
+        events = []
+        for item in raw:
+            try:
+                event = json.loads(item)
+            except ValueError:
+                continue
+            if isinstance(event, dict):
+                events.append(event)
+        return events
+
+    def _handle(self, event: dict, argv_of: dict[str, list[str]]) -> None:
+        state = self.runs.get(str(event.get("run")))
+        kind = event.get("event")
+        if state is None or state.finished or kind == "skip":
+            return  # a late report of a run already recorded, or one of another attempt
+        if event.get("submission") != state.submission:
+            return  # an earlier attempt that still talks (its host came back): the current one counts
+        if kind == "start":
+            state.started = True
+            self.output.event({**event, "attempt": state.attempts})
+        elif kind == "lines":
+            self.output.event(event)
+        elif kind == "end":
+            status = event.get("status")
+            retry = (status in (protocol.FAILED, protocol.TIMEOUT) and not self.interrupted
+                     and state.attempts <= int(self.plan.get("retries", 0)))
+            self.output.event({**event, "attempt": state.attempts, "final": not retry})
+            if retry:
+                self._submit(state, argv_of[state.run])
+                self.output.event({"event": "retry", "run": state.run, "attempt": state.attempts})
+            else:
+                state.finished = True
+
+    def cancel(self) -> int:
+        """Stop the sweep: nothing queued runs any more, running runs stop; relay their ends."""
+        self.redis.set(protocol.cancel_key(self.sweep_id), "1", ex=protocol.KEYS_EXPIRE_SECONDS)
+        queued = [s.submission for s in self.runs.values() if not s.finished and not s.started]
+        running = [s for s in self.runs.values() if not s.finished and s.started]
+        self.output.event({"event": "cancelling", "queued": len(queued), "running": len(running)})
+        try:
+            self.sender.revoke(queued)
+        except Exception as exc:  # the cancel flag alone makes them skip
+            self.output.write(f"revoking the queued runs failed ({type(exc).__name__}); they will be skipped")
+        argv_of: dict[str, list[str]] = {}
+        deadline = self.clock() + CANCEL_GRACE_SECONDS
+        while any(s.started and not s.finished for s in self.runs.values()) and self.clock() < deadline:
+            for event in self._pop():
+                self._handle(event, argv_of)
+        self.output.event({"event": "finished", "interrupted": True})
+        self._clean_up(keep_cancel=True)
+        return INTERRUPTED_EXIT_CODE
+
+    def _clean_up(self, keep_cancel: bool) -> None:
+        keys = [protocol.events_key(self.sweep_id), protocol.done_key(self.sweep_id), protocol.alive_key(self.sweep_id)]
+        if not keep_cancel:  # after a Ctrl-C, late deliveries of queued runs must still see it
+            keys.append(protocol.cancel_key(self.sweep_id))
+        self.redis.delete(*keys)
+
+
+def load_plan(path: str) -> dict:
+    with open(path, encoding="utf-8") as handle:
+        plan = json.load(handle)
+    if not isinstance(plan, dict) or plan.get("format") != protocol.PLAN_FORMAT:
+        raise ValueError(f"{path} is not a sweep plan of this version ({protocol.PLAN_FORMAT})")
+    return plan
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 1:
+        print("usage: python -m infra_runtime.driver PLAN.json", file=sys.stderr)
+        return 2
+    try:
+        plan = load_plan(argv[0])
+    except (OSError, ValueError) as exc:
+        print(f"cannot read the sweep plan: {exc}", file=sys.stderr)
+        return 2
+
+    import redis
+
+    from .app import app
+
+    client = redis.Redis.from_url(os.environ["CELERY_RESULT_BACKEND"], socket_connect_timeout=10,
+                                  socket_timeout=30, health_check_interval=30)
+
+    def stalled() -> None:
+        # The CLI no longer reads: stop the runs (nobody would record them) and go.
+        try:
+            client.set(protocol.cancel_key(plan["sweep_id"]), "1", ex=protocol.KEYS_EXPIRE_SECONDS)
+        finally:
+            os._exit(3)
+
+    driver = Driver(plan, client, CelerySender(app), Output(on_stalled=stalled))
+
+    def interrupt(signum, frame) -> None:
+        if driver.interrupted:
+            raise SystemExit(INTERRUPTED_EXIT_CODE)  # a second Ctrl-C: stop waiting for the runs
+        driver.interrupted = True
+
+    signal.signal(signal.SIGINT, interrupt)
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        return driver.run()
+    except (redis.RedisError, OSError) as exc:
+        print(f"the sweep lost the cluster's broker or Redis: {type(exc).__name__}: {exc}".splitlines()[0],
+              file=sys.stderr)
+        return 1
+    except Exception as exc:  # kombu's OperationalError and the like: one line, not a traceback
+        print(f"the sweep failed: {type(exc).__name__}: {exc}".splitlines()[0], file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

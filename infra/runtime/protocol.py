@@ -1,0 +1,80 @@
+"""What the runner, the sweep driver and `infra sweep` say to each other.
+
+Runner → driver: events pushed as JSON onto one Redis list per sweep (`events_key`); the
+cluster's result backend is that Redis, so nothing new has to be reachable. Driver → runner:
+two flags, `cancel_key` (Ctrl-C: stop and skip everything) and `alive_key` (refreshed while
+the driver runs; when it expires, the runs of a driver that died are stopped). `done_key` holds
+the ids of the submissions that reached an end, so a message delivered twice (its worker lost
+right after the run ended) never runs twice.
+
+Driver → `infra sweep`: every event it relays is one stdout line, `EVENT_MARKER` + JSON;
+anything else it prints is a note for people.
+
+Events (all carry "event"; runner events also "run", the combination's id, and "submission",
+the Celery task id of that attempt):
+- start: host, worker, gpus (CUDA_VISIBLE_DEVICES or "")
+- lines: lines (a batch of output lines, stdout and stderr merged, in order)
+- end: status (ok | failed | timeout | cancelled), exit_code, seconds, host
+Driver-only events: submitted (count), retry (run, attempt), warning (text),
+cancelling (queued, running), finished (interrupted: bool).
+"""
+
+from __future__ import annotations
+
+import json
+
+TASK_NAME = "infra.run_command"
+PLAN_FORMAT = "infra.sweep-plan/1"  # the file `infra sweep` writes for the driver
+EVENT_MARKER = "@infra-sweep "
+
+KEY_PREFIX = "infra:sweep:"
+ALIVE_SECONDS = 60  # the driver refreshes its flag far more often than this
+KEYS_EXPIRE_SECONDS = 7 * 24 * 3600  # a sweep's leftovers in Redis go away on their own
+
+# Statuses of a finished run, as the CSV shows them.
+OK, FAILED, TIMEOUT, CANCELLED = "ok", "failed", "timeout", "cancelled"
+FINAL_STATUSES = (OK, FAILED, TIMEOUT)
+TIMEOUT_EXIT_CODE = 124  # as timeout(1)
+COMMAND_NOT_FOUND_EXIT_CODE = 127  # as a shell says
+COMMAND_NOT_EXECUTABLE_EXIT_CODE = 126
+
+
+def events_key(sweep_id: str) -> str:
+    return f"{KEY_PREFIX}{sweep_id}:events"
+
+
+def cancel_key(sweep_id: str) -> str:
+    return f"{KEY_PREFIX}{sweep_id}:cancel"
+
+
+def alive_key(sweep_id: str) -> str:
+    return f"{KEY_PREFIX}{sweep_id}:alive"
+
+
+def done_key(sweep_id: str) -> str:
+    return f"{KEY_PREFIX}{sweep_id}:done"
+
+
+def submission_id(sweep_id: str, run: str, attempt: int) -> str:
+    """The Celery task id of one attempt of one combination: readable in Flower, unique per sweep."""
+    return f"{sweep_id}.{run}.{attempt}"
+
+
+def encode(event: dict) -> str:
+    return json.dumps(event, separators=(",", ":"), ensure_ascii=False)
+
+
+def event_line(event: dict) -> str:
+    """The stdout line the driver prints for an event."""
+    return EVENT_MARKER + encode(event)
+
+
+def parse_event_line(line: str) -> dict | None:
+    """The event of a driver's stdout line; None for a line that is not one (a note)."""
+    if not line.startswith(EVENT_MARKER):
+        return None
+    try:
+        event = json.loads(line[len(EVENT_MARKER):])
+    except ValueError:
+        return None
+    return event if isinstance(event, dict) and isinstance(event.get("event"), str) else None

@@ -1,0 +1,310 @@
+"""Run one command line on a worker and report it as events: the body of the `infra.run_command` task.
+
+Kept apart from Celery (`tasks.py` is the thin task around it) so that it is tested with a
+fake channel and real processes. The command is an argv list, never a shell string; it runs in
+its own session (so a timeout or a cancel stops its whole process group), with stdout and
+stderr merged in order, and its lines travel in batches: one Redis round trip per batch, not
+per line, so a chatty script is not slowed down by its own output.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from . import protocol
+from .gpu import GpuError, SlotLocks, cuda_visible_devices, gpu_slots, visible_gpu_count
+
+BATCH_SECONDS = 0.1  # output lines wait at most this long to travel
+BATCH_LINES = 500
+MAX_LINE_CHARS = 65536  # longer lines are cut into pieces of this size
+CHECK_SECONDS = 1.0  # how often a run asks whether it must stop
+STOP_GRACE_SECONDS = 5.0  # between SIGTERM and SIGKILL
+EXIT_GRACE_SECONDS = 1.0  # output still read after the process ended (children holding the pipe)
+
+
+class Channel(Protocol):
+    """Where a run reports to and asks whether to stop (Redis in the images, a fake in tests)."""
+
+    def push(self, events: list[dict]) -> None: ...
+
+    def should_stop(self) -> bool: ...
+
+    def already_done(self, submission: str) -> bool: ...
+
+    def finish(self, submission: str, end: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class RunRequest:
+    """One attempt of one combination, as the driver sends it (see `from_message`)."""
+
+    sweep_id: str
+    run: str  # the combination's id
+    submission: str  # the Celery task id of this attempt
+    argv: tuple[str, ...]
+    cwd: str = "/project"
+    env: dict[str, str] = field(default_factory=dict)
+    timeout: float | None = None
+    gpus_per_task: int = 1
+
+    @classmethod
+    def from_message(cls, message: dict[str, Any], submission: str) -> "RunRequest":
+        timeout = message.get("timeout")
+        return cls(
+            sweep_id=str(message["sweep_id"]),
+            run=str(message["run"]),
+            submission=submission,
+            argv=tuple(str(word) for word in message["argv"]),
+            cwd=str(message.get("cwd") or "/project"),
+            env={str(k): str(v) for k, v in (message.get("env") or {}).items()},
+            timeout=float(timeout) if timeout else None,
+            gpus_per_task=int(message.get("gpus_per_task", 1)),
+        )
+
+
+def _split_long(line: str) -> list[str]:
+    if len(line) <= MAX_LINE_CHARS:
+        return [line]
+    return [line[i:i + MAX_LINE_CHARS] for i in range(0, len(line), MAX_LINE_CHARS)]
+
+
+def _read_lines(stream, lines: "queue.Queue[str | None]") -> None:
+    try:
+        for raw in iter(stream.readline, b""):
+            text = raw.decode("utf-8", errors="replace").rstrip("\n").rstrip("\r")
+            for piece in _split_long(text):
+                lines.put(piece)
+    except (OSError, ValueError):
+        pass  # the pipe was closed under us: the run is being stopped
+    finally:
+        lines.put(None)
+
+
+def _signal_group(process: subprocess.Popen, sig: int) -> None:
+    try:
+        os.killpg(process.pid, sig)  # the run is the leader of its own session
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _exit_code(returncode: int) -> int:
+    """As a shell reports it: a process killed by signal N ends with 128 + N."""
+    return returncode if returncode >= 0 else 128 - returncode
+
+
+@dataclass
+class _Batcher:
+    channel: Channel
+    base: dict
+    pending: list[str] = field(default_factory=list)
+    since: float = 0.0
+
+    def add(self, line: str) -> None:
+        if not self.pending:
+            self.since = time.monotonic()
+        self.pending.append(line)
+        if len(self.pending) >= BATCH_LINES:
+            self.flush()
+
+    def due(self) -> bool:
+        return bool(self.pending) and time.monotonic() - self.since >= BATCH_SECONDS
+
+    def flush(self) -> None:
+        if self.pending:
+            self.channel.push([{**self.base, "event": "lines", "lines": self.pending}])
+            self.pending = []
+
+
+def execute(request: RunRequest, channel: Channel, *, host: str, worker: str,
+            dev_dir: str = "/dev", lock_dir: str = "/tmp") -> dict:
+    """Run the request's command to its end and report it; returns the end event (or a skip)."""
+    base = {"run": request.run, "submission": request.submission}
+    if channel.already_done(request.submission):
+        return {**base, "event": "skip", "reason": "already done"}  # a second delivery of the same message
+    if channel.should_stop():
+        return {**base, "event": "skip", "reason": "the sweep was stopped"}
+
+    env = {**os.environ, **request.env, "PYTHONUNBUFFERED": "1", "INFRA_RUN": request.run}
+    held = None
+    notes: list[str] = []
+    try:
+        slots = gpu_slots(visible_gpu_count(dev_dir), request.gpus_per_task)
+    except GpuError as exc:
+        return _fail_before_start(request, channel, base, host, worker, f"infra: {exc}", 1)
+    if slots:
+        held = SlotLocks(slots, lock_dir).acquire(
+            channel.should_stop, on_wait=lambda: notes.append("infra: waiting for a free GPU"))
+        if held is None:
+            return {**base, "event": "skip", "reason": "the sweep was stopped"}
+        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(held.devices)
+    try:
+        return _run(request, channel, base, env, notes, host=host, worker=worker,
+                    gpus=env.get("CUDA_VISIBLE_DEVICES", "") if held else "")
+    finally:
+        if held is not None:
+            held.release()
+
+
+def _fail_before_start(request: RunRequest, channel: Channel, base: dict, host: str, worker: str,
+                       message: str, exit_code: int) -> dict:
+    channel.push([{**base, "event": "start", "host": host, "worker": worker, "gpus": ""},
+                  {**base, "event": "lines", "lines": [message]}])
+    end = {**base, "event": "end", "status": protocol.FAILED, "exit_code": exit_code, "seconds": 0.0, "host": host}
+    channel.finish(request.submission, end)
+    return end
+
+
+def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: list[str], *,
+         host: str, worker: str, gpus: str) -> dict:
+    channel.push([{**base, "event": "start", "host": host, "worker": worker, "gpus": gpus}]
+                 + ([{**base, "event": "lines", "lines": notes}] if notes else []))
+    started = time.monotonic()
+    try:
+        process = subprocess.Popen(
+            list(request.argv), cwd=request.cwd, env=env, stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+    except FileNotFoundError:
+        return _not_started(request, channel, base, host, f"infra: no such command: {request.argv[0]}",
+                            protocol.COMMAND_NOT_FOUND_EXIT_CODE)
+    except PermissionError:
+        return _not_started(request, channel, base, host, f"infra: not executable: {request.argv[0]}",
+                            protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE)
+    except OSError as exc:  # a missing working folder, an exec format error...
+        return _not_started(request, channel, base, host, f"infra: cannot run {request.argv[0]}: {exc.strerror or exc}",
+                            protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE)
+
+    lines: "queue.Queue[str | None]" = queue.Queue()
+    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
+    reader.start()
+    batcher = _Batcher(channel, base)
+    deadline = started + request.timeout if request.timeout else None
+    stopped_for: str | None = None  # "timeout" or "cancelled"
+    kill_at: float | None = None
+    next_check = started + CHECK_SECONDS
+    exited_at: float | None = None
+    reading = True
+    while reading or process.poll() is None:
+        try:
+            line = lines.get(timeout=BATCH_SECONDS) if reading else None
+            if reading and line is None:
+                reading = False
+            elif line is not None:
+                batcher.add(line)
+                while True:  # whatever else is already there, without waiting
+                    more = lines.get_nowait()
+                    if more is None:
+                        reading = False
+                        break
+                    batcher.add(more)
+        except queue.Empty:
+            pass
+        if not reading and process.poll() is None:
+            time.sleep(BATCH_SECONDS)  # output closed, process still running: wait for it, not the pipe
+        if batcher.due():
+            batcher.flush()
+        now = time.monotonic()
+        if stopped_for is None:
+            if deadline is not None and now >= deadline:
+                stopped_for = protocol.TIMEOUT
+            elif now >= next_check:
+                next_check = now + CHECK_SECONDS
+                if channel.should_stop():
+                    stopped_for = protocol.CANCELLED
+            if stopped_for is not None:
+                _signal_group(process, signal.SIGTERM)
+                kill_at = now + STOP_GRACE_SECONDS
+        elif kill_at is not None and now >= kill_at:
+            _signal_group(process, signal.SIGKILL)
+            kill_at = None
+        if process.poll() is not None and reading:
+            # The process ended but something it started still holds the pipe: read a little
+            # more, then stop the whole group so the run can end.
+            exited_at = exited_at or now
+            if now - exited_at > EXIT_GRACE_SECONDS:
+                _signal_group(process, signal.SIGKILL)
+                reading = False  # a process of another session may keep it: the reader is left to it
+    seconds = round(time.monotonic() - started, 3)
+    batcher.flush()
+    returncode = process.wait()
+    if stopped_for == protocol.TIMEOUT:
+        batcher.add(f"infra: stopped after the run's timeout of {request.timeout:g} s")
+        status, exit_code = protocol.TIMEOUT, protocol.TIMEOUT_EXIT_CODE
+    elif stopped_for == protocol.CANCELLED:
+        batcher.add("infra: stopped: the sweep was interrupted")
+        status, exit_code = protocol.CANCELLED, _exit_code(returncode)
+    else:
+        exit_code = _exit_code(returncode)
+        status = protocol.OK if exit_code == 0 else protocol.FAILED
+    batcher.flush()
+    end = {**base, "event": "end", "status": status, "exit_code": exit_code, "seconds": seconds, "host": host}
+    channel.finish(request.submission, end)
+    return end
+
+
+def _not_started(request: RunRequest, channel: Channel, base: dict, host: str, message: str, exit_code: int) -> dict:
+    channel.push([{**base, "event": "lines", "lines": [message]}])
+    end = {**base, "event": "end", "status": protocol.FAILED, "exit_code": exit_code, "seconds": 0.0, "host": host}
+    channel.finish(request.submission, end)
+    return end
+
+
+class RedisChannel:
+    """The channel of one sweep in the cluster's Redis (the result backend)."""
+
+    RETRY_SECONDS = 300.0  # a Redis restart is waited for; the run's report must not be lost
+
+    def __init__(self, client, sweep_id: str):
+        self.client = client
+        self.sweep_id = sweep_id
+
+    def _retrying(self, action):
+        deadline = time.monotonic() + self.RETRY_SECONDS
+        delay = 0.5
+        while True:
+            try:
+                return action()
+            except Exception:  # redis' ConnectionError, TimeoutError, BusyLoadingError...
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+
+    def push(self, events: list[dict]) -> None:
+        key = protocol.events_key(self.sweep_id)
+
+        def send():
+            pipe = self.client.pipeline(transaction=False)
+            pipe.rpush(key, *(protocol.encode(event) for event in events))
+            pipe.expire(key, protocol.KEYS_EXPIRE_SECONDS)
+            pipe.execute()
+
+        self._retrying(send)
+
+    def should_stop(self) -> bool:
+        cancel, alive = self._retrying(lambda: self.client.mget(
+            protocol.cancel_key(self.sweep_id), protocol.alive_key(self.sweep_id)))
+        return cancel is not None or alive is None
+
+    def already_done(self, submission: str) -> bool:
+        return bool(self._retrying(lambda: self.client.sismember(protocol.done_key(self.sweep_id), submission)))
+
+    def finish(self, submission: str, end: dict) -> None:
+        """The end event and the submission's place among the done ones, in one transaction."""
+        events, done = protocol.events_key(self.sweep_id), protocol.done_key(self.sweep_id)
+
+        def send():
+            pipe = self.client.pipeline(transaction=True)
+            pipe.rpush(events, protocol.encode(end))
+            pipe.sadd(done, submission)
+            pipe.expire(events, protocol.KEYS_EXPIRE_SECONDS)
+            pipe.expire(done, protocol.KEYS_EXPIRE_SECONDS)
+            pipe.execute()
+
+        self._retrying(send)

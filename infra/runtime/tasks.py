@@ -1,0 +1,43 @@
+"""The `infra.run_command` task: run one command line of a sweep on this worker.
+
+A shared task, so it joins whatever app the worker runs: the built-in one (`infra_runtime.app`
+includes this module) or a project's own (its workers are started with
+`--include infra_runtime.tasks`).
+
+- `acks_late` + `reject_on_worker_lost`: the message is acknowledged only when the run has
+  ended, so the runs of a worker host that is lost go back to the queue and run elsewhere;
+- `ignore_result`: everything a run has to say travels as events (`runner.RedisChannel`),
+  so nothing piles up in the result backend.
+"""
+
+from __future__ import annotations
+
+import os
+
+import redis
+from celery import shared_task
+
+from . import protocol
+from .runner import RedisChannel, RunRequest, execute
+
+_client: tuple[int, redis.Redis] | None = None  # (pid, client): a forked pool process makes its own
+
+
+def _redis() -> redis.Redis:
+    global _client
+    if _client is None or _client[0] != os.getpid():
+        url = os.environ.get("CELERY_RESULT_BACKEND", "")
+        if not url.startswith(("redis://", "rediss://")):
+            raise RuntimeError("infra.run_command needs CELERY_RESULT_BACKEND to be the cluster's Redis")
+        _client = (os.getpid(), redis.Redis.from_url(url, socket_connect_timeout=10, socket_timeout=30,
+                                                      health_check_interval=30))
+    return _client[1]
+
+
+@shared_task(name=protocol.TASK_NAME, bind=True, acks_late=True, reject_on_worker_lost=True, ignore_result=True)
+def run_command(self, message: dict) -> dict:
+    """Run `message["argv"]` in the project folder, streaming its output; returns its end event."""
+    request = RunRequest.from_message(message, submission=self.request.id)
+    worker = self.request.hostname or ""
+    host = worker.rpartition("@")[2] or os.uname().nodename
+    return execute(request, RedisChannel(_redis(), request.sweep_id), host=host, worker=worker)

@@ -1,0 +1,460 @@
+"""`infra sweep`: one run of a command per combination of a parameters file, on the workers.
+
+This machine decides and records; the cluster runs. `prepare_sweep` reads the parameters file
+and the earlier results (`--resume`) and lists the runs, touching no host. `run_sweep` writes
+the plan next to the project on the master host, starts the driver in the master container
+through the engine's exec (as `infra run` starts a job, so the broker never has to be reached
+from here, and Ctrl-C stops it the same way), and `SweepRecorder` turns the events the driver
+relays into the live output, one log file per run and the CSV, written here as results come.
+A sweep cut short (Ctrl-C, a lost connection) leaves a CSV whose rows are all complete, and
+`--resume` runs what is missing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import posixpath
+import shlex
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Callable
+
+from ..commands.celery import CONTAINER_PROJECT, sweep_driver
+from ..commands.files import write_file
+from ..config import Cluster
+from ..errors import ConfigError, ConnectError, InfraError
+from ..facts.files import OUTPUT_FOLDER
+from ..runtime import protocol
+from ..runner import ConnectionPool
+from ..sweep.parameters import DEFAULT_MAX_COMBINATIONS, Grid, load_parameters
+from ..sweep.plan import (
+    Run,
+    Selection,
+    build_runs,
+    check_command,
+    check_name,
+    check_queue,
+    default_name,
+    driver_plan,
+    select_runs,
+)
+from ..sweep.results import (
+    MetricsReader,
+    Outcome,
+    SortSpec,
+    best_rows,
+    columns_of,
+    csv_text,
+    format_duration,
+    outcome_row,
+    progress_line,
+    read_csv_rows,
+    sort_column,
+    table_lines,
+)
+from .run_job import exec_job, master_ready
+
+# Ctrl-C: the driver gets SIGINT and time to stop the runs and relay their ends, then harder signals.
+DRIVER_STOP_SIGNALS: tuple[tuple[str, float], ...] = (("INT", 45.0), ("TERM", 10.0), ("KILL", 5.0))
+CSV_WRITE_INTERVAL = 1.0  # seconds between rewrites of the CSV while results come in
+FAILURES_LISTED = 10
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    name: str | None = None
+    resume: bool = False
+    retries: int = 0
+    timeout: float | None = None  # per run, seconds
+    gpus_per_task: int = 1
+    queue: str | None = None
+    max_combinations: int = DEFAULT_MAX_COMBINATIONS
+    sort: SortSpec | None = None
+    top: int = 10
+
+
+@dataclass
+class SweepPlan:
+    """What a sweep will do, decided here without contacting any host."""
+
+    name: str
+    parameters_file: Path
+    grid: Grid
+    command: tuple[str, ...]
+    runs: list[Run]
+    selection: Selection
+    queue: str
+    output_dir: Path  # the local project's output/
+    previous_rows: list[dict[str, str]]
+    resumed_from: Path | None  # the CSV `--resume` read
+
+    @property
+    def csv_path(self) -> Path:
+        return self.output_dir / f"sweep-{self.name}.csv"
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.output_dir / f"sweep-{self.name}" / "logs"
+
+    def log_path(self, run: Run) -> Path:
+        return self.logs_dir / f"{run.index:04d}-{run.id}.log"
+
+    def relative(self, path: Path) -> str:
+        """A path under the project as the CSV and messages show it (output/...)."""
+        try:
+            return path.relative_to(self.output_dir.parent).as_posix()
+        except ValueError:
+            return str(path)
+
+
+def queues_consumed(cluster: Cluster) -> list[str]:
+    queues: list[str] = []
+    for group in cluster.spec.roles.workers:
+        if group.containers:
+            queues += [queue for queue in group.queues if queue not in queues]
+    return queues
+
+
+def prepare_sweep(cluster: Cluster, parameters_file: str | Path, command: tuple[str, ...],
+                  options: SweepOptions) -> SweepPlan:
+    """Read the parameters file and earlier results, and list the runs (nothing is contacted)."""
+    name = check_name(options.name) if options.name else default_name(parameters_file)
+    command = check_command(tuple(command), cluster.project_dir)
+    queue = check_queue(options.queue, queues_consumed(cluster))
+    grid = load_parameters(parameters_file, options.max_combinations)
+    runs = build_runs(grid, command)
+    output_dir = cluster.project_dir / OUTPUT_FOLDER
+    plan = SweepPlan(name, Path(parameters_file), grid, command, runs, Selection(list(runs), []), queue,
+                     output_dir, [], None)
+    previous: list[dict[str, str]] = []
+    if options.resume and plan.csv_path.is_file():
+        try:
+            previous = read_csv_rows(plan.csv_path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, ValueError) as exc:
+            raise ConfigError(f"--resume: cannot read {plan.csv_path}: {exc}") from None
+        plan.resumed_from = plan.csv_path
+    plan.previous_rows = previous
+    plan.selection = select_runs(runs, {row["id"]: row.get("status", "") for row in previous}, options.resume)
+    return plan
+
+
+def dry_run_lines(plan: SweepPlan) -> list[str]:
+    total = len(plan.runs)
+    lines = [f"sweep '{plan.name}' of {plan.parameters_file}: {total} combination{'s' if total != 1 else ''} "
+             f"({plan.grid.describe()}), queue '{plan.queue}'"]
+    if plan.resumed_from is not None or plan.selection.done:
+        lines.append(f"--resume: {len(plan.selection.done)} of {total} finished ok earlier "
+                     f"({plan.relative(plan.csv_path)}); {len(plan.selection.to_run)} to run")
+    width = len(str(total))
+    for run in plan.selection.to_run:
+        lines.append(f"  {run.index:>{width}}  {shlex.join(run.argv)}")
+    lines.append(f"results: {plan.relative(plan.csv_path)}, one log per run in {plan.relative(plan.logs_dir)}/")
+    return lines
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+@dataclass
+class _Live:
+    """A run in progress here: its log file and what its output said so far."""
+
+    run: Run
+    attempt: int = 0
+    host: str = ""
+    log: IO[str] | None = None
+    metrics: MetricsReader = field(default_factory=MetricsReader)
+
+
+@dataclass
+class SweepSummary:
+    total: int  # combinations of the grid
+    ran: int  # runs this sweep had to do
+    ok: int = 0
+    failed: int = 0  # failed or timed out, retries included
+    cancelled: int = 0
+    not_run: int = 0
+    interrupted: bool = False
+    elapsed: float = 0.0
+    hosts: list[str] = field(default_factory=list)
+    failures: list[tuple[Run, str, str]] = field(default_factory=list)  # run, "exit 3" / "timeout", log
+    table: list[str] = field(default_factory=list)
+    table_title: str = ""
+    csv_path: str = ""
+
+    @property
+    def exit_code(self) -> int:
+        if self.interrupted:
+            return 130
+        return 1 if self.failed or self.not_run else 0
+
+
+class SweepRecorder:
+    """Turns the driver's events into output lines, log files and the CSV (one row per combination)."""
+
+    def __init__(self, plan: SweepPlan, *, out: Callable[[str], None], note: Callable[[str], None],
+                 status: Callable[[str], None] | None = None, quiet: bool = False,
+                 clock: Callable[[], float] = time.monotonic):
+        self.plan = plan
+        self.out = out
+        self.note = note
+        self.status = status
+        self.quiet = quiet
+        self.clock = clock
+        self.started = clock()
+        self.by_id = {run.id: run for run in plan.runs}
+        self.width = len(str(len(plan.runs)))
+        self.live: dict[str, _Live] = {}
+        self.rows: dict[str, dict[str, str]] = {row["id"]: row for row in plan.previous_rows}
+        self.to_run = {run.id for run in plan.selection.to_run}
+        self.finished: dict[str, str] = {}  # run id -> final status, this sweep
+        self.hosts: list[str] = []
+        self.lock = threading.Lock()
+        self.dirty = False
+        self.last_write = 0.0
+        self.interrupted = False
+        self.driver_done = False
+
+    # ------------------------------------------------------------------ input
+
+    def on_driver_stdout(self, line: str) -> None:
+        event = protocol.parse_event_line(line)
+        with self.lock:
+            if event is None:
+                if line.strip():
+                    self.note(f"driver: {line}")
+                return
+            self._handle(event)
+            self._maybe_write()
+
+    def _prefix(self, run: Run) -> str:
+        return f"[{run.index:>{self.width}}/{len(self.plan.runs)}]"
+
+    def _handle(self, event: dict) -> None:
+        kind = event["event"]
+        run = self.by_id.get(str(event.get("run", "")))
+        if kind == "start" and run is not None:
+            self._start(run, event)
+        elif kind == "lines" and run is not None:
+            live = self.live.get(run.id)
+            for text in event.get("lines") or []:
+                text = str(text)
+                if live is not None:
+                    live.metrics.feed(text)
+                    if live.log is not None:
+                        live.log.write(text + "\n")
+                if not self.quiet:
+                    self.out(f"{self._prefix(run)} {text}")
+        elif kind == "end" and run is not None:
+            self._end(run, event)
+        elif kind == "retry" and run is not None:
+            if not self.quiet:
+                self.out(f"{self._prefix(run)} retrying (attempt {event.get('attempt')})")
+        elif kind == "warning":
+            self.note(f"warning: {event.get('text', '')}")
+        elif kind == "cancelling":
+            self.interrupted = True
+            self.note(f"stopping the sweep: {event.get('queued', 0)} queued run(s) cancelled, "
+                      f"{event.get('running', 0)} running run(s) being stopped")
+        elif kind == "finished":
+            self.driver_done = True
+            self.interrupted = self.interrupted or bool(event.get("interrupted"))
+        self._progress()
+
+    def _start(self, run: Run, event: dict) -> None:
+        live = self.live.get(run.id)
+        if live is None:
+            live = self.live[run.id] = _Live(run)
+            self.plan.logs_dir.mkdir(parents=True, exist_ok=True)
+            live.log = self.plan.log_path(run).open("w", encoding="utf-8")
+            live.log.write(f"# infra sweep {self.plan.name}: combination {run.index} of {len(self.plan.runs)} "
+                           f"(id {run.id}): {run.label()}\n# command: {shlex.join(run.argv)}\n")
+        live.attempt = int(event.get("attempt") or live.attempt + 1)
+        live.host = str(event.get("host") or "")
+        live.metrics = MetricsReader()  # a new attempt reports afresh
+        gpus = f", GPUs {event['gpus']}" if event.get("gpus") else ""
+        if live.log is not None:
+            live.log.write(f"# attempt {live.attempt} on {live.host} ({event.get('worker', '')}{gpus}), "
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+            live.log.flush()
+        if live.host and live.host not in self.hosts:
+            self.hosts.append(live.host)
+        if not self.quiet:
+            again = f" (attempt {live.attempt})" if live.attempt > 1 else ""
+            self.out(f"{self._prefix(run)} started on {live.host}{gpus}{again}: {run.label() or shlex.join(run.argv)}")
+
+    def _end(self, run: Run, event: dict) -> None:
+        live = self.live.get(run.id) or _Live(run)
+        status = str(event.get("status") or protocol.FAILED)
+        exit_code = event.get("exit_code")
+        seconds = float(event.get("seconds") or 0.0)
+        host = str(event.get("host") or live.host)
+        final = bool(event.get("final", True))
+        log_rel = self.plan.relative(self.plan.log_path(run))
+        if live.log is not None:
+            live.log.write(f"# end: {status}, exit code {exit_code}, {seconds:.1f} s on {host}\n")
+            live.log.flush()
+        if not self.quiet:
+            how = f"exit {exit_code}, {seconds:.1f} s on {host}"
+            where = f": see {log_rel}" if status != protocol.OK else ""
+            self.out(f"{self._prefix(run)} {status} ({how}){where}")
+        if not final:
+            return
+        if live.log is not None:
+            live.log.close()
+            live.log = None
+        self.live.pop(run.id, None)
+        self.finished[run.id] = status
+        outcome = Outcome(status, int(exit_code) if exit_code is not None else None, seconds, host,
+                          max(1, int(event.get("attempt") or live.attempt or 1)), live.metrics.metrics, log_rel)
+        self.rows[run.id] = outcome_row(run, outcome)
+        self.dirty = True
+
+    def _progress(self) -> None:
+        if self.status is None:
+            return
+        values = self.finished.values()
+        failed = sum(1 for status in values if status in (protocol.FAILED, protocol.TIMEOUT))
+        self.status(progress_line(finished=len(self.finished), running=len(self.live), failed=failed,
+                                  total=len(self.to_run), elapsed=self.clock() - self.started))
+
+    # ------------------------------------------------------------------ the CSV
+
+    def ordered_rows(self) -> list[dict[str, str]]:
+        """This grid's rows in its order, then rows of an earlier sweep for combinations no longer in it."""
+        rows = [self.rows[run.id] for run in self.plan.runs if run.id in self.rows]
+        return rows + [row for key, row in self.rows.items() if key not in self.by_id]
+
+    def columns(self) -> list[str]:
+        return columns_of(self.plan.grid.names, self.ordered_rows())
+
+    def _maybe_write(self) -> None:
+        if self.dirty and self.clock() - self.last_write >= CSV_WRITE_INTERVAL:
+            self.write_csv()
+
+    def write_csv(self) -> None:
+        """Replace the CSV atomically: a reader (or a Ctrl-C) never sees half a file."""
+        path = self.plan.csv_path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.infra-tmp")
+        tmp.write_text(csv_text(self.columns(), self.ordered_rows()), encoding="utf-8")
+        os.replace(tmp, path)
+        self.dirty = False
+        self.last_write = self.clock()
+
+    # ------------------------------------------------------------------ the end
+
+    def close(self, sort: SortSpec | None = None, top: int = 10) -> SweepSummary:
+        with self.lock:
+            for live in self.live.values():  # stopped without an end: their logs say so
+                if live.log is not None:
+                    live.log.write("# no end: the sweep stopped before this run reported one\n")
+                    live.log.close()
+                    live.log = None
+            self.write_csv()
+            summary = SweepSummary(total=len(self.plan.runs), ran=len(self.to_run), interrupted=self.interrupted,
+                                   elapsed=self.clock() - self.started, hosts=list(self.hosts),
+                                   csv_path=self.plan.relative(self.plan.csv_path))
+            for run in self.plan.selection.to_run:
+                status = self.finished.get(run.id)
+                if status == protocol.OK:
+                    summary.ok += 1
+                elif status in (protocol.FAILED, protocol.TIMEOUT):
+                    summary.failed += 1
+                    row = self.rows[run.id]
+                    how = "timeout" if status == protocol.TIMEOUT else f"exit {row.get('exit_code')}"
+                    summary.failures.append((run, how, row.get("log", "")))
+                elif status == protocol.CANCELLED:
+                    summary.cancelled += 1
+                else:
+                    summary.not_run += 1
+            if sort is not None:
+                columns = self.columns()
+                rows = best_rows(self.ordered_rows(), sort, columns, top)
+                if rows:
+                    summary.table_title = f"best {len(rows)} by {sort.describe()}:"
+                    summary.table = table_lines(rows, columns, self.plan.grid.names, sort_column(sort, columns))
+                else:
+                    summary.table_title = f"no finished run reported a numeric {sort.metric!r}"
+            return summary
+
+
+def summary_lines(plan: SweepPlan, summary: SweepSummary) -> list[str]:
+    """What `infra sweep` prints at the end: counts, failures, the best rows."""
+    parts = [f"{summary.ok} ok"]
+    if summary.failed:
+        parts.append(f"{summary.failed} failed")
+    if summary.cancelled:
+        parts.append(f"{summary.cancelled} stopped")
+    if summary.not_run:
+        parts.append(f"{summary.not_run} not run")
+    earlier = len(plan.selection.done)
+    scope = f"{summary.ran} run(s)" + (f" ({earlier} of {summary.total} done earlier)" if earlier else "")
+    hosts = f" on {', '.join(summary.hosts)}" if summary.hosts else ""
+    lines = [f"sweep '{plan.name}': {scope}: {', '.join(parts)} in {format_duration(summary.elapsed)}{hosts}; "
+             f"results in {summary.csv_path}"]
+    for run, how, log in summary.failures[:FAILURES_LISTED]:
+        lines.append(f"  failed [{run.index}] {run.label()} ({how}): {log}")
+    if len(summary.failures) > FAILURES_LISTED:
+        lines.append(f"  ... and {len(summary.failures) - FAILURES_LISTED} more failed (status column of the CSV)")
+    if summary.interrupted or summary.not_run or summary.cancelled:
+        lines.append(f"run the same command with --resume to run the {summary.cancelled + summary.not_run + summary.failed} "
+                     "combination(s) not finished ok")
+    if summary.table_title:
+        lines += ["", summary.table_title, *summary.table]
+    return lines
+
+
+# --------------------------------------------------------------------------- the sweep
+
+
+def _start_afresh(plan: SweepPlan, note: Callable[[str], None]) -> None:
+    """Without --resume an earlier CSV of the same name is kept aside, not mixed in."""
+    if plan.resumed_from is None and plan.csv_path.is_file():
+        kept = plan.csv_path.with_name(f"sweep-{plan.name}.previous.csv")
+        os.replace(plan.csv_path, kept)
+        note(f"the earlier {plan.relative(plan.csv_path)} is now {plan.relative(kept)} (--resume continues a sweep)")
+
+
+def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
+              out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
+              status: Callable[[str], None] | None = None, quiet: bool = False) -> SweepSummary:
+    """Run the plan's runs on the cluster and record them; returns what happened."""
+    recorder = SweepRecorder(plan, out=out, note=note, status=status, quiet=quiet)
+    if not plan.selection.to_run:
+        return recorder.close(options.sort, options.top)
+    sweep_id = uuid.uuid4().hex[:12]
+    plan_text = json.dumps(driver_plan(
+        sweep_id=sweep_id, name=plan.name, runs=plan.selection.to_run, queue=plan.queue, retries=options.retries,
+        timeout=options.timeout, gpus_per_task=options.gpus_per_task, cwd=CONTAINER_PROJECT))
+    relative_plan = posixpath.join(OUTPUT_FOLDER, f"sweep-{plan.name}", "plan.json")
+    with ConnectionPool.for_cluster(cluster) as pool:
+        conn = pool.get(cluster.master_host)
+        layout = master_ready(conn, cluster, note)
+        conn.run(write_file(posixpath.join(layout.project_dir, relative_plan)), stdin=plan_text.encode())
+        _start_afresh(plan, note)
+        driver_errors: list[str] = []
+
+        def on_stderr(line: str) -> None:
+            driver_errors.append(line)
+            err(line)
+
+        try:
+            code = exec_job(conn, cluster, sweep_driver(cluster.name, posixpath.join(CONTAINER_PROJECT, relative_plan)),
+                            out=recorder.on_driver_stdout, err=on_stderr, note=note,
+                            stop_signals=DRIVER_STOP_SIGNALS, what="the sweep")
+        except ConnectError as exc:
+            summary = recorder.close(options.sort, options.top)
+            raise InfraError(f"{exc}; the {summary.ok + summary.failed} run(s) that finished are in "
+                             f"{summary.csv_path}: run the same command with --resume for the rest") from None
+        summary = recorder.close(options.sort, options.top)
+        if code == 130:
+            summary.interrupted = True
+        elif code != 0 and not recorder.driver_done:
+            last = driver_errors[-1] if driver_errors else f"exit code {code}"
+            raise InfraError(f"{cluster.master_host.name}: the sweep stopped: {last}")
+        return summary
