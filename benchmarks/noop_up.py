@@ -57,7 +57,7 @@ def cluster_file(folder: Path, testbed: Testbed, name: str) -> Path:
             {"host": "local", "containers": 1, "concurrency": 1},
         ]},
         "images": IMAGES,
-        "ssh": {"connect_timeout": 5},
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
         "state_dir": str(folder / "state"),
     }
     path = folder / "cluster.yaml"

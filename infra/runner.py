@@ -18,10 +18,12 @@ import subprocess
 import threading
 import time
 import weakref
+from pathlib import Path
 from dataclasses import dataclass
 from typing import IO, TYPE_CHECKING, Callable, Iterable, Iterator, Sequence, TypeVar
 
 from .commands.process import KILL_AFTER, with_time_limit
+from . import hostkeys
 from .config import Host
 from .engine.wire import LineBuffer
 from .errors import ConnectError, InfraError, RemoteCommandError
@@ -39,15 +41,22 @@ R = TypeVar("R")
 
 @dataclass(frozen=True)
 class Limits:
-    """How long infra waits for a host (seconds); from the cluster file's `ssh` and `timeouts`."""
+    """How infra reaches hosts: how long it waits (seconds) and which host keys it trusts.
+
+    From the cluster file's `ssh` and `timeouts`.
+    """
 
     connect: float = 10.0  # to connect and authenticate
     command: float = 120.0  # one shell command or engine call: a host that does not answer within it is reported
     image: float = 3600.0  # one build, pull or image transfer: the longest its stream may stay silent
+    host_keys: str | None = None  # "strict" or "accept-new"; None: as ~/.ssh/config says, else accept-new
+    known_hosts: str | None = None  # where host keys are checked and learned; None: as ~/.ssh/config says
 
     @classmethod
     def of(cls, cluster) -> "Limits":
-        return cls(cluster.spec.ssh.connect_timeout, cluster.spec.timeouts.command, cluster.spec.timeouts.image)
+        ssh = cluster.spec.ssh
+        return cls(ssh.connect_timeout, cluster.spec.timeouts.command, cluster.spec.timeouts.image,
+                   ssh.host_keys, str(cluster.known_hosts) if cluster.known_hosts else None)
 
 
 # Set by the first Ctrl-C: every host's work stops before its next step (see run_concurrently).
@@ -239,10 +248,15 @@ class SSHConnection(Connection):
         )
         # Fabric truncates connect_timeout with int(): 0.5 s would become no timeout at all.
         self._fabric.connect_timeout = connect_timeout
+        # Fabric accepts any host key; check them as OpenSSH does, gateways (ProxyJump) included.
+        self._known_hosts, self._key_rules = self._trust_host_keys(self._fabric)
         try:
             self._fabric.open()
         except Exception as exc:  # paramiko and socket errors of every kind
             self._fabric.close()
+            refusal = hostkeys.explain(host.name, exc, self._known_hosts[0])
+            if refusal:
+                raise ConnectError(refusal) from None
             raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {_describe_connect_error(exc)}") from None
         transport = self._fabric.client.get_transport()
         transport.set_keepalive(15)
@@ -253,6 +267,30 @@ class SSHConnection(Connection):
         except (AttributeError, OSError):
             pass
         self._transport = transport
+
+    def _trust_host_keys(self, fabric) -> tuple[list[Path], list]:
+        ssh_config = fabric.ssh_config
+        if self.limits.known_hosts:
+            files = [Path(self.limits.known_hosts)]
+        else:
+            configured = (ssh_config.get("userknownhostsfile") or "~/.ssh/known_hosts").split()
+            files = [Path(os.path.expanduser(name)) for name in configured]
+        policy = (self.limits.host_keys or hostkeys.policy_from_ssh_config(ssh_config.get("stricthostkeychecking"))
+                  or hostkeys.ACCEPT_NEW)
+        hashed = str(ssh_config.get("hashknownhosts", "no")).lower() == "yes"
+        rules = [hostkeys.trust(fabric.client, policy, files, hashed)]
+        gateway = getattr(fabric, "gateway", None)
+        if gateway is not None and hasattr(gateway, "client"):  # a ProxyJump hop: the same rule
+            rules += self._trust_host_keys(gateway)[1]
+        return files, rules
+
+    @property
+    def learned_host_key(self) -> str | None:
+        """The fingerprint of the host key learned in this connection (first use), else None."""
+        for rule in self._key_rules:
+            for _, key in rule.learned:
+                return hostkeys.fingerprint(key)
+        return None
 
     def peer_address(self) -> str | None:
         try:

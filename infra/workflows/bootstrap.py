@@ -148,6 +148,16 @@ def bootstrap_hosts(
         todo = [plan for name, plan in plans.items() if name not in outcomes]
 
         password = None
+        # A sudo password goes only to a host whose key was known before this run: one learned
+        # just now (first use) may belong to whoever answered for the address.
+        for plan in [p for p in todo if p.needs_password]:
+            learned = getattr(pool[plan.host], "learned_host_key", None)
+            if learned:
+                outcomes[plan.host] = BootstrapOutcome(plan.host, "failed", error=(
+                    f"its host key ({learned}) was first seen in this run: a sudo password is only sent to a "
+                    f"host whose key was known before; check the key (now in your known hosts file) and run "
+                    f"bootstrap again (nothing was changed)"))
+        todo = [p for p in todo if p.host not in outcomes]
         needing = [p for p in todo if p.needs_password]
         if needing:
             who = [f"{p.state.user}@{p.host}" for p in needing]

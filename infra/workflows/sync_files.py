@@ -10,6 +10,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import pathspec
+
 from ..commands.engine import InspectContainers, RestartContainer
 from ..commands.files import files_newer_than, list_files
 from ..config import Cluster, Host
@@ -112,63 +114,76 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None
         return _sync_files(cluster, reporter, hosts=hosts, restart=restart)
 
 
+@dataclass
+class SyncContext:
+    """What every host's sync shares: the local project, its digest, and the records of who runs what."""
+
+    cluster: Cluster
+    rules: pathspec.PathSpec
+    local_files: dict
+    digest: str
+    records: dict[str, CodeRecord]
+    manifest: Manifest
+    restart: bool
+    new_records: dict[str, CodeRecord | None] = field(default_factory=dict)
+
+
+def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
+    """One host: send what differs, then restart its workers if they run older code."""
+    cluster, host = ctx.cluster, conn.host
+    facts = read_host_facts(conn, cluster)
+    layout = host_layout(cluster, host, facts)
+    outcome = SyncOutcome(host.name, layout.project_dir)
+    workers = start_times(conn, sorted(facts.running_workers))
+    record = ctx.records.get(host.name)
+    record_valid = record is not None and record.workers == workers
+    started = earliest_start(workers)
+    if host.is_local:
+        outcome.in_place = True
+        outcome.unchanged = len(ctx.local_files)
+        changed = False
+        if workers and not record_valid:
+            mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
+            changed = bool(changed_after(mtimes, started))
+    else:
+        listing = conn.run(list_files(layout.project_dir), timeout=LISTING_TIMEOUT)
+        plan = plan_sync(layout.project_dir, cluster.project_dir, ctx.local_files,
+                         parse_sha256_list(listing.stdout), ctx.rules)
+        steps = sync_steps(plan, Record("add_files", layout.project_dir))
+        execute_steps(conn, steps, ctx.manifest)
+        outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
+        outcome.sent, outcome.deleted = plan.upload, plan.delete
+        outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
+        changed = plan.changed
+        if workers and not changed and not record_valid and started is not None:
+            found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
+            changed = bool(parse_find(found.stdout, ctx.rules))
+    decision = restart_decision(record, ctx.digest, workers, changed, allowed=ctx.restart)
+    outcome.reason = decision.reason
+    if decision.restart:
+        names = sorted(workers)
+        # One restart per worker, all at once: each waits for a warm shutdown.
+        restarted = run_concurrently(names, lambda name: conn.engine.apply(RestartContainer(name, RESTART_TIMEOUT)))
+        outcome.restarted = sorted(restarted.succeeded)
+        restarted.raise_if_failed(f"restarting workers on {host.name}")
+        workers = start_times(conn, names)
+    ctx.new_records[host.name] = CodeRecord(ctx.digest, workers) if decision.current and workers else (
+        None if not workers else record)
+    return outcome
+
+
 def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None,
                 restart: bool) -> SyncResult:
     hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
     rules = ignore_rules(cluster.project_dir)
     local_files = scan_local(cluster.project_dir, rules)
-    digest = project_digest(local_files)
     records_path = code_records_path(cluster)
     records = load_code_records(records_path)
-    manifest = Manifest.load(cluster.manifest_path, cluster.name)
-    new_records: dict[str, CodeRecord | None] = {}
+    ctx = SyncContext(cluster, rules, local_files, project_digest(local_files), records,
+                      Manifest.load(cluster.manifest_path, cluster.name), restart)
 
     with ConnectionPool.for_cluster(cluster) as pool:
-
-        def sync_host(host: Host) -> SyncOutcome:
-            conn = pool.get(host)
-            facts = read_host_facts(conn, cluster)
-            layout = host_layout(cluster, host, facts)
-            outcome = SyncOutcome(host.name, layout.project_dir)
-            workers = start_times(conn, sorted(facts.running_workers))
-            record = records.get(host.name)
-            record_valid = record is not None and record.workers == workers
-            started = earliest_start(workers)
-            if host.is_local:
-                outcome.in_place = True
-                outcome.unchanged = len(local_files)
-                changed = False
-                if workers and not record_valid:
-                    mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in local_files}
-                    changed = bool(changed_after(mtimes, started))
-            else:
-                listing = conn.run(list_files(layout.project_dir), timeout=LISTING_TIMEOUT)
-                plan = plan_sync(layout.project_dir, cluster.project_dir, local_files,
-                                 parse_sha256_list(listing.stdout), rules)
-                steps = sync_steps(plan, Record("add_files", layout.project_dir))
-                execute_steps(conn, steps, manifest)
-                outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
-                outcome.sent, outcome.deleted = plan.upload, plan.delete
-                outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
-                changed = plan.changed
-                if workers and not changed and not record_valid and started is not None:
-                    found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
-                    changed = bool(parse_find(found.stdout, rules))
-            decision = restart_decision(record, digest, workers, changed, allowed=restart)
-            outcome.reason = decision.reason
-            if decision.restart:
-                names = sorted(workers)
-                # One restart per worker, all at once: each waits for a warm shutdown.
-                restarted = run_concurrently(
-                    names, lambda name: conn.engine.apply(RestartContainer(name, RESTART_TIMEOUT)))
-                outcome.restarted = sorted(restarted.succeeded)
-                restarted.raise_if_failed(f"restarting workers on {host.name}")
-                workers = start_times(conn, names)
-            new_records[host.name] = CodeRecord(digest, workers) if decision.current and workers else (
-                None if not workers else record)
-            return outcome
-
-        done = run_concurrently(hosts, sync_host, key=lambda h: h.name)
+        done = run_concurrently(hosts, lambda host: sync_host(ctx, pool.get(host)), key=lambda h: h.name)
         outcomes: dict[str, SyncOutcome] = {}
         for host in hosts:
             if host.name in done.succeeded:
@@ -181,12 +196,12 @@ def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | Non
         if requirements and any(requirements in o.sent + o.deleted for o in outcomes.values()):
             reporter.warn(f"{requirements} changed: new packages need new images, run `infra up` to rebuild them")
 
-        for name, rec in new_records.items():
+        for name, rec in ctx.new_records.items():
             if rec is None:
                 records.pop(name, None)
             else:
                 records[name] = rec
-        if new_records:
+        if ctx.new_records:
             save_code_records(records_path, records)
 
         restarted_nodes = [celery_node_name(w, o.host) for o in outcomes.values() for w in o.restarted]

@@ -83,7 +83,7 @@ def bed(tmp_path_factory):
         },
         "images": TEST_IMAGES,
         "docker": {"source": "distro"},
-        "ssh": {"connect_timeout": 5},
+        "ssh": {"connect_timeout": 5, "known_hosts": str(tb.known_hosts_path)},
         "state_dir": str(folder / "state"),
     }
     path = folder / "cluster.yaml"

@@ -46,7 +46,7 @@ def built(testbed, tmp_path_factory):
                   "workers": [{"host": h3.name, "containers": 1, "concurrency": 2, "queues": ["on-h3"]}]},
         "ports": PORTS,
         "images": {"source": "build", "base": "infra-base:bookworm", "wheelhouse": str(WHEELHOUSE)},
-        "ssh": {"connect_timeout": 5},
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
         "state_dir": str(folder / "state"),
     }
     path = folder / "cluster.yaml"

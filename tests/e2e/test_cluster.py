@@ -69,7 +69,7 @@ def write_cluster_file(path: Path, testbed, workers_on_h2: int = 2) -> Path:
             ],
         },
         "images": TEST_IMAGES,
-        "ssh": {"connect_timeout": 5},
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
         "state_dir": str(path.parent / "state"),
     }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))

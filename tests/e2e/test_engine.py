@@ -40,7 +40,7 @@ from infra.config import Host
 from infra.engine.transport import POOL_SIZE
 from infra.engine.wire import negotiate_api_version
 from infra.errors import EngineUnavailableError, RemoteCommandError
-from infra.runner import LocalConnection, SSHConnection, ship_images
+from infra.runner import Limits, LocalConnection, SSHConnection, ship_images
 
 pytestmark = pytest.mark.e2e
 
@@ -67,14 +67,19 @@ def run(engine, name: str, command: tuple[str, ...], env: str = "", **settings) 
     return engine.apply(RunContainer(spec(name, command, **settings), cluster_labels(CLUSTER, role="worker"), env=env))
 
 
+# The testbed's own known hosts file, holding its hosts' keys (never the user's ~/.ssh/known_hosts).
+KNOWN_HOSTS: list = []
+
+
 @pytest.fixture(scope="module")
 def h1(testbed):
+    KNOWN_HOSTS[:] = [testbed.known_hosts_path]
     return testbed.docker_hosts[0]
 
 
 @pytest.fixture(scope="module")
 def conn(h1):
-    conn = SSHConnection(infra_host(h1), connect_timeout=10)
+    conn = SSHConnection(infra_host(h1), Limits(connect=10, known_hosts=str(KNOWN_HOSTS[0])))
     yield conn
     conn.close()
 
@@ -340,7 +345,7 @@ def test_a_failing_build_says_why_in_one_line(engine, base_image, tmp_path):
 
 def test_a_stopped_engine_is_diagnosed_and_found_again_once_started(testbed):
     h3 = testbed.docker_hosts[2]
-    conn = SSHConnection(infra_host(h3), connect_timeout=10)
+    conn = SSHConnection(infra_host(h3), Limits(connect=10, known_hosts=str(testbed.known_hosts_path)))
     try:
         engine = conn.engine
         engine.query(ListContainers(CLUSTER))  # a pooled channel, open before the engine stops
@@ -352,7 +357,7 @@ def test_a_stopped_engine_is_diagnosed_and_found_again_once_started(testbed):
             assert caught.value.problem == "the Docker engine is not running"
             assert str(caught.value) == "h3: the Docker engine is not running"
 
-            fresh = SSHConnection(infra_host(h3), connect_timeout=10)
+            fresh = SSHConnection(infra_host(h3), Limits(connect=10, known_hosts=str(testbed.known_hosts_path)))
             try:
                 with pytest.raises(EngineUnavailableError) as caught:
                     fresh.engine

@@ -57,7 +57,7 @@ def flt(testbed, tmp_path_factory):
             {"host": "local", "containers": 1, "concurrency": 1},
         ]},
         "images": TEST_IMAGES,
-        "ssh": {"connect_timeout": 5},
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
         "timeouts": {"command": COMMAND_TIMEOUT, "broker": 90, "workers": 120},
         "state_dir": str(folder / "state"),
     }

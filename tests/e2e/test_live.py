@@ -65,7 +65,7 @@ def live(testbed, tmp_path_factory):
         },
         "ports": PORTS,
         "images": TEST_IMAGES,
-        "ssh": {"connect_timeout": CONNECT_TIMEOUT},
+        "ssh": {"connect_timeout": CONNECT_TIMEOUT, "known_hosts": str(testbed.known_hosts_path)},
         "timeouts": {"workers": 120},
         "state_dir": str(folder / "state"),
     }
