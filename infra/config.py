@@ -6,25 +6,274 @@ Every error names the key path and the file's line (`roles.workers[2].host: unkn
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NoReturn
+from typing import Any, Literal, NoReturn, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 from .errors import ConfigError
+from .runtime import BUILTIN_APP
 
 LOCAL = "local"
 NAME_PATTERN = r"^[a-z0-9][a-z0-9-]{0,39}$"
 HOST_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$"
-QUEUE_PATTERN = r"^[A-Za-z0-9_.:-]+$"
+QUEUE_PATTERN = r"^[A-Za-z0-9_.:][A-Za-z0-9_.:-]{0,254}$"  # AMQP allows 255; a first '-' reads as an option
+GPU_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_:-]{0,99}$"  # an index, or a UUID: GPU-..., MIG-...
+# What `celery --app` takes: a dotted module path, optionally `:` and a dotted attribute path.
+APP_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*(?::[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)*)?$"
+
+
+# --------------------------------------------------------------------------- value rules
+#
+# Values of the cluster file reach env files (KEY=value lines), labels, the commands `--dry-run` and
+# error messages show, Docker's API and, as paths, the hosts' shells. The commands quote what they send;
+# these rules see to it that no value can mean more than it says anyway: no line break, no shell syntax
+# where a name is expected, no leading '-' that a program would take for an option. Each rule is a
+# function telling why a value is refused (None: accepted), so the messages say what to fix.
+
+INVALID_VALUE = "infra_invalid_value"  # the type of the errors below; their message is used as it is
+
+# A character that breaks a line or hides text: the C0 controls but tab, DEL, the C1 controls (U+0085
+# among them), U+2028 and U+2029 (line breaks to Python's splitlines() and to many editors), and the
+# bidirectional overrides and isolates, which make text display in another order than it is read.
+# The YAML reader refuses them in the raw text only; escapes ("a\nb", "\0", "\u2028") still make them.
+_CONTROL_CHARACTER = re.compile("[\x00-\x08\x0a-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]")
+
+# Docker image references, after the grammar of distribution's `reference` package (what Docker parses
+# image names with): [registry/]path[:tag][@digest]. The registry is host[:port], the host a DNS name
+# (letters of either case), an IPv4 address or an IPv6 address in brackets; the path is '/'-separated
+# components of lowercase letters and digits, joined inside a component by '.', '_', '__' or a run of '-'.
+_REGISTRY_HOST = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*")
+_REPOSITORY_COMPONENT = re.compile(r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*")
+_IMAGE_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
+_IMAGE_DIGEST = re.compile(r"sha256:[0-9a-f]{64}")
+_IMAGE_ID = re.compile(r"[0-9a-f]{64}")  # Docker refuses it as a name: it would read as an image id
+IMAGE_NAME_MAX = 255  # registry and path together (distribution's NameTotalLengthMax)
+
+# Host names: dot-separated labels of letters, digits and '-' (RFC 1123), at most 253 characters, with
+# an optional final dot. '_' is accepted too: aliases of ~/.ssh/config often have one, and it means
+# nothing to a shell or an env file.
+_HOST_NAME_LABEL = r"[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+_HOST_NAME = re.compile(rf"{_HOST_NAME_LABEL}(?:\.{_HOST_NAME_LABEL})*\.?")
+HOST_NAME_MAX = 253
+_IPV6_ZONE = re.compile(r"[A-Za-z0-9_.-]{1,15}")  # fe80::1%eth0: a network interface name
+
+# SSH user names: POSIX-like, as useradd accepts them (a trailing '$' marks Samba machine accounts).
+_SSH_USER = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\$?")
+SSH_USER_MAX = 32
+
+
+def _invalid(reason: str, *, within: tuple = ()) -> PydanticCustomError:
+    """A validation error whose message is `reason` as it is. `within` is the key path, below the field
+    or model being validated, of the value at fault, so the message names the key itself."""
+    # The reason goes into the context, not the template, as a value quoted in it may hold '{...}';
+    # `_pydantic_message` reads it from there. (The context is also substituted into the template in
+    # order, `within` first: the rendered message is the reason too.)
+    return PydanticCustomError(INVALID_VALUE, "{reason}", {"within": within, "reason": reason})
+
+
+_Text = TypeVar("_Text", bound="str | None")
+
+
+def _checked(value: _Text, problem_of: Callable[[str], str | None], what: str) -> _Text:
+    """`value` if `problem_of` finds nothing wrong with it; else an error: `'value' is not WHAT (why)`."""
+    if value is not None:
+        problem = problem_of(value)
+        if problem:
+            raise _invalid(f"{_shown(value)} is not {what} ({problem})")
+    return value
+
+
+def _character(character: str) -> str:
+    """A character quoted in a message: repr() escapes the invisible ones; a look-alike of an ASCII
+    character (Cyrillic 'о' for 'o') shows its code point."""
+    shown = repr(character)
+    return shown if character.isascii() or not character.isprintable() else f"{shown} (U+{ord(character):04X})"
+
+
+def _stray_character(text: str, allowed: str) -> str | None:
+    """The first character of `text` that is neither an ASCII letter or digit nor one of `allowed`."""
+    for character in text:
+        if not (character.isascii() and (character.isalnum() or character in allowed)):
+            return character
+    return None
+
+
+def _control_character_problem(text: str) -> str | None:
+    found = _CONTROL_CHARACTER.search(text)
+    return f"contains a control character (U+{ord(found.group()):04X})" if found else None
+
+
+def _strings_in(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
+    """(key path, string) of every string in a field's value, dict keys included. Models are left out:
+    each checks its own strings."""
+    if isinstance(value, str):
+        yield path, value
+    elif isinstance(value, (tuple, list)):
+        for index, item in enumerate(value):
+            yield from _strings_in(item, path + (index,))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _strings_in(key, path + (key,))
+            yield from _strings_in(item, path + (key,))
+
+
+def _image_reference_problem(reference: str) -> str | None:
+    if not reference:
+        return "it is empty"
+    if reference.startswith("-"):
+        return "it starts with '-', which docker would take for an option"
+    stray = _stray_character(reference, "._-:/@[]")
+    if stray is not None:
+        return f"it contains {_character(stray)}"
+    if _IMAGE_ID.fullmatch(reference):
+        return "64 hex digits are an image id, not a name"
+    rest, at, digest = reference.partition("@")
+    if at and not _IMAGE_DIGEST.fullmatch(digest):
+        return "a digest is 'sha256:' and 64 lowercase hex digits"
+    name, tag = rest, None
+    if rest.rfind(":") > rest.rfind("/"):  # a ':' after the last '/' starts the tag; one before, a port
+        name, _, tag = rest.rpartition(":")
+    if tag is not None and not _IMAGE_TAG.fullmatch(tag):
+        return "a tag is 1 to 128 letters, digits, '_', '.' and '-', not starting with '.' or '-'"
+    if len(name) > IMAGE_NAME_MAX:
+        return f"names are at most {IMAGE_NAME_MAX} characters"
+    first, slash, path = name.partition("/")
+    # Docker's rule: the first component names a registry when a path follows and it holds '.' or ':',
+    # is 'localhost' or has an uppercase letter; otherwise it is part of the path (`team/image`).
+    if slash and (any(c in first for c in ".:[") or first == "localhost" or first != first.lower()):
+        problem = _registry_problem(first)
+        if problem:
+            return problem
+    else:
+        path = name
+    for component in path.split("/"):
+        if not _REPOSITORY_COMPONENT.fullmatch(component):
+            if "[" in component or "]" in component:
+                return "brackets only enclose an IPv6 registry address, as in '[::1]:5000/image'"
+            if component != component.lower():
+                return "repository names are lowercase"
+            if not component:
+                return "a name has no empty component: no '//', no '/' at either end"
+            return (f"name components such as {_shown(component)} are lowercase letters and digits, "
+                    "joined by '.', '_', '__' or '-'")
+    return None
+
+
+def _registry_problem(registry: str) -> str | None:
+    host, port = registry, None
+    if registry.startswith("["):  # [IPv6]:port
+        end = registry.find("]")
+        if end < 0:
+            return f"the registry {_shown(registry)} opens a '[' it does not close"
+        host, after = registry[1:end], registry[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"the registry {_shown(registry)} is not an IPv6 address in brackets"
+        if after:
+            if not after.startswith(":"):
+                return f"the registry {_shown(registry)} is an IPv6 address in brackets, then :port"
+            port = after[1:]
+    else:
+        host, colon, port = registry.partition(":")
+        port = port if colon else None
+        if not _REGISTRY_HOST.fullmatch(host):
+            return f"the registry {_shown(registry)} is not a host name or IPv4 address, with an optional :port"
+    if port is not None and not (port.isascii() and port.isdigit()):
+        return f"the registry port of {_shown(registry)} is not a number"
+    return None
+
+
+def _host_address_problem(address: str) -> str | None:
+    if not address:
+        return "it is empty"
+    if address.startswith("-"):
+        return "it starts with '-', which ssh would take for an option"
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        pass
+    else:
+        zone = getattr(ip, "scope_id", None)
+        if zone is not None and not _IPV6_ZONE.fullmatch(zone):
+            return f"the zone after '%' is a network interface name, not {_shown(zone)}"
+        return None
+    stray = _stray_character(address, "._-")
+    if stray is not None:
+        if stray in ":%" and address.count(":") >= 2:
+            return "it is not a valid IPv6 address"
+        hints = {":": "the SSH port goes under `port`", "@": "the user name goes under `user`",
+                 "[": "write an IPv6 address without brackets", "]": "write an IPv6 address without brackets"}
+        return hints.get(stray) or f"it contains {_character(stray)}"
+    if len(address) > HOST_NAME_MAX:
+        return f"host names are at most {HOST_NAME_MAX} characters"
+    if all(c.isdigit() or c == "." for c in address):
+        return "it is not a valid IPv4 address"
+    if not _HOST_NAME.fullmatch(address):
+        return ("host names are dot-separated labels of 1 to 63 letters, digits, '-' or '_', "
+                "not starting or ending with '-'")
+    return None
+
+
+def _ssh_user_problem(user: str) -> str | None:
+    if not user:
+        return "it is empty; leave the key out for the default"
+    if user.startswith("-"):
+        return "it starts with '-', which ssh would take for an option"
+    stray = _stray_character(user, "_.-$")
+    if stray is not None:
+        return f"it contains {_character(stray)}"
+    if len(user) > SSH_USER_MAX:
+        return f"user names are at most {SSH_USER_MAX} characters"
+    if not _SSH_USER.fullmatch(user):
+        return "a user name starts with a letter or '_', and only its last character may be '$'"
+    return None
+
+
+def _path_problem(path: str) -> str | None:
+    # Any other printable name is a valid folder or file name, and is quoted wherever it is sent.
+    if path.startswith("-"):
+        return "it starts with '-', which a command would take for an option; write ./-name"
+    return None
+
+
+def _mounted_path_problem(path: str) -> str | None:
+    """A path under which the project is bind-mounted into containers (`SOURCE:/project:ro`)."""
+    if ":" in path:
+        return "it contains ':', which separates the parts of a Docker bind mount"
+    return _path_problem(path)
+
+
+def _project_file_problem(path: str) -> str | None:
+    """A file named relative to the project folder, which must stay inside it."""
+    if path.startswith("/") or path.startswith("~"):
+        return "it names a file of the project folder, relative to it"
+    if ".." in path.split("/"):
+        return "it names a file of the project folder: no '..'"
+    return _path_problem(path)
 
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="after")
+    def _no_control_characters(self) -> _Model:
+        # Every string of every model, those of fields added later included. Runs after the fields'
+        # own rules, whose messages say more; nested models have checked their own strings by then.
+        for field in type(self).model_fields:
+            for within, text in _strings_in(getattr(self, field), (field,)):
+                problem = _control_character_problem(text)
+                if problem:
+                    raise _invalid(f"{_shown(text)} {problem}", within=within)
+        return self
 
 
 class HostConfig(_Model):
@@ -41,15 +290,31 @@ class HostConfig(_Model):
         description="Private key file (must exist), relative to the cluster file or absolute; "
                     "default: ~/.ssh/config, then ssh-agent.")
 
+    @field_validator("address")
+    @classmethod
+    def _address_valid(cls, address: str) -> str:
+        return _checked(address, _host_address_problem, "a host name or an IP address")
+
+    @field_validator("user")
+    @classmethod
+    def _user_valid(cls, user: str | None) -> str | None:
+        return _checked(user, _ssh_user_problem, "a valid user name")
+
+    @field_validator("key")
+    @classmethod
+    def _key_valid(cls, key: str | None) -> str | None:
+        return _checked(key, _path_problem, "a usable key file path")
+
 
 class ProjectConfig(_Model):
-    """The task project, copied to every host that runs a role."""
+    """The task project, copied to every host that runs a role: a Celery app, or scripts for `infra sweep`."""
 
     path: str = Field(
         min_length=1, description="The project folder, relative to the cluster file or absolute.")
-    app: str = Field(
-        min_length=1, pattern=r"^[A-Za-z_][A-Za-z0-9_.:]*$",
-        description="What `celery --app` gets: a module, or module:attribute.")
+    app: str | None = Field(
+        default=None, min_length=1, pattern=APP_PATTERN, max_length=200,
+        description="What `celery --app` gets: a module, or module:attribute. Leave it out for a project "
+                    "without Celery code (a script for `infra sweep`): workers then run infra's built-in app.")
     remote_path: str = Field(
         default="infra", min_length=1,
         description="Where the project goes on each host (REMOTE_PATH/<project folder name>): "
@@ -57,6 +322,16 @@ class ProjectConfig(_Model):
     requirements: str | None = Field(
         default="requirements.txt",
         description="File of the project folder listing packages installed into the images (optional).")
+
+    @field_validator("path", "remote_path")
+    @classmethod
+    def _mounted_path_valid(cls, path: str) -> str:
+        return _checked(path, _mounted_path_problem, "a usable folder path")
+
+    @field_validator("requirements")
+    @classmethod
+    def _requirements_valid(cls, requirements: str | None) -> str | None:
+        return _checked(requirements, _project_file_problem, "a usable file path")
 
 
 class MasterRole(_Model):
@@ -66,6 +341,11 @@ class MasterRole(_Model):
     advertise_address: str | None = Field(
         default=None,
         description="Address workers use to reach the broker; default: the address infra connects to.")
+
+    @field_validator("advertise_address")
+    @classmethod
+    def _advertise_address_valid(cls, address: str | None) -> str | None:
+        return _checked(address, _host_address_problem, "a host name or an IP address")
 
 
 class WorkerGroup(_Model):
@@ -79,6 +359,31 @@ class WorkerGroup(_Model):
     pool: Literal["prefork", "threads", "solo"] = Field(default="prefork", description="Celery worker pool.")
     loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the workers.")
+    gpus: Literal["all"] | int | tuple[int | str, ...] | None = Field(
+        default=None,
+        description="NVIDIA GPUs of these containers (`docker run --gpus`): all, a number, or a list of device "
+                    "indexes or UUIDs; needs the NVIDIA container toolkit on the host (`infra bootstrap --nvidia`).")
+
+    @field_validator("gpus", mode="before")
+    @classmethod
+    def _gpus_valid(cls, gpus: Any) -> Any:
+        if gpus is None or gpus == "all":
+            return gpus
+        if isinstance(gpus, bool) or not isinstance(gpus, (int, tuple)):
+            raise ValueError(f"must be all, a number of GPUs or a list of GPU ids, got {_shown(gpus)}")
+        if isinstance(gpus, int) and gpus < 1:
+            raise ValueError(f"must be at least 1 (leave the key out for no GPU), got {gpus}")
+        if isinstance(gpus, tuple):
+            if not gpus:
+                raise ValueError("the list of GPU ids is empty (leave the key out for no GPU)")
+            for device in gpus:
+                valid = (isinstance(device, int) and not isinstance(device, bool) and device >= 0) or (
+                    isinstance(device, str) and re.fullmatch(GPU_ID_PATTERN, device))
+                if not valid:
+                    raise ValueError(f"invalid GPU id {_shown(device)} (an index such as 0, or a UUID such as GPU-...)")
+            if len(set(map(str, gpus))) != len(gpus):
+                raise ValueError("a GPU is listed twice")
+        return gpus
 
     @field_validator("queues")
     @classmethod
@@ -127,6 +432,16 @@ class Images(_Model):
     master: str | None = Field(default=None, description="Master image name; default: infra-NAME-master:latest.")
     broker: str | None = Field(default=None, description="Broker image name; default: infra-NAME-broker:latest.")
 
+    @field_validator("base", "worker", "master", "broker")
+    @classmethod
+    def _image_reference_valid(cls, reference: str | None) -> str | None:
+        return _checked(reference, _image_reference_problem, "a valid image reference")
+
+    @field_validator("wheelhouse")
+    @classmethod
+    def _wheelhouse_valid(cls, wheelhouse: str | None) -> str | None:
+        return _checked(wheelhouse, _path_problem, "a usable folder path")
+
 
 class DockerSettings(_Model):
     """Where `infra bootstrap` installs the Docker engine from."""
@@ -142,6 +457,15 @@ class SshSettings(_Model):
 
     connect_timeout: float = Field(
         default=10.0, gt=0, le=300, description="Seconds to connect and authenticate to a host.")
+    host_keys: Literal["strict", "accept-new"] | None = Field(
+        default=None,
+        description="Host keys are always checked and a changed key is always refused. An unknown key: "
+                    "`strict` refuses it, `accept-new` learns it on first use. Default: ~/.ssh/config's "
+                    "StrictHostKeyChecking for the host (yes: strict), else accept-new.")
+    known_hosts: str | None = Field(
+        default=None,
+        description="The known hosts file where host keys are checked and learned (relative to this file). "
+                    "Default: ~/.ssh/config's UserKnownHostsFile, else ~/.ssh/known_hosts.")
 
 
 class Timeouts(_Model):
@@ -171,7 +495,8 @@ class ClusterFile(_Model):
         # The names are checked after validation (for a located message); editors learn them here.
         json_schema_extra={"propertyNames": {"pattern": HOST_NAME_PATTERN, "not": {"const": LOCAL}}},
     )
-    project: ProjectConfig = Field(description="The task project: a folder holding a Celery app.")
+    project: ProjectConfig = Field(
+        description="The task project: a folder with a Celery app, or scripts run by `infra sweep`.")
     roles: Roles = Field(description="The master host and the groups of worker containers.")
     ports: Ports = Field(
         default=Ports(), description="Ports published on the master host: broker, result backend, Flower.")
@@ -186,6 +511,11 @@ class ClusterFile(_Model):
     state_dir: str = Field(
         default=".infra",
         description="Folder of the manifest and the secrets (STATE_DIR/NAME/), relative to the cluster file.")
+
+    @field_validator("state_dir")
+    @classmethod
+    def _state_dir_valid(cls, state_dir: str) -> str:
+        return _checked(state_dir, _path_problem, "a usable folder path")
 
 
 # --------------------------------------------------------------------------- JSON Schema
@@ -240,6 +570,7 @@ class Cluster:
     project_dir: Path
     state_dir: Path
     wheelhouse: Path | None
+    known_hosts: Path | None = None
 
     @property
     def name(self) -> str:
@@ -248,6 +579,11 @@ class Cluster:
     @property
     def master_host(self) -> Host:
         return self.hosts[self.spec.roles.master.host]
+
+    @property
+    def celery_app(self) -> str:
+        """What `celery --app` gets: the project's app, or infra's built-in one when it names none."""
+        return self.spec.project.app or BUILTIN_APP
 
     def worker_hosts(self) -> list[str]:
         seen: list[str] = []
@@ -458,12 +794,17 @@ class _Located:
 
 def _pydantic_message(err: dict) -> str:
     kind = err["type"]
+    if kind == INVALID_VALUE:
+        return err["ctx"]["reason"]
     if kind == "extra_forbidden":
         return "unknown key"
     if kind == "missing":
         return "required key is missing"
     if kind == "string_pattern_mismatch" and err["loc"] == ("name",):
         return "must be lowercase letters, digits and '-', at most 40 characters, e.g. 'lab'"
+    if kind == "string_pattern_mismatch" and err["loc"] == ("project", "app"):
+        return (f"{_shown(err['input'])} is not a Python module path (a module such as 'wordcount' or "
+                "'proj.tasks', or module:attribute such as 'proj.tasks:app')")
     message = err["msg"]
     if kind.endswith("_type") or kind in ("literal_error",):
         got = err.get("input")
@@ -472,28 +813,37 @@ def _pydantic_message(err: dict) -> str:
     return message[0].lower() + message[1:] if message else kind
 
 
-def load_cluster(path: str | os.PathLike) -> Cluster:
-    """Read and validate a cluster file. Raises ConfigError with a one-line, located message."""
-    source = Path(path).expanduser()
+def read_text_file(path: str | os.PathLike, kind: str, missing: str) -> str:
+    """A small UTF-8 file infra reads (a cluster or parameters file), or ConfigError in one line.
+
+    `kind` names it in errors ("cluster file"); `missing` is the message for a file that is not there.
+    """
     filename = str(path)
     try:
-        with source.open("rb") as stream:
+        with Path(path).expanduser().open("rb") as stream:
             # One byte over the limit is enough to refuse; never read a huge file (or /dev/zero) whole.
             data = stream.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
-        raise ConfigError(f"{filename}: no such file (write one from config.example.yaml)") from None
+        raise ConfigError(f"{filename}: {missing}") from None
+    except IsADirectoryError:
+        raise ConfigError(f"{filename}: is a folder, not a {kind}") from None
     except OSError as exc:
         raise ConfigError(f"{filename}: cannot read: {exc.strerror or exc}") from None
     if len(data) > MAX_FILE_BYTES:
-        raise ConfigError(f"{filename}: files over {MAX_FILE_BYTES:,} bytes are not allowed as cluster files "
+        raise ConfigError(f"{filename}: files over {MAX_FILE_BYTES:,} bytes are not allowed as {kind}s "
                           "(is this the right file?)")
     try:
-        text = data.decode("utf-8")
+        return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         line = data.count(b"\n", 0, exc.start) + 1
         raise ConfigError(f"{filename}:{line}: not UTF-8 text (byte 0x{data[exc.start]:02x}); "
                           "save the file as UTF-8") from None
-    return parse_cluster(text, filename=filename, base_dir=source.resolve().parent)
+
+
+def load_cluster(path: str | os.PathLike) -> Cluster:
+    """Read and validate a cluster file. Raises ConfigError with a one-line, located message."""
+    text = read_text_file(path, "cluster file", "no such file (write one from config.example.yaml)")
+    return parse_cluster(text, filename=str(path), base_dir=Path(path).expanduser().resolve().parent)
 
 
 def parse_cluster(text: str, *, filename: str = "cluster.yaml", base_dir: Path | None = None) -> Cluster:
@@ -509,7 +859,9 @@ def parse_cluster(text: str, *, filename: str = "cluster.yaml", base_dir: Path |
         spec = ClusterFile.model_validate(data)
     except ValidationError as exc:
         first = exc.errors()[0]
-        raise located.error(first["loc"], _pydantic_message(first)) from None
+        # A rule checking a whole list or model names the key inside it that holds the value at fault.
+        within = tuple((first.get("ctx") or {}).get("within", ())) if first["type"] == INVALID_VALUE else ()
+        raise located.error(first["loc"] + within, _pydantic_message(first)) from None
     return _check_consistency(spec, located, Path(filename), base_dir)
 
 
@@ -602,6 +954,7 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
         project_dir=project_dir.resolve(),
         state_dir=state_dir,
         wheelhouse=wheelhouse.resolve() if wheelhouse else None,
+        known_hosts=_local_path(spec.ssh.known_hosts, base_dir) if spec.ssh.known_hosts else None,
     )
 
 

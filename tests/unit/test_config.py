@@ -16,7 +16,7 @@ from click.testing import CliRunner
 
 from infra import config
 from infra.cli import main
-from infra.config import Cluster, cluster_json_schema, load_cluster
+from infra.config import Cluster, cluster_json_schema, load_cluster, parse_cluster
 from infra.errors import ConfigError, InfraError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -170,9 +170,39 @@ def test_unknown_pool_is_refused_with_the_value_given(workdir):
 
 
 def test_missing_required_key(workdir):
-    text = BASE.replace("  app: wordcount\n", "")
+    text = BASE.replace("  path: proj\n", "")
     # The key is not in the file: the line is that of its parent.
-    assert error_of(workdir, text) == "project.app: required key is missing (cluster.yaml:9)"
+    assert error_of(workdir, text) == "project.path: required key is missing (cluster.yaml:9)"
+
+
+def test_a_project_without_an_app_runs_the_built_in_one(workdir):
+    cluster = parse_cluster(BASE.replace("  app: wordcount\n", ""), base_dir=workdir)
+    assert cluster.spec.project.app is None
+    assert cluster.celery_app == "infra_runtime.app"
+    assert parse_cluster(BASE, base_dir=workdir).celery_app == "wordcount"
+
+
+@pytest.mark.parametrize("gpus, expected", [
+    ("all", "all"), ("2", 2), ("[0, 3]", (0, 3)), ("[GPU-3a7f0c1e, 1]", ("GPU-3a7f0c1e", 1)),
+])
+def test_worker_gpus_are_all_a_count_or_a_list_of_ids(workdir, gpus, expected):
+    text = BASE.replace("      containers: 2\n", f"      containers: 2\n      gpus: {gpus}\n", 1)
+    assert parse_cluster(text, base_dir=workdir).spec.roles.workers[0].gpus == expected
+
+
+@pytest.mark.parametrize("gpus, message", [
+    ("0", "must be at least 1 (leave the key out for no GPU), got 0"),
+    ("some", "must be all, a number of GPUs or a list of GPU ids, got 'some'"),
+    ("1.5", "must be all, a number of GPUs or a list of GPU ids, got 1.5"),
+    ("true", "must be all, a number of GPUs or a list of GPU ids, got True"),
+    ("[]", "the list of GPU ids is empty (leave the key out for no GPU)"),
+    ("[-1]", "invalid GPU id -1 (an index such as 0, or a UUID such as GPU-...)"),
+    ("['a b']", "invalid GPU id 'a b' (an index such as 0, or a UUID such as GPU-...)"),
+    ("[1, 1]", "a GPU is listed twice"),
+])
+def test_bad_worker_gpus_are_named_with_their_line(workdir, gpus, message):
+    text = BASE.replace("      containers: 2\n", f"      containers: 2\n      gpus: {gpus}\n", 1)
+    assert error_of(workdir, text) == f"roles.workers[0].gpus: value error, {message} (cluster.yaml:18)"
 
 
 def test_bad_cluster_name(workdir):
@@ -530,13 +560,13 @@ def test_a_long_value_is_clipped_in_the_message(workdir):
 @pytest.mark.parametrize(
     ("replace", "by", "message"),
     [
-        ("path: proj", 'path: "~x\\0"', "project.path: no such folder '~x\\x00' (cluster.yaml:10)"),
+        ("path: proj", 'path: "~x\\0"', "project.path: '~x\\x00' contains a control character (U+0000) (cluster.yaml:10)"),
         ("path: proj", "path: " + "p" * 5000,
          "project.path: no such folder '" + "p" * 56 + "... (cluster.yaml:10)"),
         ("    user: alice\n", '    user: alice\n    key: "id\\0"\n',
-         "hosts.a.key: no such key file 'id\\x00' (cluster.yaml:6)"),
+         "hosts.a.key: 'id\\x00' contains a control character (U+0000) (cluster.yaml:6)"),
         ("  app: wordcount\n", '  app: wordcount\nstate_dir: "st\\0te"\n',
-         "state_dir: 'st\\x00te' cannot be a folder: embedded null byte (cluster.yaml:12)"),
+         "state_dir: 'st\\x00te' contains a control character (U+0000) (cluster.yaml:12)"),
     ],
     ids=["nul-in-project-path", "project-path-too-long-for-the-os", "nul-in-key-file", "nul-in-state-dir"],
 )
