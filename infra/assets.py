@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .config import Cluster
 from .plans.up import DOCKERFILES
+from .runtime import IMAGE_PACKAGE
 
 
 def assets_dir() -> Path:
@@ -29,12 +30,12 @@ def _copy_if_changed(source: Path, target: Path) -> None:
     shutil.copy2(source, target)
 
 
-def _mirror(source_dir: Path | None, target_dir: Path) -> None:
-    """Make target_dir hold exactly the files of source_dir (or nothing)."""
+def _mirror(source_dir: Path | None, target_dir: Path, pattern: str = "*") -> None:
+    """Make target_dir hold exactly the files of source_dir matching `pattern` (or nothing)."""
     target_dir.mkdir(parents=True, exist_ok=True)
     wanted = set()
     if source_dir is not None:
-        for item in sorted(source_dir.rglob("*")):
+        for item in sorted(source_dir.rglob(pattern)):
             if item.is_file():
                 rel = item.relative_to(source_dir)
                 wanted.add(rel)
@@ -45,13 +46,16 @@ def _mirror(source_dir: Path | None, target_dir: Path) -> None:
 
 
 def prepare_build_context(cluster: Cluster) -> Path:
-    """Assemble the build context in the state dir: Dockerfiles, templates, requirements, wheels."""
+    """Assemble the build context in the state dir: Dockerfiles, templates, infra_runtime, requirements, wheels."""
     context = cluster.state_dir / "build"
     context.mkdir(parents=True, exist_ok=True)
     assets = assets_dir()
     for name in DOCKERFILES.values():
         _copy_if_changed(assets / name, context / name)
     _mirror(assets / "templates", context / "templates")
+    # The code the containers run (task runner, built-in app, sweep driver); sources only, so
+    # that compiled files never change the context's fingerprint.
+    _mirror(Path(__file__).parent / "runtime", context / IMAGE_PACKAGE, "*.py")
     requirements = context / "requirements.txt"
     project_requirements = (
         cluster.project_dir / cluster.spec.project.requirements if cluster.spec.project.requirements else None

@@ -23,7 +23,8 @@ or removed, within one "schema"):
     "flower_url": "http://192.168.1.20:5555",
     "manifest": ".infra/lab/manifest.json",         # null when the cluster was never started
     "hosts": [{"name", "address", "roles": ["master", "worker"], "in_cluster_file": bool,
-               "reachable": bool, "docker": bool, "error": str|null}],
+               "reachable": bool, "docker": bool, "error": str|null,
+               "gpus": [{"index", "name", "memory_mib", "utilization"}]|null}],
     "containers": [{"name", "host", "role", "expected": bool,
                     "state": "running|restarting|paused|exited|created|dead|missing|unknown",
                     "health": "healthy|unhealthy|starting"|null, "started_at": str|null,
@@ -52,6 +53,8 @@ from pathlib import Path
 from .config import Cluster
 from .facts.celery import CeleryView, QueueStatus
 from .facts.containers import Container
+from .facts.gpu import Gpu
+from .facts.gpu import summarize as summarize_gpus
 from .names import MASTER_ROLES, container_name
 from .plans.up import expected_worker_nodes, worker_count
 
@@ -90,6 +93,7 @@ class HostObservation:
     reachable: bool
     error: str | None = None  # why it could not be reached or Docker could not be asked
     containers: list[Container] | None = None  # None: Docker was not asked or did not answer
+    gpus: list[Gpu] | None = None  # None: not asked; [] no nvidia-smi there
 
 
 @dataclass
@@ -101,6 +105,7 @@ class HostStatus:
     reachable: bool
     docker: bool
     error: str | None
+    gpus: list[Gpu] | None = None
 
 
 @dataclass
@@ -182,64 +187,10 @@ def build_status(
     problems: list[str] = []
     if manifest_path is None:
         problems.append("the cluster has not been started from here (no manifest): run `infra up`")
-    other_hosts = other_hosts or {}
-
-    hosts: list[HostStatus] = []
-    for name in cluster.used_hosts() + sorted(other_hosts):
-        seen = observations.get(name, HostObservation(False, "not asked"))
-        in_file = name in cluster.used_hosts()
-        address = cluster.hosts[name].address if in_file else other_hosts[name]
-        docker = seen.reachable and seen.containers is not None
-        hosts.append(HostStatus(name, address, _host_roles(cluster, name) if in_file else [], in_file,
-                                seen.reachable, docker, seen.error))
-        if not seen.reachable:
-            problems.append(f"{name}: unreachable ({seen.error or 'no answer'})")
-        elif not docker:
-            problems.append(f"{name}: Docker does not answer ({seen.error or 'no answer'})")
-
-    containers: list[ContainerStatus] = []
-    expected = expected_containers(cluster)
-    expected_names = {c.name for c in expected}
-    for want in expected:
-        seen = observations.get(want.host, HostObservation(False))
-        found = next((c for c in seen.containers or [] if c.name == want.name), None)
-        if seen.containers is None:
-            containers.append(ContainerStatus(want.name, want.host, want.role, True, "unknown"))
-            continue
-        if found is None:
-            containers.append(ContainerStatus(want.name, want.host, want.role, True, "missing"))
-            problems.append(f"{want.name} on {want.host}: missing (run `infra up`)")
-            continue
-        status = _container_status(found, want.host, True, now)
-        status.role = want.role
-        containers.append(status)
-        if found.state != "running":
-            code = f", exit code {found.exit_code}" if found.state == "exited" else ""
-            problems.append(f"{want.name} on {want.host}: {found.state}{code}")
-        elif found.health == "unhealthy":
-            problems.append(f"{want.name} on {want.host}: running but unhealthy")
-    for name in [h.name for h in hosts]:
-        for found in observations.get(name, HostObservation(False)).containers or []:
-            if found.name not in expected_names:
-                containers.append(_container_status(found, name, False, now))
-
-    workers: list[WorkerStatus] = []
+    hosts = _host_statuses(cluster, observations, other_hosts or {}, problems)
+    containers = _container_statuses(cluster, observations, [h.name for h in hosts], now, problems)
     running = {c.name for c in containers if c.state == "running"}
-    nodes = expected_worker_nodes(cluster)
-    if celery is not None and celery.answered:
-        nodes += sorted(celery.online - set(nodes))
-    for node in nodes:
-        container, _, host = node.rpartition("@")
-        is_expected = container in expected_names
-        if celery is None or not celery.answered:
-            workers.append(WorkerStatus(node, host, container, is_expected, None))
-            continue
-        online = node in celery.online
-        workers.append(WorkerStatus(node, host, container, is_expected, online,
-                                    celery.active.get(node) if online else None,
-                                    celery.processed.get(node) if online else None))
-        if is_expected and not online and container in running:
-            problems.append(f"worker {node}: its container runs but it does not answer Celery (see `infra logs {container}`)")
+    workers = _worker_statuses(cluster, celery, running, problems)
 
     master = container_name(cluster.name, "master")
     broker = container_name(cluster.name, "broker")
@@ -268,6 +219,77 @@ def build_status(
         broker_asked=queues is not None,
         problems=problems,
     )
+
+
+def _host_statuses(cluster: Cluster, observations: dict[str, HostObservation], other_hosts: dict[str, str],
+                   problems: list[str]) -> list[HostStatus]:
+    hosts: list[HostStatus] = []
+    for name in cluster.used_hosts() + sorted(other_hosts):
+        seen = observations.get(name, HostObservation(False, "not asked"))
+        in_file = name in cluster.used_hosts()
+        address = cluster.hosts[name].address if in_file else other_hosts[name]
+        docker = seen.reachable and seen.containers is not None
+        hosts.append(HostStatus(name, address, _host_roles(cluster, name) if in_file else [], in_file,
+                                seen.reachable, docker, seen.error, seen.gpus))
+        if not seen.reachable:
+            problems.append(f"{name}: unreachable ({seen.error or 'no answer'})")
+        elif not docker:
+            problems.append(f"{name}: Docker does not answer ({seen.error or 'no answer'})")
+    return hosts
+
+
+def _container_statuses(cluster: Cluster, observations: dict[str, HostObservation], host_names: list[str],
+                        now: datetime, problems: list[str]) -> list[ContainerStatus]:
+    """Every expected container (found or not), then the cluster's others found on the hosts."""
+    containers: list[ContainerStatus] = []
+    expected = expected_containers(cluster)
+    expected_names = {c.name for c in expected}
+    for want in expected:
+        seen = observations.get(want.host, HostObservation(False))
+        found = next((c for c in seen.containers or [] if c.name == want.name), None)
+        if seen.containers is None:
+            containers.append(ContainerStatus(want.name, want.host, want.role, True, "unknown"))
+            continue
+        if found is None:
+            containers.append(ContainerStatus(want.name, want.host, want.role, True, "missing"))
+            problems.append(f"{want.name} on {want.host}: missing (run `infra up`)")
+            continue
+        status = _container_status(found, want.host, True, now)
+        status.role = want.role
+        containers.append(status)
+        if found.state != "running":
+            code = f", exit code {found.exit_code}" if found.state == "exited" else ""
+            problems.append(f"{want.name} on {want.host}: {found.state}{code}")
+        elif found.health == "unhealthy":
+            problems.append(f"{want.name} on {want.host}: running but unhealthy")
+    for name in host_names:
+        for found in observations.get(name, HostObservation(False)).containers or []:
+            if found.name not in expected_names:
+                containers.append(_container_status(found, name, False, now))
+    return containers
+
+
+def _worker_statuses(cluster: Cluster, celery: CeleryView | None, running: set[str],
+                     problems: list[str]) -> list[WorkerStatus]:
+    """Every expected Celery node, then others that answered; online as Celery says."""
+    workers: list[WorkerStatus] = []
+    expected_names = {c.name for c in expected_containers(cluster)}
+    nodes = expected_worker_nodes(cluster)
+    if celery is not None and celery.answered:
+        nodes += sorted(celery.online - set(nodes))
+    for node in nodes:
+        container, _, host = node.rpartition("@")
+        is_expected = container in expected_names
+        if celery is None or not celery.answered:
+            workers.append(WorkerStatus(node, host, container, is_expected, None))
+            continue
+        online = node in celery.online
+        workers.append(WorkerStatus(node, host, container, is_expected, online,
+                                    celery.active.get(node) if online else None,
+                                    celery.processed.get(node) if online else None))
+        if is_expected and not online and container in running:
+            problems.append(f"worker {node}: its container runs but it does not answer Celery (see `infra logs {container}`)")
+    return workers
 
 
 def _container_status(found: Container, host: str, expected: bool, now: datetime) -> ContainerStatus:
@@ -302,7 +324,10 @@ def to_json(status: ClusterStatus) -> dict:
         "manifest": status.manifest,
         "hosts": [
             {"name": h.name, "address": h.address, "roles": h.roles, "in_cluster_file": h.in_cluster_file,
-             "reachable": h.reachable, "docker": h.docker, "error": h.error}
+             "reachable": h.reachable, "docker": h.docker, "error": h.error,
+             "gpus": None if h.gpus is None else [
+                 {"index": g.index, "name": g.name, "memory_mib": g.memory_mib, "utilization": g.utilization}
+                 for g in h.gpus]}
             for h in status.hosts
         ],
         "containers": [
@@ -386,7 +411,12 @@ def render_table(status: ClusterStatus) -> str:
         else:
             state = "ok"
         host_rows.append([h.name, h.address, roles or "-", state])
-    lines += _table(["host", "address", "roles", "state"], host_rows)
+    host_headers = ["host", "address", "roles", "state"]
+    if any(h.gpus for h in status.hosts):  # a column only for clusters that have GPUs
+        host_headers.append("gpus")
+        for row, h in zip(host_rows, status.hosts):
+            row.append(summarize_gpus(h.gpus or []))
+    lines += _table(host_headers, host_rows)
 
     lines += ["", "CONTAINERS"]
     container_rows = []

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Bring up a Celery cluster on this machine alone and run the word count on it.
+# Bring up a Celery cluster on this machine alone and run the word count on it, then a
+# parameter sweep of projects/sweep-demo on a second small cluster.
 #
 #   bash scripts/local-demo.sh
 #
@@ -7,13 +8,16 @@
 # into .venv, installs and starts Docker with `infra bootstrap` when it is missing, makes
 # the base image (the registry's python:3.11-slim-bookworm when it can be pulled, else a
 # Debian image built with debootstrap), downloads the wheels the images install, then runs
-# `infra up -f examples/local.yaml` and the word-count client in the master container.
-# Remove the cluster afterwards with: .venv/bin/infra clean -f examples/local.yaml
+# `infra up -f examples/local.yaml` and the word-count client in the master container, then
+# `infra up -f examples/sweep-local.yaml` and `infra sweep` of the sample's 24 combinations.
+# Remove the clusters afterwards with: .venv/bin/infra clean -f examples/local.yaml (and
+# examples/sweep-local.yaml)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYTHON="${PYTHON:-python3}"
 VENV="${VENV:-.venv}"
 CLUSTER=examples/local.yaml
+SWEEP_CLUSTER=examples/sweep-local.yaml
 export DEBIAN_FRONTEND=noninteractive PIP_DISABLE_PIP_VERSION_CHECK=1
 
 say() { printf '\n==> %s\n' "$*"; }
@@ -29,7 +33,8 @@ INFRA="$VENV/bin/infra"
 
 # Made first: examples/local.yaml names it, and `infra bootstrap` reads that file.
 say "wheelhouse .cache/wheels (installed into the images without PyPI)"
-PYTHON="$VENV/bin/python" bash scripts/make-wheelhouse.sh .cache/wheels projects/wordcount/requirements.txt
+PYTHON="$VENV/bin/python" bash scripts/make-wheelhouse.sh .cache/wheels projects/wordcount/requirements.txt \
+    projects/sweep-demo/requirements.txt
 
 say "Docker engine"
 if docker info >/dev/null 2>&1; then
@@ -57,10 +62,20 @@ say "infra up -f $CLUSTER"
 say "word count on the cluster"
 "$INFRA" run -f "$CLUSTER" wordcount.client --top 10
 
+# A second small cluster for a project with no Celery code: a training script and its parameters.
+say "infra up -f $SWEEP_CLUSTER"
+"$INFRA" up -f "$SWEEP_CLUSTER"
+
+say "parameter sweep: 24 combinations of projects/sweep-demo/train.py"
+"$INFRA" sweep -f "$SWEEP_CLUSTER" projects/sweep-demo/parameters.yml -q --sort -accuracy --top 5 \
+    -- python train.py
+
 cat <<TXT
 
-The cluster keeps running. Try:
+Both clusters keep running. Try:
   $INFRA status -f $CLUSTER
   $INFRA logs --file $CLUSTER worker -n 20
+  column -s, -t < projects/sweep-demo/output/sweep-parameters.csv | less -S
   $INFRA clean -f $CLUSTER          # remove it (add --volumes --files to remove its data too)
+  $INFRA clean -f $SWEEP_CLUSTER
 TXT

@@ -18,6 +18,7 @@ from .logs import logs
 from .run import run
 from .schema import schema
 from .status import status
+from .sweep import sweep
 from .sync_files import sync_files
 from .up import up
 
@@ -45,6 +46,7 @@ main.add_command(status)
 main.add_command(sync_files)
 main.add_command(logs)
 main.add_command(run)
+main.add_command(sweep)
 main.add_command(bootstrap)
 main.add_command(check)
 main.add_command(schema)

@@ -59,6 +59,10 @@ s enabled
 if [ -d /run/systemd/system ] && command -v systemctl >/dev/null 2>&1; then
   systemctl is-enabled docker.service 2>/dev/null || true
 fi
+s nvidia
+if command -v nvidia-smi >/dev/null 2>&1; then echo driver; fi
+if command -v nvidia-ctk >/dev/null 2>&1; then echo toolkit; fi
+if grep -qs '"nvidia"' /etc/docker/daemon.json; then echo runtime; fi
 s end
 """.replace("@SECTION@", SECTION)
 
@@ -203,4 +207,69 @@ VERIFY_USER_SCRIPT = (
     # A new login of the user gets the docker group; `sg` gives it to this command already.
     "if ! command -v sg >/dev/null 2>&1; then echo 'skipped (no sg)'; exit 0; fi\n"
     "sg docker -c \"docker version --format '{{.Server.Version}}'\"\n"
+)
+
+
+# --------------------------------------------------------------------------- NVIDIA GPUs (bootstrap --nvidia)
+
+NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
+NVIDIA_REPO = "https://nvidia.github.io/libnvidia-container"
+NVIDIA_LIST = "/etc/apt/sources.list.d/nvidia-container-toolkit.list"
+
+
+def nvidia_toolkit_script() -> str:
+    """Install the NVIDIA container toolkit from NVIDIA's apt repository (its documented steps), as root.
+
+    The downloads go to files first: in a pipe, a failed download would not stop the script.
+    """
+    return _APT_ENV + (
+        f"{_APT} update\n"
+        f"{_APT} install -y --no-install-recommends ca-certificates curl gnupg\n"
+        "tmp=$(mktemp -d)\n"
+        "trap 'rm -rf \"$tmp\"' EXIT\n"
+        f"curl -fsSL --retry 3 {NVIDIA_REPO}/gpgkey -o \"$tmp/gpgkey\"\n"
+        f"gpg --batch --yes --dearmor -o {NVIDIA_KEYRING} \"$tmp/gpgkey\"\n"
+        f"curl -fsSL --retry 3 {NVIDIA_REPO}/stable/deb/nvidia-container-toolkit.list -o \"$tmp/list\"\n"
+        f"sed 's#deb https://#deb [signed-by={NVIDIA_KEYRING}] https://#g' \"$tmp/list\" > {NVIDIA_LIST}\n"
+        f"{_APT} update\n"
+        f"{_APT} install -y nvidia-container-toolkit\n"
+        f"{_announce('installed the NVIDIA container toolkit from the apt repository of NVIDIA')}\n"
+    )
+
+
+def nvidia_runtime_script(systemd: bool) -> str:
+    """Register the nvidia runtime in /etc/docker/daemon.json and restart the engine to load it.
+
+    The engine's containers with a restart policy (all of infra's) come back by themselves.
+    """
+    register = (
+        "set -e\n"
+        "nvidia-ctk runtime configure --runtime=docker\n"
+        f"{_announce('registered the nvidia runtime in /etc/docker/daemon.json')}\n"
+    )
+    if systemd:
+        return register + (
+            "systemctl restart docker.service\n"
+            f"{_announce('restarted docker.service')}\n"
+            "set +e\n" + _wait_script("see journalctl -u docker.service")
+        )
+    # No systemd: stop the dockerd started by bootstrap (or by hand), then start it as bootstrap does.
+    return register + (
+        "set +e\n"
+        "if [ -f /var/run/docker.pid ] && kill \"$(cat /var/run/docker.pid)\" 2>/dev/null; then\n"
+        "  i=0\n"
+        "  while [ -f /var/run/docker.pid ] && kill -0 \"$(cat /var/run/docker.pid)\" 2>/dev/null; do\n"
+        "    i=$((i+1)); [ $i -gt 60 ] && break; sleep 1\n"
+        "  done\n"
+        f"  {_announce('stopped dockerd to load the nvidia runtime')}\n"
+        "fi\n" + start_script(systemd=False)
+    )
+
+
+NVIDIA_VERIFY_SCRIPT = (
+    "if docker info --format '{{json .Runtimes}}' | grep -q '\"nvidia\"'; then\n"
+    "  echo 'the engine lists the nvidia runtime'\n"
+    "else\n"
+    "  echo 'the engine does not list the nvidia runtime (see /etc/docker/daemon.json)' >&2; exit 1\n"
+    "fi\n"
 )

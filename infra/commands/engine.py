@@ -117,6 +117,7 @@ class ContainerSpec:
     user: str | None = None
     workdir: str | None = None
     restart: str = "unless-stopped"
+    gpus: str | None = None  # `docker run --gpus` text: all, a count, or device=ID[,ID...]
 
 
 @dataclass(frozen=True)
@@ -151,6 +152,9 @@ class RunContainer(EngineOp):
             argv += ["--user", spec.user]
         if spec.workdir:
             argv += ["--workdir", spec.workdir]
+        if spec.gpus:
+            # The docker CLI reads --gpus as CSV: a list of devices must be quoted to stay one field.
+            argv += ["--gpus", f'"{spec.gpus}"' if "," in spec.gpus else spec.gpus]
         return argv + [spec.image, *spec.command]
 
     def environment(self) -> dict[str, str]:

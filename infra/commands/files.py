@@ -30,6 +30,16 @@ def host_probe() -> list[str]:
     return ["sh", "-c", HOST_PROBE]
 
 
+# The host's NVIDIA GPUs, one CSV line each (read by `infra.facts.gpu`); nothing, and exit 0,
+# on a host without nvidia-smi.
+GPU_QUERY = ("command -v nvidia-smi >/dev/null 2>&1 || exit 0; "
+             "nvidia-smi --query-gpu=index,name,memory.total,utilization.gpu --format=csv,noheader,nounits")
+
+
+def gpu_query() -> list[str]:
+    return ["sh", "-c", GPU_QUERY]
+
+
 def write_private_file(path: str) -> list[str]:
     """Write stdin to `path` readable by the SSH user only (folder 0700, file 0600), atomically."""
     folder = posixpath.dirname(path)

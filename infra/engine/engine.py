@@ -292,10 +292,12 @@ class Engine:
     # ------------------------------------------------------------------ processes and logs
 
     def exec(self, op: Exec, *, on_stdout: LineCallback | None = None, on_stderr: LineCallback | None = None,
-             timeout: float | None = None) -> CommandResult:
+             timeout: float | None = None, keep_output: bool = True) -> CommandResult:
         """Run a process in a running container: its exit code and output (stdout and stderr apart).
 
-        Lines go to the callbacks as they arrive (from a reader thread). After `timeout`
+        Lines go to the callbacks as they arrive (from a reader thread); with `keep_output`
+        False they go there only, and the result's output is empty: a stream that may run for
+        days (a sweep's) is not held in memory. After `timeout`
         seconds the stream is cut and exit code 124 returned; the engine has no way to signal
         an exec'd process, so a process that ignores its closed output keeps running.
         A missing or stopped container is a RemoteCommandError; a non-zero exit code is not.
@@ -317,7 +319,8 @@ class Engine:
             try:
                 for stream, data in iter_frames(response.raw.read):
                     if stream in output:
-                        output[stream].extend(data)
+                        if keep_output:
+                            output[stream].extend(data)
                         lines[stream].feed(data)
             except BaseException as exc:  # handed to the calling thread
                 failures.append(exc)

@@ -58,6 +58,16 @@ def restart_policy(restart: str) -> dict:
     return {"Name": name, "MaximumRetryCount": int(retries) if retries else 0}
 
 
+def device_requests(gpus: str) -> list[dict]:
+    """`--gpus` text (`all`, `2`, `device=0,1`) as the API's HostConfig.DeviceRequests, as the docker CLI sends it."""
+    request: dict = {"Driver": "", "Capabilities": [["gpu"]]}
+    if gpus.startswith("device="):
+        request["DeviceIDs"] = [device for device in gpus[len("device="):].split(",") if device]
+    else:
+        request["Count"] = -1 if gpus == "all" else int(gpus)
+    return [request]
+
+
 def create_arguments(op: RunContainer) -> dict:
     """The `POST /containers/create` request that makes the container `op.argv()` describes.
 
@@ -82,6 +92,8 @@ def create_arguments(op: RunContainer) -> dict:
         host_config["PortBindings"] = bindings
     if spec.volumes:
         host_config["Binds"] = [f"{source}:{target}:{mode}" for source, target, mode in spec.volumes]
+    if spec.gpus:
+        host_config["DeviceRequests"] = device_requests(spec.gpus)
     config: dict = {
         "Image": spec.image,
         "Labels": dict(op.labels),

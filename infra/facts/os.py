@@ -100,6 +100,9 @@ class HostState:
     docker_problem: str  # why it does not answer ("" when it does)
     docker_version_via_group: str | None = None  # answer through `sg docker` (group not yet in this session)
     service_enabled: str = ""  # `systemctl is-enabled docker.service` ("" without systemd)
+    nvidia_driver: bool = False  # nvidia-smi is there (the GPU driver is the host's own business)
+    nvidia_toolkit: bool = False  # nvidia-ctk is there (the NVIDIA container toolkit)
+    nvidia_runtime: bool = False  # /etc/docker/daemon.json registers the nvidia runtime
 
     @property
     def is_root(self) -> bool:
@@ -156,6 +159,7 @@ def parse_probe(output: str) -> HostState:
     if sec.get("docker_version_sg", "").strip():
         via_group, _ = _engine_answer(sec["docker_version_sg"])
     enabled = sec.get("enabled", "").strip()
+    nvidia = sec.get("nvidia", "").split()
     return HostState(
         os=parse_os_release(sec.get("os_release", "")),
         arch=normalize_arch(sec.get("dpkg_arch", ""), sec.get("uname", "")),
@@ -171,4 +175,7 @@ def parse_probe(output: str) -> HostState:
         docker_problem=problem,
         docker_version_via_group=via_group,
         service_enabled=enabled.splitlines()[-1] if enabled else "",
+        nvidia_driver="driver" in nvidia,
+        nvidia_toolkit="toolkit" in nvidia,
+        nvidia_runtime="runtime" in nvidia,
     )

@@ -26,9 +26,14 @@ def broker_address_for(cluster: Cluster, host: Host, address: str) -> str:
     return "127.0.0.1" if host.name == cluster.master_host.name else address
 
 
+def in_url(address: str) -> str:
+    """An address as the host part of a URL: an IPv6 address goes in brackets."""
+    return f"[{address}]" if ":" in address else address
+
+
 def flower_url(cluster: Cluster, address: str) -> str:
-    return f"http://{address}:{cluster.spec.ports.flower}"
+    return f"http://{in_url(address)}:{cluster.spec.ports.flower}"
 
 
 def broker_url_hidden(cluster: Cluster, user: str, address: str) -> str:
-    return f"amqp://{user}:****@{address}:{cluster.spec.ports.broker}//"
+    return f"amqp://{user}:****@{in_url(address)}:{cluster.spec.ports.broker}//"

@@ -12,12 +12,15 @@ from dataclasses import dataclass
 
 from ..commands.bootstrap import (
     CHANGE,
+    NVIDIA_VERIFY_SCRIPT,
     START_WAIT,
     VERIFY_SCRIPT,
     VERIFY_USER_SCRIPT,
     Source,
     group_script,
     install_script,
+    nvidia_runtime_script,
+    nvidia_toolkit_script,
     privileged_argv,
     start_script,
     user_argv,
@@ -26,13 +29,14 @@ from ..facts.os import HostState
 from ..facts.sections import last_line
 
 SUPPORTED_ARCHES = ("amd64", "arm64", "armhf")
+NVIDIA_ARCHES = ("amd64", "arm64")  # those NVIDIA's apt repository has the toolkit for
 
 
 @dataclass(frozen=True)
 class Step:
     """One thing to do on a host: a POSIX sh script, and the argv that runs it."""
 
-    key: str  # "sudo-check", "install", "group", "start", "verify", "verify-user"
+    key: str  # "sudo-check", "install", "group", "start", "verify", "verify-user", "nvidia-install"...
     title: str  # for people: "install docker.io from Debian's packages"
     script: str
     argv: tuple[str, ...]
@@ -75,8 +79,14 @@ def unsupported_reason(state: HostState, source: Source) -> str | None:
     return None
 
 
-def plan_bootstrap(host: str, state: HostState, source: Source = "distro") -> Plan:
-    """The steps that make Docker usable on a host, given what the probe saw."""
+def plan_bootstrap(host: str, state: HostState, source: Source = "distro", nvidia: bool = False) -> Plan:
+    """The steps that make Docker usable on a host, given what the probe saw; with `nvidia`, also
+    the NVIDIA container toolkit, so that containers can be given the host's GPUs."""
+    plan = _docker_plan(host, state, source)
+    return _with_nvidia(plan, state) if nvidia and plan.error is None else plan
+
+
+def _docker_plan(host: str, state: HostState, source: Source) -> Plan:
     if state.ready:
         return Plan(host, state)
     installed = state.docker_cli and state.dockerd
@@ -112,6 +122,44 @@ def plan_bootstrap(host: str, state: HostState, source: Source = "distro") -> Pl
                           user_argv(VERIFY_USER_SCRIPT), False, 60))
     if not summary:
         summary.append("start the engine" if state.engine_version is None else "configure the engine")
+    return Plan(host, state, tuple(steps), summary="; ".join(summary))
+
+
+def _with_nvidia(plan: Plan, state: HostState) -> Plan:
+    """Docker's steps followed by those that give it the nvidia runtime (none when it has it)."""
+    if state.nvidia_toolkit and state.nvidia_runtime:
+        return plan
+    host = plan.host
+    if not state.nvidia_driver:
+        return Plan(host, state, error=(
+            "--nvidia: no NVIDIA driver on this host (nvidia-smi not found): install the driver of its GPUs "
+            "first, then run bootstrap --nvidia again (nothing was changed)"))
+    if not state.nvidia_toolkit and (state.os.family is None or state.arch not in NVIDIA_ARCHES):
+        return Plan(host, state, error=(
+            f"--nvidia: {state.os.name} on {state.arch}: bootstrap installs the NVIDIA container toolkit on "
+            f"Ubuntu and Debian for {', '.join(NVIDIA_ARCHES)} only; install it there yourself (nothing was changed)"))
+    if state.privilege == "none":
+        return Plan(host, state, error=(
+            f"{state.user} is not root and sudo is not installed: log in as root, or install sudo "
+            f"and allow {state.user} to use it (nothing was changed)"))
+    steps = list(plan.steps)
+
+    def add(key: str, title: str, script: str, timeout: float) -> None:
+        argv, password = privileged_argv(script, state.privilege)
+        steps.append(Step(key, title, script, argv, password, timeout))
+
+    if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
+        add("sudo-check", "check the sudo password", "true\n", 60)
+    summary = [plan.summary] if plan.summary else []
+    if not state.nvidia_toolkit:
+        add("nvidia-install", "install the NVIDIA container toolkit from NVIDIA's apt repository",
+            nvidia_toolkit_script(), 1800)
+        summary.append("install the NVIDIA container toolkit")
+    if not state.nvidia_runtime:
+        add("nvidia-runtime", "register the nvidia runtime with Docker and restart the engine",
+            nvidia_runtime_script(state.systemd), START_WAIT + 120)
+        summary.append("register the nvidia runtime")
+    add("nvidia-verify", "check that the engine lists the nvidia runtime", NVIDIA_VERIFY_SCRIPT, 60)
     return Plan(host, state, tuple(steps), summary="; ".join(summary))
 
 

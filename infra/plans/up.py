@@ -41,8 +41,9 @@ from ..names import (
     network_name,
     volume_names,
 )
+from ..runtime import BUILTIN_APP, RUNNER_MODULE
 from ..secrets import Secrets
-from .addresses import broker_address_for
+from .addresses import broker_address_for, in_url
 from .steps import Record, Step, engine_step, shell_step
 from .sync import SyncPlan, sync_steps
 
@@ -125,8 +126,8 @@ def rabbitmq_password_hash(password: str) -> str:
 def celery_urls(cluster: Cluster, secrets: Secrets, address: str, *, internal: bool) -> dict[str, str]:
     broker_port = BROKER_INTERNAL_PORT if internal else cluster.spec.ports.broker
     results_port = RESULTS_INTERNAL_PORT if internal else cluster.spec.ports.results
-    broker_host = "broker" if internal else address
-    results_host = "results" if internal else address
+    broker_host = "broker" if internal else in_url(address)
+    results_host = "results" if internal else in_url(address)
     return {
         "CELERY_BROKER_URL": f"amqp://{secrets.broker_user}:{secrets.broker_password}@{broker_host}:{broker_port}//",
         "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@{results_host}:{results_port}/0",
@@ -177,8 +178,24 @@ def expected_worker_nodes(cluster: Cluster) -> list[str]:
             for host in cluster.worker_hosts() for i in range(1, worker_count(cluster, host) + 1)]
 
 
+def worker_app_args(cluster: Cluster) -> list[str]:
+    """`--app APP` of the workers: the project's app with infra's task runner included, or the built-in app."""
+    if cluster.spec.project.app:
+        return ["--app", cluster.spec.project.app, "worker", "--include", RUNNER_MODULE]
+    return ["--app", BUILTIN_APP, "worker"]
+
+
+def gpus_option(gpus: str | int | tuple[int | str, ...] | None) -> str | None:
+    """A worker group's `gpus` as `docker run --gpus` text: all, a count, or device=ID,ID."""
+    if gpus is None:
+        return None
+    if isinstance(gpus, tuple):
+        return "device=" + ",".join(str(device) for device in gpus)
+    return str(gpus)
+
+
 def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: HostLayout) -> list[ContainerSpec]:
-    app = cluster.spec.project.app
+    app = cluster.celery_app
     ports = cluster.spec.ports
     user = f"{facts.uid}:{facts.gid}"
     specs: list[ContainerSpec] = []
@@ -212,7 +229,7 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
         for _ in range(group.containers):
             index += 1
             name = container_name(cluster.name, "worker", host.name, index)
-            command = ["celery", "--app", app, "worker", "--hostname", celery_node_name(name, host.name),
+            command = ["celery", *worker_app_args(cluster), "--hostname", celery_node_name(name, host.name),
                        "--queues", ",".join(group.queues), "--pool", group.pool,
                        "--loglevel", group.loglevel, "--task-events"]
             if group.concurrency:
@@ -222,15 +239,21 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
                 image=cluster.image_tag("worker"), command=tuple(command),
                 env_file=layout.env_file("worker"),
                 volumes=((layout.project_dir, CONTAINER_PROJECT, "ro"),),
-                network="host", user=user, workdir=CONTAINER_PROJECT,
+                network="host", user=user, workdir=CONTAINER_PROJECT, gpus=gpus_option(group.gpus),
             ))
     return specs
 
 
+# Settings added to ContainerSpec after containers were first fingerprinted: left out of the hash
+# while unset, so that a container which does not use them keeps its fingerprint (and is not replaced).
+_LATER_SETTINGS = ("gpus",)
+
+
 def fingerprint(spec: ContainerSpec, image_id: str | None, env_digest: str) -> str:
     """Hash of everything that, when changed, means the container must be replaced."""
+    settings = {key: value for key, value in spec.__dict__.items() if not (key in _LATER_SETTINGS and value is None)}
     payload = json.dumps(
-        {"spec": spec.__dict__, "image_id": image_id or spec.image, "env": env_digest},
+        {"spec": settings, "image_id": image_id or spec.image, "env": env_digest},
         sort_keys=True,
         default=list,
     )

@@ -35,8 +35,10 @@ app.conf.update(
     # A worker host that vanishes (power, network) is noticed by the broker within about two
     # heartbeats; its unacknowledged runs are then delivered to other workers.
     broker_heartbeat=10,
+    # Workers report their tasks to Flower (`--task-events`); the sender does not add a
+    # "task-sent" event per run: on a sweep of thousands of runs that is a publish each for nothing.
     worker_send_task_events=True,
-    task_send_sent_event=True,
+    task_send_sent_event=False,
     broker_connection_retry_on_startup=True,
     broker_connection_max_retries=None,
     broker_connection_timeout=5,

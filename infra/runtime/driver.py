@@ -157,7 +157,8 @@ class Driver:
                 warned = True
                 self.output.event({"event": "warning", "text": (
                     f"no run has started within {NO_START_WARNING_SECONDS:g} s: does a worker consume the queue "
-                    f"'{self.plan['queue']}'? (`infra status` lists the workers and queues)")})
+                    f"'{self.plan['queue']}'? (`infra status` lists the workers and queues; workers started "
+                    "before `infra sweep` existed need `infra up`)")})
 
     def _pop(self) -> list[dict]:
         key = protocol.events_key(self.sweep_id)

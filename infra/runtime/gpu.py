@@ -3,9 +3,9 @@
 A worker container started with `--gpus` sees its devices numbered from 0, whatever their
 numbers on the host, so a run is given container-local indexes in CUDA_VISIBLE_DEVICES. The
 devices are cut into slots of `per_task` devices each (`gpu_slots`); a run takes a free slot
-with an exclusive lock on the slot's file (`SlotLocks`), which the worker's processes share
-through the container's /tmp and which the kernel releases when a process dies, so a slot is
-never lost with a crashed run.
+with an exclusive lock on each of its devices' files (`SlotLocks`), which the worker's
+processes share through the container's /tmp and which the kernel releases when a process
+dies, so a device is never lost with a crashed run. When every slot is taken, a run waits.
 
 Several worker containers on one host each see the GPUs they were given: give each group its
 own devices (`gpus: [0, 1]`, `gpus: [2, 3]`) rather than `all` to each of several containers.

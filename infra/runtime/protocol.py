@@ -12,7 +12,8 @@ anything else it prints is a note for people.
 
 Events (all carry "event"; runner events also "run", the combination's id, and "submission",
 the Celery task id of that attempt):
-- start: host, worker, gpus (CUDA_VISIBLE_DEVICES or "")
+- start: host, worker, gpus (CUDA_VISIBLE_DEVICES or ""), redelivered (true when the broker
+  delivers the run again because the worker that had it was lost)
 - lines: lines (a batch of output lines, stdout and stderr merged, in order)
 - end: status (ok | failed | timeout | cancelled), exit_code, seconds, host
 Driver-only events: submitted (count), retry (run, attempt), warning (text),

@@ -122,9 +122,12 @@ class _Batcher:
             self.pending = []
 
 
-def execute(request: RunRequest, channel: Channel, *, host: str, worker: str,
+def execute(request: RunRequest, channel: Channel, *, host: str, worker: str, redelivered: bool = False,
             dev_dir: str = "/dev", lock_dir: str = "/tmp") -> dict:
-    """Run the request's command to its end and report it; returns the end event (or a skip)."""
+    """Run the request's command to its end and report it; returns the end event (or a skip).
+
+    `redelivered`: the broker delivers this message again (the worker that had it was lost).
+    """
     base = {"run": request.run, "submission": request.submission}
     if channel.already_done(request.submission):
         return {**base, "event": "skip", "reason": "already done"}  # a second delivery of the same message
@@ -145,7 +148,7 @@ def execute(request: RunRequest, channel: Channel, *, host: str, worker: str,
             return {**base, "event": "skip", "reason": "the sweep was stopped"}
         env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(held.devices)
     try:
-        return _run(request, channel, base, env, notes, host=host, worker=worker,
+        return _run(request, channel, base, env, notes, host=host, worker=worker, redelivered=redelivered,
                     gpus=env.get("CUDA_VISIBLE_DEVICES", "") if held else "")
     finally:
         if held is not None:
@@ -162,8 +165,11 @@ def _fail_before_start(request: RunRequest, channel: Channel, base: dict, host: 
 
 
 def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: list[str], *,
-         host: str, worker: str, gpus: str) -> dict:
-    channel.push([{**base, "event": "start", "host": host, "worker": worker, "gpus": gpus}]
+         host: str, worker: str, gpus: str, redelivered: bool) -> dict:
+    start = {**base, "event": "start", "host": host, "worker": worker, "gpus": gpus}
+    if redelivered:
+        start["redelivered"] = True
+    channel.push([start]
                  + ([{**base, "event": "lines", "lines": notes}] if notes else []))
     started = time.monotonic()
     try:
@@ -206,7 +212,12 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
         except queue.Empty:
             pass
         if not reading and process.poll() is None:
-            time.sleep(BATCH_SECONDS)  # output closed, process still running: wait for it, not the pipe
+            # Output closed, the process not reaped yet (or still running): wait for it, not the
+            # pipe, returning the moment it ends.
+            try:
+                process.wait(timeout=BATCH_SECONDS)
+            except subprocess.TimeoutExpired:
+                pass
         if batcher.due():
             batcher.flush()
         now = time.monotonic()

@@ -40,4 +40,6 @@ def run_command(self, message: dict) -> dict:
     request = RunRequest.from_message(message, submission=self.request.id)
     worker = self.request.hostname or ""
     host = worker.rpartition("@")[2] or os.uname().nodename
-    return execute(request, RedisChannel(_redis(), request.sweep_id), host=host, worker=worker)
+    redelivered = bool((self.request.delivery_info or {}).get("redelivered"))
+    return execute(request, RedisChannel(_redis(), request.sweep_id), host=host, worker=worker,
+                   redelivered=redelivered)

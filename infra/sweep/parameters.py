@@ -31,13 +31,13 @@ from typing import Any, Iterator, Literal, Union
 
 import yaml
 
+from ..config import MAX_FILE_BYTES, read_text_file
 from ..errors import ConfigError
 
 Value = Union[str, int, float, bool]
 AxisKind = Literal["value", "values", "range", "flag"]
 
 DEFAULT_MAX_COMBINATIONS = 10_000
-MAX_FILE_BYTES = 1_000_000
 # A parameter becomes `--name`; a name written with its dashes (`-n`, `--lr`) is used as written.
 NAME_PATTERN = re.compile(r"^(?:--?)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 READABLE_FORMS = "a value, a list, {values: [...]}, {range: [start, stop, step]}, !!python/tuple [start, stop, step] or true/false"
@@ -286,19 +286,5 @@ def parse_parameters(text: str, filename: str = "parameters.yml",
 
 def load_parameters(path: str | Path, max_combinations: int = DEFAULT_MAX_COMBINATIONS) -> Grid:
     """Read and check a parameters file; ConfigError (one line) when it is missing or wrong."""
-    path = Path(path)
-    try:
-        with path.open("rb") as stream:
-            data = stream.read(MAX_FILE_BYTES + 1)
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: no such parameters file") from None
-    except IsADirectoryError:
-        raise ConfigError(f"{path}: is a folder, not a parameters file") from None
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot read: {exc.strerror or exc}") from None
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        line = data.count(b"\n", 0, exc.start) + 1
-        raise ConfigError(f"{path}:{line}: not UTF-8 text; save the file as UTF-8") from None
+    text = read_text_file(path, "parameters file", "no such parameters file")
     return parse_parameters(text, str(path), max_combinations)

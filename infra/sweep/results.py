@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
-from .parameters import Value, render_value
+from .parameters import render_value
 from .plan import Run
 
 FIXED_COLUMNS = ("status", "exit_code", "seconds", "host", "attempts")
@@ -247,9 +247,9 @@ def format_duration(seconds: float) -> str:
 
 
 def eta_seconds(finished: int, total: int, elapsed: float) -> float | None:
-    """Time left at the pace so far; None before anything finished."""
+    """Time left at the pace so far; None before anything finished, and once everything has."""
     if finished <= 0 or finished >= total:
-        return None if finished <= 0 else 0.0
+        return None
     return elapsed / finished * (total - finished)
 
 
@@ -260,7 +260,3 @@ def progress_line(*, finished: int, running: int, failed: int, total: int, elaps
     text = (f"[{'#' * filled}{'.' * (width - filled)}] {finished}/{total} done, {running} running, "
             f"{failed} failed, {format_duration(elapsed)} elapsed")
     return text + (f", ETA {format_duration(eta)}" if eta is not None else "")
-
-
-def params_of(run: Run) -> dict[str, Value]:
-    return dict(run.params)

@@ -114,8 +114,11 @@ def bootstrap_hosts(
     ask_password: PasswordSource,
     *,
     dry_run: bool = False,
+    nvidia_hosts: frozenset[str] = frozenset(),
 ) -> dict[str, BootstrapOutcome]:
-    """Probe, plan and (unless dry_run) bootstrap every host at once; failures are outcomes."""
+    """Probe, plan and (unless dry_run) bootstrap every host at once; failures are outcomes.
+
+    `nvidia_hosts` also get the NVIDIA container toolkit (`bootstrap --nvidia`)."""
     source = cluster.spec.docker.source
     outcomes: dict[str, BootstrapOutcome] = {}
     with ConnectionPool.for_cluster(cluster) as pool:
@@ -130,7 +133,7 @@ def bootstrap_hosts(
                 state = parse_probe(result.stdout)
             except ValueError as exc:
                 raise InfraError(f"could not read the host's state ({exc}): {last_line(result.output)}") from None
-            return plan_bootstrap(host.name, state, source)
+            return plan_bootstrap(host.name, state, source, nvidia=host.name in nvidia_hosts)
 
         probed = run_concurrently(reachable, probe, key=lambda h: h.name)
         for name, err in probed.failed.items():

@@ -42,7 +42,7 @@ def wait_for_broker(cluster: Cluster, master: Connection) -> None:
 def wait_for_workers(cluster: Cluster, master: Connection, nodes: list[str], what: str = "workers") -> float:
     """Ask until every one of `nodes` answers a ping; returns the seconds it took."""
     started = time.monotonic()
-    probe = ping_workers(cluster.name, cluster.spec.project.app, nodes, PING_REPLY_TIMEOUT)
+    probe = ping_workers(cluster.name, cluster.celery_app, nodes, PING_REPLY_TIMEOUT)
     missing: list[str] = []
 
     def ask() -> tuple[bool, str]:

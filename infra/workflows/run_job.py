@@ -154,11 +154,12 @@ def master_ready(conn: Connection, cluster: Cluster, note: Callable[[str], None]
 def exec_job(
     conn: Connection, cluster: Cluster, op: Exec, *,
     out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
-    stop_signals: tuple[tuple[str, float], ...] = JOB_STOP_SIGNALS, what: str = "the job",
+    stop_signals: tuple[tuple[str, float], ...] = JOB_STOP_SIGNALS, what: str = "the job", keep_output: bool = True,
 ) -> int:
     """Run a job (an `Exec` made by `commands.celery.run_job` or alike) in the master container.
 
-    Its output is streamed to `out`/`err` as it comes. Ctrl-C sends it `stop_signals` in turn
+    Its output is streamed to `out`/`err` as it comes (and held for nothing else unless
+    `keep_output`). Ctrl-C sends it `stop_signals` in turn
     (`docker exec` forwards none, and the exec stream may be gone already) until it is gone,
     and returns 130; otherwise its exit code.
     """
@@ -174,7 +175,7 @@ def exec_job(
 
     def execute() -> None:
         try:
-            box["result"] = conn.engine.exec(op, on_stdout=out, on_stderr=on_stderr)
+            box["result"] = conn.engine.exec(op, on_stdout=out, on_stderr=on_stderr, keep_output=keep_output)
         except BaseException as exc:  # handed to the main thread
             box["error"] = exc
 
@@ -208,7 +209,7 @@ def run_job(
     python_args = script_command(script, cluster.project_dir)
     master = cluster.master_host
     local_output = cluster.project_dir / OUTPUT_FOLDER
-    with ConnectionPool(cluster.spec.ssh.connect_timeout) as pool:
+    with ConnectionPool.for_cluster(cluster) as pool:
         conn = pool.get(master)
         layout = master_ready(conn, cluster, note)
         code = exec_job(conn, cluster, job_op(cluster.name, python_args, args), out=out, err=err, note=note)

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Callable
 
 from ..commands.celery import celery_probe, list_queues
 from ..commands.engine import InspectContainers, ListContainers
+from ..commands.files import gpu_query
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, redact, without_host
 from ..facts.celery import CeleryView, QueueStatus, parse_celery_probe, parse_list_queues
 from ..facts.containers import parse_container_inspect, parse_container_list
+from ..facts.gpu import Gpu, parse_gpu_query
 from ..facts.sections import last_line
 from ..manifest import Manifest
 from ..plans.addresses import flower_url, master_address
@@ -33,11 +36,17 @@ def observe_host(cluster: Cluster, conn: Connection) -> HostObservation:
 
 
 def ask_celery(cluster: Cluster, conn: Connection) -> CeleryView:
-    probe = celery_probe(cluster.name, cluster.spec.project.app, expected_worker_nodes(cluster), CELERY_REPLY_TIMEOUT)
+    probe = celery_probe(cluster.name, cluster.celery_app, expected_worker_nodes(cluster), CELERY_REPLY_TIMEOUT)
     result = conn.engine.exec(probe, timeout=PROBE_TIMEOUT)
     if result.exit_code == 124:
         return CeleryView(error=f"no answer within {PROBE_TIMEOUT:g} s")
     return parse_celery_probe(result.stdout if result.stdout.strip() else result.output)
+
+
+def ask_gpus(conn: Connection) -> list[Gpu]:
+    """The host's GPUs (none where nvidia-smi is missing or fails: status is about the cluster)."""
+    result = conn.run(gpu_query(), timeout=PROBE_TIMEOUT, check=False)
+    return parse_gpu_query(result.stdout) if result.ok else []
 
 
 def ask_rabbitmq(cluster: Cluster, conn: Connection) -> list[QueueStatus]:
@@ -62,7 +71,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
             if opened.failed:
                 return {"engine": HostObservation(False, without_host(host.name, one_line(opened.failed[host.name])))}
             conn = pool[host.name]
-            asks: dict[str, Callable] = {"engine": lambda: observe_host(cluster, conn)}
+            asks: dict[str, Callable] = {"engine": lambda: observe_host(cluster, conn), "gpus": lambda: ask_gpus(conn)}
             if host.name == master.name:
                 asks["celery"] = lambda: ask_celery(cluster, conn)
                 asks["rabbitmq"] = lambda: ask_rabbitmq(cluster, conn)
@@ -71,6 +80,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
             found.update({f"{key}-error": without_host(host.name, one_line(err)) for key, err in answers.failed.items()})
             if "engine" not in found:
                 found["engine"] = HostObservation(True, found.get("engine-error", "no answer"))
+            found["engine"] = replace(found["engine"], gpus=found.get("gpus"))
             return found
 
         visited = run_concurrently(everyone, visit, key=lambda h: h.name)

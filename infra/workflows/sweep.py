@@ -26,7 +26,7 @@ from typing import IO, Callable
 from ..commands.celery import CONTAINER_PROJECT, sweep_driver
 from ..commands.files import write_file
 from ..config import Cluster
-from ..errors import ConfigError, ConnectError, InfraError
+from ..errors import ConfigError, ConnectError, InfraError, redact
 from ..facts.files import OUTPUT_FOLDER
 from ..runtime import protocol
 from ..runner import ConnectionPool
@@ -226,7 +226,7 @@ class SweepRecorder:
         with self.lock:
             if event is None:
                 if line.strip():
-                    self.note(f"driver: {line}")
+                    self.note(f"driver: {redact(line)}")
                 return
             self._handle(event)
             self._maybe_write()
@@ -277,15 +277,17 @@ class SweepRecorder:
         live.host = str(event.get("host") or "")
         live.metrics = MetricsReader()  # a new attempt reports afresh
         gpus = f", GPUs {event['gpus']}" if event.get("gpus") else ""
+        moved = " (delivered again: the worker that had it was lost)" if event.get("redelivered") else ""
         if live.log is not None:
             live.log.write(f"# attempt {live.attempt} on {live.host} ({event.get('worker', '')}{gpus}), "
-                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}\n")
+                           f"{time.strftime('%Y-%m-%d %H:%M:%S')}{moved}\n")
             live.log.flush()
         if live.host and live.host not in self.hosts:
             self.hosts.append(live.host)
         if not self.quiet:
             again = f" (attempt {live.attempt})" if live.attempt > 1 else ""
-            self.out(f"{self._prefix(run)} started on {live.host}{gpus}{again}: {run.label() or shlex.join(run.argv)}")
+            self.out(f"{self._prefix(run)} started on {live.host}{gpus}{again}{moved}: "
+                     f"{run.label() or shlex.join(run.argv)}")
 
     def _end(self, run: Run, event: dict) -> None:
         live = self.live.get(run.id) or _Live(run)
@@ -440,21 +442,27 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
         driver_errors: list[str] = []
 
         def on_stderr(line: str) -> None:
+            line = redact(line)  # a library's message may hold a connection URL
             driver_errors.append(line)
             err(line)
 
         try:
             code = exec_job(conn, cluster, sweep_driver(cluster.name, posixpath.join(CONTAINER_PROJECT, relative_plan)),
                             out=recorder.on_driver_stdout, err=on_stderr, note=note,
-                            stop_signals=DRIVER_STOP_SIGNALS, what="the sweep")
+                            stop_signals=DRIVER_STOP_SIGNALS, what="the sweep", keep_output=False)
         except ConnectError as exc:
             summary = recorder.close(options.sort, options.top)
             raise InfraError(f"{exc}; the {summary.ok + summary.failed} run(s) that finished are in "
                              f"{summary.csv_path}: run the same command with --resume for the rest") from None
+        except BaseException:  # a second Ctrl-C, a bug: what was recorded still reaches the CSV
+            recorder.close(options.sort, options.top)
+            raise
         summary = recorder.close(options.sort, options.top)
         if code == 130:
             summary.interrupted = True
         elif code != 0 and not recorder.driver_done:
             last = driver_errors[-1] if driver_errors else f"exit code {code}"
+            if "No module named" in last and "infra_runtime" in last:
+                last = "the master's image has no infra_runtime (it predates `infra sweep`): run `infra up`"
             raise InfraError(f"{cluster.master_host.name}: the sweep stopped: {last}")
         return summary

@@ -106,7 +106,7 @@ class RecordingEngine:
             return new_id
         return None
 
-    def exec(self, op, *, on_stdout=None, on_stderr=None, timeout=None) -> CommandResult:
+    def exec(self, op, *, on_stdout=None, on_stderr=None, timeout=None, keep_output=True) -> CommandResult:
         command = op.command
         if BROKER_CHECK in command:
             self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "BROKER_CHECK"]))

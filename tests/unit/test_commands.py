@@ -36,6 +36,7 @@ from infra.commands.celery import (
     ping_workers,
     run_job,
     signal_job,
+    sweep_driver,
 )
 from infra.commands.engine import (
     BuildImage,
@@ -74,6 +75,7 @@ from infra.commands.files import (
     names_on_stdin,
     remove_tree,
     tar_of,
+    write_file,
     write_private_file,
 )
 from infra.config import parse_cluster
@@ -325,6 +327,32 @@ def test_a_job_tells_its_pid_then_runs_with_its_arguments_untouched():
         "python -m wordcount.client --top 5 --output 'out put/x.csv'")
 
 
+def test_a_sweep_driver_tells_its_pid_then_runs_the_driver_module_on_its_plan():
+    op = sweep_driver("lab", "/project/output/sweep-my sweep/plan.json")
+    assert op.text() == (
+        "docker exec --workdir /project lab-master "
+        f"""sh -c 'echo "{PID_MARKER}$$" >&2; exec "$@"' infra-sweep """
+        "python -m infra_runtime.driver '/project/output/sweep-my sweep/plan.json'")
+
+
+def test_writing_a_plain_file_makes_its_folder_and_replaces_the_file_at_once():
+    assert write_file("/home/pi/infra/wordcount/output/sweep-a/plan.json") == ["sh", "-c", (
+        "mkdir -p /home/pi/infra/wordcount/output/sweep-a && "
+        "cat > /home/pi/infra/wordcount/output/sweep-a/plan.json.tmp && "
+        "mv -f /home/pi/infra/wordcount/output/sweep-a/plan.json.tmp /home/pi/infra/wordcount/output/sweep-a/plan.json")]
+
+
+def test_a_container_with_gpus_asks_for_them_as_docker_run_would():
+    def gpus(value):
+        return RunContainer(ContainerSpec(name="w", role="worker", host="h", image="i", gpus=value), ()).argv()
+    assert gpus(None)[-1:] == ["i"] and "--gpus" not in gpus(None)
+    assert gpus("all")[-3:] == ["--gpus", "all", "i"]
+    assert gpus("2")[-3:] == ["--gpus", "2", "i"]
+    # A list is quoted for the CLI's CSV reading of --gpus: `--gpus '"device=0,1"'`.
+    assert shlex.join(gpus("device=0,1")[-3:]) == """--gpus '"device=0,1"' i"""
+    assert gpus("device=GPU-3a7f")[-3:] == ["--gpus", "device=GPU-3a7f", "i"]
+
+
 def test_a_signal_goes_to_the_job_by_pid():
     assert signal_job("lab", 4242, "INT").text() == "docker exec lab-master kill -INT 4242"
     assert signal_job("lab", 4242, "0").text() == "docker exec lab-master kill -0 4242"
@@ -496,6 +524,8 @@ ENGINE_BUILDERS = {
     "list_queues": (lambda v: list_queues(v), lambda v: [f"{v}-broker"]),
     "run_job": (lambda v: run_job(v, ["-m", v], (v, "--out", v)), lambda v: [f"{v}-master", v]),
     "signal_job": (lambda v: signal_job(v, 42, "INT"), lambda v: [f"{v}-master"]),
+    "sweep_driver": (lambda v: sweep_driver(v, f"/project/output/sweep-{v}/plan.json"),
+                     lambda v: [f"{v}-master", f"/project/output/sweep-{v}/plan.json"]),
 }
 
 SHELL_BUILDERS = {
@@ -507,6 +537,8 @@ SHELL_BUILDERS = {
     "delete_files": (lambda v: delete_files(f"/srv/{v}", [v, f"sub/{v}"]), lambda v: [f"/srv/{v}", v, f"sub/{v}"]),
     "files_newer_than": (lambda v: files_newer_than(f"/srv/{v}", MOMENT), lambda v: [f"/srv/{v}"]),
     "fetch_files": (lambda v: fetch_files(f"/srv/{v}/output"), lambda v: [f"/srv/{v}/output"]),
+    "write_file": (lambda v: write_file(f"/srv/{v}/output/plan.json"),
+                   lambda v: [f"/srv/{v}/output", f"/srv/{v}/output/plan.json.tmp", f"/srv/{v}/output/plan.json"]),
 }
 
 
@@ -520,7 +552,7 @@ def test_every_builder_that_takes_a_value_is_fed_hostile_values():
         "EngineVersion", "LoadImages"}  # they take none
     assert public_functions(celery_commands) - set(ENGINE_BUILDERS) == set()
     assert public_functions(file_commands) - set(SHELL_BUILDERS) == {
-        "host_probe",  # takes none
+        "host_probe", "gpu_query",  # take none
         "make_folder", "remove_tree", "names_on_stdin", "tar_of",  # no shell: the tests below
     }
 
@@ -607,6 +639,9 @@ def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_s
     sh(make_folder(root))
     assert Path(root).is_dir()
     sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=s3cret\n")
+    sh(write_file(f"{root}/output/sweep/plan.json"), b"{}")
+    assert Path(root, "output", "sweep", "plan.json").read_bytes() == b"{}"
+    sh(remove_tree(f"{root}/output"))
     env_file = Path(root, ".infra-lab", "worker.env")
     assert env_file.read_bytes() == b"PASSWORD=s3cret\n" and (env_file.stat().st_mode & 0o777) == 0o600
     sh(extract_files(root), tar_of(project, ["data/it's a file.txt"]))

@@ -227,7 +227,8 @@ def test_workers_on_the_master_host_use_host_networking_and_their_group_settings
     assert worker.volumes == (("/home/alice/infra/wordcount", "/project", "ro"),)
     assert worker.env_file == "/home/alice/infra/.infra-lab/worker.env"
     assert worker.command == (
-        "celery", "--app", "wordcount", "worker", "--hostname", "lab-worker-gpu-box-2@gpu-box",
+        "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
+        "--hostname", "lab-worker-gpu-box-2@gpu-box",
         "--queues", "celery", "--pool", "prefork", "--loglevel", "INFO", "--task-events", "--concurrency", "4",
     )
 
@@ -281,7 +282,8 @@ def test_the_run_command_of_a_worker_is_exactly_this(cluster):
         "--env-file", "/home/pi/infra/.infra-lab/worker.env",
         "--user", "1001:1101", "--workdir", "/project",
         WORKER_TAG,
-        "celery", "--app", "wordcount", "worker", "--hostname", "lab-worker-pi1-1@pi1", "--queues", "celery,heavy",
+        "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
+        "--hostname", "lab-worker-pi1-1@pi1", "--queues", "celery,heavy",
         "--pool", "threads", "--loglevel", "DEBUG", "--task-events", "--concurrency", "2",
     ]
 
@@ -996,3 +998,15 @@ def test_the_broker_password_hash_is_rabbitmqs_salted_sha256_and_stable():
     assert digest == hashlib.sha256(salt + b"s3cret").digest()
     assert rabbitmq_password_hash("s3cret") == rabbitmq_password_hash("s3cret")
     assert rabbitmq_password_hash("s3cret") != rabbitmq_password_hash("other")
+
+
+def test_an_ipv6_master_address_is_bracketed_in_every_url(tmp_path):
+    from infra.plans.addresses import broker_url_hidden, flower_url
+
+    cluster = make_cluster(tmp_path)
+    pi1 = cluster.hosts["pi1"]
+    [worker_env] = env_files_for(cluster, pi1, host_layout(cluster, pi1, host_facts("pi1")), SECRETS, "fd00::20")
+    assert f"@[fd00::20]:5672//" in worker_env.content and "@[fd00::20]:6379/0" in worker_env.content
+    assert flower_url(cluster, "fd00::20") == "http://[fd00::20]:5555"
+    assert broker_url_hidden(cluster, "infra", "fd00::20") == "amqp://infra:****@[fd00::20]:5672//"
+    assert flower_url(cluster, "192.168.1.20") == "http://192.168.1.20:5555"

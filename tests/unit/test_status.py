@@ -346,9 +346,10 @@ def test_json_has_the_documented_stable_shape(cluster, tmp_path):
     assert data["schema"] == SCHEMA == "infra.status/1"
     assert (data["cluster"], data["ok"], data["exit_code"], data["problems"]) == ("livem", True, 0, [])
     assert data["checked_at"] == "2026-11-22T02:45:00Z" and data["flower_url"] == FLOWER
-    assert list(data["hosts"][0]) == ["name", "address", "roles", "in_cluster_file", "reachable", "docker", "error"]
+    assert list(data["hosts"][0]) == ["name", "address", "roles", "in_cluster_file", "reachable", "docker", "error",
+                                      "gpus"]
     assert data["hosts"][0] == {"name": "h1", "address": "172.30.2.11", "roles": ["master"], "in_cluster_file": True,
-                                "reachable": True, "docker": True, "error": None}
+                                "reachable": True, "docker": True, "error": None, "gpus": None}
     assert list(data["containers"][0]) == ["name", "host", "role", "expected", "state", "health", "started_at",
                                            "uptime_seconds", "image", "restarts", "exit_code"]
     assert data["workers"][0] == {"name": "livem-worker-h2-1@h2", "host": "h2", "container": "livem-worker-h2-1",

@@ -1,0 +1,153 @@
+"""`infra sweep`: run a command once per combination of a parameters file, on the workers."""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+
+import click
+
+from ..errors import ConfigError
+from .options import cluster_file_option, handle_errors, load_cluster_file
+
+PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
+
+
+class _SweepCommand(click.Command):
+    """Says where the command goes when one of its options was taken for one of ours."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as exc:
+            exc.message = (f"{exc.message}: put the command to run after `--`, "
+                           "e.g. infra sweep parameters.yml -- python train.py --data x")
+            raise
+
+
+@click.command(cls=_SweepCommand)
+@cluster_file_option
+@click.argument("parameters", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@click.option("--name", help="Name of the sweep: output/sweep-NAME.csv; default: the parameters file's name.")
+@click.option("--dry-run", is_flag=True, help="List the combinations and their commands; run nothing.")
+@click.option("--resume", is_flag=True,
+              help="Run only the combinations that did not finish ok in output/sweep-NAME.csv.")
+@click.option("--retries", type=click.IntRange(0, 100), default=0, show_default=True,
+              help="Run a failed or timed-out combination again, up to this many times.")
+@click.option("--timeout", type=click.FloatRange(min=0, min_open=True), metavar="SECONDS",
+              help="Stop a run after this long (status timeout); default: no limit.")
+@click.option("--gpus-per-task", type=click.IntRange(0, 64), default=1, show_default=True,
+              help="GPUs each run gets on a GPU worker (CUDA_VISIBLE_DEVICES); 0: runs share them.")
+@click.option("--queue", help="Queue of the runs; default: celery, or the first queue the workers consume.")
+@click.option("--sort", "sort_by", metavar="[-]METRIC",
+              help="At the end, list the best rows by this metric: -accuracy (highest first), loss (lowest first).")
+@click.option("--top", type=click.IntRange(1, 10_000), default=10, show_default=True,
+              help="How many rows --sort lists.")
+@click.option("--max-combinations", type=click.IntRange(1), default=10_000, show_default=True,
+              help="Refuse parameters files with more combinations than this (a guard against typos).")
+@click.option("-q", "--quiet", is_flag=True, help="Show a progress line instead of the runs' output.")
+@handle_errors
+def sweep(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: str | None, dry_run: bool,
+          resume: bool, retries: int, timeout: float | None, gpus_per_task: int, queue: str | None,
+          sort_by: str | None, top: int, max_combinations: int, quiet: bool) -> None:
+    """Run COMMAND once per combination of the PARAMETERS file, spread over the workers.
+
+    \b
+    PARAMETERS (YAML) maps each parameter to its values:
+      lr: [0.1, 0.01]                  each value
+      epochs: {range: [5, 20, 5]}      5, 10, 15 (the end is excluded)
+      epoch: !!python/tuple [5,20,5]   the same, as the original framework wrote it
+      shuffle: true                    a flag: --shuffle (false leaves it out)
+      gpu: "-1"                        one value
+    Each combination runs `COMMAND --lr 0.1 --epochs 5 --shuffle ...` in the project
+    folder on a worker (no shell: values are passed as they are). The project needs no
+    Celery code. Output streams here, each line prefixed with its combination.
+
+    \b
+    Results: output/sweep-NAME.csv, one row per combination (parameters, status, exit
+    code, seconds, host, attempts, metrics, log). Metrics are the last line of a run's
+    output that is a JSON object, else its `key=value` lines. Each run's full output is
+    in output/sweep-NAME/logs/. A worker host lost mid-sweep: its runs go to others.
+    Ctrl-C stops the sweep and keeps what finished; --resume runs the rest.
+
+    \b
+    Exit code: 0 all ok; 1 a run failed (or infra did); 2 bad input; 130 interrupted.
+
+    \b
+    Example:
+      infra sweep -f cluster.yaml parameters.yml --dry-run -- python train.py
+      infra sweep -f cluster.yaml parameters.yml --sort -accuracy -- python train.py --data d.csv
+      infra sweep -f cluster.yaml parameters.yml --resume --retries 1 -q -- python train.py
+    """
+    from ..sweep.results import SortSpec
+    from ..workflows.sweep import SweepOptions, dry_run_lines, prepare_sweep, run_sweep, summary_lines
+
+    try:
+        sort = SortSpec.parse(sort_by) if sort_by is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    cluster = load_cluster_file(cluster_file)
+    options = SweepOptions(name=name, resume=resume, retries=retries, timeout=timeout, gpus_per_task=gpus_per_task,
+                           queue=queue, max_combinations=max_combinations, sort=sort, top=top)
+    plan = prepare_sweep(cluster, parameters, command, options)
+    if dry_run:
+        for line in dry_run_lines(plan):
+            click.echo(line)
+        return
+
+    def note(message: str) -> None:
+        click.echo(f"infra: {message}", err=True)
+
+    progress = _Progress() if quiet else None
+    if plan.selection.done and plan.selection.to_run:
+        note(f"--resume: {len(plan.selection.done)} of {len(plan.runs)} combinations finished ok earlier; "
+             f"running the other {len(plan.selection.to_run)}")
+    elif plan.selection.done:
+        note(f"--resume: all {len(plan.runs)} combinations finished ok earlier: nothing to run")
+    summary = run_sweep(cluster, plan, options, out=click.echo, err=lambda line: click.echo(line, err=True),
+                        note=note if progress is None else progress.wrap(note),
+                        status=progress.show if progress else None, quiet=quiet)
+    if progress is not None:
+        progress.done()
+    for line in summary_lines(plan, summary):
+        click.echo(line)
+    sys.exit(summary.exit_code)
+
+
+class _Progress:
+    """One progress line on stderr: redrawn in place on a terminal, else printed now and then."""
+
+    def __init__(self):
+        self.tty = sys.stderr.isatty()
+        self.last_text = ""
+        self.last_shown = 0.0
+        self.width = 0
+
+    def show(self, text: str) -> None:
+        self.last_text = text
+        now = time.monotonic()
+        if self.tty:
+            if now - self.last_shown >= 0.1:
+                click.echo("\r" + text.ljust(self.width), nl=False, err=True)
+                self.width = len(text)
+                self.last_shown = now
+        elif now - self.last_shown >= PROGRESS_EVERY:
+            click.echo(text, err=True)
+            self.last_shown = now
+
+    def wrap(self, note):
+        def noted(message: str) -> None:
+            if self.tty and self.width:
+                click.echo("\r" + " " * self.width + "\r", nl=False, err=True)
+                self.width = 0
+            note(message)
+        return noted
+
+    def done(self) -> None:
+        if self.last_text:
+            if self.tty:
+                click.echo("\r" + self.last_text.ljust(self.width), err=True)
+            else:
+                click.echo(self.last_text, err=True)
