@@ -42,7 +42,9 @@ IMAGES = {
 }
 
 
-def cluster_file(folder: Path, testbed: Testbed, name: str) -> Path:
+def cluster_file(folder: Path, testbed: Testbed, name: str, known_hosts: bool = True) -> Path:
+    """The benchmark's cluster file; `known_hosts` False for revisions older than ssh.known_hosts
+    (they accepted any host key)."""
     h1, h2, h3 = testbed.docker_hosts[:3]
     project = folder / "wordcount"
     if not project.exists():
@@ -57,7 +59,7 @@ def cluster_file(folder: Path, testbed: Testbed, name: str) -> Path:
             {"host": "local", "containers": 1, "concurrency": 1},
         ]},
         "images": IMAGES,
-        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
+        "ssh": {"connect_timeout": 5, **({"known_hosts": str(testbed.known_hosts_path)} if known_hosts else {})},
         "state_dir": str(folder / "state"),
     }
     path = folder / "cluster.yaml"
@@ -80,7 +82,8 @@ def timed(source: Path, *args: str, ok: tuple[int, ...] = (0,)) -> float:
 
 def measure(label: str, source: Path, testbed: Testbed, folder: Path, repeat: int) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
-    path = str(cluster_file(folder, testbed, "bench"))
+    knows_host_keys = (source / "infra" / "hostkeys.py").exists()
+    path = str(cluster_file(folder, testbed, "bench", known_hosts=knows_host_keys))
     print(f"{label}: cold up ...", flush=True)
     cold = timed(source, "up", "-f", path)
     figures = {"label": label, "cold_up": cold, "status": [], "noop_up": []}
