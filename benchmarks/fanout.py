@@ -531,7 +531,9 @@ def infra_fanout(hosts: list[Host], connect_timeout: float, command_timeout: flo
             cluster = SimpleNamespace(name=CLUSTER, image_tag=lambda role: f"infra-{CLUSTER}-{role}:latest")
             began = time.perf_counter()
             try:
-                facts = gather_facts(pool, cluster, reachable)
+                gathered = gather_facts(pool, cluster, reachable)
+                gathered.raise_if_failed("reading host state")
+                facts = gathered.succeeded
                 # On these hosts every probe must parse to "Docker is not installed".
                 odd = [n for n, f in facts.items() if f.docker_version is not None or not f.home]
                 sample.facts_failed = len(odd)

@@ -11,7 +11,6 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from ..commands.files import PROBE_MARKER
-from .arch import docker_arch  # noqa: F401  (the architecture rule plans use with these facts)
 from .containers import Container, ImageInfo
 from .sections import split_sections
 

@@ -11,7 +11,7 @@ from ..errors import DockerMissingError, EngineUnavailableError, InfraError
 from ..facts.containers import parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts, host_facts, parse_host_probe
 from ..facts.sections import last_line
-from ..runner import Connection, ConnectionPool, run_concurrently
+from ..runner import Connection, ConnectionPool, GroupResult, run_concurrently
 
 PROBE_TIMEOUT = 60
 
@@ -42,11 +42,9 @@ def read_host_facts(conn: Connection, cluster: Cluster) -> HostFacts:
     )
 
 
-def gather_facts(pool: ConnectionPool, cluster: Cluster, hosts: list[Host]) -> dict[str, HostFacts]:
-    """Every host's facts, concurrently; a host that fails to answer fails the whole gathering."""
-    gathered = run_concurrently(hosts, lambda host: read_host_facts(pool[host.name], cluster), key=lambda h: h.name)
-    gathered.raise_if_failed("reading host state")
-    return gathered.succeeded
+def gather_facts(pool: ConnectionPool, cluster: Cluster, hosts: list[Host]) -> GroupResult:
+    """Every host's facts, concurrently; a host that fails to answer is a failure of its own."""
+    return run_concurrently(hosts, lambda host: read_host_facts(pool[host.name], cluster), key=lambda h: h.name)
 
 
 def require_docker(facts: dict[str, HostFacts], hosts: list[Host], config_path: Path) -> None:

@@ -30,6 +30,7 @@ from ..plans.up import (
     IMAGE_ROLES,
     HostPlan,
     container_steps,
+    host_layout,
     expected_worker_nodes,
     image_steps,
     images_needed,
@@ -41,7 +42,7 @@ from ..report import Reporter
 from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently, ship_images
 from ..secrets import Secrets, load_or_create_secrets, load_secrets
 from .execute import execute_step, execute_steps
-from .gather import read_host_facts, require_docker
+from .gather import gather_facts, read_host_facts, require_docker
 from .readiness import wait_for_broker, wait_for_workers
 
 LISTING_TIMEOUT = 300
@@ -95,8 +96,6 @@ def resolve_master_address(cluster: Cluster, pool: ConnectionPool, reachable: li
 def project_sync_plans(cluster: Cluster, pool: ConnectionPool, hosts: list[Host],
                        facts: dict[str, HostFacts]) -> dict[str, SyncPlan]:
     """What each remote host lacks of the project (one listing per host, all at once)."""
-    from ..plans.up import host_layout
-
     rules = ignore_rules(cluster.project_dir)
     local_files = scan_local(cluster.project_dir, rules)
 
@@ -110,10 +109,9 @@ def project_sync_plans(cluster: Cluster, pool: ConnectionPool, hosts: list[Host]
     return listed.succeeded
 
 
-def build_images_here(cluster: Cluster, local: Connection, context_dir: str, digest: str, reporter: Reporter,
-                      *, dry_run: bool) -> dict[str, str | None]:
+def build_images_here(cluster: Cluster, local: Connection, facts: HostFacts, context_dir: str, digest: str,
+                      reporter: Reporter, *, dry_run: bool) -> dict[str, str | None]:
     """`images.source: ship`: the images are built on this machine first; returns their ids."""
-    facts = read_host_facts(local, cluster)
     if not facts.docker_version:
         raise DockerMissingError(f"local: images are built here before they are shipped, but Docker does not "
                                  f"answer ({facts.docker_problem}) — run `infra bootstrap --hosts local`")
@@ -152,8 +150,7 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         # A worker host that cannot be reached, or whose engine does not answer in time, is left
         # out and named at the end; the rest of the cluster comes up. Without the master, nothing can.
         opened = pool.open(everyone)
-        gathered = run_concurrently([h for h in everyone if h.name in opened.succeeded],
-                                    lambda host: read_host_facts(pool[host.name], cluster), key=lambda h: h.name)
+        gathered = gather_facts(pool, cluster, [h for h in everyone if h.name in opened.succeeded])
         failed: dict[str, BaseException] = {**opened.failed, **gathered.failed}
         if master_name in failed:
             raise HostsFailedError("reading host state", {master_name: failed[master_name]})
@@ -174,7 +171,8 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         local = None  # this machine's engine, where shipped images come from
         if cluster.spec.images.source == "ship":
             local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
-            local_ids = build_images_here(cluster, local, str(context), digest, reporter, dry_run=dry_run)
+            here = facts.get("local") or read_host_facts(local, cluster)  # read once when local is a host too
+            local_ids = build_images_here(cluster, local, here, str(context), digest, reporter, dry_run=dry_run)
             if "local" in facts and not dry_run:
                 facts["local"] = read_host_facts(local, cluster)  # now with the images just built
         syncs = project_sync_plans(cluster, pool, hosts, facts)
