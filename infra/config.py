@@ -192,6 +192,14 @@ def _registry_problem(registry: str) -> str | None:
     return None
 
 
+def _bind_address_problem(address: str) -> str | None:
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"{_shown(address)} is not an IP address (Docker publishes ports on addresses, not names)"
+    return None
+
+
 def _host_address_problem(address: str) -> str | None:
     if not address:
         return "it is empty"
@@ -317,8 +325,8 @@ class ProjectConfig(_Model):
                     "without Celery code (a script for `infra sweep`): workers then run infra's built-in app.")
     remote_path: str = Field(
         default="infra", min_length=1,
-        description="Where the project goes on each host (REMOTE_PATH/<project folder name>): "
-                    "relative to the SSH user's home, or absolute.")
+        description="Where the cluster's folder goes on each host (REMOTE_PATH/NAME, holding the project, its "
+                    "output folder and secret files): relative to the SSH user's home, or absolute.")
     requirements: str | None = Field(
         default="requirements.txt",
         description="File of the project folder listing packages installed into the images (optional).")
@@ -342,10 +350,20 @@ class MasterRole(_Model):
         default=None,
         description="Address workers use to reach the broker; default: the address infra connects to.")
 
+    bind_address: str | None = Field(
+        default=None,
+        description="IP address of the master host that the published ports listen on (e.g. its LAN "
+                    "or VPN address); default: every address of the host.")
+
     @field_validator("advertise_address")
     @classmethod
     def _advertise_address_valid(cls, address: str | None) -> str | None:
         return _checked(address, _host_address_problem, "a host name or an IP address")
+
+    @field_validator("bind_address")
+    @classmethod
+    def _bind_address_valid(cls, address: str | None) -> str | None:
+        return _checked(address, _bind_address_problem, "an IP address of the master host")
 
 
 class WorkerGroup(_Model):
@@ -408,7 +426,9 @@ class Roles(_Model):
 class Ports(_Model):
     """Ports published on the master host."""
 
-    broker: int = Field(default=5672, ge=1, le=65535, description="RabbitMQ (AMQP); workers connect here.")
+    broker: int | None = Field(
+        default=None, ge=1, le=65535,
+        description="RabbitMQ; workers connect here. Default 5671 (AMQPS) with TLS, 5672 (AMQP) with `tls: false`.")
     results: int = Field(
         default=6379, ge=1, le=65535, description="Redis result backend; workers store results here.")
     flower: int = Field(default=5555, ge=1, le=65535, description="Flower web UI and API (password protected).")
@@ -511,6 +531,19 @@ class ClusterFile(_Model):
     state_dir: str = Field(
         default=".infra",
         description="Folder of the manifest and the secrets (STATE_DIR/NAME/), relative to the cluster file.")
+    tls: bool = Field(
+        default=True,
+        description="Encrypt every link that leaves the master host with the cluster's own CA: AMQPS to the "
+                    "broker, TLS to Redis, HTTPS to Flower. `false` publishes plain AMQP, Redis and HTTP: "
+                    "only on a network you trust entirely.")
+
+    @model_validator(mode="after")
+    def _default_broker_port(self) -> ClusterFile:
+        # The broker's default port follows `tls` (IANA's amqps and amqp ports), as the seeds used.
+        if self.ports.broker is None:
+            ports = self.ports.model_copy(update={"broker": 5671 if self.tls else 5672})
+            object.__setattr__(self, "ports", ports)
+        return self
 
     @field_validator("state_dir")
     @classmethod
@@ -609,6 +642,11 @@ class Cluster:
     @property
     def secrets_path(self) -> Path:
         return self.state_dir / "secrets.json"
+
+    @property
+    def tls_dir(self) -> Path:
+        """The cluster CA and the master's certificate, every file 0600."""
+        return self.state_dir / "tls"
 
 
 # --------------------------------------------------------------------------- YAML with lines
@@ -947,6 +985,12 @@ def _check_consistency(spec: ClusterFile, located: _Located, source: Path, base_
     except (OSError, ValueError, RuntimeError) as exc:  # a NUL character, a symlink loop...
         raise located.error(
             ("state_dir",), f"{_shown(spec.state_dir)} cannot be a folder: {_clip(str(exc), 80)}") from None
+    project = project_dir.resolve()
+    if state_dir == project or project in state_dir.parents:
+        # The secrets would travel to every host with the project, and sit in its containers.
+        raise located.error(
+            ("state_dir",), f"{_shown(spec.state_dir)} is inside the project folder {_shown(str(project))}: "
+                            f"its secrets would be copied to the hosts; choose a folder outside it")
     return Cluster(
         source=source,
         spec=spec,

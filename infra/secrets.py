@@ -6,7 +6,7 @@ import json
 import os
 import secrets as random_source
 import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from .errors import StateError
@@ -14,11 +14,17 @@ from .errors import StateError
 
 @dataclass(frozen=True)
 class Secrets:
+    """Who logs in where. The broker has two users: `broker_user`, its administrator, used only by
+    Flower's queue view on the master host, and `worker_user`, which can use the cluster's virtual
+    host and nothing else: the one every Celery client and worker logs in with."""
+
     broker_user: str
     broker_password: str
     results_password: str
     flower_user: str
     flower_password: str
+    worker_user: str = "worker"
+    worker_password: str = ""
 
     @classmethod
     def generate(cls) -> "Secrets":
@@ -29,11 +35,13 @@ class Secrets:
             results_password=random_source.token_urlsafe(24),
             flower_user="admin",
             flower_password=random_source.token_urlsafe(18),
+            worker_user="worker",
+            worker_password=random_source.token_urlsafe(24),
         )
 
     def values(self) -> list[str]:
         """The secret strings themselves (used to check that nothing prints them)."""
-        return [self.broker_password, self.results_password, self.flower_password]
+        return [self.broker_password, self.results_password, self.flower_password, self.worker_password]
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -65,6 +73,11 @@ def load_or_create_secrets(path: Path) -> Secrets:
     if existing:
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)
+        if not existing.worker_password:
+            # A secrets file from before the broker had a user of its own for workers: that user
+            # gets a new password, the others keep theirs. Callers hold the cluster lock.
+            existing = replace(existing, worker_password=random_source.token_urlsafe(24))
+            write_private_file(path, json.dumps(asdict(existing), indent=2).encode() + b"\n")
         return existing
     created = Secrets.generate()
     data = json.dumps(asdict(created), indent=2).encode() + b"\n"

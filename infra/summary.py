@@ -18,7 +18,7 @@ def print_plan(cluster: Cluster, result, reporter: Reporter) -> None:
         for image in plan.images:
             if image.action in ("ship", "present"):
                 reporter.host(name, f"image: {image.describe()}")
-        steps += change_steps(cluster, plan.containers, plan.env_files)
+        steps += change_steps(cluster, plan.containers)
         for step in steps:
             if step.op is None and step.command is None:
                 continue
@@ -47,7 +47,11 @@ def print_summary(cluster: Cluster, result, reporter: Reporter) -> None:
     address = result.master_address
     reporter.info(f"  hosts:    {'; '.join(roles)}")
     reporter.info(f"  workers:  {len(result.workers)} answering")
-    reporter.info(f"  broker:   {broker_url_hidden(cluster, 'infra', address)}")
+    reporter.info(f"  broker:   {broker_url_hidden(cluster, 'worker', address)}")
     reporter.info(f"  flower:   {flower_url(cluster, address)} (user admin, password in the secrets file)")
     reporter.info(f"  secrets:  {cluster.secrets_path} (mode 0600)")
+    if cluster.spec.tls:
+        reporter.info(f"  TLS:      cluster CA {cluster.tls_dir / 'ca.crt'} ({result.ca_fingerprint})")
+    else:
+        reporter.info("  TLS:      off (tls: false): broker, results and Flower are plain text on the network")
     reporter.info(f"  manifest: {cluster.manifest_path}")

@@ -12,7 +12,9 @@ from .options import cluster_file_option, handle_errors, load_cluster_file, wait
 
 @click.command()
 @cluster_file_option
-@click.option("--files", is_flag=True, help="Also delete the project copies on the hosts.")
+@click.option("--files", is_flag=True,
+              help="Also delete the cluster's folder on the hosts (project copy and job output), where it holds "
+                   "the cluster's marker.")
 @click.option("--volumes", is_flag=True, help="Also delete the broker's and result backend's data volumes.")
 @wait_option
 @handle_errors

@@ -59,4 +59,6 @@ def run(cluster_file: Path, script: str, args: tuple[str, ...]) -> None:
              f"into {result.output_dir}: {names}")
     elif result.in_place:
         note(f"the master is this machine: output files are already in {result.output_dir}")
+    for refused in result.refused:
+        note(f"warning: output file not fetched: {refused}")
     sys.exit(result.exit_code)

@@ -14,6 +14,7 @@ from ..runtime import DRIVER_MODULE
 from .engine import Exec
 
 CONTAINER_PROJECT = "/project"
+CONTAINER_OUTPUT = "/project/output"  # the output folder, mounted read-write over the read-only project
 PID_MARKER = "__infra_run_pid__="
 
 # Exits 0 once the broker accepts a login with the cluster's credentials.
@@ -78,8 +79,9 @@ def celery_probe(cluster: str, app: str, expected: list[str], reply_timeout: flo
 
 
 def list_queues(cluster: str) -> Exec:
+    """The queues of the cluster's vhost (named after the cluster: see `plans.up.broker_vhost`)."""
     return Exec(container_name(cluster, "broker"), (
-        "rabbitmqctl", "list_queues", "--quiet", "--formatter", "json",
+        "rabbitmqctl", "list_queues", "--quiet", "--vhost", cluster, "--formatter", "json",
         "name", "messages", "messages_ready", "messages_unacknowledged", "consumers"))
 
 

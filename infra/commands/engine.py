@@ -12,10 +12,12 @@ comes from (`--env-file PATH`), its values travel only inside the API call.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..names import LABEL_CLUSTER, cluster_label
 
+# Where a container finds its secret files (read-only; each file 0400, owned by the container's user).
+SECRETS_MOUNT = "/run/infra"
 LOG_DRIVER = "json-file"  # `docker logs` reads it back; rotated by LOG_OPTIONS
 LOG_OPTIONS = (("max-size", "20m"), ("max-file", "3"))
 
@@ -101,15 +103,18 @@ class ListVolumes(EngineOp):
 
 @dataclass(frozen=True)
 class ContainerSpec:
-    """Everything a container is started with, as data (secrets only as the env file's path)."""
+    """Everything a container is started with, as data. Secrets are never part of it: they are files
+    in the `secrets` folder on the host, which the container reads at SECRETS_MOUNT."""
 
     name: str
     role: str
     host: str
     image: str
     command: tuple[str, ...] = ()
-    env_file: str | None = None  # where its settings are kept on the host (mode 0600)
+    environment: tuple[tuple[str, str], ...] = ()  # never a secret: `docker inspect` shows these
+    secrets: str | None = None  # host folder of its 0400 secret files, mounted read-only at SECRETS_MOUNT
     ports: tuple[tuple[int, int], ...] = ()  # (host port, container port)
+    bind_address: str | None = None  # the host address its ports are published on; None: all
     volumes: tuple[tuple[str, str, str], ...] = ()  # (source, target, mode)
     network: str = "host"
     network_alias: str | None = None
@@ -120,16 +125,20 @@ class ContainerSpec:
     gpus: str | None = None  # `docker run --gpus` text: all, a count, or device=ID[,ID...]
 
 
+def published(bind_address: str | None, host_port: int, container_port: int) -> str:
+    """`docker run --publish` text: [ADDRESS:]HOST_PORT:CONTAINER_PORT, an IPv6 address in brackets."""
+    if bind_address is None:
+        return f"{host_port}:{container_port}"
+    address = f"[{bind_address}]" if ":" in bind_address else bind_address
+    return f"{address}:{host_port}:{container_port}"
+
+
 @dataclass(frozen=True)
 class RunContainer(EngineOp):
-    """Create and start a container (answers: its id).
-
-    `env` holds the env file's content (KEY=value lines); it goes into the API call only.
-    """
+    """Create and start a container (answers: its id)."""
 
     spec: ContainerSpec
     labels: tuple[tuple[str, str], ...]
-    env: str = field(default="", repr=False, compare=False)
 
     def argv(self) -> list[str]:
         spec = self.spec
@@ -143,11 +152,11 @@ class RunContainer(EngineOp):
         if spec.hostname:
             argv += ["--hostname", spec.hostname]
         for host_port, container_port in spec.ports:
-            argv += ["--publish", f"{host_port}:{container_port}"]
-        for source, target, mode in spec.volumes:
+            argv += ["--publish", published(spec.bind_address, host_port, container_port)]
+        for source, target, mode in self.mounts():
             argv += ["--volume", f"{source}:{target}:{mode}"]
-        if spec.env_file:
-            argv += ["--env-file", spec.env_file]
+        for key, value in spec.environment:
+            argv += ["--env", f"{key}={value}"]
         if spec.user:
             argv += ["--user", spec.user]
         if spec.workdir:
@@ -157,14 +166,10 @@ class RunContainer(EngineOp):
             argv += ["--gpus", f'"{spec.gpus}"' if "," in spec.gpus else spec.gpus]
         return argv + [spec.image, *spec.command]
 
-    def environment(self) -> dict[str, str]:
-        """The env file's variables, read as Docker reads an env file: each line literally."""
-        values: dict[str, str] = {}
-        for line in self.env.splitlines():
-            if line.strip() and not line.lstrip().startswith("#"):
-                key, _, value = line.partition("=")
-                values[key.strip()] = value
-        return values
+    def mounts(self) -> tuple[tuple[str, str, str], ...]:
+        """Its volumes, then its secrets folder (read-only)."""
+        secrets = ((self.spec.secrets, SECRETS_MOUNT, "ro"),) if self.spec.secrets else ()
+        return (*self.spec.volumes, *secrets)
 
 
 @dataclass(frozen=True)

@@ -72,8 +72,7 @@ def create_arguments(op: RunContainer) -> dict:
     """The `POST /containers/create` request that makes the container `op.argv()` describes.
 
     Returns {"name": ..., "config": ...}: the keyword arguments of the SDK's
-    `APIClient.create_container_from_config`. The environment's values (`op.environment()`)
-    appear here only, never in a rendering. Settings `argv()` leaves out are left out here
+    `APIClient.create_container_from_config`. Settings `argv()` leaves out are left out here
     too, so the engine applies the same defaults as `docker run` would.
     """
     spec = op.spec
@@ -82,7 +81,7 @@ def create_arguments(op: RunContainer) -> dict:
     for host_port, container_port in spec.ports:
         key = f"{container_port}/tcp"
         exposed[key] = {}
-        bindings.setdefault(key, []).append({"HostIp": "", "HostPort": str(host_port)})
+        bindings.setdefault(key, []).append({"HostIp": spec.bind_address or "", "HostPort": str(host_port)})
     host_config: dict = {
         "RestartPolicy": restart_policy(spec.restart),
         "LogConfig": {"Type": LOG_DRIVER, "Config": dict(LOG_OPTIONS)},
@@ -90,14 +89,14 @@ def create_arguments(op: RunContainer) -> dict:
     }
     if bindings:
         host_config["PortBindings"] = bindings
-    if spec.volumes:
-        host_config["Binds"] = [f"{source}:{target}:{mode}" for source, target, mode in spec.volumes]
+    if op.mounts():
+        host_config["Binds"] = [f"{source}:{target}:{mode}" for source, target, mode in op.mounts()]
     if spec.gpus:
         host_config["DeviceRequests"] = device_requests(spec.gpus)
     config: dict = {
         "Image": spec.image,
         "Labels": dict(op.labels),
-        "Env": [f"{key}={value}" for key, value in op.environment().items()],
+        "Env": [f"{key}={value}" for key, value in op.spec.environment],
         "HostConfig": host_config,
     }
     if spec.command:

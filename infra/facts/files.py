@@ -14,6 +14,10 @@ from pathlib import Path
 
 import pathspec
 
+from .. import confined
+from ..commands.files import PROBE_MARKER
+from .sections import split_sections
+
 IGNORE_FILE = ".infraignore"
 OUTPUT_FOLDER = "output"  # where `infra run` jobs write results: fetched back, never synced out
 DEFAULT_IGNORES = (
@@ -53,29 +57,39 @@ def no_ignores() -> pathspec.PathSpec:
     return pathspec.GitIgnoreSpec.from_lines([])
 
 
-def _digest(path: Path) -> str:
-    sha = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
+def _digest(root: Path, rel: str) -> tuple[str, os.stat_result]:
+    fd = confined.open_file(root, rel)
+    try:
+        sha = hashlib.sha256()
+        for block in iter(lambda: os.read(fd, 1 << 20), b""):
             sha.update(block)
-    return sha.hexdigest()
+        return sha.hexdigest(), os.fstat(fd)
+    finally:
+        os.close(fd)
 
 
 def scan_local(root: Path, rules: pathspec.PathSpec | None = None) -> dict[str, LocalFile]:
-    """Every file under `root` that is not ignored, with its content hash."""
+    """Every regular file under `root` that is not ignored, with its content hash.
+
+    Symbolic links are left out, to a file or a folder alike (never followed, never sent): a
+    link planted in the project must not carry a file from elsewhere on this machine to the hosts.
+    """
     rules = rules or ignore_rules(root)
     found: dict[str, LocalFile] = {}
-    for folder, dirs, files in os.walk(root):
+    for folder, dirs, files in os.walk(root):  # never into a linked folder
         rel_folder = Path(folder).relative_to(root).as_posix()
         rel_folder = "" if rel_folder == "." else rel_folder + "/"
-        dirs[:] = sorted(d for d in dirs if not rules.match_file(rel_folder + d + "/"))
+        dirs[:] = sorted(d for d in dirs if not rules.match_file(rel_folder + d + "/")
+                         and not os.path.islink(os.path.join(folder, d)))
         for name in sorted(files):
             rel = rel_folder + name
-            full = Path(folder) / name
-            if rules.match_file(rel) or not full.is_file():
+            if rules.match_file(rel) or not confined.is_inside(rel):
                 continue
-            stat = full.stat()
-            found[rel] = LocalFile(rel, _digest(full), stat.st_size, stat.st_mode & 0o777)
+            try:
+                digest, stat = _digest(root, rel)
+            except (OSError, confined.ConfinementError):  # a link, a fifo, gone since listed
+                continue
+            found[rel] = LocalFile(rel, digest, stat.st_size, stat.st_mode & 0o777)
     return found
 
 
@@ -87,8 +101,12 @@ def project_digest(files: dict[str, LocalFile]) -> str:
     return sha.hexdigest()[:24]
 
 
-def parse_sha256_list(text: str, root: str = ".") -> dict[str, str]:
-    """`sha256sum` lines of files under `root` (the answer of `list_files`) -> {relative path: digest}."""
+def parse_sha256_list(text: str, root: str = ".", rules: pathspec.PathSpec | None = None) -> dict[str, str]:
+    """`sha256sum` lines of files under `root` -> {relative path: digest}.
+
+    A host's answer is filtered as the local scan is: a path that could leave the folder
+    (absolute, `..`, empty parts) is dropped, and so is what `rules` ignore.
+    """
     digests: dict[str, str] = {}
     prefix = root.rstrip("/") + "/"
     for line in text.splitlines():
@@ -97,7 +115,7 @@ def parse_sha256_list(text: str, root: str = ".") -> dict[str, str]:
         escaped = line.startswith("\\")
         if escaped:
             line = line[1:]
-        if len(line) < 66 or line[64:66] not in ("  ", " *"):
+        if len(line) < 66 or line[64:66] not in ("  ", " *") or not _HEX.fullmatch(line[:64]):
             continue
         digest, path = line[:64], line[66:]
         if escaped:
@@ -106,8 +124,77 @@ def parse_sha256_list(text: str, root: str = ".") -> dict[str, str]:
             path = path[len(prefix):]
         elif path.startswith("./"):
             path = path[2:]
+        if not confined.is_inside(path) or (rules is not None and rules.match_file(path)):
+            continue
         digests[path] = digest
     return digests
+
+
+_HEX = re.compile(r"[0-9a-f]{64}")
+
+
+# --------------------------------------------------------------------------- the project on a host
+
+
+@dataclass(frozen=True)
+class ProjectListing:
+    """A host's answer to `commands.files.list_project`."""
+
+    owner: str  # the cluster folder: absent, empty, ours, other, link, file (see `list_project`)
+    folders: tuple[bool, bool, bool]  # the project, its output mount point, the output folder: real folders
+    files: dict[str, str]  # regular files of the project, not ignored: {relative path: sha256}
+    links: tuple[str, ...]  # symbolic links of the project, not ignored
+
+    @property
+    def usable(self) -> bool:
+        """The cluster folder is this cluster's, or free to become it."""
+        return self.owner in ("ours", "absent", "empty")
+
+    def refusal(self, root: str, cluster: str) -> str:
+        """Why the cluster folder must not be touched ("" when it may)."""
+        return {
+            "link": f"{root} is a symbolic link, not a folder of cluster {cluster}: left alone",
+            "file": f"{root} is a file, not a folder of cluster {cluster}: left alone",
+            "other": f"{root} holds files but no marker of cluster {cluster} ({root}/.infra-cluster): "
+                     f"another cluster's or someone else's folder, left alone",
+        }.get(self.owner, "" if self.usable else f"{root}: unreadable answer ({self.owner!r}): left alone")
+
+
+def parse_project_listing(text: str, rules: pathspec.PathSpec) -> ProjectListing:
+    """Read `list_project`'s answer; every path filtered as the local scan is (see `parse_sha256_list`).
+
+    The links come last, NUL-separated: a link's name may hold newlines and marker lines, so
+    they end only at the last end marker. No `sha256sum` line starts with a marker.
+    """
+    marker, end = PROBE_MARKER, f"\n{PROBE_MARKER}end"
+    head, links_mark, tail = text.partition(f"\n{marker}links\n")
+    links_text = ""
+    cut = tail.rfind(end)
+    if links_mark and cut >= 0:
+        links_text, head = tail[:cut], head + tail[cut:]
+    sections = split_sections(head, marker)
+    if "end" not in sections:
+        raise ValueError("the project listing is incomplete")
+    owner = sections.get("owner", "").strip()
+    answers = [line.strip() == "yes" for line in sections.get("folders", "").splitlines()[:3]]
+    folders = tuple(answers + [False] * (3 - len(answers)))
+    links = []
+    for name in links_text.split("\0"):
+        name = name[2:] if name.startswith("./") else name
+        if confined.is_inside(name) and not rules.match_file(name):
+            links.append(name)
+    return ProjectListing(owner, folders, parse_sha256_list(sections.get("files", ""), ".", rules), tuple(sorted(links)))
+
+
+def parse_removal(text: str) -> tuple[str, str]:
+    """`remove_owned_folder`'s verdict: ("removed" | "absent" | "refused", why)."""
+    line = text.strip().splitlines()[-1] if text.strip() else ""
+    verdict, _, why = line.partition(":")
+    if verdict in ("removed", "absent"):
+        return verdict, ""
+    if verdict == "refused":
+        return "refused", why.strip()
+    return "refused", f"unexpected answer {line[:80]!r}"
 
 
 def parse_find(output: str, rules: pathspec.PathSpec) -> list[str]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import ipaddress
+
 from ..config import Cluster, Host
 
 
@@ -22,8 +24,16 @@ def master_address(cluster: Cluster, *, master_peer: str | None = None, towards_
 
 
 def broker_address_for(cluster: Cluster, host: Host, address: str) -> str:
-    """The address a worker container on `host` (host networking) uses to reach the broker."""
-    return "127.0.0.1" if host.name == cluster.master_host.name else address
+    """The address a worker container on `host` (host networking) uses to reach the broker.
+
+    On the master host itself: loopback, or the bind address when the ports listen on one address only.
+    """
+    if host.name != cluster.master_host.name:
+        return address
+    bind = cluster.spec.roles.master.bind_address
+    if bind and not ipaddress.ip_address(bind).is_unspecified:
+        return bind
+    return "127.0.0.1"
 
 
 def in_url(address: str) -> str:
@@ -32,8 +42,10 @@ def in_url(address: str) -> str:
 
 
 def flower_url(cluster: Cluster, address: str) -> str:
-    return f"http://{in_url(address)}:{cluster.spec.ports.flower}"
+    scheme = "https" if cluster.spec.tls else "http"
+    return f"{scheme}://{in_url(address)}:{cluster.spec.ports.flower}"
 
 
 def broker_url_hidden(cluster: Cluster, user: str, address: str) -> str:
-    return f"amqp://{user}:****@{in_url(address)}:{cluster.spec.ports.broker}//"
+    scheme = "amqps" if cluster.spec.tls else "amqp"
+    return f"{scheme}://{user}:****@{in_url(address)}:{cluster.spec.ports.broker}/{cluster.name}"

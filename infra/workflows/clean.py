@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import shutil
+
+from dataclasses import dataclass, field
 
 from ..commands.engine import ListContainers, ListNetworks, ListVolumes
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
+from ..facts.files import parse_removal
 from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..plans.clean import CleanPlan, plan_clean
 from ..report import Reporter
-from ..runner import Connection, ConnectionPool, run_concurrently
+from ..runner import Connection, ConnectionPool, check_interrupted, run_concurrently
 from .execute import execute_steps
 
 
@@ -20,6 +23,33 @@ from .execute import execute_steps
 class CleanResult:
     cleaned: dict[str, list[str]]
     failed: dict[str, BaseException]
+
+
+@dataclass
+class FolderOutcome:
+    removed: list[str] = field(default_factory=list)
+    refused: list[str] = field(default_factory=list)  # "FOLDER (why)"
+
+
+def remove_folders(conn: Connection, plan: CleanPlan, manifest: Manifest) -> FolderOutcome:
+    """Run the plan's folder steps; each tells whether it removed, found nothing, or refused.
+
+    The manifest forgets a folder in all three cases: one that is not the cluster's (no marker
+    naming it) is not infra's to delete, now or later — it is reported, never counted as removed.
+    """
+    outcome = FolderOutcome(refused=list(plan.refused))
+    for removal in plan.folders:
+        check_interrupted()
+        step, folder = removal.step, removal.folder
+        answer = conn.run(list(step.command), timeout=step.timeout)
+        verdict, why = parse_removal(answer.stdout)
+        if verdict == "removed":
+            outcome.removed.append(folder)
+        elif verdict == "refused":
+            outcome.refused.append(f"{folder} ({why})")
+        for record in step.records:
+            manifest.apply(conn.host, record.kind, record.name)
+    return outcome
 
 
 def plan_host_clean(cluster: Cluster, conn: Connection, manifest: Manifest, *, files: bool, volumes: bool) -> CleanPlan:
@@ -30,7 +60,7 @@ def plan_host_clean(cluster: Cluster, conn: Connection, manifest: Manifest, *, f
         containers=[c.name for c in parse_container_list(engine.query(ListContainers(cluster.name)))],
         networks=engine.query(ListNetworks(cluster.name)),
         volumes=engine.query(ListVolumes(cluster.name)) if volumes else [],
-        files=files, remove_volumes=volumes,
+        files=files, remove_volumes=volumes, cluster=cluster.name, state_dir=str(cluster.state_dir),
     )
 
 
@@ -38,6 +68,7 @@ def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter:
                files: bool, volumes: bool) -> list[str]:
     plan = plan_host_clean(cluster, conn, manifest, files=files, volumes=volumes)
     execute_steps(conn, plan.steps, manifest)
+    folders = remove_folders(conn, plan, manifest)
     left = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
     if left:
         raise InfraError(f"{conn.host.name}: {len(left)} container(s) could not be removed: "
@@ -46,12 +77,14 @@ def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter:
     record = manifest.hosts.get(conn.host.name)
     kept = ([f"volume {v}" for v in record.volumes] + [f"files {f}" for f in record.files]) if record else []
     line = f"removed {len(plan.containers)} container(s)"
+    if folders.removed:
+        line += f", folder(s) {', '.join(folders.removed)}"
     if kept:
         line += f"; kept {', '.join(kept)}"
-    if plan.refused:
-        line += f"; refused to delete {', '.join(plan.refused)}"
-    reporter.host(conn.host.name, line)
-    return plan.removed()
+    if folders.refused:
+        line += f"; refused to delete {', '.join(folders.refused)}"
+    reporter.host(conn.host.name, line, style="yellow" if folders.refused else "")
+    return plan.removed() + [f"folder {folder}" for folder in folders.removed]
 
 
 def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes: bool = False,
@@ -78,6 +111,7 @@ def _clean(cluster: Cluster, reporter: Reporter, *, files: bool, volumes: bool) 
         reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
     failed = {**opened.failed, **done.failed}
     if not failed and volumes and not manifest.hosts:
-        # The broker's data (and the credentials it holds) is gone: new ones next time.
+        # The broker's data (and the credentials it holds) is gone: new ones next time, and a new CA.
         cluster.secrets_path.unlink(missing_ok=True)
+        shutil.rmtree(cluster.tls_dir, ignore_errors=True)
     return CleanResult(done.succeeded, failed)

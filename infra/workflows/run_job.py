@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 import os
 import posixpath
 import re
@@ -14,13 +16,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from .. import confined
 from ..commands.celery import PID_MARKER, signal_job
 from ..commands.celery import run_job as job_op
 from ..commands.engine import Exec
-from ..commands.files import fetch_files, list_files, names_on_stdin
+from ..commands.files import fetch_output, list_output, list_project
 from ..config import Cluster
 from ..errors import ConfigError, InfraError
-from ..facts.files import OUTPUT_FOLDER, LocalFile, ignore_rules, no_ignores, parse_sha256_list, scan_local
+from ..facts.files import (
+    OUTPUT_FOLDER,
+    LocalFile,
+    ignore_rules,
+    no_ignores,
+    parse_project_listing,
+    parse_sha256_list,
+    scan_local,
+)
+from ..facts.sections import last_line
 from ..names import container_name
 from ..plans.sync import plan_sync
 from ..plans.up import HostLayout, host_layout
@@ -75,34 +87,54 @@ def plan_fetch(remote: dict[str, str], local: dict[str, LocalFile]) -> list[str]
     """Output files of the master host that are new here or differ from the local copy."""
     wanted = []
     for rel, digest in sorted(remote.items()):
-        parts = rel.split("/")
-        if rel.startswith("/") or ".." in parts or "\n" in rel or not rel:
+        if not confined.is_inside(rel):
             continue  # never write outside the output folder
         if rel not in local or local[rel].digest != digest:
             wanted.append(rel)
     return wanted
 
 
-def unpack_files(data: bytes, target: Path, wanted: list[str]) -> int:
-    """Write the wanted regular files of a tar.gz under `target`; returns the bytes written."""
-    allowed = set(wanted)
-    written = 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
-        for member in tar.getmembers():
-            rel = posixpath.normpath(member.name)
-            if rel.startswith("./"):
-                rel = rel[2:]
-            if rel not in allowed or not member.isfile():
-                continue
-            content = tar.extractfile(member).read()
-            path = target / rel
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_name(f".{path.name}.infra-tmp")
-            tmp.write_bytes(content)
-            os.chmod(tmp, (member.mode & 0o777) or 0o644)
-            os.replace(tmp, path)
-            written += len(content)
-    return written
+@dataclass
+class Fetched:
+    files: list[str] = field(default_factory=list)
+    bytes: int = 0
+    refused: list[str] = field(default_factory=list)  # "PATH (why)": not written here
+
+    def add(self, other: "Fetched") -> None:
+        self.files += other.files
+        self.bytes += other.bytes
+        self.refused += other.refused
+
+
+def unpack_files(data: bytes, target: Path, wanted: dict[str, str]) -> Fetched:
+    """Write the wanted regular files of a tar.gz under `target`, each only if its content is the one listed.
+
+    `wanted`: {relative path: sha256 from the listing}. Files get mode 0644, or 0755 when the
+    host's file was executable. Nothing is written through a link here: `target` itself, a
+    folder on the way or the file's own name being a link refuses that file (`confined`).
+    """
+    fetched = Fetched()
+    root = confined.open_folder(target, create=True)
+    try:
+        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+            for member in tar:
+                rel = member.name[2:] if member.name.startswith("./") else member.name
+                if rel not in wanted or not member.isfile():
+                    continue
+                content = tar.extractfile(member).read()
+                if hashlib.sha256(content).hexdigest() != wanted[rel]:
+                    fetched.refused.append(f"{rel} (not the content listed: changed while it was fetched)")
+                    continue
+                try:
+                    confined.write_file(root, rel, content, 0o755 if member.mode & 0o111 else 0o644)
+                except (OSError, confined.ConfinementError) as exc:
+                    fetched.refused.append(f"{rel} ({getattr(exc, 'strerror', None) or exc})")
+                    continue
+                fetched.files.append(rel)
+                fetched.bytes += len(content)
+    finally:
+        os.close(root)
+    return fetched
 
 
 @dataclass
@@ -112,17 +144,31 @@ class RunResult:
     fetched_bytes: int = 0
     output_dir: Path | None = None
     in_place: bool = False
+    refused: list[str] = field(default_factory=list)  # output files not fetched, and why
 
 
-def fetch_outputs(conn: Connection, remote_dir: str, local_dir: Path) -> tuple[list[str], int]:
-    listing = conn.run(list_files(remote_dir), timeout=120, check=False)
+def fetch_outputs(conn: Connection, cluster_name: str, local_dir: Path) -> Fetched:
+    """Copy the master's new or changed output files into `local_dir`.
+
+    Listed and read inside the master container (`commands.files.list_output`): only what the
+    job could see is reachable, never a file of the host. The listing is filtered like any
+    other (no link, nothing outside the folder); each file is checked against its listed digest.
+    """
+    if local_dir.is_symlink():
+        return Fetched(refused=[f"{local_dir} (a symbolic link here: nothing is written through it)"])
+    listing = conn.engine.exec(list_output(cluster_name), timeout=300)
+    if not listing.ok:
+        raise InfraError(f"{conn.host.name}: listing the output folder failed: {last_line(listing.stderr)}")
     remote = parse_sha256_list(listing.stdout)
     local = scan_local(local_dir, no_ignores()) if local_dir.is_dir() else {}
-    wanted = plan_fetch(remote, local)
-    if not wanted:
-        return [], 0
-    result = conn.run(fetch_files(remote_dir), stdin=names_on_stdin(wanted), timeout=600)
-    return wanted, unpack_files(base64.b64decode(result.stdout), local_dir, wanted)
+    fetched = Fetched()
+    for op in fetch_output(cluster_name, plan_fetch(remote, local)):
+        answer = conn.engine.exec(op, timeout=600)
+        if not answer.ok:
+            raise InfraError(f"{conn.host.name}: fetching output files failed: {last_line(answer.stderr)}")
+        names = json.loads(op.command[-1])
+        fetched.add(unpack_files(base64.b64decode(answer.stdout), local_dir, {rel: remote[rel] for rel in names}))
+    return fetched
 
 
 # Ctrl-C: the signals sent to a job in turn, each with the seconds it gets to end.
@@ -141,10 +187,14 @@ def master_ready(conn: Connection, cluster: Cluster, note: Callable[[str], None]
     layout = host_layout(cluster, master, facts)
     if not master.is_local:
         rules = ignore_rules(cluster.project_dir)
-        listing = conn.run(list_files(layout.project_dir), timeout=300)
-        stale = plan_sync(layout.project_dir, cluster.project_dir, scan_local(cluster.project_dir, rules),
-                          parse_sha256_list(listing.stdout), rules)
-        if stale.changed:
+        listing = conn.run(list_project(layout.root, layout.project_dir, layout.output_dir, cluster.name), timeout=300)
+        try:
+            stale = plan_sync(layout, cluster.name, cluster.project_dir, scan_local(cluster.project_dir, rules),
+                              parse_project_listing(listing.stdout, rules), rules)
+        except InfraError as exc:  # not this cluster's folder: `sync-files` and `up` refuse it too
+            note(f"warning: {master.name}: {exc}")
+            return layout
+        if stale.files_changed:
             note(f"warning: the project on {master.name} differs from the local folder "
                  f"({len(stale.upload)} file(s) to send, {len(stale.delete)} to delete): "
                  f"run `infra sync-files` to use your latest code")
@@ -217,6 +267,6 @@ def run_job(
         if master.is_local:
             result.in_place = True
             return result
-        remote_output = posixpath.join(layout.project_dir, OUTPUT_FOLDER)
-        result.fetched, result.fetched_bytes = fetch_outputs(conn, remote_output, local_output)
+        fetched = fetch_outputs(conn, cluster.name, local_output)
+        result.fetched, result.fetched_bytes, result.refused = fetched.files, fetched.bytes, fetched.refused
         return result

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
-from ..commands.celery import CONTAINER_PROJECT, sweep_driver
+from ..commands.celery import CONTAINER_OUTPUT, CONTAINER_PROJECT, sweep_driver
 from ..commands.files import write_file
 from ..config import Cluster
 from ..errors import ConfigError, ConnectError, InfraError, redact
@@ -433,11 +433,11 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
     plan_text = json.dumps(driver_plan(
         sweep_id=sweep_id, name=plan.name, runs=plan.selection.to_run, queue=plan.queue, retries=options.retries,
         timeout=options.timeout, gpus_per_task=options.gpus_per_task, cwd=CONTAINER_PROJECT))
-    relative_plan = posixpath.join(OUTPUT_FOLDER, f"sweep-{plan.name}", "plan.json")
+    relative_plan = posixpath.join(f"sweep-{plan.name}", "plan.json")  # in the output folder
     with ConnectionPool.for_cluster(cluster) as pool:
         conn = pool.get(cluster.master_host)
         layout = master_ready(conn, cluster, note)
-        conn.run(write_file(posixpath.join(layout.project_dir, relative_plan)), stdin=plan_text.encode())
+        conn.run(write_file(posixpath.join(layout.output_dir, relative_plan)), stdin=plan_text.encode())
         _start_afresh(plan, note)
         driver_errors: list[str] = []
 
@@ -447,7 +447,7 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
             err(line)
 
         try:
-            code = exec_job(conn, cluster, sweep_driver(cluster.name, posixpath.join(CONTAINER_PROJECT, relative_plan)),
+            code = exec_job(conn, cluster, sweep_driver(cluster.name, posixpath.join(CONTAINER_OUTPUT, relative_plan)),
                             out=recorder.on_driver_stdout, err=on_stderr, note=note,
                             stop_signals=DRIVER_STOP_SIGNALS, what="the sweep", keep_output=False)
         except ConnectError as exc:

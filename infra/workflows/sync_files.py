@@ -13,11 +13,11 @@ from pathlib import Path
 import pathspec
 
 from ..commands.engine import InspectContainers, RestartContainer
-from ..commands.files import files_newer_than, list_files
+from ..commands.files import files_newer_than, list_project
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_inspect
-from ..facts.files import ignore_rules, parse_find, parse_sha256_list, project_digest, scan_local
+from ..facts.files import ignore_rules, parse_find, parse_project_listing, project_digest, scan_local
 from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..names import celery_node_name
@@ -146,15 +146,17 @@ def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
             mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
             changed = bool(changed_after(mtimes, started))
     else:
-        listing = conn.run(list_files(layout.project_dir), timeout=LISTING_TIMEOUT)
-        plan = plan_sync(layout.project_dir, cluster.project_dir, ctx.local_files,
-                         parse_sha256_list(listing.stdout), ctx.rules)
+        listing = conn.run(list_project(layout.root, layout.project_dir, layout.output_dir, cluster.name),
+                           timeout=LISTING_TIMEOUT)
+        # A cluster folder that is not this cluster's is refused here, before anything is written.
+        plan = plan_sync(layout, cluster.name, cluster.project_dir, ctx.local_files,
+                         parse_project_listing(listing.stdout, ctx.rules), ctx.rules)
         steps = sync_steps(plan, Record("add_files", layout.project_dir))
         execute_steps(conn, steps, ctx.manifest)
         outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
         outcome.sent, outcome.deleted = plan.upload, plan.delete
         outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
-        changed = plan.changed
+        changed = plan.files_changed
         if workers and not changed and not record_valid and started is not None:
             found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
             changed = bool(parse_find(found.stdout, ctx.rules))

@@ -8,18 +8,20 @@ actually started.
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from dataclasses import dataclass, field
 
+from .. import confined
 from ..assets import context_digest, prepare_build_context
 from ..commands.engine import BuildImage, InspectImages, PullImage
-from ..commands.files import list_files
+from ..commands.files import list_project
 from ..config import Cluster, Host
 from ..errors import DockerMissingError, HostsFailedError, InfraError, one_line, without_host
 from ..facts.arch import docker_arch
 from ..facts.containers import parse_image_inspect
-from ..facts.files import ignore_rules, parse_sha256_list, scan_local
+from ..facts.files import ignore_rules, parse_project_listing, scan_local
 from ..facts.host import HostFacts
 from ..lock import cluster_lock
 from ..manifest import Manifest
@@ -41,6 +43,9 @@ from ..plans.up import (
 from ..report import Reporter
 from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently, ship_images
 from ..secrets import Secrets, load_or_create_secrets, load_secrets
+from ..tls import ServerIdentity, ca_fingerprint, server_names
+from ..tls import load_or_create as load_or_create_identity
+from .clean import remove_folders
 from .execute import execute_step, execute_steps
 from .gather import gather_facts, read_host_facts, require_docker
 from .readiness import wait_for_broker, wait_for_workers
@@ -62,6 +67,7 @@ class UpResult:
     workers: list[str]
     departed: dict[str, list[str]] = field(default_factory=dict)  # host -> what is removed there
     dry_run: bool = False
+    ca_fingerprint: str | None = None  # sha256 of the cluster CA's certificate, when TLS is on
 
 
 def departed_hosts(cluster: Cluster, manifest: Manifest) -> dict[str, Host]:
@@ -100,9 +106,11 @@ def project_sync_plans(cluster: Cluster, pool: ConnectionPool, hosts: list[Host]
     local_files = scan_local(cluster.project_dir, rules)
 
     def plan_one(host: Host) -> SyncPlan:
-        root = host_layout(cluster, host, facts[host.name]).project_dir
-        listing = pool[host.name].run(list_files(root), timeout=LISTING_TIMEOUT)
-        return plan_sync(root, cluster.project_dir, local_files, parse_sha256_list(listing.stdout), rules)
+        layout = host_layout(cluster, host, facts[host.name])
+        listing = pool[host.name].run(list_project(layout.root, layout.project_dir, layout.output_dir, cluster.name),
+                                      timeout=LISTING_TIMEOUT)
+        return plan_sync(layout, cluster.name, cluster.project_dir, local_files,
+                         parse_project_listing(listing.stdout, rules), rules)
 
     listed = run_concurrently([h for h in hosts if not h.is_local], plan_one, key=lambda h: h.name)
     listed.raise_if_failed("listing the project on the hosts")
@@ -165,6 +173,7 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         # Only now, with every host reachable and ready, is anything written.
         secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run \
             else load_or_create_secrets(cluster.secrets_path)
+        identity = master_identity(cluster, address, save=not dry_run)
         context = prepare_build_context(cluster)
         digest = context_digest(context)
         local_ids: dict[str, str | None] = {}
@@ -177,23 +186,29 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
                 facts["local"] = read_host_facts(local, cluster)  # now with the images just built
         syncs = project_sync_plans(cluster, pool, hosts, facts)
         plans = {h.name: plan_host(cluster, h, facts[h.name], secrets, address, local_image_ids=local_ids,
-                                   context_dir=str(context), context_digest=digest, sync=syncs.get(h.name))
+                                   context_dir=str(context), context_digest=digest, sync=syncs.get(h.name),
+                                   identity=identity)
                  for h in hosts}
         retirements = {name: plan_clean(name, manifest.hosts.get(name),
                                         containers=[c.name for c in facts[name].containers],
                                         networks=list(facts[name].networks), volumes=[], files=False,
-                                        remove_volumes=False)
+                                        remove_volumes=False, cluster=cluster.name, state_dir=str(cluster.state_dir))
                        for name in departed}
         if dry_run:
             return UpResult(plans, {}, address, expected_worker_nodes(cluster),
-                            {name: plan.removed() for name, plan in retirements.items()}, dry_run=True)
+                            {name: plan.planned() for name, plan in retirements.items()}, dry_run=True,
+                            ca_fingerprint=identity and ca_fingerprint(identity.ca_certificate))
 
         def apply(host: Host) -> HostOutcome:
             conn = pool[host.name]
             if host.name in departed:
                 execute_steps(conn, retirements[host.name].steps, manifest)
+                folders = remove_folders(conn, retirements[host.name], manifest)
                 manifest.drop_host_if_empty(host.name)
-                return HostOutcome(host.name, retirements[host.name].removed())
+                if folders.refused:
+                    reporter.host(host.name, f"refused to delete {', '.join(folders.refused)}", style="yellow")
+                return HostOutcome(host.name, retirements[host.name].removed()
+                                   + [f"folder {folder}" for folder in folders.removed])
             return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, local)
 
         applied = run_concurrently(hosts + list(departed.values()), apply, key=lambda h: h.name)
@@ -216,7 +231,19 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         raise HostsFailedError("up", failed, note="the rest of the cluster is up; run `infra up` again once "
                                                   "they answer")
     reporter.info(f"cluster {cluster.name} is up ({time.monotonic() - started:.1f} s)")
-    return UpResult(plans, outcomes, address, expected_worker_nodes(cluster))
+    return UpResult(plans, outcomes, address, expected_worker_nodes(cluster),
+                    ca_fingerprint=identity and ca_fingerprint(identity.ca_certificate))
+
+
+def master_identity(cluster: Cluster, address: str, *, save: bool) -> ServerIdentity | None:
+    """The master's certificate, for every address a client may use: the one workers are given,
+    the master's own in the cluster file, and the bind address. None with `tls: false`."""
+    if not cluster.spec.tls:
+        return None
+    master = cluster.master_host
+    names = server_names(address, None if master.is_local else master.address,
+                         cluster.spec.roles.master.advertise_address, cluster.spec.roles.master.bind_address)
+    return load_or_create_identity(cluster.tls_dir, cluster.name, names, save=save)
 
 
 def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: HostFacts, manifest: Manifest,
@@ -224,6 +251,10 @@ def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: H
     """One host: files and images first, then the containers those image ids call for."""
     host = plan.host
     outcome = HostOutcome(host.name)
+    if host.is_local and host.name == cluster.master_host.name:
+        # The project's own output/ is the master's output folder here: a bind mount's source
+        # must exist, and must be a real folder (a link would take the jobs' writes elsewhere).
+        os.close(confined.open_folder(plan.layout.output_dir, create=True))
     if plan.sync is not None and plan.sync.changed:
         outcome.changes.append(f"project: {plan.sync.describe()}")
         reporter.host(host.name, f"project {plan.layout.project_dir}: {plan.sync.describe()}")

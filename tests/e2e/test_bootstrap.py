@@ -10,7 +10,6 @@ puts workers on the bootstrapped hosts and tasks run there.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.clients import celery_client
 from tests.e2e.test_cluster import TEST_IMAGES
 from tests.testbed import Testbed
 
@@ -235,8 +235,6 @@ def test_user_whose_sudo_asks_a_password(bed):
 
 
 def test_up_places_workers_on_the_bootstrapped_hosts_and_tasks_run_there(bed):
-    from celery import Celery
-
     started = time.monotonic()
     result = infra("up", "-f", bed["file"])
     bed["timings"]["infra up (ship images, master on h1, workers on fresh1 and fresh2)"] = time.monotonic() - started
@@ -246,13 +244,7 @@ def test_up_places_workers_on_the_bootstrapped_hosts_and_tasks_run_there(bed):
         names = tb.exec(name, "docker ps --filter label=infra.cluster=" + CLUSTER + " --format '{{.Names}}'")
         assert names.split() == [f"{CLUSTER}-worker-{name}-1"]
 
-    secrets = json.loads((bed["state"] / "secrets.json").read_text())
-    address = tb.host("h1").address
-    app = Celery(
-        broker=f"amqp://{secrets['broker_user']}:{secrets['broker_password']}@{address}:5672//",
-        backend=f"redis://:{secrets['results_password']}@{address}:6379/0",
-    )
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    app = celery_client(bed["state"], tb.host("h1").address, CLUSTER)
     try:
         started = time.monotonic()
         results = {

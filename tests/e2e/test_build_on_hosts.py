@@ -7,7 +7,6 @@ worker reaches it at the address this machine has on the route to that host.
 
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import sys
@@ -15,6 +14,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from tests.e2e.clients import celery_client
 
 pytestmark = pytest.mark.e2e
 
@@ -67,11 +68,8 @@ def test_the_worker_host_builds_its_own_image_and_runs_tasks_for_a_master_here(b
     assert f"infra-{CLUSTER}-worker:latest" in images
     assert f"infra-{CLUSTER}-master:latest" not in images  # only what the host runs
 
-    from celery import Celery
-
-    secrets = json.loads((built["state"] / "secrets.json").read_text())
-    app = Celery(broker=f"amqp://infra:{secrets['broker_password']}@127.0.0.1:{PORTS['broker']}//",
-                 backend=f"redis://:{secrets['results_password']}@127.0.0.1:{PORTS['results']}/0")
+    app = celery_client(built["state"], "127.0.0.1", CLUSTER, broker_port=PORTS["broker"],
+                        results_port=PORTS["results"])
     try:
         reply = app.send_task("wordcount.count_words", args=("to be or not to be",), queue="on-h3").get(timeout=60)
     finally:

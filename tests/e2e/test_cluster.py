@@ -7,9 +7,11 @@ scale, clean, and clean with a host down.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import shutil
+import socket
 import stat
 import subprocess
 import sys
@@ -20,6 +22,8 @@ from pathlib import Path
 import pytest
 import requests
 import yaml
+
+from tests.e2e.clients import celery_client, flower_get
 
 pytestmark = pytest.mark.e2e
 
@@ -61,7 +65,7 @@ def write_cluster_file(path: Path, testbed, workers_on_h2: int = 2) -> Path:
         "hosts": testbed.cluster_hosts([h1, h2, h3]),
         "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e"},
         "roles": {
-            "master": {"host": h1.name},
+            "master": {"host": h1.name, "bind_address": h1.address},
             "workers": [
                 {"host": h2.name, "containers": workers_on_h2, "concurrency": 2},
                 {"host": h3.name, "containers": 1, "concurrency": 2},
@@ -124,20 +128,14 @@ def test_up_starts_every_role_and_waits_for_all_workers(cluster, testbed):
     assert sorted(manifest["hosts"]) == sorted([h1, h2, h3, "local"])
     # The summary hides the password and tells where it is kept.
     for secret in secrets_of(cluster).values():
-        assert secret not in result.stdout + result.stderr or secret in ("infra", "admin")
+        assert secret not in result.stdout + result.stderr or secret in ("infra", "admin", "worker")
     assert "****" in result.stdout and "secrets.json" in result.stdout
 
 
 def test_tasks_come_back_correct_and_were_computed_on_several_hosts(cluster):
     from celery import Celery, chord
 
-    secrets = secrets_of(cluster)
-    address = master_address(cluster)
-    app = Celery(
-        broker=f"amqp://{secrets['broker_user']}:{secrets['broker_password']}@{address}:5672//",
-        backend=f"redis://:{secrets['results_password']}@{address}:6379/0",
-    )
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
+    app = celery_client(cluster["state"], master_address(cluster), CLUSTER)
     text = (PROJECT / "data" / "sample.txt").read_text()
     words = text.split()
     chunks = [" ".join(words[i:i + 100]) for i in range(0, len(words), 100)]
@@ -161,22 +159,111 @@ def test_tasks_come_back_correct_and_were_computed_on_several_hosts(cluster):
     assert len(hosts_used) >= 2, result["workers"]
 
 
-def test_flower_lists_every_worker_with_the_password_and_refuses_without(cluster):
-    secrets = secrets_of(cluster)
-    url = f"http://{master_address(cluster)}:5555/api/workers"
+def test_flower_lists_every_worker_over_https_with_the_password_and_refuses_without(cluster):
+    state, address = cluster["state"], master_address(cluster)
     expected = {f"{CLUSTER}-worker-h2-1@h2", f"{CLUSTER}-worker-h2-2@h2", f"{CLUSTER}-worker-h3-1@h3",
                 f"{CLUSTER}-worker-local-1@local"}
     deadline = time.monotonic() + 60
     while True:
-        answer = requests.get(url, auth=(secrets["flower_user"], secrets["flower_password"]),
-                              params={"refresh": "1"}, timeout=20)
+        answer = flower_get(state, address, "/api/workers", auth=True, refresh="1")
         assert answer.status_code == 200
         if expected <= set(answer.json()) or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert expected <= set(answer.json())
-    assert requests.get(url, timeout=10).status_code == 401
-    assert requests.get(url, auth=("admin", "wrong"), timeout=10).status_code == 401
+    assert flower_get(state, address, "/api/workers").status_code == 401
+    assert flower_get(state, address, "/api/workers", auth=("admin", "wrong")).status_code == 401
+    # Plain HTTP is not served on the published port.
+    with pytest.raises(requests.exceptions.ConnectionError):
+        requests.get(f"http://{address}:5555/api/workers", timeout=10)
+
+
+@pytest.mark.parametrize("port", [5671, 6379, 5555], ids=["amqps", "redis-tls", "flower-https"])
+def test_each_published_port_presents_the_master_certificate_of_the_cluster_ca(cluster, port):
+    address = master_address(cluster)
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:{port}", "-CAfile", str(cluster["state"] / "tls" / "ca.crt"),
+         "-verify_return_error", "-verify_ip", address, "-brief"],
+        input="", capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0, shown.stderr
+    assert "Verification: OK" in shown.stderr
+    assert f"CN = infra cluster {CLUSTER} CA" in shown.stderr or "infra cluster" in shown.stderr
+
+
+def test_the_published_ports_listen_on_the_bind_address_only(cluster, testbed):
+    h1 = cluster["hosts"][0]
+    address = master_address(cluster)
+    for role, port in (("broker", 5671), ("results", 6379), ("flower", 5555)):
+        shown = testbed.exec(h1, f"docker port {CLUSTER}-{role}").split()
+        assert f"{address}:{port}" in shown and f"0.0.0.0:{port}" not in shown, (role, shown)
+
+
+def test_plain_amqp_and_plain_redis_are_refused_on_the_published_ports(cluster):
+    import redis
+    from kombu import Connection
+
+    secrets = secrets_of(cluster)
+    address = master_address(cluster)
+    plain = Connection(f"amqp://{secrets['worker_user']}:{secrets['worker_password']}@{address}:5671/{CLUSTER}",
+                       connect_timeout=5)
+    with pytest.raises(Exception):  # noqa: B017 - whatever the client makes of a TLS server's silence
+        plain.ensure_connection(max_retries=1)
+    plain.release()
+    with pytest.raises(redis.exceptions.ConnectionError):
+        redis.Redis(host=address, port=6379, password=secrets["results_password"], socket_timeout=5).ping()
+    # Nothing listens in plain text on the broker's and Redis's usual ports either.
+    for port in (5672, 6380):
+        with pytest.raises(OSError):
+            socket.create_connection((address, port), timeout=5).close()
+
+
+def test_the_workers_broker_user_has_the_clusters_vhost_only_and_no_guest_exists(cluster, testbed):
+    h1 = cluster["hosts"][0]
+    users = json.loads(testbed.exec(h1, f"docker exec {CLUSTER}-broker rabbitmqctl list_users --quiet --formatter json"))
+    tags = {user["user"]: user["tags"] for user in users}
+    assert tags == {"infra": ["administrator"], "worker": []}
+    rights = json.loads(testbed.exec(
+        h1, f"docker exec {CLUSTER}-broker rabbitmqctl list_user_permissions worker --quiet --formatter json"))
+    assert [r["vhost"] for r in rights] == [CLUSTER]
+
+
+def peer_address(value) -> str:
+    """rabbitmqctl's JSON gives a peer's address as Erlang's tuple: 4 bytes (IPv4) or 8 16-bit words (IPv6,
+    an IPv4-mapped one for an IPv4 client of a dual-stack listener)."""
+    if isinstance(value, list) and len(value) == 4:
+        return str(ipaddress.IPv4Address(bytes(value)))
+    if isinstance(value, list) and len(value) == 8:
+        address = ipaddress.IPv6Address(b"".join(word.to_bytes(2, "big") for word in value))
+        return str(address.ipv4_mapped or address)
+    return value
+
+
+def test_workers_on_other_hosts_are_connected_over_tls_as_the_worker_user(cluster, testbed):
+    h1, h2, h3 = cluster["hosts"]
+    peers = {testbed.host(h).address: h for h in (h2, h3)}
+    connections = json.loads(testbed.exec(
+        h1, f"docker exec {CLUSTER}-broker rabbitmqctl list_connections user vhost ssl peer_host "
+            "--quiet --formatter json"))
+    for connection in connections:
+        connection["peer_host"] = peer_address(connection["peer_host"])
+    remote = [c for c in connections if c["peer_host"] in peers]
+    assert {peers[c["peer_host"]] for c in remote} == {h2, h3}
+    assert all(c["ssl"] is True and c["user"] == "worker" and c["vhost"] == CLUSTER for c in remote), remote
+    assert all(c["user"] == "worker" for c in connections), "only Flower's API view may use the administrator"
+
+
+def test_no_secret_is_in_docker_inspect_of_any_container(cluster, testbed):
+    secrets = [v for k, v in secrets_of(cluster).items() if k.endswith("password")]
+    for host in cluster["hosts"] + ["local"]:
+        ids = "$(docker ps --all --quiet --filter label=infra.cluster=" + CLUSTER + ")"
+        if host == "local":
+            shown = subprocess.run(["sh", "-c", f"docker inspect {ids}"], capture_output=True, text=True,
+                                   check=True).stdout
+        else:
+            shown = testbed.exec(host, f"docker inspect {ids}")
+        assert '"Env"' in shown, host
+        for secret in secrets:
+            assert secret not in shown, f"a password shows in docker inspect on {host}"
 
 
 def test_no_password_is_visible_in_ps_and_secret_files_are_private(cluster, testbed):
@@ -188,8 +275,9 @@ def test_no_password_is_visible_in_ps_and_secret_files_are_private(cluster, test
         for secret in secrets:
             assert secret not in listing, f"a password is visible in ps on {host}"
     assert stat.S_IMODE(os.stat(cluster["state"] / "secrets.json").st_mode) == 0o600
-    modes = testbed.exec(cluster["hosts"][0], "stat -c '%a %n' /root/infra-e2e/.infra-e2e/*.env")
-    assert modes.strip() and all(line.startswith("600 ") for line in modes.strip().splitlines())
+    # The cluster's folder on the host: REMOTE_PATH/NAME, its secret files in .infra/ROLE/ (0400).
+    modes = testbed.exec(cluster["hosts"][0], f"stat -c '%a %n' /root/infra-e2e/{CLUSTER}/.infra/*/*")
+    assert modes.strip() and all(line.startswith("400 ") for line in modes.strip().splitlines())
 
 
 def test_second_up_reports_no_change_and_starts_nothing(cluster, testbed):

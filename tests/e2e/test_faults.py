@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.clients import celery_client
 from tests.e2e.test_cluster import PROJECT, TEST_IMAGES, WHEELHOUSE
 
 pytestmark = pytest.mark.e2e
@@ -92,7 +93,7 @@ def env_files_on(flt, host: str) -> list[str]:
     if host == "local":
         folder = flt["state"] / "env"
         return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    out = flt["testbed"].exec(host, f"ls -A ~/infra-flt/.infra-{CLUSTER} 2>/dev/null || true")
+    out = flt["testbed"].exec(host, f"ls -A ~/infra-flt/{CLUSTER}/.infra 2>/dev/null || true")
     return sorted(out.split())
 
 
@@ -248,15 +249,8 @@ def test_a_frozen_engine_is_named_and_up_status_and_clean_finish_the_rest(flt):
 
 
 def _client(flt):
-    from celery import Celery
-
-    secrets = json.loads((flt["state"] / "secrets.json").read_text())
     address = flt["testbed"].host(flt["hosts"][0]).address
-    app = Celery(broker=f"amqp://{secrets['broker_user']}:{secrets['broker_password']}@{address}:5672//",
-                 backend=f"redis://:{secrets['results_password']}@{address}:6379/0")
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],
-                    broker_connection_retry_on_startup=True)
-    return app
+    return celery_client(flt["state"], address, CLUSTER)
 
 
 def _thousand_chunks() -> list[str]:

@@ -20,6 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.clients import celery_client
 from tests.e2e.test_cluster import TEST_IMAGES, WHEELHOUSE
 
 pytestmark = pytest.mark.e2e
@@ -83,16 +84,8 @@ def live(testbed, tmp_path_factory):
 
 
 def celery_app(live):
-    from celery import Celery
-
-    secrets = json.loads((live["state"] / "secrets.json").read_text())
-    address = live["master"]
-    app = Celery(
-        broker=f"amqp://{secrets['broker_user']}:{secrets['broker_password']}@{address}:{PORTS['broker']}//",
-        backend=f"redis://:{secrets['results_password']}@{address}:{PORTS['results']}/0",
-    )
-    app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"])
-    return app
+    return celery_client(live["state"], live["master"], CLUSTER, broker_port=PORTS["broker"],
+                         results_port=PORTS["results"])
 
 
 def count_words_everywhere(live, chunks: int = 12) -> list[dict]:
@@ -121,7 +114,7 @@ def test_status_of_a_healthy_cluster_exits_0_and_lists_every_worker(live):
         [f"{CLUSTER}-{role}" for role in ("broker", "results", "master", "flower")] + [w.split("@")[0] for w in WORKERS])
     assert all(c["state"] == "running" and c["uptime_seconds"] is not None for c in data["containers"])
     assert any(q["name"] == "celery" and q["consumers"] == 3 for q in data["queues"])
-    assert data["flower_url"] == f"http://{live['master']}:{PORTS['flower']}"
+    assert data["flower_url"] == f"https://{live['master']}:{PORTS['flower']}"
     print(f"status of a healthy cluster: {took:.1f} s")
 
     table = infra("status", "-f", live["file"])
@@ -217,7 +210,7 @@ def test_a_file_deleted_locally_disappears_on_the_hosts(live, testbed):
     extra.write_text("VALUE = 1\n")
     result = infra("sync-files", "-f", live["file"], "--no-restart")
     assert result.returncode == 0, result.stdout + result.stderr
-    remote = "/root/infra-live/wordcount/wordcount/extra_module.py"
+    remote = f"/root/infra-live/{CLUSTER}/wordcount/wordcount/extra_module.py"
     for host in ("h1", "h2", "h3"):
         assert testbed.exec(host, f"cat {remote}") == "VALUE = 1"
     extra.unlink()

@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import posixpath
+import re
 import shlex
 import tarfile
 import threading
@@ -20,7 +22,7 @@ from dataclasses import dataclass, field
 
 from infra.commands import engine as ops
 from infra.commands.celery import BROKER_CHECK, PING_PROBE
-from infra.commands.files import PROBE_MARKER
+from infra.commands.files import MARKER_FILE, PROBE_MARKER
 from infra.config import Host
 from infra.runner import CommandResult
 
@@ -39,7 +41,9 @@ class FakeHost:
     images: dict[str, dict] = field(default_factory=dict)  # ref -> {"Id", "Labels"}
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
-    listings: dict[str, str] = field(default_factory=dict)  # folder -> `sha256sum` lines
+    listings: dict[str, str] = field(default_factory=dict)  # project folder -> `sha256sum` lines
+    claimed: dict[str, str] = field(default_factory=dict)  # cluster folder -> the cluster its marker names
+    refusals: dict[str, str] = field(default_factory=dict)  # folder -> why `clean` finds it is not the cluster's
     built: dict[str, str] = field(default_factory=dict)  # ref -> the id a build or pull gives it
 
 
@@ -128,14 +132,34 @@ def sha256_listing(files: dict[str, bytes]) -> str:
     return "".join(f"{hashlib.sha256(data).hexdigest()}  ./{rel}\n" for rel, data in sorted(files.items()))
 
 
+def _parse_listing(listing: str) -> dict[str, str]:
+    return {line[68:]: line[:64] for line in listing.splitlines() if len(line) > 68}
+
+
+def _render_listing(files: dict[str, str]) -> str:
+    return "".join(f"{digest}  ./{rel}\n" for rel, digest in sorted(files.items()))
+
+
+def project_listing(owner: str, folders: str, listing: str) -> str:
+    """What `list_project` prints: the cluster folder's owner, which folders exist, the files (no link)."""
+    return (f"{PROBE_MARKER}owner\n{owner}\n{PROBE_MARKER}folders\n{folders}{PROBE_MARKER}files\n{listing}"
+            f"\n{PROBE_MARKER}links\n\n{PROBE_MARKER}end\n")
+
+
+def _folders_of(script: str) -> list[str]:
+    """The project folder, its mount point and the output folder named by `list_project` / `prepare_project`."""
+    loop = script[script.index("for d in ") + len("for d in "):]
+    return shlex.split(loop[:loop.index("; do")])
+
+
 def merge_listing(listing: str, tar: bytes) -> str:
     """A folder's listing after the files of a tar were extracted into it."""
-    files = {line[68:]: line[:64] for line in listing.splitlines() if len(line) > 68}
+    files = _parse_listing(listing)
     with tarfile.open(fileobj=io.BytesIO(tar)) as archive:
         for member in archive.getmembers():
             if member.isfile():
                 files[member.name] = hashlib.sha256(archive.extractfile(member).read()).hexdigest()
-    return "".join(f"{digest}  ./{rel}\n" for rel, digest in sorted(files.items()))
+    return _render_listing(files)
 
 
 class RecordingConnection:
@@ -154,16 +178,35 @@ class RecordingConnection:
         with self.lock:
             self.log.append(text + fed)
         state = self.state
-        if PROBE_MARKER in text:
+        if f"{PROBE_MARKER}home" in text:
             out = (f"{PROBE_MARKER}home\n{state.home}\n{PROBE_MARKER}uid\n{state.uid}\n{state.gid}\n"
                    f"{PROBE_MARKER}arch\n{state.arch}\n{PROBE_MARKER}end\n")
             return CommandResult(0, out, "")
-        for folder, listing in state.listings.items():
-            if "sha256sum" in text and shlex.quote(folder) in text:
-                return CommandResult(0, listing, "")
-        if "tar -x" in text and isinstance(stdin, bytes):
-            folder = shlex.split(shlex.split(text)[2])[2]  # sh -c 'mkdir -p ROOT && tar ...'
+        script = shlex.split(text)[-1] if text.startswith("sh -c ") else ""
+        if f"{PROBE_MARKER}owner" in script:  # list_project
+            project, _, _ = _folders_of(script)
+            root = posixpath.dirname(project)
+            owner = "ours" if root in state.claimed else "absent"
+            folders = "yes\nyes\nyes\n" if root in state.claimed else "no\nno\nno\n"
+            return CommandResult(0, project_listing(owner, folders, state.listings.get(project, "")), "")
+        if f"{MARKER_FILE}.tmp" in script:  # prepare_project: the cluster folder is claimed
+            project = _folders_of(script)[0]
+            state.claimed[posixpath.dirname(project)] = shlex.split(script[script.index("printf '%s\\n' "):])[2]
+        if "tar -x" in script and isinstance(stdin, bytes):
+            folder = shlex.split(script)[3]  # [ ! -L PROJECT ] && cd PROJECT && tar ...
             state.listings[folder] = merge_listing(state.listings.get(folder, ""), stdin)
+        if "find . -depth" in script:  # delete_files: `-path ./REL` words, escaped for find
+            words = shlex.split(script)
+            folder = words[3]
+            gone = {re.sub(r"\\(.)", r"\1", words[i + 1][2:]) for i, word in enumerate(words) if word == "-path"}
+            files = {rel: digest for rel, digest in _parse_listing(state.listings.get(folder, "")).items()
+                     if rel not in gone}
+            state.listings[folder] = _render_listing(files)
+        if "echo removed" in script:  # remove_owned_folder / remove_folder
+            for folder, why in state.refusals.items():
+                if f"rm -rf -- {shlex.quote(folder)} " in script:
+                    return CommandResult(0, f"refused: {why}\n", "")
+            return CommandResult(0, "removed\n", "")
         return CommandResult(0, "", "")
 
     def peer_address(self) -> str | None:

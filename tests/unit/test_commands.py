@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import inspect
 import io
+import json
 import os
 import re
 import shlex
@@ -64,28 +65,33 @@ from infra.commands.engine import (
     cluster_labels,
 )
 from infra.commands.files import (
+    FETCH_OUTPUT,
     HOST_PROBE,
+    LIST_OUTPUT,
+    MARKER_FILE,
     delete_files,
     extract_files,
-    fetch_files,
+    fetch_output,
     files_newer_than,
     host_probe,
-    list_files,
-    make_folder,
-    names_on_stdin,
-    remove_tree,
+    list_output,
+    list_project,
+    prepare_project,
+    remove_folder,
+    remove_owned_folder,
     tar_of,
     write_file,
     write_private_file,
 )
 from infra.config import parse_cluster
 from infra.facts.containers import ImageInfo
-from infra.facts.files import parse_sha256_list
+from infra.facts.files import no_ignores, parse_project_listing, parse_removal
 from infra.facts.host import HostFacts
 from infra.plans.steps import Record, Step, engine_step, shell_step
 from infra.plans.sync import SyncPlan
-from infra.plans.up import plan_host
+from infra.plans.up import host_layout, plan_host
 from infra.secrets import Secrets
+from infra.tls import load_or_create as load_or_create_identity
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MOMENT = datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)  # 1795315442.473877
@@ -93,12 +99,13 @@ MOMENT = datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)  # 179531
 WORKER = ContainerSpec(
     name="lab-worker-pi1-1", role="worker", host="pi1", image="infra-lab-worker:latest",
     command=("celery", "--app", "wordcount", "worker", "--hostname", "lab-worker-pi1-1@pi1", "--concurrency", "2"),
-    env_file="/home/pi/infra/.infra-lab/worker.env", volumes=(("/home/pi/infra/wordcount", "/project", "ro"),),
+    environment=(("INFRA_CLUSTER", "lab"), ("INFRA_ENV_FILE", "/run/infra/celery.env")),
+    secrets="/home/pi/infra/lab/.infra/worker", volumes=(("/home/pi/infra/wordcount", "/project", "ro"),),
     user="1001:1101", workdir="/project",
 )
 BROKER = ContainerSpec(
     name="lab-broker", role="broker", host="gpu-box", image="infra-lab-broker:latest",
-    env_file="/home/alice/infra/.infra-lab/broker.env", ports=((5672, 5672),),
+    secrets="/home/alice/infra/lab/.infra/broker", ports=((5671, 5671),), bind_address="192.168.1.20",
     volumes=(("lab-broker-data", "/var/lib/rabbitmq", "rw"),), network="lab-net", network_alias="broker",
     hostname="lab-broker",
 )
@@ -140,7 +147,8 @@ def test_run_a_worker():
         "docker run --detach --name lab-worker-pi1-1 "
         "--label infra.cluster=lab --label infra.role=worker --label infra.host=pi1 --label infra.spec=f00 "
         "--restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host "
-        "--volume /home/pi/infra/wordcount:/project:ro --env-file /home/pi/infra/.infra-lab/worker.env "
+        "--volume /home/pi/infra/wordcount:/project:ro --volume /home/pi/infra/lab/.infra/worker:/run/infra:ro "
+        "--env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env "
         "--user 1001:1101 --workdir /project "
         "infra-lab-worker:latest celery --app wordcount worker --hostname lab-worker-pi1-1@pi1 --concurrency 2")
 
@@ -151,8 +159,8 @@ def test_run_the_broker_on_its_network_with_its_port_and_volume():
         "docker run --detach --name lab-broker "
         "--label infra.cluster=lab --label infra.role=broker --label infra.host=gpu-box --label infra.spec=abc "
         "--restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 "
-        "--network lab-net --network-alias broker --hostname lab-broker --publish 5672:5672 "
-        "--volume lab-broker-data:/var/lib/rabbitmq:rw --env-file /home/alice/infra/.infra-lab/broker.env "
+        "--network lab-net --network-alias broker --hostname lab-broker --publish 192.168.1.20:5671:5671 "
+        "--volume lab-broker-data:/var/lib/rabbitmq:rw --volume /home/alice/infra/lab/.infra/broker:/run/infra:ro "
         "infra-lab-broker:latest")
 
 
@@ -237,31 +245,81 @@ def test_the_host_probe():
 def test_write_a_private_file_from_stdin_atomically():
     assert write_private_file("/home/pi/infra/.infra-lab/worker.env") == ["sh", "-c", (
         "umask 077 && mkdir -p /home/pi/infra/.infra-lab && chmod 700 /home/pi/infra/.infra-lab && "
-        "cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
+        "rm -f /home/pi/infra/.infra-lab/worker.env.tmp && cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
+        "chmod 400 /home/pi/infra/.infra-lab/worker.env.tmp && "
         "mv -f /home/pi/infra/.infra-lab/worker.env.tmp /home/pi/infra/.infra-lab/worker.env")]
 
 
-def test_make_and_remove_folders():
-    assert make_folder("/home/pi/infra/wordcount") == ["mkdir", "-p", "--", "/home/pi/infra/wordcount"]
-    assert remove_tree("/home/pi/infra/.infra-lab") == ["rm", "-rf", "--", "/home/pi/infra/.infra-lab"]
+# The marker of /home/pi/infra/lab, read only when it is a regular file.
+MARKER_LAB = ("marker=$(if [ -f /home/pi/infra/lab/.infra-cluster ] && [ ! -L /home/pi/infra/lab/.infra-cluster ]; "
+              "then head -c 256 /home/pi/infra/lab/.infra-cluster; fi); ")
 
 
-def test_list_the_files_of_a_folder_with_their_sha256():
-    assert list_files("/home/pi/infra/wordcount") == ["sh", "-c", (
-        "if [ -d /home/pi/infra/wordcount ]; then cd /home/pi/infra/wordcount && "
-        "find . -type f -exec sha256sum {} + ; fi")]
+def test_list_the_project_its_folders_files_and_links_and_whose_the_cluster_folder_is():
+    assert list_project("/home/pi/infra/lab", "/home/pi/infra/lab/wordcount", "/home/pi/infra/lab/output", "lab") == [
+        "sh", "-c", (
+            "printf '=====infra:owner\\n'; " + MARKER_LAB +
+            "if [ -L /home/pi/infra/lab ]; then echo link; elif [ ! -e /home/pi/infra/lab ]; then echo absent; "
+            "elif [ ! -d /home/pi/infra/lab ]; then echo file; "
+            "elif [ -d /home/pi/infra/lab ] && [ ! -L /home/pi/infra/lab ] && [ \"$marker\" = lab ]; then echo ours; "
+            "elif entries=$(ls -A /home/pi/infra/lab) && [ -z \"$entries\" ]; then echo empty; else echo other; fi; "
+            "printf '=====infra:folders\\n'; "
+            "for d in /home/pi/infra/lab/wordcount /home/pi/infra/lab/wordcount/output /home/pi/infra/lab/output ; "
+            "do if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then echo yes; else echo no; fi; done; "
+            "printf '=====infra:files\\n'; "
+            "if [ -d /home/pi/infra/lab/wordcount ] && [ ! -L /home/pi/infra/lab/wordcount ] && "
+            "cd /home/pi/infra/lab/wordcount; then find . -type f -exec sha256sum {} + ; "
+            "printf '=====infra:links\\n'; find . -type l -print0; fi; "
+            "printf '\\n=====infra:end\\n'")]
 
 
-def test_extract_a_tar_from_stdin_into_a_folder():
-    assert extract_files("/home/pi/infra/wordcount") == ["sh", "-c", (
-        "mkdir -p /home/pi/infra/wordcount && tar -x --no-same-owner -m -f - -C /home/pi/infra/wordcount")]
+def test_claim_the_cluster_folder_marker_first_then_make_the_project_its_mount_point_and_the_output_folder():
+    assert prepare_project("/home/pi/infra/lab", "/home/pi/infra/lab/wordcount", "/home/pi/infra/lab/output",
+                           "lab") == ["sh", "-c", (
+        "umask 022; " + MARKER_LAB + "if [ -d /home/pi/infra/lab ] && [ ! -L /home/pi/infra/lab ] && "
+        "[ \"$marker\" = lab ]; then :; "
+        "elif [ -L /home/pi/infra/lab ] || { [ -e /home/pi/infra/lab ] && [ ! -d /home/pi/infra/lab ]; }; "
+        "then echo /home/pi/infra/lab: not a folder of cluster lab, left alone >&2; exit 3; "
+        "elif [ -e /home/pi/infra/lab ] && { ! entries=$(ls -A /home/pi/infra/lab) || [ -n \"$entries\" ]; }; "
+        "then echo /home/pi/infra/lab: not a folder of cluster lab, left alone >&2; exit 3; "
+        "else mkdir -p /home/pi/infra/lab && printf '%s\\n' lab > /home/pi/infra/.lab.infra-cluster.tmp && "
+        "mv -f /home/pi/infra/.lab.infra-cluster.tmp /home/pi/infra/lab/.infra-cluster || exit 1; fi; "
+        "for d in /home/pi/infra/lab/wordcount /home/pi/infra/lab/wordcount/output /home/pi/infra/lab/output ; "
+        "do if [ -L \"$d\" ]; then rm -f \"$d\" || exit 1; fi; mkdir -p \"$d\" || exit 1; done")]
 
 
-def test_delete_files_then_the_folders_they_leave_empty_deepest_first():
-    assert delete_files("/home/pi/infra/wordcount", ["a/b/c.txt", "a/d.txt", "top.txt"]) == ["sh", "-c", (
-        "cd /home/pi/infra/wordcount && rm -f -- a/b/c.txt a/d.txt top.txt && "
-        "(rmdir -p --ignore-fail-on-non-empty -- a/b a 2>/dev/null || true)")]
-    assert delete_files("/srv/wc", ["x.txt"]) == ["sh", "-c", "cd /srv/wc && rm -f -- x.txt"]
+def test_remove_a_folder_only_when_its_cluster_folder_holds_the_marker_saying_what_happened():
+    assert remove_owned_folder("/home/pi/infra/lab/.infra", "/home/pi/infra/lab", "lab") == ["sh", "-c", (
+        MARKER_LAB + "if [ ! -e /home/pi/infra/lab/.infra ] && [ ! -L /home/pi/infra/lab/.infra ]; then echo absent; "
+        "elif [ -L /home/pi/infra/lab ]; then echo 'refused: '/home/pi/infra/lab' is a symbolic link'; "
+        "elif [ -L /home/pi/infra/lab/.infra ]; then echo 'refused: a symbolic link'; "
+        "elif [ -d /home/pi/infra/lab ] && [ ! -L /home/pi/infra/lab ] && [ \"$marker\" = lab ]; "
+        "then rm -rf -- /home/pi/infra/lab/.infra && echo removed; "
+        "else echo 'refused: '/home/pi/infra/lab' holds no marker of cluster 'lab; fi")]
+    assert remove_folder("/home/me/.infra/lab/env") == ["sh", "-c", (
+        "if [ -L /home/me/.infra/lab/env ]; then echo 'refused: a symbolic link'; "
+        "elif [ ! -e /home/me/.infra/lab/env ]; then echo absent; "
+        "else rm -rf -- /home/me/.infra/lab/env && echo removed; fi")]
+
+
+def test_extract_a_tar_from_stdin_into_the_project_never_through_a_link():
+    assert extract_files("/home/pi/infra/lab/wordcount") == ["sh", "-c", (
+        "[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && "
+        "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -")]
+
+
+def test_delete_files_and_links_then_the_folders_they_leave_empty_without_following_a_link():
+    assert delete_files("/home/pi/infra/lab/wordcount", ["a/b/c.txt", "a/d.txt", "top.txt"]) == ["sh", "-c", (
+        "[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && find . -depth "
+        "\\( \\( -path ./a/b/c.txt -o -path ./a/d.txt -o -path ./top.txt \\) ! -type d -delete \\) "
+        "-o \\( \\( -path ./a -o -path ./a/b \\) -type d -empty -delete \\)")]
+    assert delete_files("/srv/wc", ["x.txt"]) == ["sh", "-c", (
+        "[ ! -L /srv/wc ] && cd /srv/wc && find . -depth \\( \\( -path ./x.txt \\) ! -type d -delete \\)")]
+
+
+def test_a_file_name_with_glob_characters_matches_only_itself():
+    words = shlex.split(delete_files("/srv/wc", ["[a]*?.txt", "back\\slash"])[2])
+    assert "./\\[a\\]\\*\\?.txt" in words and "./back\\\\slash" in words
 
 
 def test_find_the_files_modified_after_a_moment_in_whole_seconds():
@@ -270,18 +328,38 @@ def test_find_the_files_modified_after_a_moment_in_whole_seconds():
         "find . -type f -newermt @1795315442 -print 2>/dev/null | head -n 1000")]
 
 
-def test_fetch_the_files_named_on_stdin_as_base64_of_a_tar_gz():
-    assert fetch_files("/home/alice/infra/wordcount/output") == ["sh", "-c", (
-        "cd /home/alice/infra/wordcount/output && tar -czf - -T - | base64")]
-    assert names_on_stdin(["wordcount.csv", "sub dir/-x.txt"]) == b"./wordcount.csv\n./sub dir/-x.txt\n"
+def test_the_output_folder_is_listed_and_fetched_inside_the_master_container():
+    assert list_output("lab").argv() == ["docker", "exec", "lab-master", "python", "-c", LIST_OUTPUT, "/project/output"]
+    [fetch] = fetch_output("lab", ["wordcount.csv", "sub dir/-x.txt"])
+    assert fetch.argv() == ["docker", "exec", "lab-master", "python", "-c", FETCH_OUTPUT, "/project/output",
+                            '["wordcount.csv", "sub dir/-x.txt"]']
 
 
-def test_the_tar_for_extract_holds_exactly_the_chosen_files_owner_neutral(tmp_path):
+@pytest.mark.parametrize("program", [LIST_OUTPUT, FETCH_OUTPUT])
+def test_the_output_programs_are_python_programs(program):
+    compile(program, "<output>", "exec")
+
+
+def test_many_output_files_are_fetched_in_several_execs_each_under_a_words_limit():
+    names = [f"run-{i:05}/metrics.json" for i in range(5000)]
+    ops = fetch_output("lab", names)
+    assert len(ops) > 1 and all(len(op.command[-1]) < 100_000 for op in ops)
+    assert [name for op in ops for name in json.loads(op.command[-1])] == names
+
+
+@pytest.mark.parametrize("name", ["../x", "/etc/passwd", "a/../../b", "", "a//b"])
+def test_an_output_file_outside_the_folder_is_never_asked_for(name):
+    with pytest.raises(ValueError):
+        fetch_output("lab", ["ok.csv", name])
+
+
+def test_the_tar_for_extract_holds_exactly_the_chosen_files_and_their_folders_owner_neutral(tmp_path):
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "a.py").write_text("A = 1\n")
     (tmp_path / "b.txt").write_text("b")
     with tarfile.open(fileobj=io.BytesIO(tar_of(tmp_path, ["sub/a.py"]))) as tar:
-        [member] = tar.getmembers()
+        folder, member = tar.getmembers()
+        assert (folder.name, folder.isdir()) == ("sub", True)
         assert (member.name, member.size, member.uid, member.gid, member.uname, member.gname) == (
             "sub/a.py", 6, 0, 0, "", "")
         assert tar.extractfile(member).read() == b"A = 1\n"
@@ -315,7 +393,7 @@ def test_the_probes_are_python_programs(program):
 
 def test_the_queue_listing_asks_rabbitmq_for_json():
     assert list_queues("lab").text() == (
-        "docker exec lab-broker rabbitmqctl list_queues --quiet --formatter json "
+        "docker exec lab-broker rabbitmqctl list_queues --quiet --vhost lab --formatter json "
         "name messages messages_ready messages_unacknowledged consumers")
 
 
@@ -336,10 +414,28 @@ def test_a_sweep_driver_tells_its_pid_then_runs_the_driver_module_on_its_plan():
 
 
 def test_writing_a_plain_file_makes_its_folder_and_replaces_the_file_at_once():
-    assert write_file("/home/pi/infra/wordcount/output/sweep-a/plan.json") == ["sh", "-c", (
-        "mkdir -p /home/pi/infra/wordcount/output/sweep-a && "
-        "cat > /home/pi/infra/wordcount/output/sweep-a/plan.json.tmp && "
-        "mv -f /home/pi/infra/wordcount/output/sweep-a/plan.json.tmp /home/pi/infra/wordcount/output/sweep-a/plan.json")]
+    assert write_file("/home/pi/infra/lab/output/sweep-a/plan.json") == ["sh", "-c", (
+        "mkdir -p /home/pi/infra/lab/output/sweep-a && { [ ! -L /home/pi/infra/lab/output/sweep-a ] || "
+        "{ echo /home/pi/infra/lab/output/sweep-a: a symbolic link, not written through >&2; exit 3; }; } && "
+        "tmp=$(mktemp /home/pi/infra/lab/output/sweep-a/.plan.json.XXXXXX) && cat > \"$tmp\" && "
+        "chmod 644 \"$tmp\" && mv -f \"$tmp\" /home/pi/infra/lab/output/sweep-a/plan.json")]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="GNU coreutils, as on the hosts")
+def test_writing_a_plain_file_never_writes_through_a_link_planted_in_the_output_folder(tmp_path):
+    victim = tmp_path / "outside" / "victim.txt"
+    victim.parent.mkdir()
+    victim.write_text("precious")
+    out = tmp_path / "output"
+    (out / "sweep-a").mkdir(parents=True)
+    os.symlink(victim, out / "sweep-a" / "plan.json")
+    os.symlink(victim, out / "sweep-a" / "plan.json.tmp")
+    os.symlink(victim.parent, out / "sweep-b")
+    subprocess.run(write_file(str(out / "sweep-a" / "plan.json")), input=b"{}", check=True)
+    assert victim.read_text() == "precious" and (out / "sweep-a" / "plan.json").read_bytes() == b"{}"
+    assert not (out / "sweep-a" / "plan.json").is_symlink()
+    refused = subprocess.run(write_file(str(out / "sweep-b" / "plan.json")), input=b"{}", capture_output=True)
+    assert refused.returncode == 3 and sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"]
 
 
 def test_a_container_with_gpus_asks_for_them_as_docker_run_would():
@@ -375,27 +471,34 @@ SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef"
 def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
     facts = HostFacts(home="/home/pi", uid=1001, gid=1001, arch="aarch64", docker_version="27.3.1",
                       images={"python:3.11-slim-bookworm": ImageInfo("sha256:base", {})})
-    sync = SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, upload=["tasks.py"],
-                    delete=["old dir/gone.py"], bytes_to_send=18)
+    sync = SyncPlan(layout=host_layout(cluster, cluster.hosts["pi1"], facts), cluster="lab",
+                    local_root=cluster.project_dir, upload=["tasks.py"], delete=["old dir/gone.py"], bytes_to_send=18)
+    identity = load_or_create_identity(Path("/nonexistent"), "lab", ["192.168.1.20"], save=False)
     plan = plan_host(cluster, cluster.hosts["pi1"], facts, SECRETS, "192.168.1.20", local_image_ids={},
-                     context_dir="/home/me/.infra/lab/build", context_digest="d" * 24, sync=sync)
+                     context_dir="/home/me/.infra/lab/build", context_digest="d" * 24, sync=sync, identity=identity)
     build = next(step for step in plan.steps if step.op is not None)
     assert [step.text() for step in plan.steps] == [
-        "sh -c 'mkdir -p /home/pi/infra/wordcount && "
-        "tar -x --no-same-owner -m -f - -C /home/pi/infra/wordcount'",
-        "sh -c 'cd /home/pi/infra/wordcount && rm -f -- '\"'\"'old dir/gone.py'\"'\"' && "
-        "(rmdir -p --ignore-fail-on-non-empty -- '\"'\"'old dir'\"'\"' 2>/dev/null || true)'",
-        "sh -c 'umask 077 && mkdir -p /home/pi/infra/.infra-lab && chmod 700 /home/pi/infra/.infra-lab && "
-        "cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
-        "mv -f /home/pi/infra/.infra-lab/worker.env.tmp /home/pi/infra/.infra-lab/worker.env'",
+        shlex.join(prepare_project("/home/pi/infra/lab", "/home/pi/infra/lab/wordcount", "/home/pi/infra/lab/output",
+                                   "lab")),
+        "sh -c '[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && find . -depth "
+        "\\( \\( -path '\"'\"'./old dir/gone.py'\"'\"' \\) ! -type d -delete \\) "
+        "-o \\( \\( -path '\"'\"'./old dir'\"'\"' \\) -type d -empty -delete \\)'",
+        "sh -c '[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && "
+        "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -'",
+        *[f"sh -c 'umask 077 && mkdir -p /home/pi/infra/lab/.infra/worker && chmod 700 /home/pi/infra/lab/.infra/worker"
+          f" && rm -f /home/pi/infra/lab/.infra/worker/{name}.tmp && cat > /home/pi/infra/lab/.infra/worker/{name}.tmp"
+          f" && chmod 400 /home/pi/infra/lab/.infra/worker/{name}.tmp"
+          f" && mv -f /home/pi/infra/lab/.infra/worker/{name}.tmp /home/pi/infra/lab/.infra/worker/{name}'"
+          for name in ("celery.env", "ca.crt")],
         "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.worker "
         "--tag infra-lab-worker:latest --label infra.cluster=lab "
         f"--label infra.context={dict(build.op.labels)['infra.context']} "
         "--build-arg BASE_IMAGE=python:3.11-slim-bookworm /home/me/.infra/lab/build",
     ]
     assert shlex.split(plan.steps[1].text())[2] == (
-        "cd /home/pi/infra/wordcount && rm -f -- 'old dir/gone.py' && "
-        "(rmdir -p --ignore-fail-on-non-empty -- 'old dir' 2>/dev/null || true)")
+        "[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && find . -depth "
+        "\\( \\( -path './old dir/gone.py' \\) ! -type d -delete \\) "
+        "-o \\( \\( -path './old dir' \\) -type d -empty -delete \\)")
 
 
 def test_a_step_without_a_command_reads_as_nothing_and_a_fed_one_hides_what_it_is_fed():
@@ -409,25 +512,10 @@ def test_a_step_without_a_command_reads_as_nothing_and_a_fed_one_hides_what_it_i
 # --------------------------------------------------------------------------- secrets never on a command line
 
 
-ENV = ("INFRA_CLUSTER=lab\n"
-       "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@192.168.1.20:5672//\n"
-       "# a comment\n"
-       "\n"
-       "CELERY_RESULT_BACKEND=redis://:Res=pw 'quoted' $(x)@192.168.1.20:6379/0\n")
-
-
-def test_a_containers_environment_travels_only_inside_the_engine_call():
-    op = RunContainer(WORKER, cluster_labels("lab", role="worker", host="pi1", spec="f00"), ENV)
-    assert op.environment() == {
-        "INFRA_CLUSTER": "lab",
-        "CELERY_BROKER_URL": "amqp://infra:Brk-pw_0123456789abcdef@192.168.1.20:5672//",
-        "CELERY_RESULT_BACKEND": "redis://:Res=pw 'quoted' $(x)@192.168.1.20:6379/0",
-    }
-    shown = [op.text(), " ".join(op.argv()), repr(op), repr(engine_step("start", op)), str(op)]
-    for secret in ("Brk-pw_0123456789abcdef", "Res=pw", "CELERY_BROKER_URL", "INFRA_CLUSTER=lab"):
-        assert not any(secret in text for text in shown), secret
-    assert "--env-file /home/pi/infra/.infra-lab/worker.env" in op.text()
-    assert op == RunContainer(WORKER, op.labels)  # the content is no part of what the operation is
+def test_a_containers_secrets_are_a_read_only_folder_never_its_environment():
+    op = RunContainer(WORKER, cluster_labels("lab", role="worker", host="pi1", spec="f00"))
+    assert "--volume /home/pi/infra/lab/.infra/worker:/run/infra:ro" in op.text()
+    assert dict(WORKER.environment) == {"INFRA_CLUSTER": "lab", "INFRA_ENV_FILE": "/run/infra/celery.env"}
 
 
 # --------------------------------------------------------------------------- hostile values
@@ -501,10 +589,10 @@ ENGINE_BUILDERS = {
     "ListVolumes": (lambda v: ListVolumes(v), lambda v: [f"label=infra.cluster={v}"]),
     "RunContainer": (
         lambda v: RunContainer(ContainerSpec(
-            name=v, role=v, host=v, image=v, command=(v, "--flag", v), env_file=v, volumes=((v, v, "ro"),),
-            network=v, network_alias=v, hostname=v, user=v, workdir=v, restart=v),
-            cluster_labels(v, role=v, spec=v), env=f"SECRET={v}\n"),
-        lambda v: [v, f"infra.cluster={v}", f"infra.role={v}", f"{v}:{v}:ro", "--env-file"]),
+            name=v, role=v, host=v, image=v, command=(v, "--flag", v), environment=(("K", v),), secrets=v,
+            volumes=((v, v, "ro"),), network=v, network_alias=v, hostname=v, user=v, workdir=v, restart=v),
+            cluster_labels(v, role=v, spec=v)),
+        lambda v: [v, f"infra.cluster={v}", f"infra.role={v}", f"{v}:{v}:ro", f"{v}:/run/infra:ro", f"K={v}"]),
     "RemoveContainers": (lambda v: RemoveContainers((v,)), lambda v: [v]),
     "StartContainer": (lambda v: StartContainer(v), lambda v: [v]),
     "RestartContainer": (lambda v: RestartContainer(v, 10), lambda v: [v]),
@@ -526,19 +614,34 @@ ENGINE_BUILDERS = {
     "signal_job": (lambda v: signal_job(v, 42, "INT"), lambda v: [f"{v}-master"]),
     "sweep_driver": (lambda v: sweep_driver(v, f"/project/output/sweep-{v}/plan.json"),
                      lambda v: [f"{v}-master", f"/project/output/sweep-{v}/plan.json"]),
+    "list_output": (lambda v: list_output(v), lambda v: [f"{v}-master"]),
+    "fetch_output": (lambda v: fetch_output(v, [v, f"sub/{v}"])[0],
+                     lambda v: [f"{v}-master", json.dumps([v, f"sub/{v}"])]),
 }
+
+
+def find_pattern(rel: str) -> str:
+    """`./rel` as `delete_files` hands it to `find -path`: glob characters escaped."""
+    return "./" + "".join("\\" + char if char in "*?[]\\" else char for char in rel)
+
 
 SHELL_BUILDERS = {
     "write_private_file": (lambda v: write_private_file(f"/srv/{v}/.infra-lab/worker.env"),
                            lambda v: [f"/srv/{v}/.infra-lab", f"/srv/{v}/.infra-lab/worker.env.tmp",
                                       f"/srv/{v}/.infra-lab/worker.env"]),
-    "list_files": (lambda v: list_files(f"/srv/{v}"), lambda v: [f"/srv/{v}"]),
+    "list_project": (lambda v: list_project(f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/output", "lab"),
+                     lambda v: [f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/wc/output", f"/srv/{v}/output"]),
+    "prepare_project": (lambda v: prepare_project(f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/output", "lab"),
+                        lambda v: [f"/srv/{v}", f"/srv/{v}/{MARKER_FILE}", f"/srv/{v}/wc", f"/srv/{v}/output"]),
+    "remove_owned_folder": (lambda v: remove_owned_folder(f"/srv/{v}/.infra", f"/srv/{v}", "lab"),
+                            lambda v: [f"/srv/{v}/.infra", f"/srv/{v}", f"/srv/{v}/{MARKER_FILE}"]),
+    "remove_folder": (lambda v: remove_folder(f"/srv/{v}/env"), lambda v: [f"/srv/{v}/env"]),
     "extract_files": (lambda v: extract_files(f"/srv/{v}"), lambda v: [f"/srv/{v}"]),
-    "delete_files": (lambda v: delete_files(f"/srv/{v}", [v, f"sub/{v}"]), lambda v: [f"/srv/{v}", v, f"sub/{v}"]),
+    "delete_files": (lambda v: delete_files(f"/srv/{v}", [v, f"sub/{v}"]),
+                     lambda v: [f"/srv/{v}", find_pattern(v), find_pattern(f"sub/{v}")]),
     "files_newer_than": (lambda v: files_newer_than(f"/srv/{v}", MOMENT), lambda v: [f"/srv/{v}"]),
-    "fetch_files": (lambda v: fetch_files(f"/srv/{v}/output"), lambda v: [f"/srv/{v}/output"]),
     "write_file": (lambda v: write_file(f"/srv/{v}/output/plan.json"),
-                   lambda v: [f"/srv/{v}/output", f"/srv/{v}/output/plan.json.tmp", f"/srv/{v}/output/plan.json"]),
+                   lambda v: [f"/srv/{v}/output", f"/srv/{v}/output/plan.json"]),
 }
 
 
@@ -553,7 +656,8 @@ def test_every_builder_that_takes_a_value_is_fed_hostile_values():
     assert public_functions(celery_commands) - set(ENGINE_BUILDERS) == set()
     assert public_functions(file_commands) - set(SHELL_BUILDERS) == {
         "host_probe", "gpu_query",  # take none
-        "make_folder", "remove_tree", "names_on_stdin", "tar_of",  # no shell: the tests below
+        "tar_of",  # no shell: the tests below
+        "list_output", "fetch_output",  # engine operations: with the engine builders
     }
 
 
@@ -588,11 +692,10 @@ def test_hostile_values_stay_one_quoted_word_in_every_shell_script(builder, valu
 
 
 @pytest.mark.parametrize("value", HOSTILE)
-def test_hostile_values_stay_whole_words_of_the_plain_commands(value):
-    assert make_folder(f"/srv/{value}") == ["mkdir", "-p", "--", f"/srv/{value}"]
-    assert remove_tree(f"/srv/{value}") == ["rm", "-rf", "--", f"/srv/{value}"]
-    assert shlex.split(shlex.join(make_folder(value))) == make_folder(value)
-    assert names_on_stdin([value]) == f"./{value}\n".encode()
+def test_hostile_file_names_reach_the_output_fetch_whole_as_json(value):
+    [op] = fetch_output("lab", [value, f"sub/{value}"])
+    assert json.loads(op.command[-1]) == [value, f"sub/{value}"]
+    assert shlex.split(op.text()) == op.argv()
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="file names with any character but / and NUL")
@@ -601,25 +704,17 @@ def test_hostile_file_names_travel_in_the_tar_exactly_as_they_are(tmp_path, valu
     (tmp_path / value).parent.mkdir(parents=True, exist_ok=True)
     (tmp_path / value).write_bytes(b"content")
     with tarfile.open(fileobj=io.BytesIO(tar_of(tmp_path, [value]))) as tar:
-        assert tar.getnames() == [value]
+        assert [m.name for m in tar.getmembers() if m.isfile()] == [value]
+        assert [m.name for m in tar.getmembers() if m.isdir()] == ["/".join(value.split("/")[:i])
+                                                                 for i in range(1, value.count("/") + 1)]
         assert tar.extractfile(value).read() == b"content"
 
 
 @pytest.mark.parametrize("value", HOSTILE)
 def test_file_names_with_a_leading_dash_are_never_read_as_options(value):
     words = shell_words(delete_files("/srv/wc", [f"-{value}", f"-{value}/x"])[2])
-    rm = words.index("rm")
-    assert words[rm:rm + 3] == ["rm", "-f", "--"]
-    rmdir = words.index("rmdir")
-    assert words[rmdir:rmdir + 4] == ["rmdir", "-p", "--ignore-fail-on-non-empty", "--"]
-
-
-@pytest.mark.parametrize("value", HOSTILE)
-def test_a_secret_in_the_environment_never_reaches_the_rendering_whatever_it_holds(value):
-    op = RunContainer(WORKER, cluster_labels("lab"), env=f"PASSWORD=S3cret-{value}\n")
-    assert "S3cret" not in op.text() and "S3cret" not in repr(op)
-    if "\n" not in value:  # an env file holds one variable a line
-        assert op.environment() == {"PASSWORD": f"S3cret-{value}"}
+    patterns = [words[i + 1] for i, word in enumerate(words) if word == "-path"]
+    assert len(patterns) >= 3 and all(pattern.startswith("./-") for pattern in patterns)
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="GNU find, tar, rmdir and base64, as on the hosts")
@@ -627,7 +722,8 @@ def test_a_secret_in_the_environment_never_reaches_the_rendering_whatever_it_hol
 def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_say(tmp_path, value):
     canary = tmp_path / "pwned"
     value = value.replace("/tmp/pwned", str(canary))
-    root = str(tmp_path / "hosts" / value / "wordcount")
+    root = str(tmp_path / "hosts" / value / "lab")  # the cluster folder
+    project_dir, output_dir = f"{root}/wordcount", f"{root}/output"
     sandbox = tmp_path / "hosts"
     project = tmp_path / "project"
     (project / "data").mkdir(parents=True)
@@ -636,24 +732,31 @@ def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_s
     def sh(argv, stdin=b""):
         return subprocess.run(argv, input=stdin, capture_output=True, check=True, cwd=tmp_path).stdout
 
-    sh(make_folder(root))
-    assert Path(root).is_dir()
+    sh(prepare_project(root, project_dir, output_dir, "lab"))
+    assert Path(root, MARKER_FILE).read_text() == "lab\n" and Path(project_dir, "output").is_dir()
     sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=s3cret\n")
-    sh(write_file(f"{root}/output/sweep/plan.json"), b"{}")
-    assert Path(root, "output", "sweep", "plan.json").read_bytes() == b"{}"
-    sh(remove_tree(f"{root}/output"))
+    sh(write_file(f"{output_dir}/sweep/plan.json"), b"{}")
+    assert Path(output_dir, "sweep", "plan.json").read_bytes() == b"{}"
     env_file = Path(root, ".infra-lab", "worker.env")
-    assert env_file.read_bytes() == b"PASSWORD=s3cret\n" and (env_file.stat().st_mode & 0o777) == 0o600
-    sh(extract_files(root), tar_of(project, ["data/it's a file.txt"]))
-    listing = parse_sha256_list(sh(list_files(root)).decode())
-    assert sorted(listing) == [".infra-lab/worker.env", "data/it's a file.txt"]
-    assert sh(files_newer_than(root, datetime(2000, 1, 1, tzinfo=timezone.utc))).decode().splitlines() != []
-    fetched = sh(fetch_files(root), names_on_stdin(["data/it's a file.txt"]))
+    assert env_file.read_bytes() == b"PASSWORD=s3cret\n" and (env_file.stat().st_mode & 0o777) == 0o400
+    sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=new\n")  # a 0400 file is replaced
+    assert env_file.read_bytes() == b"PASSWORD=new\n"
+    sh(extract_files(project_dir), tar_of(project, ["data/it's a file.txt"]))
+    listing = parse_project_listing(sh(list_project(root, project_dir, output_dir, "lab")).decode(), no_ignores())
+    assert (listing.owner, listing.folders, sorted(listing.files)) == ("ours", (True, True, True),
+                                                                      ["data/it's a file.txt"])
+    assert sh(files_newer_than(project_dir, datetime(2000, 1, 1, tzinfo=timezone.utc))).decode().splitlines() != []
+    out = Path(output_dir, "it's out.txt")
+    out.write_text("result\n")
+    run_here = [sys.executable, "-c"]
+    fetched = sh([*run_here, FETCH_OUTPUT, output_dir, json.dumps(["it's out.txt"])])
     with tarfile.open(fileobj=io.BytesIO(base64.b64decode(fetched)), mode="r:gz") as tar:
-        assert tar.extractfile("./data/it's a file.txt").read() == b"hello\n"
-    sh(delete_files(root, ["data/it's a file.txt"]))
-    assert not Path(root, "data").exists() and Path(root, ".infra-lab").is_dir()
-    sh(remove_tree(root))
+        assert tar.extractfile("it's out.txt").read() == b"result\n"
+    assert "it's out.txt" in sh([*run_here, LIST_OUTPUT, output_dir]).decode()
+    sh(delete_files(project_dir, ["data/it's a file.txt"]))
+    assert not Path(project_dir, "data").exists() and Path(root, ".infra-lab").is_dir()
+    assert parse_removal(sh(remove_owned_folder(f"{root}/.infra-lab", root, "lab")).decode()) == ("removed", "")
+    assert parse_removal(sh(remove_owned_folder(root, root, "lab")).decode()) == ("removed", "")
     assert not Path(root).exists()
     assert not canary.exists()
     assert sorted(os.listdir(tmp_path)) == ["hosts", "project"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -693,3 +694,36 @@ def test_schema_writes_the_shipped_file_byte_for_byte(tmp_path):
     result = CliRunner().invoke(main, ["schema", "-o", str(tmp_path / "cluster.schema.json")])
     assert result.exit_code == 0, result.output
     assert (tmp_path / "cluster.schema.json").read_text() == SHIPPED_SCHEMA.read_text()
+
+
+# --------------------------------------------------------------------------- the state dir is never inside the project
+
+
+@pytest.mark.parametrize("state_dir", ["proj", "proj/.infra", "./proj/sub/../state", "'{tmp}/proj/x'"])
+def test_a_state_dir_inside_the_project_is_refused_its_secrets_would_travel_with_it(workdir, state_dir):
+    text = BASE + f"state_dir: {state_dir.replace('{tmp}', str(workdir))}\n"
+    message = error_of(workdir, text)
+    assert message.startswith("state_dir: ") and "is inside the project folder" in message
+    assert message.endswith(f"(cluster.yaml:{line_of(text, 'state_dir')})")
+
+
+def test_the_default_state_dir_of_a_cluster_file_in_the_project_folder_is_refused(workdir):
+    text = BASE.replace("path: proj", "path: .")
+    message = error_of(workdir, text)
+    assert message.startswith("state_dir: '.infra' is inside the project folder")
+
+
+def test_a_state_dir_that_is_the_project_itself_is_refused(workdir):
+    # STATE_DIR/NAME: the parent folder with the cluster named like the project folder.
+    (workdir / "lab").mkdir()
+    assert "is inside the project folder" in error_of(workdir, BASE.replace("path: proj", "path: lab") + "state_dir: .\n")
+
+
+@pytest.mark.parametrize("state_dir", [".infra", "../state", "proj-state", "projx"])
+def test_a_state_dir_beside_the_project_is_fine(workdir, state_dir):
+    assert load_text(workdir, BASE + f"state_dir: {state_dir}\n").state_dir.name == "lab"
+
+
+def test_a_state_dir_reaching_the_project_through_a_link_is_refused(workdir):
+    os.symlink(workdir / "proj", workdir / "link")
+    assert "is inside the project folder" in error_of(workdir, BASE + "state_dir: link/.infra\n")

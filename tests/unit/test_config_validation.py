@@ -40,6 +40,7 @@ roles:
   master:
     host: <<roles.master.host>>
     advertise_address: <<roles.master.advertise_address>>
+    bind_address: <<roles.master.bind_address>>
   workers:
     - host: <<roles.workers[0].host>>
       containers: 1
@@ -69,6 +70,7 @@ VALID = {
     "project.requirements": "requirements.txt",
     "roles.master.host": "a",
     "roles.master.advertise_address": "10.0.0.1",
+    "roles.master.bind_address": "10.0.0.1",
     "roles.workers[0].host": "a",
     "roles.workers[0].queues": "celery",
     "roles.workers[0].pool": "prefork",
@@ -90,6 +92,7 @@ LINES = {key: number for number, line in enumerate(TEMPLATE.splitlines(), 1) for
 # Names, addresses and references: nothing but their own grammar passes.
 STRICT_FIELDS = [
     "name", "hosts.a.address", "hosts.a.user", "project.app", "roles.master.advertise_address",
+    "roles.master.bind_address",
     "roles.workers[0].queues", "images.base", "images.worker", "images.master", "images.broker",
 ]
 # Paths may be any printable name (they are quoted wherever they are sent), but never hold a control
@@ -446,3 +449,15 @@ def test_a_huge_value_is_refused_at_once(workdir, key):
     started = time.perf_counter()
     assert_refused_at(error_of(workdir, {key: "a-" * 100_000}), key)
     assert time.perf_counter() - started < 1.0
+
+
+@pytest.mark.parametrize("value", ["master.lab", "10.0.0.300", "0.0.0.0:5671", "[::1]"])
+def test_a_bind_address_must_be_an_ip_address(workdir, value):
+    message = error_of(workdir, {"roles.master.bind_address": value})
+    assert_refused_at(message, "roles.master.bind_address")
+    assert "is not an IP address" in message
+
+
+@pytest.mark.parametrize("value", ["0.0.0.0", "::", "fd00::5", "192.168.1.20"])
+def test_ip_addresses_of_both_families_are_bind_addresses(workdir, value):
+    assert load(workdir, {"roles.master.bind_address": value}).spec.roles.master.bind_address == value

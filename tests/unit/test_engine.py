@@ -117,14 +117,14 @@ def test_an_engine_without_a_common_api_version_is_refused_in_words():
 def full_run() -> RunContainer:
     spec = ContainerSpec(
         name="lab-broker", role="broker", host="gpu-box", image="infra-broker:1",
-        command=("rabbitmq-server",), env_file="/home/u/infra/lab/broker.env",
-        ports=((5672, 5672), (15672, 15672), (8080, 15672)),
+        command=("rabbitmq-server",), environment=(("INFRA_CLUSTER", "lab"), ("TEXT", "a=b c")),
+        secrets="/home/u/infra/lab/.infra/broker",
+        ports=((5672, 5672), (15672, 15672), (8080, 15672)), bind_address="10.0.0.5",
         volumes=(("lab-broker-data", "/var/lib/rabbitmq", "rw"), ("/home/u/conf", "/etc/conf", "ro")),
         network="lab-net", network_alias="broker", hostname="lab-broker", user="1000:1000",
         workdir="/srv", restart="unless-stopped",
     )
-    return RunContainer(spec, cluster_labels("lab", role="broker", host="gpu-box", spec="f00d"),
-                        env="RABBITMQ_DEFAULT_USER=infra\n# comment\n\nRABBITMQ_DEFAULT_PASS=p=w d\n")
+    return RunContainer(spec, cluster_labels("lab", role="broker", host="gpu-box", spec="f00d"))
 
 
 def test_create_arguments_carry_every_setting_of_the_rendered_command():
@@ -134,7 +134,7 @@ def test_create_arguments_carry_every_setting_of_the_rendered_command():
             "Image": "infra-broker:1",
             "Cmd": ["rabbitmq-server"],
             "Labels": {"infra.cluster": "lab", "infra.role": "broker", "infra.host": "gpu-box", "infra.spec": "f00d"},
-            "Env": ["RABBITMQ_DEFAULT_USER=infra", "RABBITMQ_DEFAULT_PASS=p=w d"],
+            "Env": ["INFRA_CLUSTER=lab", "TEXT=a=b c"],
             "ExposedPorts": {"5672/tcp": {}, "15672/tcp": {}},
             "Hostname": "lab-broker",
             "User": "1000:1000",
@@ -144,10 +144,12 @@ def test_create_arguments_carry_every_setting_of_the_rendered_command():
                 "LogConfig": {"Type": "json-file", "Config": {"max-size": "20m", "max-file": "3"}},
                 "NetworkMode": "lab-net",
                 "PortBindings": {
-                    "5672/tcp": [{"HostIp": "", "HostPort": "5672"}],
-                    "15672/tcp": [{"HostIp": "", "HostPort": "15672"}, {"HostIp": "", "HostPort": "8080"}],
+                    "5672/tcp": [{"HostIp": "10.0.0.5", "HostPort": "5672"}],
+                    "15672/tcp": [{"HostIp": "10.0.0.5", "HostPort": "15672"},
+                                  {"HostIp": "10.0.0.5", "HostPort": "8080"}],
                 },
-                "Binds": ["lab-broker-data:/var/lib/rabbitmq:rw", "/home/u/conf:/etc/conf:ro"],
+                "Binds": ["lab-broker-data:/var/lib/rabbitmq:rw", "/home/u/conf:/etc/conf:ro",
+                          "/home/u/infra/lab/.infra/broker:/run/infra:ro"],
             },
             "NetworkingConfig": {"EndpointsConfig": {"lab-net": {"Aliases": ["broker"]}}},
         },
@@ -171,10 +173,18 @@ def test_create_arguments_of_a_plain_host_network_worker_leave_defaults_to_the_e
     }
 
 
-def test_the_environment_never_appears_in_the_rendering():
-    op = full_run()
-    assert "p=w d" not in op.text() and "--env-file /home/u/infra/lab/broker.env" in op.text()
-    assert "p=w d" not in repr(op)
+def test_the_rendering_shows_the_secrets_folder_mounted_read_only_and_the_bound_address():
+    text = full_run().text()
+    assert "--volume /home/u/infra/lab/.infra/broker:/run/infra:ro" in text
+    assert "--publish 10.0.0.5:5672:5672" in text
+    assert "--env 'TEXT=a=b c'" in text
+
+
+def test_an_ipv6_bind_address_is_published_in_brackets():
+    spec = ContainerSpec(name="x", role="broker", host="h", image="i", ports=((5671, 5671),), bind_address="fd00::5")
+    assert "--publish '[fd00::5]:5671:5671'" in RunContainer(spec, ()).text()
+    assert create_arguments(RunContainer(spec, ()))["config"]["HostConfig"]["PortBindings"] == {
+        "5671/tcp": [{"HostIp": "fd00::5", "HostPort": "5671"}]}
 
 
 def test_restart_policies():

@@ -7,6 +7,7 @@ Which hosts and containers a command means, whether workers must restart, which 
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import json
 import os
@@ -21,11 +22,11 @@ import pytest
 from infra.cli.options import select_hosts
 from infra.commands.celery import PID_MARKER, celery_probe, run_job, signal_job
 from infra.commands.engine import InspectContainers, ListContainers, Logs, RestartContainer
-from infra.commands.files import fetch_files, files_newer_than, names_on_stdin
+from infra.commands.files import FETCH_OUTPUT, LIST_OUTPUT, files_newer_than
 from infra.config import Cluster, parse_cluster
-from infra.errors import ConfigError
+from infra.errors import ConfigError, InfraError
 from infra.facts.containers import parse_container_list
-from infra.facts.files import LocalFile, ignore_rules, parse_find, project_digest, scan_local
+from infra.facts.files import LocalFile, ignore_rules, parse_find, parse_sha256_list, project_digest, scan_local
 from infra.plans.sync import CodeRecord, changed_after, earliest_start, restart_decision
 from infra.plans.up import expected_worker_nodes
 from infra.workflows.logs import (
@@ -37,7 +38,7 @@ from infra.workflows.logs import (
     since_timestamp,
     split_timestamp,
 )
-from infra.workflows.run_job import job_words, plan_fetch, script_command, unpack_files
+from infra.workflows.run_job import fetch_outputs, job_words, plan_fetch, script_command, unpack_files
 from infra.workflows.status import CELERY_REPLY_TIMEOUT
 from infra.workflows.sync_files import (
     RESTART_TIMEOUT,
@@ -460,42 +461,134 @@ def test_output_files_that_are_new_or_differ_come_back_and_nothing_outside_the_f
     local = {"same.csv": LocalFile("same.csv", "1" * 64, 3, 0o644),
              "old.csv": LocalFile("old.csv", "2" * 64, 3, 0o644),
              "only-here.csv": LocalFile("only-here.csv", "4" * 64, 3, 0o644)}
-    remote = {"same.csv": "1" * 64, "old.csv": "3" * 64, "new/deep.csv": "5" * 64, "../escape": "6" * 64, "/abs": "7" * 64}
+    remote = {"same.csv": "1" * 64, "old.csv": "3" * 64, "new/deep.csv": "5" * 64, "../escape": "6" * 64,
+              "/abs": "7" * 64, "a/../../b": "8" * 64, "a//b": "9" * 64, "": "0" * 64}
     assert plan_fetch(remote, local) == ["new/deep.csv", "old.csv"]
 
 
-def test_output_files_travel_as_a_base64_tarball_and_land_in_the_output_folder(tmp_path):
-    """The fetch command, run for real with sh, tar and base64 on a folder standing for the master's."""
-    remote = tmp_path / "remote"
-    write(remote, "wordcount.csv", "word,count\nthe,941\n")
-    write(remote, "sub dir/-odd name.txt", "odd")
-    write(remote, "not-asked.txt", "no")
-    local = tmp_path / "local" / "output"
-    names = names_on_stdin(["wordcount.csv", "sub dir/-odd name.txt"])
-    assert names == b"./wordcount.csv\n./sub dir/-odd name.txt\n"
-    encoded = subprocess.run(fetch_files(str(remote)), input=names, capture_output=True, check=True).stdout
-    written = unpack_files(base64.b64decode(encoded), local, ["wordcount.csv", "sub dir/-odd name.txt"])
-    assert written == len("word,count\nthe,941\n") + 3
+def list_output_here(folder: Path) -> str:
+    """`list_output`'s script run with this Python on a folder standing for the container's output folder."""
+    return subprocess.run([sys.executable, "-c", LIST_OUTPUT, str(folder)], capture_output=True, text=True,
+                          check=True).stdout
+
+
+def fetch_here(folder: Path, names: list[str]) -> bytes:
+    encoded = subprocess.run([sys.executable, "-c", FETCH_OUTPUT, str(folder), json.dumps(names)],
+                             capture_output=True, check=True).stdout
+    return base64.b64decode(encoded)
+
+
+def digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+@pytest.fixture
+def job_output(tmp_path):
+    """An output folder as a hostile job leaves it: files, odd names, links to a secret and to a folder, a fifo."""
+    secret = write(tmp_path / "home" / ".ssh", "id_ed25519", "PRIVATE KEY\n")
+    out = tmp_path / "host-output"
+    write(out, "wordcount.csv", "word,count\nthe,941\n")
+    write(out, "sub dir/-odd name.txt", "odd")
+    write(out, "new\nline\\name.txt", "nl")
+    write(out, "run.sh", "echo hi\n").chmod(0o777)
+    write(out, "open.txt", "o").chmod(0o666)
+    os.symlink(secret, out / "leak.txt")
+    os.symlink(secret.parent, out / "ssh")
+    os.mkfifo(out / "a fifo")
+    return out, secret
+
+
+def test_the_output_listing_holds_regular_files_only_never_what_a_link_points_to(job_output):
+    out, secret = job_output
+    listing = parse_sha256_list(list_output_here(out))
+    assert listing == {"wordcount.csv": digest("word,count\nthe,941\n"), "sub dir/-odd name.txt": digest("odd"),
+                       "new\nline\\name.txt": digest("nl"), "run.sh": digest("echo hi\n"), "open.txt": digest("o")}
+
+
+def test_the_output_fetch_sends_regular_files_with_modes_0644_or_0755_and_skips_links(job_output):
+    out, _ = job_output
+    data = fetch_here(out, ["wordcount.csv", "run.sh", "open.txt", "leak.txt", "ssh/id_ed25519", "a fifo"])
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        members = {m.name: m for m in tar.getmembers()}
+    assert sorted(members) == ["open.txt", "run.sh", "wordcount.csv"]
+    assert {name: m.mode for name, m in members.items()} == {"open.txt": 0o644, "run.sh": 0o755, "wordcount.csv": 0o644}
+    assert all(m.isfile() for m in members.values())
+
+
+def test_fetched_files_land_in_the_output_folder_with_0644_or_0755_whatever_the_hosts_mode(job_output, tmp_path):
+    out, _ = job_output
+    remote = parse_sha256_list(list_output_here(out))
+    local = tmp_path / "project" / "output"
+    (tmp_path / "project").mkdir()
+    wanted = plan_fetch(remote, {})
+    fetched = unpack_files(fetch_here(out, wanted), local, {rel: remote[rel] for rel in wanted})
+    assert sorted(fetched.files) == sorted(remote) and fetched.refused == []
+    assert fetched.bytes == sum(len(p.read_bytes()) for p in local.rglob("*") if p.is_file())
     assert (local / "wordcount.csv").read_text() == "word,count\nthe,941\n"
     assert (local / "sub dir" / "-odd name.txt").read_text() == "odd"
-    assert not (local / "not-asked.txt").exists()
+    assert (local / "run.sh").stat().st_mode & 0o7777 == 0o755
+    assert (local / "open.txt").stat().st_mode & 0o7777 == 0o644
+    assert not (local / "leak.txt").exists() and not (local / "ssh").exists()
 
 
-def test_unpacking_ignores_members_that_were_not_asked_for(tmp_path):
+def gz_tar(members: list[tuple[str, bytes | str]]) -> bytes:
+    """A tar.gz of regular files (bytes) and symbolic links (str: the target)."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
-        for name in ("../evil.txt", "ok.txt", "link"):
+        for name, content in members:
             info = tarfile.TarInfo(name)
-            if name == "link":
-                info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            if isinstance(content, str):
+                info.type, info.linkname = tarfile.SYMTYPE, content
                 tar.addfile(info)
             else:
-                info.size = 2
-                tar.addfile(info, io.BytesIO(b"hi"))
+                info.size, info.mode = len(content), 0o777
+                tar.addfile(info, io.BytesIO(content))
+    return buffer.getvalue()
+
+
+def test_a_file_whose_content_is_not_the_one_listed_is_refused(tmp_path):
+    data = gz_tar([("a.txt", b"swapped in after the listing")])
+    fetched = unpack_files(data, tmp_path / "output", {"a.txt": digest("listed")})
+    assert fetched.files == [] and fetched.refused == ["a.txt (not the content listed: changed while it was fetched)"]
+    assert not (tmp_path / "output" / "a.txt").exists()
+
+
+@pytest.mark.parametrize("planted", ["file link", "folder link", "link on the way"])
+def test_a_local_link_is_never_written_through(tmp_path, planted):
+    victim = write(tmp_path / "elsewhere", "victim.txt", "precious")
+    local = tmp_path / "output"
+    local.mkdir()
+    rel = {"file link": "a.txt", "folder link": "d/a.txt", "link on the way": "d/e/a.txt"}[planted]
+    if planted == "file link":
+        os.symlink(victim, local / "a.txt")
+    elif planted == "folder link":
+        os.symlink(victim.parent, local / "d")
+    else:
+        (local / "d").mkdir()
+        os.symlink(victim.parent, local / "d" / "e")
+    fetched = unpack_files(gz_tar([(rel, b"from the job")]), local, {rel: digest("from the job")})
+    assert fetched.files == [] and len(fetched.refused) == 1
+    assert sorted(p.name for p in victim.parent.iterdir()) == ["victim.txt"] and victim.read_text() == "precious"
+
+
+def test_an_output_folder_that_is_a_link_here_gets_nothing(tmp_path):
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(elsewhere, tmp_path / "output")
+    with pytest.raises(InfraError, match="symbolic link"):
+        unpack_files(gz_tar([("a.txt", b"x")]), tmp_path / "output", {"a.txt": digest("x")})
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_unpacking_ignores_members_that_were_not_asked_for_links_and_climbing_names(tmp_path):
+    data = gz_tar([("../evil.txt", b"hi"), ("ok.txt", b"hi"), ("link", "/etc/passwd"), ("./extra.txt", b"hi")])
     target = tmp_path / "output"
-    assert unpack_files(buffer.getvalue(), target, ["ok.txt", "link"]) == 2
+    wanted = {"ok.txt": digest("hi"), "link": digest("hi"), "../evil.txt": digest("hi")}
+    fetched = unpack_files(data, target, wanted)
+    assert (fetched.files, fetched.bytes) == (["ok.txt"], 2)
     assert sorted(p.name for p in target.iterdir()) == ["ok.txt"]
     assert not (tmp_path / "evil.txt").exists()
+
 
 
 # --------------------------------------------------------------------------- command line
@@ -532,3 +625,46 @@ def test_bad_input_exits_2(tmp_path):
     assert CliRunner().invoke(main, ["sync-files", "-f", missing]).exit_code == 2
     mistaken = CliRunner().invoke(main, ["logs", "-f", "cluster.yaml"])
     assert mistaken.exit_code == 2 and "--file cluster.yaml (here -f means --follow)" in mistaken.output
+
+
+class ContainerStandIn:
+    """`conn.engine.exec` of the output programs, run here on a folder standing for the container's output folder."""
+
+    def __init__(self, folder: Path):
+        self.folder = folder
+        self.host = type("H", (), {"name": "m1"})()
+        self.engine = self
+        self.ops = []
+
+    def exec(self, op, timeout=None):
+        from infra.runner import CommandResult
+        self.ops.append(op)
+        command = [sys.executable, *op.command[1:3], str(self.folder), *op.command[4:]]
+        done = subprocess.run(command, capture_output=True, text=True)
+        return CommandResult(done.returncode, done.stdout, done.stderr)
+
+
+def test_infra_run_fetches_only_the_jobs_regular_files_and_writes_nothing_through_links_here(job_output, tmp_path):
+    out, secret = job_output
+    project = tmp_path / "project"
+    (project / "output").mkdir(parents=True)
+    victim = write(tmp_path / "mine", "notes.txt", "mine")
+    os.symlink(victim, project / "output" / "wordcount.csv")  # planted here: not written through
+    fetched = fetch_outputs(ContainerStandIn(out), "lab", project / "output")
+    assert sorted(fetched.files) == ["new\nline\\name.txt", "open.txt", "run.sh", "sub dir/-odd name.txt"]
+    assert fetched.refused == ["wordcount.csv (wordcount.csv is a symbolic link here: left as it is)"]
+    assert victim.read_text() == "mine" and secret.read_text() == "PRIVATE KEY\n"
+    assert not any("PRIVATE KEY" in p.read_text() for p in (project / "output").rglob("*")
+                   if p.is_file() and not p.is_symlink())
+
+
+def test_infra_run_writes_nothing_into_an_output_folder_that_is_a_link_here(job_output, tmp_path):
+    out, _ = job_output
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "project").mkdir()
+    os.symlink(elsewhere, tmp_path / "project" / "output")
+    conn = ContainerStandIn(out)
+    fetched = fetch_outputs(conn, "lab", tmp_path / "project" / "output")
+    assert fetched.files == [] and "a symbolic link here" in fetched.refused[0]
+    assert conn.ops == [] and list(elsewhere.iterdir()) == []

@@ -178,10 +178,23 @@ def test_secrets_are_created_private_and_reused(tmp_path):
 def test_generated_secrets_are_long_distinct_and_url_safe():
     one, two = Secrets.generate(), Secrets.generate()
     assert one.values() != two.values()
-    assert len(set(one.values())) == 3
+    assert len(set(one.values())) == 4
     for value in one.values():
         assert len(value) >= 24
         assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+
+
+def test_a_secrets_file_from_before_the_workers_broker_user_gets_one_and_keeps_the_rest(tmp_path):
+    path = tmp_path / "secrets.json"
+    old = {"broker_user": "infra", "broker_password": "b" * 24, "results_password": "r" * 24,
+           "flower_user": "admin", "flower_password": "f" * 24}
+    path.write_text(json.dumps(old))
+    path.chmod(0o600)
+    loaded = load_or_create_secrets(path)
+    assert (loaded.broker_password, loaded.results_password, loaded.flower_password) == ("b" * 24, "r" * 24, "f" * 24)
+    assert loaded.worker_user == "worker" and len(loaded.worker_password) >= 24
+    assert load_or_create_secrets(path) == loaded  # written back: the same password next time
+    assert path.stat().st_mode & 0o777 == 0o600
 
 
 def test_a_secrets_file_readable_by_others_is_made_private_again(tmp_path):

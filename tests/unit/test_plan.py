@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import shlex
 from pathlib import Path
 from typing import Callable
 
 import pytest
 
+from infra.commands.files import remove_folder, remove_owned_folder
 from infra.commands.engine import (
     BuildImage,
     CreateNetwork,
@@ -20,6 +23,7 @@ from infra.commands.engine import (
     cluster_labels,
 )
 from infra.config import Cluster, Host, parse_cluster
+from infra.engine.wire import create_arguments
 from infra.facts.containers import Container, ImageInfo
 from infra.facts.host import HostFacts
 from infra.manifest import HostRecord
@@ -35,7 +39,7 @@ from infra.plans.up import (
     container_steps,
     desired_containers,
     diff_containers,
-    env_files_for,
+    secret_files_for,
     expected_worker_nodes,
     fingerprint,
     host_layout,
@@ -46,16 +50,22 @@ from infra.plans.up import (
     worker_count,
 )
 from infra.secrets import Secrets
+from infra.tls import load_or_create as load_or_create_identity
+from infra.tls import server_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MASTER_ADDRESS = "192.168.1.20"
+ENV_DIR = "/home/alice/infra/lab/.infra"  # the master host's secret folders: ENV_DIR/ROLE
 CONTEXT_DIR = "/home/me/.infra/lab/build"
 DIGEST = "c0ffee" * 4
 BASE = "python:3.11-slim-bookworm"
 WORKER_TAG, MASTER_TAG, BROKER_TAG = "infra-lab-worker:latest", "infra-lab-master:latest", "infra-lab-broker:latest"
 IMAGE_IDS = {WORKER_TAG: "sha256:w1", MASTER_TAG: "sha256:m1", BROKER_TAG: "sha256:b1"}
 SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef", results_password="Res-pw_0123456789abcdef",
-                  flower_user="admin", flower_password="Flw-pw_0123456789")
+                  flower_user="admin", flower_password="Flw-pw_0123456789", worker_user="worker",
+                  worker_password="Wrk-pw_0123456789abcdef")
+# The master's certificate, made in memory once (nothing is written with save=False).
+IDENTITY = load_or_create_identity(Path("/nonexistent/infra-test-tls"), "lab", server_names(MASTER_ADDRESS), save=False)
 
 
 def make_cluster(tmp_path: Path, edit: Callable[[str], str] = lambda text: text) -> Cluster:
@@ -93,10 +103,10 @@ def host_facts(host: str, containers=(), image_ids=None, *, images=None, network
 
 def plan_for(cluster: Cluster, host: str, facts: HostFacts | None = None, *, secrets: Secrets = SECRETS,
              master_address: str = MASTER_ADDRESS, local_ids=None, sync: SyncPlan | None = None,
-             digest: str = DIGEST) -> HostPlan:
+             digest: str = DIGEST, identity=IDENTITY) -> HostPlan:
     facts = facts or host_facts(host)
     return plan_host(cluster, cluster.hosts[host], facts, secrets, master_address, local_image_ids=local_ids or {},
-                     context_dir=CONTEXT_DIR, context_digest=digest, sync=sync)
+                     context_dir=CONTEXT_DIR, context_digest=digest, sync=sync, identity=identity)
 
 
 def running_as_planned(plan: HostPlan, state: str = "running") -> list[Container]:
@@ -133,29 +143,51 @@ def cluster(tmp_path) -> Cluster:
 # --------------------------------------------------------------------------- host layout
 
 
-def test_remote_layout_with_a_relative_remote_path_lives_in_the_home_folder(cluster):
+def test_remote_layout_with_a_relative_remote_path_lives_in_the_cluster_folder_in_the_home_folder(cluster):
     layout = host_layout(cluster, cluster.hosts["gpu-box"], host_facts("gpu-box"))
     assert layout == HostLayout(
-        root="/home/alice/infra",
-        project_dir="/home/alice/infra/wordcount",
-        env_dir="/home/alice/infra/.infra-lab",
+        root="/home/alice/infra/lab",
+        project_dir="/home/alice/infra/lab/wordcount",
+        env_dir="/home/alice/infra/lab/.infra",
+        output_dir="/home/alice/infra/lab/output",
     )
-    assert layout.env_file("worker") == "/home/alice/infra/.infra-lab/worker.env"
+    assert layout.marker == "/home/alice/infra/lab/.infra-cluster"
+    assert layout.mount_point == "/home/alice/infra/lab/wordcount/output"
 
 
 @pytest.mark.parametrize(
-    ("remote_path", "root"),
+    ("remote_path", "base"),
     [("/srv/infra", "/srv/infra"), ("/srv/infra/", "/srv/infra"), ("~/jobs", "/home/pi/jobs"), ("a/b", "/home/pi/a/b")],
 )
-def test_remote_layout_for_absolute_and_home_relative_remote_paths(tmp_path, remote_path, root):
+def test_remote_layout_for_absolute_and_home_relative_remote_paths(tmp_path, remote_path, base):
     cluster = make_cluster(tmp_path, lambda t: t.replace("remote_path: infra", f"remote_path: {remote_path}"))
     layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
-    assert layout.root == root
-    assert layout.project_dir == f"{root}/wordcount"
-    assert layout.env_dir == f"{root}/.infra-lab"
+    assert layout.root == f"{base}/lab"
+    assert layout.project_dir == f"{base}/lab/wordcount"
+    assert layout.env_dir == f"{base}/lab/.infra"
+    assert layout.output_dir == f"{base}/lab/output"
 
 
-def test_local_layout_uses_the_project_in_place_and_the_state_dir(tmp_path):
+def test_two_clusters_with_one_remote_path_and_project_folder_name_never_share_a_folder(tmp_path):
+    (tmp_path / "b").mkdir()
+    one = make_cluster(tmp_path)
+    other = make_cluster(tmp_path / "b", lambda t: t.replace("name: lab", "name: lab2"))
+    assert one.project_dir.name == other.project_dir.name
+    a, b = (host_layout(c, c.hosts["pi1"], host_facts("pi1")) for c in (one, other))
+    assert a.root != b.root and not b.root.startswith(a.root + "/") and not a.root.startswith(b.root + "/")
+    assert {a.project_dir, a.output_dir, a.env_dir}.isdisjoint({b.project_dir, b.output_dir, b.env_dir})
+
+
+@pytest.mark.parametrize("name", ["output", ".infra", ".infra-cluster"])
+def test_a_project_folder_named_like_an_entry_of_the_cluster_folder_is_copied_to_project(tmp_path, name):
+    (tmp_path / name).mkdir()
+    cluster = make_cluster(tmp_path, lambda t: t.replace("path: wordcount", f"path: '{name}'") + "state_dir: state\n")
+    layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
+    assert layout.project_dir == "/home/pi/infra/lab/project"
+    assert len({layout.project_dir, layout.output_dir, layout.env_dir, layout.marker}) == 4
+
+
+def test_local_layout_uses_the_project_and_its_output_folder_in_place_and_the_state_dir(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
     layout = host_layout(cluster, cluster.hosts["local"], host_facts("local"))
     state = tmp_path.resolve() / ".infra" / "lab"
@@ -163,6 +195,7 @@ def test_local_layout_uses_the_project_in_place_and_the_state_dir(tmp_path):
         root=str(state),
         project_dir=str(tmp_path.resolve() / "wordcount"),
         env_dir=str(state / "env"),
+        output_dir=str(tmp_path.resolve() / "wordcount" / "output"),
     )
 
 
@@ -178,54 +211,63 @@ def test_the_master_host_runs_broker_results_master_flower_and_its_workers(clust
     assert all(s.host == "gpu-box" for s in specs.values())
 
 
-def test_the_broker_publishes_its_port_keeps_data_in_a_volume_and_runs_as_its_own_user(cluster):
+def test_the_broker_publishes_its_tls_port_keeps_data_in_a_volume_and_reads_its_own_secrets(cluster):
     broker = specs_by_name(cluster, "gpu-box")["lab-broker"]
     assert broker.image == BROKER_TAG
-    assert broker.ports == ((5672, 5672),)
+    assert broker.ports == ((5671, 5671),)
+    assert broker.bind_address is None
     assert broker.volumes == (("lab-broker-data", "/var/lib/rabbitmq", "rw"),)
     assert (broker.network, broker.network_alias, broker.hostname) == ("lab-net", "broker", "lab-broker")
-    assert broker.env_file == "/home/alice/infra/.infra-lab/broker.env"
-    assert broker.user is None
+    assert broker.secrets == f"{ENV_DIR}/broker"
+    assert broker.environment == ()
+    assert broker.user == "1000:1100"  # the owner of its 0400 files
 
 
-def test_the_result_backend_runs_from_the_master_image(cluster):
+def test_the_result_backend_runs_from_the_master_image_and_publishes_its_tls_port(cluster):
     results = specs_by_name(cluster, "gpu-box")["lab-results"]
     assert results.image == MASTER_TAG
     assert results.command == ("infra-results",)
-    assert results.ports == ((6379, 6379),)
+    assert results.ports == ((6379, 6380),)
     assert results.volumes == (("lab-results-data", "/data", "rw"),)
     assert (results.network, results.network_alias) == ("lab-net", "results")
-    assert results.env_file == "/home/alice/infra/.infra-lab/results.env"
+    assert results.secrets == f"{ENV_DIR}/results"
 
 
-def test_the_master_container_idles_with_the_project_writable_as_the_ssh_user(cluster):
+def test_the_master_container_has_the_project_read_only_and_the_output_folder_writable(cluster):
     master = specs_by_name(cluster, "gpu-box")["lab-master"]
+    layout = host_layout(cluster, cluster.hosts["gpu-box"], host_facts("gpu-box"))
     assert master.command == ("infra-idle",)
-    assert master.volumes == (("/home/alice/infra/wordcount", "/project", "rw"),)
+    assert master.volumes == ((layout.project_dir, "/project", "ro"), (layout.output_dir, "/project/output", "rw"))
     assert master.user == "1000:1100"
     assert master.workdir == "/project"
     assert master.network == "lab-net"
     assert master.ports == ()
-    assert master.env_file == "/home/alice/infra/.infra-lab/celery.env"
+    assert master.secrets == f"{ENV_DIR}/master"
+    assert master.environment == (("INFRA_CLUSTER", "lab"), ("INFRA_ENV_FILE", "/run/infra/celery.env"))
 
 
-def test_flower_serves_the_app_on_its_port_with_the_project_read_only(cluster):
+def test_flower_serves_https_with_its_config_file_and_the_project_read_only(cluster):
     flower = specs_by_name(cluster, "gpu-box")["lab-flower"]
-    assert flower.command == ("celery", "--app", "wordcount", "flower", "--port=5555")
+    layout = host_layout(cluster, cluster.hosts["gpu-box"], host_facts("gpu-box"))
+    assert flower.command == ("celery", "--app", "wordcount", "flower", "--port=5555",
+                              "--conf=/run/infra/flowerconfig.py")
     assert flower.ports == ((5555, 5555),)
-    assert flower.volumes == (("/home/alice/infra/wordcount", "/project", "ro"),)
-    assert flower.env_file == "/home/alice/infra/.infra-lab/flower.env"
+    assert flower.volumes == ((layout.project_dir, "/project", "ro"),)
+    assert flower.secrets == f"{ENV_DIR}/flower"
     assert flower.user == "1000:1100"
 
 
 def test_workers_on_the_master_host_use_host_networking_and_their_group_settings(cluster):
     worker = specs_by_name(cluster, "gpu-box")["lab-worker-gpu-box-2"]
+    layout = host_layout(cluster, cluster.hosts["gpu-box"], host_facts("gpu-box"))
     assert worker.image == WORKER_TAG
     assert worker.network == "host"
     assert worker.ports == ()
     assert worker.user == "1000:1100"
-    assert worker.volumes == (("/home/alice/infra/wordcount", "/project", "ro"),)
-    assert worker.env_file == "/home/alice/infra/.infra-lab/worker.env"
+    assert worker.volumes == ((layout.project_dir, "/project", "ro"),)
+    assert worker.secrets == f"{ENV_DIR}/worker"
+    assert worker.environment == (("INFRA_CLUSTER", "lab"), ("INFRA_ENV_FILE", "/run/infra/celery.env"),
+                                  ("INFRA_CA_FILE", "/run/infra/ca.crt"))
     assert worker.command == (
         "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
         "--hostname", "lab-worker-gpu-box-2@gpu-box",
@@ -237,9 +279,10 @@ def test_a_worker_host_runs_only_its_workers_with_its_own_uid_queues_pool_and_co
     specs = specs_by_name(cluster, "pi1")
     assert list(specs) == ["lab-worker-pi1-1"]
     worker = specs["lab-worker-pi1-1"]
+    layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
     assert worker.user == "1001:1101"
-    assert worker.volumes == (("/home/pi/infra/wordcount", "/project", "ro"),)
-    assert worker.env_file == "/home/pi/infra/.infra-lab/worker.env"
+    assert worker.volumes == ((layout.project_dir, "/project", "ro"),)
+    assert worker.secrets == f"{layout.env_dir}/worker"
     command = list(worker.command)
     assert command[command.index("--hostname") + 1] == "lab-worker-pi1-1@pi1"
     assert command[command.index("--queues") + 1] == "celery,heavy"
@@ -266,11 +309,12 @@ def test_local_workers_mount_the_project_where_it_is(tmp_path):
     specs = specs_by_name(cluster, "local")
     assert list(specs) == ["lab-worker-local-1"]
     assert specs["lab-worker-local-1"].volumes == ((str(tmp_path.resolve() / "wordcount"), "/project", "ro"),)
-    assert specs["lab-worker-local-1"].env_file == str(tmp_path.resolve() / ".infra" / "lab" / "env" / "worker.env")
+    assert specs["lab-worker-local-1"].secrets == str(tmp_path.resolve() / ".infra" / "lab" / "env" / "worker")
 
 
 def test_the_run_command_of_a_worker_is_exactly_this(cluster):
     worker = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
+    layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
     op = RunContainer(worker, cluster_labels("lab", role="worker", host="pi1", spec="f00"))
     assert op.argv() == [
         "docker", "run", "--detach", "--name", "lab-worker-pi1-1",
@@ -278,8 +322,10 @@ def test_the_run_command_of_a_worker_is_exactly_this(cluster):
         "--label", "infra.spec=f00",
         "--restart", "unless-stopped", "--log-driver", "json-file", "--log-opt", "max-size=20m", "--log-opt", "max-file=3",
         "--network", "host",
-        "--volume", "/home/pi/infra/wordcount:/project:ro",
-        "--env-file", "/home/pi/infra/.infra-lab/worker.env",
+        "--volume", f"{layout.project_dir}:/project:ro",
+        "--volume", f"{layout.env_dir}/worker:/run/infra:ro",
+        "--env", "INFRA_CLUSTER=lab", "--env", "INFRA_ENV_FILE=/run/infra/celery.env",
+        "--env", "INFRA_CA_FILE=/run/infra/ca.crt",
         "--user", "1001:1101", "--workdir", "/project",
         WORKER_TAG,
         "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
@@ -294,19 +340,61 @@ def test_the_run_command_of_the_broker_publishes_and_joins_the_network_under_its
     assert argv[argv.index("--network") + 1] == "lab-net"
     assert argv[argv.index("--network-alias") + 1] == "broker"
     assert argv[argv.index("--hostname") + 1] == "lab-broker"
-    assert argv[argv.index("--publish") + 1] == "5672:5672"
+    assert argv[argv.index("--publish") + 1] == "5671:5671"
     assert argv[argv.index("--volume") + 1] == "lab-broker-data:/var/lib/rabbitmq:rw"
-    assert "--user" not in argv
+    assert f"{ENV_DIR}/broker:/run/infra:ro" in argv
     assert argv[-1] == BROKER_TAG
 
 
-# --------------------------------------------------------------------------- secrets and env files
+def test_a_bind_address_publishes_the_masters_ports_there_and_its_workers_use_it(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("    host: gpu-box\n  workers:",
+                                                         "    host: gpu-box\n    bind_address: 10.8.0.1\n  workers:"))
+    specs = specs_by_name(cluster, "gpu-box")
+    for name in ("lab-broker", "lab-results", "lab-flower"):
+        assert specs[name].bind_address == "10.8.0.1"
+        assert "--publish 10.8.0.1:" in RunContainer(specs[name], ()).text()
+    assert specs["lab-worker-gpu-box-1"].bind_address is None
+    assert broker_address_for(cluster, cluster.hosts["gpu-box"], MASTER_ADDRESS) == "10.8.0.1"
+    worker_env = files_of(plan_for(cluster, "gpu-box"), "worker")["celery.env"]
+    assert "@10.8.0.1:5671/lab" in worker_env
+
+
+def test_with_tls_off_the_plain_ports_are_published_and_workers_use_plain_urls(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("ports:\n  broker: 5671\n", "tls: false\nports:\n"))
+    assert cluster.spec.ports.broker == 5672
+    specs = specs_by_name(cluster, "gpu-box")
+    assert specs["lab-broker"].ports == ((5672, 5672),)
+    assert specs["lab-results"].ports == ((6379, 6379),)
+    assert ("INFRA_CA_FILE", "/run/infra/ca.crt") not in specs["lab-worker-gpu-box-1"].environment
+    plan = plan_for(cluster, "pi1", identity=None)
+    assert files_of(plan, "worker") == {"celery.env": (
+        "INFRA_CLUSTER=lab\n"
+        "CELERY_BROKER_URL=amqp://worker:Wrk-pw_0123456789abcdef@192.168.1.20:5672/lab\n"
+        "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@192.168.1.20:6379/0\n")}
+    master = files_of(plan_for(cluster, "gpu-box", identity=None), "broker")["rabbitmq.conf"]
+    assert "ssl" not in master
+    assert "tls" not in files_of(plan_for(cluster, "gpu-box", identity=None), "results")["redis.conf"]
+    assert "certfile" not in files_of(plan_for(cluster, "gpu-box", identity=None), "flower")["flowerconfig.py"]
+
+
+def test_the_default_broker_port_follows_tls(tmp_path):
+    with_tls = make_cluster(tmp_path, lambda t: t.replace("  broker: 5671\n", ""))
+    assert with_tls.spec.ports.broker == 5671
+    without = make_cluster(tmp_path, lambda t: t.replace("  broker: 5671\n", "").replace("ports:", "tls: false\nports:"))
+    assert without.spec.ports.broker == 5672
+
+
+# --------------------------------------------------------------------------- secrets and their files
+
+
+def files_of(plan: HostPlan, role: str) -> dict[str, str]:
+    return {f.name: f.content for f in plan.secret_files if f.role == role}
 
 
 def test_no_command_on_any_host_contains_a_secret(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
     secrets = Secrets.generate()
-    assert len(secrets.values()) == 3 and all(len(v) >= 20 for v in secrets.values())
+    assert len(secrets.values()) == 4 and all(len(v) >= 20 for v in secrets.values())
     texts: list[str] = []
     fed: list[bytes] = []
     for host in ("gpu-box", "pi1", "local"):
@@ -318,81 +406,152 @@ def test_no_command_on_any_host_contains_a_secret(tmp_path):
             texts += [step.text(), step.description, repr(step)]
             fed.append(step.stdin or b"")
             if isinstance(step.op, RunContainer):
-                texts.append(repr(step.op))
+                texts += [repr(step.op), json.dumps(create_arguments(step.op))]
         texts += [image.describe() for image in plan.images] + [change.describe() for change in plan.containers]
     assert len(texts) > 60
     for secret in secrets.values():
         assert not any(secret in text for text in texts)
         assert any(secret.encode() in data for data in fed)  # they travel, on stdin only
+    assert not any(IDENTITY.key.encode() in text.encode() for text in texts)
+    assert any(IDENTITY.key.encode() in data for data in fed)
 
 
-def test_env_files_of_the_master_host_carry_the_secrets(cluster):
+def test_the_master_host_gets_one_folder_of_secret_files_per_role(cluster):
     plan = plan_for(cluster, "gpu-box")
-    files = {f.name: f for f in plan.env_files}
-    assert list(files) == ["broker", "results", "celery", "flower", "worker"]
-    assert all(f.path == f"/home/alice/infra/.infra-lab/{name}.env" for name, f in files.items())
-    assert files["broker"].content == (
-        "RABBITMQ_DEFAULT_USER=infra\nRABBITMQ_DEFAULT_PASS=Brk-pw_0123456789abcdef\n"
-        f"INFRA_BROKER_PASSWORD_HASH={rabbitmq_password_hash('Brk-pw_0123456789abcdef')}\n")
-    assert files["results"].content == "REDIS_PASSWORD=Res-pw_0123456789abcdef\n"
-    assert files["celery"].content == (
-        "INFRA_CLUSTER=lab\n"
-        "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@broker:5672//\n"
-        "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@results:6379/0\n")
-    assert "FLOWER_BASIC_AUTH=admin:Flw-pw_0123456789\n" in files["flower"].content
-    assert "FLOWER_BROKER_API=http://infra:Brk-pw_0123456789abcdef@broker:15672/api/\n" in files["flower"].content
-    assert "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@broker:5672//\n" in files["flower"].content
+    assert [(f.role, f.name) for f in plan.secret_files] == [
+        ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
+        ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
+        ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
+        ("master", "celery.env"),
+        ("flower", "celery.env"), ("flower", "flowerconfig.py"),
+        ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
+        ("worker", "celery.env"), ("worker", "ca.crt"),
+    ]
+    assert all(f.path == f"{ENV_DIR}/{f.role}/{f.name}" for f in plan.secret_files)
+    assert files_of(plan, "broker")["server.key"] == IDENTITY.key
+    assert files_of(plan, "broker")["server.crt"] == IDENTITY.certificate + IDENTITY.ca_certificate
+    assert files_of(plan, "worker")["ca.crt"] == IDENTITY.ca_certificate
+    assert "server.key" not in files_of(plan, "worker") and "server.key" not in files_of(plan, "master")
 
 
-def test_workers_on_the_master_host_reach_the_broker_on_127_0_0_1(cluster):
-    worker_env = next(f for f in plan_for(cluster, "gpu-box").env_files if f.name == "worker")
-    assert worker_env.content == (
+def test_the_broker_imports_an_administrator_and_a_worker_user_limited_to_the_clusters_vhost(cluster):
+    definitions = json.loads(files_of(plan_for(cluster, "gpu-box"), "broker")["definitions.json"])
+    assert definitions["vhosts"] == [{"name": "lab"}]
+    users = {u["name"]: u for u in definitions["users"]}
+    assert users["infra"]["tags"] == ["administrator"] and users["worker"]["tags"] == []
+    assert users["worker"]["password_hash"] == rabbitmq_password_hash("Wrk-pw_0123456789abcdef")
+    assert users["infra"]["password_hash"] == rabbitmq_password_hash("Brk-pw_0123456789abcdef")
+    assert [(p["user"], p["vhost"]) for p in definitions["permissions"]] == [("infra", "lab"), ("worker", "lab")]
+    assert "Brk-pw" not in json.dumps(definitions) and "Wrk-pw" not in json.dumps(definitions)
+
+
+def test_the_broker_listens_plain_on_its_network_and_tls_on_the_published_port(cluster):
+    conf = files_of(plan_for(cluster, "gpu-box"), "broker")["rabbitmq.conf"]
+    assert "listeners.tcp.default = 5672\n" in conf
+    assert "listeners.ssl.default = 5671\n" in conf
+    assert "ssl_options.certfile = /run/infra/server.crt\n" in conf
+    assert "ssl_options.keyfile = /run/infra/server.key\n" in conf
+    assert "load_definitions = /run/infra/definitions.json\n" in conf
+    assert "loopback_users.guest = true\n" in conf and "loopback_users = none" not in conf
+
+
+def test_redis_requires_its_password_and_serves_tls_on_6380(cluster):
+    conf = files_of(plan_for(cluster, "gpu-box"), "results")["redis.conf"]
+    assert 'requirepass "Res-pw_0123456789abcdef"\n' in conf
+    assert "port 6379\n" in conf and "tls-port 6380\n" in conf
+    assert "tls-cert-file /run/infra/server.crt\n" in conf and "tls-auth-clients no\n" in conf
+
+
+def test_a_redis_password_with_quotes_and_backslashes_stays_one_value():
+    import types
+
+    from infra.plans.up import results_config
+
+    cluster = types.SimpleNamespace(spec=types.SimpleNamespace(tls=False))
+    secrets = dataclasses.replace(SECRETS, results_password='a"b\\c')
+    assert 'requirepass "a\\"b\\\\c"\n' in results_config(cluster, secrets)
+
+
+def test_flowers_config_holds_its_login_the_brokers_api_and_its_certificate_as_literals(cluster):
+    conf = files_of(plan_for(cluster, "gpu-box"), "flower")["flowerconfig.py"]
+    values: dict = {}
+    exec(compile(conf, "flowerconfig.py", "exec"), {}, values)  # what flower --conf does
+    assert values == {
+        "basic_auth": ["admin:Flw-pw_0123456789"],
+        "broker_api": "http://infra:Brk-pw_0123456789abcdef@broker:15672/api/",
+        "certfile": "/run/infra/server.crt",
+        "keyfile": "/run/infra/server.key",
+    }
+
+
+def test_celery_on_the_master_host_uses_the_workers_user_on_the_clusters_own_network(cluster):
+    plan = plan_for(cluster, "gpu-box")
+    internal = ("INFRA_CLUSTER=lab\n"
+                "CELERY_BROKER_URL=amqp://worker:Wrk-pw_0123456789abcdef@broker:5672/lab\n"
+                "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@results:6379/0\n")
+    assert files_of(plan, "master")["celery.env"] == internal
+    assert files_of(plan, "flower")["celery.env"] == internal
+
+
+def test_workers_on_the_master_host_reach_the_broker_over_tls_on_127_0_0_1(cluster):
+    assert files_of(plan_for(cluster, "gpu-box"), "worker")["celery.env"] == (
         "INFRA_CLUSTER=lab\n"
-        "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@127.0.0.1:5672//\n"
-        "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@127.0.0.1:6379/0\n")
+        "CELERY_BROKER_URL=amqps://worker:Wrk-pw_0123456789abcdef@127.0.0.1:5671/lab\n"
+        "CELERY_RESULT_BACKEND=rediss://:Res-pw_0123456789abcdef@127.0.0.1:6379/0"
+        "?ssl_cert_reqs=required&ssl_ca_certs=/run/infra/ca.crt\n")
 
 
 def test_workers_on_other_hosts_reach_the_broker_on_the_master_address_and_published_ports(tmp_path):
-    cluster = make_cluster(tmp_path, lambda t: t.replace("broker: 5672", "broker: 5700").replace(
+    cluster = make_cluster(tmp_path, lambda t: t.replace("broker: 5671", "broker: 5700").replace(
         "results: 6379", "results: 6400"))
-    files = plan_for(cluster, "pi1").env_files
-    assert [f.name for f in files] == ["worker"]
-    assert files[0].path == "/home/pi/infra/.infra-lab/worker.env"
-    assert files[0].content == (
+    plan = plan_for(cluster, "pi1")
+    assert [(f.role, f.name) for f in plan.secret_files] == [("worker", "celery.env"), ("worker", "ca.crt")]
+    layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
+    assert plan.secret_files[0].path == f"{layout.env_dir}/worker/celery.env"
+    assert plan.secret_files[0].content == (
         "INFRA_CLUSTER=lab\n"
-        "CELERY_BROKER_URL=amqp://infra:Brk-pw_0123456789abcdef@192.168.1.20:5700//\n"
-        "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@192.168.1.20:6400/0\n")
+        "CELERY_BROKER_URL=amqps://worker:Wrk-pw_0123456789abcdef@192.168.1.20:5700/lab\n"
+        "CELERY_RESULT_BACKEND=rediss://:Res-pw_0123456789abcdef@192.168.1.20:6400/0"
+        "?ssl_cert_reqs=required&ssl_ca_certs=/run/infra/ca.crt\n")
 
 
-def test_a_master_host_without_workers_has_no_worker_env_file(tmp_path):
+def test_a_master_host_without_workers_has_no_worker_files(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t.replace("containers: 2", "containers: 0"))
     facts = host_facts("gpu-box")
     layout = host_layout(cluster, cluster.hosts["gpu-box"], facts)
-    names = [f.name for f in env_files_for(cluster, cluster.hosts["gpu-box"], layout, SECRETS, MASTER_ADDRESS)]
-    assert names == ["broker", "results", "celery", "flower"]
+    roles = {f.role for f in secret_files_for(cluster, cluster.hosts["gpu-box"], layout, SECRETS, MASTER_ADDRESS,
+                                              IDENTITY)}
+    assert roles == {"broker", "results", "master", "flower"}
 
 
-def test_each_env_file_is_written_private_from_stdin_and_recorded_as_a_secret_folder(cluster):
+def test_tls_without_the_masters_certificate_is_a_programming_error(cluster):
+    with pytest.raises(ValueError, match="certificate"):
+        plan_for(cluster, "pi1", identity=None)
+
+
+def test_each_secret_file_is_written_0400_from_stdin_and_recorded_as_a_secret_folder(cluster):
     plan = plan_for(cluster, "pi1")
-    [write] = [step for step in plan.steps if step.description.startswith("write ")]
-    assert write.description == "write /home/pi/infra/.infra-lab/worker.env (mode 0600)"
-    assert write.op is None and write.command[:2] == ("sh", "-c") and "umask 077" in write.command[2]
-    assert write.stdin == plan.env_files[0].content.encode()
-    assert write.records == (Record("add_secret_dir", "/home/pi/infra/.infra-lab"),)
+    layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
+    writes = [step for step in plan.steps if step.description.startswith("write ")]
+    assert [w.description for w in writes] == [f"write {layout.env_dir}/worker/celery.env (mode 0400)",
+                                               f"write {layout.env_dir}/worker/ca.crt (mode 0400)"]
+    for write, secret_file in zip(writes, plan.secret_files):
+        assert write.op is None and write.command[:2] == ("sh", "-c") and "umask 077" in write.command[2]
+        assert "chmod 400" in write.command[2]
+        assert write.stdin == secret_file.content.encode()
+        assert write.records == (Record("add_secret_dir", layout.env_dir),)
 
 
-def test_each_container_gets_its_env_file_content_inside_the_engine_call_only(cluster):
+def test_each_container_mounts_its_roles_folder_and_no_other(cluster):
     facts = host_facts("gpu-box")
     plan = plan_for(cluster, "gpu-box", facts)
     runs = {step.op.spec.name: step.op for step in steps_after_images(cluster, plan, facts)
             if isinstance(step.op, RunContainer)}
-    contents = {f.path: f.content for f in plan.env_files}
     assert len(runs) == 6
     for name, op in runs.items():
-        assert op.env == contents[op.spec.env_file], name
-        assert op.environment()["INFRA_CLUSTER" if op.spec.role not in ("broker", "results") else
-                                ("RABBITMQ_DEFAULT_USER" if op.spec.role == "broker" else "REDIS_PASSWORD")]
-        assert f"--env-file {op.spec.env_file}" in op.text()
+        mounted = [source for source, target, _ in op.mounts() if target == "/run/infra"]
+        assert mounted == [f"{ENV_DIR}/{op.spec.role}"], name
+        assert not any(source.startswith(ENV_DIR) for source, target, _ in op.spec.volumes), name
 
 
 # --------------------------------------------------------------------------- fingerprints
@@ -410,7 +569,7 @@ def test_the_fingerprint_changes_with_the_image_id(cluster):
     assert fingerprint(spec, "sha256:w1", "env1") != fingerprint(spec, "sha256:w2", "env1")
 
 
-def test_the_fingerprint_changes_with_the_env_file(cluster):
+def test_the_fingerprint_changes_with_the_secret_files(cluster):
     spec = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"]
     assert fingerprint(spec, "sha256:w1", "env1") != fingerprint(spec, "sha256:w1", "env2")
 
@@ -421,7 +580,9 @@ def test_the_fingerprint_changes_with_the_env_file(cluster):
     {"volumes": (("/elsewhere", "/project", "ro"),)},
     {"image": "other:latest"},
     {"restart": "no"},
-    {"env_file": "/elsewhere/worker.env"},
+    {"secrets": "/elsewhere/worker"},
+    {"environment": (("INFRA_CLUSTER", "other"),)},
+    {"bind_address": "10.0.0.1"},
     {"hostname": "w1"},
 ])
 def test_the_fingerprint_changes_with_any_setting(cluster, change):
@@ -435,7 +596,7 @@ def test_planning_twice_gives_the_same_fingerprints(cluster):
     assert first == again and all(first.values())
 
 
-def test_new_secrets_change_every_fingerprint_because_every_env_file_changes(cluster):
+def test_new_secrets_change_every_fingerprint_because_every_secrets_folder_changes(cluster):
     before = {c.name: c.fingerprint for c in plan_for(cluster, "gpu-box").containers}
     after = {c.name: c.fingerprint for c in plan_for(cluster, "gpu-box", secrets=Secrets.generate()).containers}
     assert all(before[name] != after[name] for name in before)
@@ -635,23 +796,33 @@ def test_a_host_that_is_no_longer_the_master_removes_its_old_network_after_its_c
 # --------------------------------------------------------------------------- a host's steps
 
 
-def sync_plan(cluster: Cluster, root: str) -> SyncPlan:
+def sync_plan(cluster: Cluster, host: str) -> SyncPlan:
     files = cluster.project_dir
     (files / "tasks.py").write_text("def count(): pass\n")
-    return SyncPlan(root=root, local_root=files, upload=["tasks.py"], delete=["old.py"], unchanged=3, bytes_to_send=18)
+    return SyncPlan(layout=host_layout(cluster, cluster.hosts[host], host_facts(host)), cluster=cluster.name,
+                    local_root=files, upload=["tasks.py"], delete=["old.py"], unchanged=3, bytes_to_send=18)
+
+
+def up_to_date(cluster: Cluster, host: str) -> SyncPlan:
+    return SyncPlan(layout=host_layout(cluster, cluster.hosts[host], host_facts(host)), cluster=cluster.name,
+                    local_root=cluster.project_dir, unchanged=4)
 
 
 def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_network_and_volumes(cluster):
     plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", image_ids={}),
-                    sync=sync_plan(cluster, "/home/alice/infra/wordcount"))
+                    sync=sync_plan(cluster, "gpu-box"))
     assert [step.description for step in plan.steps] == [
-        "send 1 file(s), 18 bytes, to /home/alice/infra/wordcount",
-        "delete 1 file(s) from /home/alice/infra/wordcount",
-        "write /home/alice/infra/.infra-lab/broker.env (mode 0600)",
-        "write /home/alice/infra/.infra-lab/results.env (mode 0600)",
-        "write /home/alice/infra/.infra-lab/celery.env (mode 0600)",
-        "write /home/alice/infra/.infra-lab/flower.env (mode 0600)",
-        "write /home/alice/infra/.infra-lab/worker.env (mode 0600)",
+        "cluster folder /home/alice/infra/lab",
+        "delete 1 file(s) from /home/alice/infra/lab/wordcount",
+        "send 1 file(s), 18 bytes, to /home/alice/infra/lab/wordcount",
+        *[f"write {ENV_DIR}/{role}/{name} (mode 0400)" for role, name in [
+            ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
+            ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
+            ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
+            ("master", "celery.env"),
+            ("flower", "celery.env"), ("flower", "flowerconfig.py"),
+            ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
+            ("worker", "celery.env"), ("worker", "ca.crt")]],
         f"build {WORKER_TAG} (built on the host)",
         f"build {MASTER_TAG} (built on the host)",
         f"build {BROKER_TAG} (built on the host)",
@@ -659,7 +830,7 @@ def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_ne
         "create volume lab-broker-data",
         "create volume lab-results-data",
     ]
-    assert plan.steps[0].records == (Record("add_files", "/home/alice/infra/wordcount"),)
+    assert plan.steps[0].records == (Record("add_files", "/home/alice/infra/lab/wordcount"),)
     assert plan.steps[-3].op == CreateNetwork("lab-net", "lab")
     assert plan.steps[-3].records == (Record("add_network", "lab-net"),)
     assert plan.steps[-1].op == CreateVolume("lab-results-data", "lab")
@@ -680,33 +851,34 @@ def test_the_network_and_volumes_a_host_has_are_kept_and_still_recorded(cluster)
 
 
 def test_a_project_already_up_to_date_is_only_recorded(cluster):
-    sync = SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, unchanged=4)
-    plan = plan_for(cluster, "pi1", sync=sync)
+    plan = plan_for(cluster, "pi1", sync=up_to_date(cluster, "pi1"))
     first = plan.steps[0]
-    assert first.description == "project /home/pi/infra/wordcount: 4 files up to date"
+    assert first.description == "project /home/pi/infra/lab/wordcount: 4 files up to date"
     assert (first.op, first.command, first.text()) == (None, None, "")
-    assert first.records == (Record("add_files", "/home/pi/infra/wordcount"),)
+    assert first.records == (Record("add_files", "/home/pi/infra/lab/wordcount"),)
 
 
-def test_env_files_are_written_only_for_containers_that_start_since_a_kept_one_proves_its_file_current(cluster):
+def test_secret_files_are_written_only_for_containers_that_start_since_a_kept_one_proves_its_files_current(cluster):
     running = running_as_planned(plan_for(cluster, "gpu-box"))
     running = [dataclasses.replace(c, state="exited") if c.name == "lab-flower" else c for c in running]
     plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", running))
     assert [step.description for step in plan.steps if step.description.startswith("write")] == [
-        "write /home/alice/infra/.infra-lab/flower.env (mode 0600)"]
+        f"write {ENV_DIR}/flower/{name} (mode 0400)"
+        for name in ("celery.env", "flowerconfig.py", "ca.crt", "server.crt", "server.key")]
     everything_kept = plan_for(cluster, "gpu-box", host_facts("gpu-box", running_as_planned(plan)))
     assert not any(step.description.startswith("write") for step in everything_kept.steps)
 
 
-def test_the_env_folder_is_recorded_even_when_no_env_file_is_rewritten(cluster):
+def test_the_secrets_folder_is_recorded_even_when_no_secret_file_is_rewritten(cluster):
     first = plan_for(cluster, "pi1")
     again = plan_for(cluster, "pi1", host_facts("pi1", running_as_planned(first)))
-    assert Record("add_secret_dir", "/home/pi/infra/.infra-lab") in [r for step in again.steps for r in step.records]
+    assert not any(step.description.startswith("write") for step in again.steps)
+    assert Record("add_secret_dir", first.layout.env_dir) in [r for step in again.steps for r in step.records]
 
 
 def test_the_local_host_uses_the_project_in_place_and_gets_no_sync_steps(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
-    plan = plan_for(cluster, "local", sync=sync_plan(cluster, "/nowhere"))
+    plan = plan_for(cluster, "local", sync=sync_plan(cluster, "pi1"))
     assert plan.sync is None
     assert not any(step.description.startswith(("send", "delete", "project")) for step in plan.steps)
 
@@ -716,7 +888,7 @@ def test_an_unchanged_host_has_nothing_to_do(cluster):
     images = images_of({WORKER_TAG: "sha256:w1"}, {WORKER_TAG: {"infra.context": prints[WORKER_TAG]}})
     first = plan_for(cluster, "pi1", host_facts("pi1", images=images))
     again = plan_for(cluster, "pi1", host_facts("pi1", running_as_planned(first), images=images),
-                     sync=SyncPlan(root="/home/pi/infra/wordcount", local_root=cluster.project_dir, unchanged=4))
+                     sync=up_to_date(cluster, "pi1"))
     assert again.nothing_to_do
     assert not any(isinstance(step.op, BuildImage) for step in again.steps)
 
@@ -875,30 +1047,44 @@ def test_pull_fetches_only_missing_images_and_never_the_worker_image_for_a_maste
 # --------------------------------------------------------------------------- a host leaving, and clean
 
 
+STATE = "/home/me/.infra/lab"
+
+
+def clean_plan(host: str, record: HostRecord | None, **kw):
+    settings = dict(containers=[], networks=[], volumes=[], files=False, remove_volumes=False)
+    return plan_clean(host, record, cluster="lab", state_dir=STATE, **{**settings, **kw})
+
+
+def folder_steps(plan) -> list[tuple[str, str]]:
+    return [(removal.folder, removal.step.text()) for removal in plan.folders]
+
+
 def test_a_host_leaving_the_cluster_has_all_its_containers_and_networks_removed_and_its_data_kept():
     record = HostRecord("192.168.1.30", "pi", containers={"lab-worker-pi1-1": {"id": "i1", "role": "worker"}},
-                        volumes=["lab-broker-data"], files=["/home/pi/infra/wordcount"],
-                        secret_dirs=["/home/pi/infra/.infra-lab"])
+                        volumes=["lab-broker-data"], files=["/home/pi/infra/lab/wordcount"],
+                        secret_dirs=["/home/pi/infra/lab/.infra"])
     # As `up` retires a departed host: what it finds by label, no files, no volumes.
-    plan = plan_clean("pi1", record, containers=["lab-worker-pi1-1", "lab-worker-pi1-2"], networks=["lab-net"],
-                      volumes=[], files=False, remove_volumes=False)
+    plan = clean_plan("pi1", record, containers=["lab-worker-pi1-1", "lab-worker-pi1-2"], networks=["lab-net"])
     assert plan.containers == ["lab-worker-pi1-1", "lab-worker-pi1-2"]
     assert [(step.description, step.text()) for step in plan.steps] == [
         ("remove 2 container(s)", "docker rm --force lab-worker-pi1-1 lab-worker-pi1-2"),
         ("network lab-net", "docker network rm lab-net"),
-        ("files /home/pi/infra/.infra-lab", "rm -rf -- /home/pi/infra/.infra-lab"),
     ]
     assert plan.steps[0].records == (Record("remove_container", "lab-worker-pi1-1"),
                                      Record("remove_container", "lab-worker-pi1-2"))
-    assert plan.steps[2].records == (Record("remove_secret_dir", "/home/pi/infra/.infra-lab"),)
-    assert plan.removed() == ["remove 2 container(s)", "network lab-net", "files /home/pi/infra/.infra-lab"]
+    # The secret folder goes only if its cluster folder holds the marker naming `lab` (checked on the host).
+    assert folder_steps(plan) == [("/home/pi/infra/lab/.infra", shlex.join(
+        remove_owned_folder("/home/pi/infra/lab/.infra", "/home/pi/infra/lab", "lab")))]
+    assert plan.folders[0].step.records == (Record("remove_secret_dir", "/home/pi/infra/lab/.infra"),)
+    assert plan.removed() == ["remove 2 container(s)", "network lab-net"]  # folders: as the host answers
+    assert plan.planned() == ["remove 2 container(s)", "network lab-net", "folder /home/pi/infra/lab/.infra"]
 
 
 def test_clean_removes_what_the_manifest_recorded_and_what_carries_the_label():
     record = HostRecord("192.168.1.20", containers={"lab-broker": {"id": "c0", "role": "broker"}},
-                        networks=["lab-net"], volumes=["lab-broker-data"], files=["/home/alice/infra/wordcount"],
-                        secret_dirs=["/home/alice/infra/.infra-lab"])
-    plan = plan_clean("gpu-box", record, containers=["lab-master"], networks=["lab-net", "lab-old-net"],
+                        networks=["lab-net"], volumes=["lab-broker-data"], files=["/home/alice/infra/lab/wordcount"],
+                        secret_dirs=["/home/alice/infra/lab/.infra"])
+    plan = clean_plan("gpu-box", record, containers=["lab-master"], networks=["lab-net", "lab-old-net"],
                       volumes=["lab-results-data"], files=True, remove_volumes=True)
     assert [step.text() for step in plan.steps] == [
         "docker rm --force lab-broker lab-master",
@@ -906,35 +1092,67 @@ def test_clean_removes_what_the_manifest_recorded_and_what_carries_the_label():
         "docker network rm lab-old-net",
         "docker volume rm --force lab-broker-data",
         "docker volume rm --force lab-results-data",
-        "rm -rf -- /home/alice/infra/.infra-lab",
-        "rm -rf -- /home/alice/infra/wordcount",
     ]
     assert [step.op for step in plan.steps[3:5]] == [RemoveVolume("lab-broker-data"), RemoveVolume("lab-results-data")]
-    assert plan.steps[-1].records == (Record("remove_files", "/home/alice/infra/wordcount"),)
+    # --files: the whole cluster folder holding the project copy (project, output, secrets, marker).
+    assert [removal.folder for removal in plan.folders] == ["/home/alice/infra/lab/.infra", "/home/alice/infra/lab"]
+    assert plan.folders[1].step.command == tuple(
+        remove_owned_folder("/home/alice/infra/lab", "/home/alice/infra/lab", "lab"))
+    assert plan.folders[1].step.records == (Record("remove_files", "/home/alice/infra/lab/wordcount"),)
 
 
 def test_clean_without_volumes_or_files_keeps_them():
-    record = HostRecord("h", volumes=["lab-broker-data"], files=["/srv/infra/wordcount"])
-    plan = plan_clean("gpu-box", record, containers=[], networks=[], volumes=["lab-broker-data"],
-                      files=False, remove_volumes=False)
-    assert plan.steps == [] and plan.removed() == []
+    record = HostRecord("h", volumes=["lab-broker-data"], files=["/srv/infra/lab/wordcount"])
+    plan = clean_plan("gpu-box", record, volumes=["lab-broker-data"])
+    assert plan.steps == [] and plan.folders == [] and plan.removed() == []
 
 
 def test_clean_refuses_folders_that_are_not_two_levels_deep_but_forgets_them():
-    record = HostRecord("h", secret_dirs=["/home", "relative/dir"])
-    plan = plan_clean("gpu-box", record, containers=[], networks=[], volumes=[], files=True, remove_volumes=False)
+    record = HostRecord("h", secret_dirs=["/home", "relative/dir", "/srv/../etc"], files=["/srv/wc", "/a/./b"])
+    plan = clean_plan("gpu-box", record, files=True)
     assert plan.refused == ["/home (not an absolute path two levels deep)",
-                            "relative/dir (not an absolute path two levels deep)"]
+                            "relative/dir (not an absolute path two levels deep)",
+                            "/srv/../etc (not an absolute path two levels deep)",
+                            "/srv/wc (not an absolute path two levels deep)",
+                            "/a/./b (not an absolute path two levels deep)"]
     assert [(step.description, step.op, step.command) for step in plan.steps] == [
-        ("forget /home", None, None), ("forget relative/dir", None, None)]
+        ("forget /home", None, None), ("forget relative/dir", None, None), ("forget /srv/../etc", None, None),
+        ("forget /srv/wc", None, None), ("forget /a/./b", None, None)]
     assert plan.steps[0].records == (Record("remove_secret_dir", "/home"),)
-    assert plan.removed() == []
+    assert plan.folders == [] and plan.removed() == []
+
+
+def test_an_old_layouts_project_copy_is_deleted_only_if_its_folder_holds_the_marker_so_it_is_refused_there():
+    record = HostRecord("h", files=["/home/pi/infra/wordcount"], secret_dirs=["/home/pi/infra/.infra-lab"])
+    plan = clean_plan("pi1", record, files=True)
+    assert folder_steps(plan) == [
+        ("/home/pi/infra/.infra-lab", shlex.join(remove_owned_folder("/home/pi/infra/.infra-lab", "/home/pi/infra", "lab"))),
+        ("/home/pi/infra", shlex.join(remove_owned_folder("/home/pi/infra", "/home/pi/infra", "lab"))),
+    ]
+
+
+def test_two_project_copies_recorded_in_one_cluster_folder_make_one_removal():
+    record = HostRecord("h", files=["/srv/infra/lab/wordcount", "/srv/infra/lab/project"])
+    plan = clean_plan("pi1", record, files=True)
+    [removal] = plan.folders
+    assert removal.folder == "/srv/infra/lab"
+    assert removal.step.records == (Record("remove_files", "/srv/infra/lab/wordcount"),
+                                    Record("remove_files", "/srv/infra/lab/project"))
+
+
+def test_on_local_only_secret_folders_inside_the_state_dir_are_deleted_and_the_project_never():
+    record = HostRecord("127.0.0.1", secret_dirs=[f"{STATE}/env", "/home/me/elsewhere/env"],
+                        files=["/home/me/wordcount"])
+    plan = clean_plan("local", record, files=True)
+    assert folder_steps(plan) == [(f"{STATE}/env", shlex.join(remove_folder(f"{STATE}/env")))]
+    assert plan.refused == [f"/home/me/elsewhere/env (not inside the state dir {STATE})",
+                            "/home/me/wordcount (the project is used in place here)"]
 
 
 def test_clean_of_a_host_the_manifest_does_not_know_removes_what_carries_the_label():
-    plan = plan_clean("pi1", None, containers=["lab-worker-pi1-1"], networks=[], volumes=["v"], files=True,
-                      remove_volumes=True)
+    plan = clean_plan("pi1", None, containers=["lab-worker-pi1-1"], volumes=["v"], files=True, remove_volumes=True)
     assert [step.text() for step in plan.steps] == ["docker rm --force lab-worker-pi1-1", "docker volume rm --force v"]
+    assert plan.folders == []
 
 
 # --------------------------------------------------------------------------- addresses
@@ -964,8 +1182,11 @@ def test_workers_on_the_master_host_use_loopback_and_the_others_the_master_addre
 
 def test_flower_and_broker_urls_for_people_use_the_published_ports_and_hide_the_password(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t.replace("flower: 5555", "flower: 5600"))
-    assert flower_url(cluster, "192.168.1.20") == "http://192.168.1.20:5600"
-    assert broker_url_hidden(cluster, "infra", "192.168.1.20") == "amqp://infra:****@192.168.1.20:5672//"
+    assert flower_url(cluster, "192.168.1.20") == "https://192.168.1.20:5600"
+    assert broker_url_hidden(cluster, "worker", "192.168.1.20") == "amqps://worker:****@192.168.1.20:5671/lab"
+    plain = make_cluster(tmp_path, lambda t: t.replace("ports:\n  broker: 5671\n", "tls: false\nports:\n"))
+    assert flower_url(plain, "192.168.1.20") == "http://192.168.1.20:5555"
+    assert broker_url_hidden(plain, "worker", "192.168.1.20") == "amqp://worker:****@192.168.1.20:5672/lab"
 
 
 # --------------------------------------------------------------------------- worker nodes
@@ -1005,8 +1226,9 @@ def test_an_ipv6_master_address_is_bracketed_in_every_url(tmp_path):
 
     cluster = make_cluster(tmp_path)
     pi1 = cluster.hosts["pi1"]
-    [worker_env] = env_files_for(cluster, pi1, host_layout(cluster, pi1, host_facts("pi1")), SECRETS, "fd00::20")
-    assert f"@[fd00::20]:5672//" in worker_env.content and "@[fd00::20]:6379/0" in worker_env.content
-    assert flower_url(cluster, "fd00::20") == "http://[fd00::20]:5555"
-    assert broker_url_hidden(cluster, "infra", "fd00::20") == "amqp://infra:****@[fd00::20]:5672//"
-    assert flower_url(cluster, "192.168.1.20") == "http://192.168.1.20:5555"
+    worker_env, _ = secret_files_for(cluster, pi1, host_layout(cluster, pi1, host_facts("pi1")), SECRETS, "fd00::20",
+                                     IDENTITY)
+    assert "@[fd00::20]:5671/lab" in worker_env.content and "@[fd00::20]:6379/0" in worker_env.content
+    assert flower_url(cluster, "fd00::20") == "https://[fd00::20]:5555"
+    assert broker_url_hidden(cluster, "worker", "fd00::20") == "amqps://worker:****@[fd00::20]:5671/lab"
+    assert flower_url(cluster, "192.168.1.20") == "https://192.168.1.20:5555"

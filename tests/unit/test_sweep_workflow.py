@@ -9,6 +9,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shlex
 import uuid
 from dataclasses import replace
 
@@ -17,6 +18,7 @@ from click.testing import CliRunner
 
 from infra.cli import main
 from infra.commands.engine import ContainerSpec, RunContainer
+from infra.commands.files import write_file
 from infra.config import parse_cluster
 from infra.engine.wire import create_arguments, device_requests
 from infra.errors import ConfigError
@@ -240,7 +242,8 @@ def test_a_sweep_writes_its_plan_on_the_master_runs_the_driver_there_and_records
                         "Image": "infra-lab-master:latest", "ImageID": "sha256:m",
                         "Labels": {"infra.cluster": "lab", "infra.role": "master", "infra.host": "m1"}}
     hosts = RecordingHosts(m1=FakeHost(home="/home/alice", containers=[master_container],
-                                       listings={"/home/alice/infra/proj": sha256_listing(files)}),
+                                       listings={"/home/alice/infra/lab/proj": sha256_listing(files)},
+                                       claimed={"/home/alice/infra/lab": "lab"}),
                            w1=FakeHost(home="/home/bob"))
     monkeypatch.setattr(ConnectionPool, "default_connector", staticmethod(hosts.connect))
     monkeypatch.setattr(uuid, "uuid4", lambda: uuid.UUID(int=0xabc))
@@ -263,10 +266,8 @@ def test_a_sweep_writes_its_plan_on_the_master_runs_the_driver_there_and_records
     summary = run_sweep(cluster, plan, SweepOptions(sort=SortSpec("score", True), top=2),
                         out=out.append, err=notes.append, note=notes.append)
     sent = hosts.sent("m1")
-    plan_path = "/home/alice/infra/proj/output/sweep-parameters/plan.json"
-    assert sent[-2].startswith(
-        f"sh -c 'mkdir -p /home/alice/infra/proj/output/sweep-parameters && cat > {plan_path}.tmp && "
-        f"mv -f {plan_path}.tmp {plan_path}' <")
+    plan_path = "/home/alice/infra/lab/output/sweep-parameters/plan.json"  # the output folder, mounted at /project/output
+    assert sent[-2].startswith(shlex.join(write_file(plan_path)) + " <")
     assert sent[-1] == (
         "docker exec --workdir /project lab-master sh -c 'echo \"__infra_run_pid__=$$\" >&2; exec \"$@\"' "
         "infra-sweep python -m infra_runtime.driver /project/output/sweep-parameters/plan.json")
@@ -341,8 +342,9 @@ def test_a_container_without_gpus_keeps_the_fingerprint_it_had_before_gpus_exist
     import hashlib
 
     spec = ContainerSpec(name="w", role="worker", host="h", image="i", command=("celery",))
-    before = {key: value for key, value in spec.__dict__.items() if key != "gpus"}  # the spec's fields until now
-    payload = json.dumps({"spec": before, "image_id": "sha256:x", "env": "e"}, sort_keys=True, default=list)
+    # The spec's fields without those added later and left unset.
+    before = {key: value for key, value in spec.__dict__.items() if key not in ("gpus", "bind_address")}
+    payload = json.dumps({"spec": before, "image_id": "sha256:x", "secrets": "e"}, sort_keys=True, default=list)
     assert fingerprint(spec, "sha256:x", "e") == hashlib.sha256(payload.encode()).hexdigest()[:20]
     assert fingerprint(replace(spec, gpus="all"), "sha256:x", "e") != fingerprint(spec, "sha256:x", "e")
 

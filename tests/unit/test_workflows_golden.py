@@ -14,13 +14,16 @@ import os
 from pathlib import Path
 
 import pytest
+import shlex
 
+from infra.commands.files import MARKER_FILE, list_project, prepare_project, remove_owned_folder
 from infra.config import parse_cluster
 from infra.manifest import Manifest
 from infra.plans.up import rabbitmq_password_hash
 from infra.report import Reporter
 from infra.runner import ConnectionPool
 from infra.secrets import Secrets, write_private_file
+from infra.tls import ServerIdentity
 from infra.workflows import up as up_workflow
 from infra.workflows.clean import clean
 from infra.workflows.sync_files import sync_files
@@ -28,7 +31,13 @@ from infra.workflows.up import up
 
 from tests.unit.recording import FakeHost, RecordingHosts
 
-SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw")
+SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw", "worker", "workerpw")
+# The master's certificate, made once and kept as fixtures: the golden lines hold the digests of
+# what is sent, and a new certificate (random keys, signatures, serials) would differ on every run.
+# A throwaway key made for these tests alone; tests/unit/test_tls.py covers the making.
+_TLS = Path(__file__).parent / "fixtures" / "tls"
+IDENTITY = ServerIdentity(certificate=(_TLS / "server.crt").read_text(), key=(_TLS / "server.key").read_text(),
+                          ca_certificate=(_TLS / "ca.crt").read_text())
 CONTEXT = "ctx0"  # the build context's digest, fixed so that the golden lines do not follow the Dockerfiles
 
 CLUSTER = """\
@@ -57,6 +66,7 @@ def cluster(tmp_path, monkeypatch):
     cluster = parse_cluster(CLUSTER, filename="cluster.yaml", base_dir=tmp_path)
     write_private_file(cluster.secrets_path, json.dumps(SECRETS.__dict__).encode())
     monkeypatch.setattr(up_workflow, "context_digest", lambda context: CONTEXT)
+    monkeypatch.setattr(up_workflow, "master_identity", lambda cluster, address, save: IDENTITY)
     return cluster
 
 
@@ -98,6 +108,21 @@ FACTS = [
 ]
 
 
+def listing(home: str) -> str:
+    """The project listing of a host (its script is spelled out in test_commands.py)."""
+    return shlex.join(list_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab"))
+
+
+def claim(home: str) -> str:
+    """The cluster folder claimed or checked before anything is written (spelled out in test_commands.py)."""
+    return shlex.join(prepare_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab"))
+
+
+def remove(folder: str, owner: str) -> str:
+    """A folder deleted only if `owner` holds the marker of `lab` (spelled out in test_commands.py)."""
+    return shlex.join(remove_owned_folder(folder, owner, "lab"))
+
+
 def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
     """A guard for the fixtures below: one probe and five engine queries per host."""
     up(cluster, quiet(), dry_run=True)
@@ -110,44 +135,61 @@ def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
 
 UP_FRESH_M1 = [
     *FACTS,
-    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
-    "sh -c 'mkdir -p /home/alice/infra/proj && tar -x --no-same-owner -m -f - -C /home/alice/infra/proj' <10240 bytes sha256:9d270bd2",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/broker.env.tmp && mv -f /home/alice/infra/.infra-lab/broker.env.tmp /home/alice/infra/.infra-lab/broker.env' <135 bytes sha256:38d7c8e0",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/results.env.tmp && mv -f /home/alice/infra/.infra-lab/results.env.tmp /home/alice/infra/.infra-lab/results.env' <25 bytes sha256:9d3a3ca3",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/celery.env.tmp && mv -f /home/alice/infra/.infra-lab/celery.env.tmp /home/alice/infra/.infra-lab/celery.env' <128 bytes sha256:0497eb0e",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/flower.env.tmp && mv -f /home/alice/infra/.infra-lab/flower.env.tmp /home/alice/infra/.infra-lab/flower.env' <219 bytes sha256:15b4eb7b",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/.infra-lab && chmod 700 /home/alice/infra/.infra-lab && cat > /home/alice/infra/.infra-lab/worker.env.tmp && mv -f /home/alice/infra/.infra-lab/worker.env.tmp /home/alice/infra/.infra-lab/worker.env' <133 bytes sha256:aacf5fce",
-    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
-    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.master --tag infra-lab-master:latest --label infra.cluster=lab --label infra.context=12ab9fcb1c8067e2ae1f --build-arg BASE_IMAGE=python:3.11-slim-bookworm --build-arg WORKER_IMAGE=infra-lab-worker:latest <tmp>/.infra/lab/build',
-    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.broker --tag infra-lab-broker:latest --label infra.cluster=lab --label infra.context=7c63902eed836de05b81 --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
-    'docker network create --label infra.cluster=lab lab-net',
-    'docker volume create --label infra.cluster=lab lab-broker-data',
-    'docker volume create --label infra.cluster=lab lab-results-data',
+    listing("/home/alice"),
+    claim("/home/alice"),
+    "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
+    "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:ec7ba8d3",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && cat > /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && mv -f /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp /home/alice/infra/lab/.infra/broker/rabbitmq.conf' <575 bytes sha256:dedd4f24",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp && cat > /home/alice/infra/lab/.infra/broker/definitions.json.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/definitions.json.tmp && mv -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp /home/alice/infra/lab/.infra/broker/definitions.json' <751 bytes sha256:f2dc1cd8",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/broker/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/broker/ca.crt.tmp /home/alice/infra/lab/.infra/broker/ca.crt' <631 bytes sha256:4567799c",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/server.crt.tmp && cat > /home/alice/infra/lab/.infra/broker/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/broker/server.crt.tmp /home/alice/infra/lab/.infra/broker/server.crt' <1396 bytes sha256:d2e3b188",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/server.key.tmp && cat > /home/alice/infra/lab/.infra/broker/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/server.key.tmp && mv -f /home/alice/infra/lab/.infra/broker/server.key.tmp /home/alice/infra/lab/.infra/broker/server.key' <241 bytes sha256:b5b95d08",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/redis.conf.tmp && cat > /home/alice/infra/lab/.infra/results/redis.conf.tmp && chmod 400 /home/alice/infra/lab/.infra/results/redis.conf.tmp && mv -f /home/alice/infra/lab/.infra/results/redis.conf.tmp /home/alice/infra/lab/.infra/results/redis.conf' <322 bytes sha256:55d755f3",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/results/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/results/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/results/ca.crt.tmp /home/alice/infra/lab/.infra/results/ca.crt' <631 bytes sha256:4567799c",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/server.crt.tmp && cat > /home/alice/infra/lab/.infra/results/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/results/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/results/server.crt.tmp /home/alice/infra/lab/.infra/results/server.crt' <1396 bytes sha256:d2e3b188",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/server.key.tmp && cat > /home/alice/infra/lab/.infra/results/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/results/server.key.tmp && mv -f /home/alice/infra/lab/.infra/results/server.key.tmp /home/alice/infra/lab/.infra/results/server.key' <241 bytes sha256:b5b95d08",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/master && chmod 700 /home/alice/infra/lab/.infra/master && rm -f /home/alice/infra/lab/.infra/master/celery.env.tmp && cat > /home/alice/infra/lab/.infra/master/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/master/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/master/celery.env.tmp /home/alice/infra/lab/.infra/master/celery.env' <131 bytes sha256:ef22313c",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/celery.env.tmp && cat > /home/alice/infra/lab/.infra/flower/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/flower/celery.env.tmp /home/alice/infra/lab/.infra/flower/celery.env' <131 bytes sha256:ef22313c",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && cat > /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && mv -f /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp /home/alice/infra/lab/.infra/flower/flowerconfig.py' <179 bytes sha256:05b6486d",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/flower/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/flower/ca.crt.tmp /home/alice/infra/lab/.infra/flower/ca.crt' <631 bytes sha256:4567799c",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/server.crt.tmp && cat > /home/alice/infra/lab/.infra/flower/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/flower/server.crt.tmp /home/alice/infra/lab/.infra/flower/server.crt' <1396 bytes sha256:d2e3b188",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/server.key.tmp && cat > /home/alice/infra/lab/.infra/flower/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/server.key.tmp && mv -f /home/alice/infra/lab/.infra/flower/server.key.tmp /home/alice/infra/lab/.infra/flower/server.key' <241 bytes sha256:b5b95d08",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/celery.env.tmp && cat > /home/alice/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/worker/celery.env.tmp /home/alice/infra/lab/.infra/worker/celery.env' <192 bytes sha256:a69c17c8",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/worker/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/worker/ca.crt.tmp /home/alice/infra/lab/.infra/worker/ca.crt' <631 bytes sha256:4567799c",
+    "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build",
+    "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.master --tag infra-lab-master:latest --label infra.cluster=lab --label infra.context=12ab9fcb1c8067e2ae1f --build-arg BASE_IMAGE=python:3.11-slim-bookworm --build-arg WORKER_IMAGE=infra-lab-worker:latest <tmp>/.infra/lab/build",
+    "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.broker --tag infra-lab-broker:latest --label infra.cluster=lab --label infra.context=7c63902eed836de05b81 --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build",
+    "docker network create --label infra.cluster=lab lab-net",
+    "docker volume create --label infra.cluster=lab lab-broker-data",
+    "docker volume create --label infra.cluster=lab lab-results-data",
     "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-broker:latest infra-lab-master:latest infra-lab-worker:latest",
-    'docker run --detach --name lab-broker --label infra.cluster=lab --label infra.role=broker --label infra.host=m1 --label infra.spec=af62dfac0f9c2b8c3cfd --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias broker --hostname lab-broker --publish 5672:5672 --volume lab-broker-data:/var/lib/rabbitmq:rw --env-file /home/alice/infra/.infra-lab/broker.env infra-lab-broker:latest',
-    'docker run --detach --name lab-results --label infra.cluster=lab --label infra.role=results --label infra.host=m1 --label infra.spec=5c32542a66e43e524024 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias results --hostname lab-results --publish 6379:6379 --volume lab-results-data:/data:rw --env-file /home/alice/infra/.infra-lab/results.env infra-lab-master:latest infra-results',
-    'docker run --detach --name lab-master --label infra.cluster=lab --label infra.role=master --label infra.host=m1 --label infra.spec=dff323090fc03ed49440 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-master --volume /home/alice/infra/proj:/project:rw --env-file /home/alice/infra/.infra-lab/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest infra-idle',
-    'docker run --detach --name lab-flower --label infra.cluster=lab --label infra.role=flower --label infra.host=m1 --label infra.spec=0c57e1df413860345c39 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-flower --publish 5555:5555 --volume /home/alice/infra/proj:/project:ro --env-file /home/alice/infra/.infra-lab/flower.env --user 1000:1000 --workdir /project infra-lab-master:latest celery --app tasks flower --port=5555',
-    'docker run --detach --name lab-worker-m1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=m1 --label infra.spec=68d9ae4127bddc6f21ab --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/alice/infra/proj:/project:ro --env-file /home/alice/infra/.infra-lab/worker.env --user 1000:1000 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-m1-1@m1 --queues celery --pool prefork --loglevel INFO --task-events --concurrency 2',
-    'docker exec lab-master python -c BROKER_CHECK',
-    'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
+    "docker run --detach --name lab-broker --label infra.cluster=lab --label infra.role=broker --label infra.host=m1 --label infra.spec=f2f08ee7fe89490e1c80 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias broker --hostname lab-broker --publish 5671:5671 --volume lab-broker-data:/var/lib/rabbitmq:rw --volume /home/alice/infra/lab/.infra/broker:/run/infra:ro --user 1000:1000 infra-lab-broker:latest",
+    "docker run --detach --name lab-results --label infra.cluster=lab --label infra.role=results --label infra.host=m1 --label infra.spec=97a635e102c607d50126 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias results --hostname lab-results --publish 6379:6380 --volume lab-results-data:/data:rw --volume /home/alice/infra/lab/.infra/results:/run/infra:ro --user 1000:1000 infra-lab-master:latest infra-results",
+    "docker run --detach --name lab-master --label infra.cluster=lab --label infra.role=master --label infra.host=m1 --label infra.spec=8ca5f4852ef728e83273 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-master --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/output:/project/output:rw --volume /home/alice/infra/lab/.infra/master:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest infra-idle",
+    "docker run --detach --name lab-flower --label infra.cluster=lab --label infra.role=flower --label infra.host=m1 --label infra.spec=50b9b736d4a3bb8cdea9 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-flower --publish 5555:5555 --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/flower:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest celery --app tasks flower --port=5555 --conf=/run/infra/flowerconfig.py",
+    "docker run --detach --name lab-worker-m1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=m1 --label infra.spec=a7f69b789598ee31ff33 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1000:1000 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-m1-1@m1 --queues celery --pool prefork --loglevel INFO --task-events --concurrency 2",
+    "docker exec lab-master python -c BROKER_CHECK",
+    "docker exec lab-master python -c PING_PROBE tasks '[\"lab-worker-m1-1@m1\", \"lab-worker-w1-1@w1\"]' 2",
 ]
 
 
 UP_FRESH_W1 = [
     *FACTS,
-    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
-    "sh -c 'mkdir -p /home/bob/infra/proj && tar -x --no-same-owner -m -f - -C /home/bob/infra/proj' <10240 bytes sha256:9d270bd2",
-    "sh -c 'umask 077 && mkdir -p /home/bob/infra/.infra-lab && chmod 700 /home/bob/infra/.infra-lab && cat > /home/bob/infra/.infra-lab/worker.env.tmp && mv -f /home/bob/infra/.infra-lab/worker.env.tmp /home/bob/infra/.infra-lab/worker.env' <131 bytes sha256:adb52cf5",
-    'docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build',
+    listing("/home/bob"),
+    claim("/home/bob"),
+    "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
+    "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:ec7ba8d3",
+    "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/celery.env.tmp && cat > /home/bob/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/bob/infra/lab/.infra/worker/celery.env.tmp /home/bob/infra/lab/.infra/worker/celery.env' <190 bytes sha256:caff4942",
+    "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/ca.crt.tmp && cat > /home/bob/infra/lab/.infra/worker/ca.crt.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/ca.crt.tmp && mv -f /home/bob/infra/lab/.infra/worker/ca.crt.tmp /home/bob/infra/lab/.infra/worker/ca.crt' <631 bytes sha256:4567799c",
+    "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build",
     "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-worker:latest",
-    'docker run --detach --name lab-worker-w1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=w1 --label infra.spec=d0ebf30322bab66875bf --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/bob/infra/proj:/project:ro --env-file /home/bob/infra/.infra-lab/worker.env --user 1001:1001 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-w1-1@w1 --queues celery --pool prefork --loglevel INFO --task-events',
+    "docker run --detach --name lab-worker-w1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=w1 --label infra.spec=667a5386ffd5d2c47d96 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/bob/infra/lab/proj:/project:ro --volume /home/bob/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1001:1001 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-w1-1@w1 --queues celery --pool prefork --loglevel INFO --task-events",
 ]
 
 
 UP_AGAIN_M1 = [
     *FACTS,
-    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    listing("/home/alice"),
     'docker exec lab-master python -c BROKER_CHECK',
     'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
 ]
@@ -155,16 +197,19 @@ UP_AGAIN_M1 = [
 
 UP_AGAIN_W1 = [
     *FACTS,
-    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
+    listing("/home/bob"),
 ]
 
 
 SYNC_M1 = [
     *FACTS,
     'docker container inspect lab-worker-m1-1',
-    "sh -c 'if [ -d /home/alice/infra/proj ]; then cd /home/alice/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
-    "sh -c 'mkdir -p /home/alice/infra/proj && tar -x --no-same-owner -m -f - -C /home/alice/infra/proj' <10240 bytes sha256:da349029",
-    "sh -c 'cd /home/alice/infra/proj && rm -f -- README'",
+    listing("/home/alice"),
+    claim("/home/alice"),  # checked again right before writing: still this cluster's folder
+    "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
+    "find . -depth \\( \\( -path ./README \\) ! -type d -delete \\)'",
+    "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
+    "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:0d0de3b5",
     'docker restart --time 10 lab-worker-m1-1',
     'docker container inspect lab-worker-m1-1',
     'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
@@ -174,9 +219,12 @@ SYNC_M1 = [
 SYNC_W1 = [
     *FACTS,
     'docker container inspect lab-worker-w1-1',
-    "sh -c 'if [ -d /home/bob/infra/proj ]; then cd /home/bob/infra/proj && find . -type f -exec sha256sum {} + ; fi'",
-    "sh -c 'mkdir -p /home/bob/infra/proj && tar -x --no-same-owner -m -f - -C /home/bob/infra/proj' <10240 bytes sha256:da349029",
-    "sh -c 'cd /home/bob/infra/proj && rm -f -- README'",
+    listing("/home/bob"),
+    claim("/home/bob"),
+    "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
+    "find . -depth \\( \\( -path ./README \\) ! -type d -delete \\)'",
+    "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
+    "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:0d0de3b5",
     'docker restart --time 10 lab-worker-w1-1',
     'docker container inspect lab-worker-w1-1',
 ]
@@ -190,8 +238,8 @@ CLEAN_ALL_M1 = [
     'docker network rm lab-net',
     'docker volume rm --force lab-broker-data',
     'docker volume rm --force lab-results-data',
-    'rm -rf -- /home/alice/infra/.infra-lab',
-    'rm -rf -- /home/alice/infra/proj',
+    remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),  # the secret files
+    remove("/home/alice/infra/lab", "/home/alice/infra/lab"),  # --files: the cluster folder, project and output
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
 ]
 
@@ -201,8 +249,8 @@ CLEAN_ALL_W1 = [
     "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
     "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
     'docker rm --force lab-worker-w1-1',
-    'rm -rf -- /home/bob/infra/.infra-lab',
-    'rm -rf -- /home/bob/infra/proj',
+    remove("/home/bob/infra/lab/.infra", "/home/bob/infra/lab"),
+    remove("/home/bob/infra/lab", "/home/bob/infra/lab"),
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
 ]
 
@@ -229,11 +277,11 @@ def test_up_records_in_the_manifest_everything_it_started(cluster, hosts):
     assert manifest.hosts["m1"].containers["lab-broker"] == {"id": "id-lab-broker", "role": "broker"}
     assert manifest.hosts["m1"].networks == ["lab-net"]
     assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
-    assert manifest.hosts["w1"].files == ["/home/bob/infra/proj"]
-    assert manifest.hosts["w1"].secret_dirs == ["/home/bob/infra/.infra-lab"]
+    assert manifest.hosts["w1"].files == ["/home/bob/infra/lab/proj"]
+    assert manifest.hosts["w1"].secret_dirs == ["/home/bob/infra/lab/.infra"]
 
 
-def test_the_env_files_sent_hold_the_secrets_and_no_command_line_does(cluster, hosts):
+def test_the_secret_files_sent_hold_the_secrets_and_no_command_line_does(cluster, hosts):
     up(cluster, quiet())
     everything = "\n".join(hosts.sent("m1") + hosts.sent("w1"))
     for secret in SECRETS.values():
@@ -276,7 +324,8 @@ def test_sync_files_again_sends_nothing_and_restarts_nobody(cluster, hosts):
     forget(hosts)
     sync_files(cluster, quiet())
     for name in ("m1", "w1"):
-        assert not [line for line in hosts.sent(name) if "tar -x" in line or "restart" in line or "rm -f" in line]
+        assert not [line for line in hosts.sent(name) if "tar -x" in line or "restart" in line or "-delete" in line
+                    or f"{MARKER_FILE}.tmp" in line]  # not even the cluster folder's check
 
 
 def test_clean_removes_what_up_started_then_checks_nothing_is_left(cluster, hosts):
@@ -298,8 +347,23 @@ def test_clean_without_options_keeps_the_project_and_the_data_volumes(cluster, h
     assert removed == [
         "docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1",
         "docker network rm lab-net",
-        "rm -rf -- /home/alice/infra/.infra-lab",
+        remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),
     ]
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
-    assert manifest.hosts["m1"].files == ["/home/alice/infra/proj"]
+    assert manifest.hosts["m1"].files == ["/home/alice/infra/lab/proj"]
+
+
+def test_clean_reports_a_folder_the_host_refused_as_refused_never_as_removed_and_forgets_it(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    hosts.hosts["w1"].refusals["/home/bob/infra/lab"] = "/home/bob/infra/lab holds no marker of cluster lab"
+    stream = io.StringIO()
+    result = clean(cluster, Reporter(stream=stream), files=True)
+    said = " ".join(stream.getvalue().split())
+    assert "refused to delete /home/bob/infra/lab (/home/bob/infra/lab holds no marker of cluster lab)" in said
+    assert "folder(s) /home/bob/infra/lab/.infra;" in said  # what was removed there, and only that
+    assert "folder /home/bob/infra/lab" not in result.cleaned["w1"]
+    assert "folder /home/alice/infra/lab" in result.cleaned["m1"]
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    assert "w1" not in manifest.hosts  # not the cluster's: not infra's to delete, now or later
