@@ -35,7 +35,8 @@ or removed, within one "schema"):
     "queues": [{"name", "messages": int, "ready": int|null, "unacked": int|null, "consumers": int,
                 "internal": bool}],
     "celery": {"answered": bool, "error": str|null},
-    "broker": {"answered": bool, "error": str|null}
+    "broker": {"answered": bool, "error": str|null},
+    "volunteers": [{"name", "state", "joined", "last_seen", "arch", "workers": [node], "tasks_done": int|null}]
   }
 
 `state` "missing" means the container does not exist; "unknown" that its host could not be
@@ -149,6 +150,7 @@ class ClusterStatus:
     celery_asked: bool = True
     broker_asked: bool = True
     problems: list[str] = field(default_factory=list)
+    volunteers: list = field(default_factory=list)  # infra.workflows.volunteer.VolunteerRow, set by the workflow
 
     @property
     def ok(self) -> bool:
@@ -348,6 +350,11 @@ def to_json(status: ClusterStatus) -> dict:
         ],
         "celery": {"answered": status.celery_error is None, "error": status.celery_error},
         "broker": {"answered": status.broker_error is None, "error": status.broker_error},
+        "volunteers": [
+            {"name": v.name, "state": v.state, "joined": v.joined, "last_seen": v.last_seen, "arch": v.arch,
+             "workers": list(v.workers), "tasks_done": v.tasks_done}
+            for v in status.volunteers
+        ],
     }
 
 
@@ -443,6 +450,12 @@ def render_table(status: ClusterStatus) -> str:
                          for q in work_queues])
     elif status.broker_error is None:
         lines.append("  (no queue yet)")
+
+    if status.volunteers:
+        lines += ["", "VOLUNTEERS"]
+        lines += _table(["volunteer", "state", "joined", "last seen", "arch", "workers", "tasks done"],
+                        [[v.name, v.state, v.joined or "-", v.last_seen or "-", v.arch or "-", str(len(v.workers)),
+                          _count(v.tasks_done)] for v in status.volunteers])
 
     lines.append("")
     if status.ok:

@@ -21,6 +21,7 @@ from .status import status
 from .sweep import sweep
 from .sync_files import sync_files
 from .up import up
+from .volunteer import volunteer
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -50,5 +51,6 @@ main.add_command(sweep)
 main.add_command(bootstrap)
 main.add_command(check)
 main.add_command(schema)
+main.add_command(volunteer)
 
 __all__ = ["main"]

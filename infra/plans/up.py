@@ -509,7 +509,8 @@ def container_changes(
         (spec, fingerprint(spec, image_ids.get(spec.image), secrets_digest(secret_files, spec.secrets)))
         for spec in desired_containers(cluster, host, facts, layout)
     ]
-    return diff_containers(desired, facts.containers)
+    # The join endpoint is `infra volunteer`'s (infra/plans/join.py), not the cluster file's: up leaves it alone.
+    return diff_containers(desired, [c for c in facts.containers if c.role != "join"])
 
 
 def change_steps(cluster: Cluster, changes: list[ContainerChange]) -> list[Step]:

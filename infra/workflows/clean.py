@@ -17,6 +17,7 @@ from ..plans.clean import CleanPlan, plan_clean
 from ..report import Reporter
 from ..runner import Connection, ConnectionPool, check_interrupted, run_concurrently
 from .execute import execute_steps
+from .volunteer import revoke_everyone
 
 
 @dataclass
@@ -101,6 +102,8 @@ def _clean(cluster: Cluster, reporter: Reporter, *, files: bool, volumes: bool) 
 
     with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts.values())
+        if cluster.master_host.name in opened.succeeded:  # volunteers lose their access first (workflows/volunteer.py)
+            revoke_everyone(cluster, pool[cluster.master_host.name], reporter)
         for name, err in sorted(opened.failed.items()):
             reporter.host(name, f"not cleaned: {without_host(name, one_line(err))}", style="red")
         reachable = [h for h in hosts.values() if h.name in opened.succeeded]

@@ -21,6 +21,7 @@ from ..plans.up import expected_worker_nodes
 from ..runner import Connection, ConnectionPool, run_concurrently
 from ..status import ClusterStatus, HostObservation, build_status
 from .up import departed_hosts
+from .volunteer import volunteer_rows
 
 CELERY_REPLY_TIMEOUT = 2.0  # how long workers are given to answer a broadcast
 PROBE_TIMEOUT = 25.0  # the whole Celery probe or rabbitmqctl call
@@ -91,7 +92,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
     queue_error = at_master.get("rabbitmq-error")
     if not answers[master.name]["engine"].reachable:
         queue_error = "the master host is unreachable"
-    return build_status(
+    status = build_status(
         cluster, {name: found["engine"] for name, found in answers.items()},
         now=datetime.now(timezone.utc),
         flower_url=flower_url(cluster, master_address(cluster)),
@@ -101,3 +102,5 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
         queues=at_master.get("rabbitmq"),
         queue_error=queue_error,
     )
+    status.volunteers = volunteer_rows(cluster, at_master.get("celery"))  # their own section (workflows/volunteer.py)
+    return status

@@ -49,6 +49,7 @@ from .clean import remove_folders
 from .execute import execute_step, execute_steps
 from .gather import gather_facts, read_host_facts, require_docker
 from .readiness import wait_for_broker, wait_for_workers
+from .volunteer import restore_results_users
 
 LISTING_TIMEOUT = 300
 
@@ -221,6 +222,8 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         master = pool[master_name]
         wait_for_broker(cluster, master)
         reporter.host(master_name, "broker accepts connections")
+        if any(c.role == "results" and c.action != "keep" for c in plans[master_name].containers):
+            restore_results_users(cluster, master, reporter)
         nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
         wait_for_workers(cluster, master, nodes)
         reporter.info(f"all {len(nodes)} workers answer")

@@ -1,0 +1,83 @@
+"""Commands of `infra volunteer`: broker and result-backend users, the files of the join endpoint.
+
+Broker users are made with `rabbitmqctl import_definitions` of a file holding the password's
+salted hash (rabbitmqctl takes a clear password only on its command line); Redis ACL users with
+the password's sha256 (`#HEX`), from the master container, whose environment has the result
+backend's administrative URL. No secret is ever on a command line.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import shlex
+
+from ..names import container_name
+from .engine import Exec
+
+# `python -c RESULTS_USERS WANT_JSON DROP_JSON` in the master container: sets the users of WANT
+# ({user: [rules]}, each reset first) and deletes those of DROP (Redis then closes their
+# connections). Prints one JSON line: the users Redis has now.
+RESULTS_USERS = r"""
+import json, os, sys
+import redis
+want, drop = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+r = redis.Redis.from_url(os.environ["CELERY_RESULT_BACKEND"], socket_timeout=10, socket_connect_timeout=10)
+for user, rules in want.items():
+    r.execute_command("ACL", "SETUSER", user, "reset", *rules)
+for user in drop:
+    r.execute_command("ACL", "DELUSER", user)
+print(json.dumps({"users": sorted(u.decode() if isinstance(u, bytes) else u for u in r.execute_command("ACL", "USERS"))}))
+"""
+
+
+def import_broker_definitions(cluster: str, path_in_container: str) -> Exec:
+    return Exec(container_name(cluster, "broker"), ("rabbitmqctl", "import_definitions", path_in_container))
+
+
+def delete_broker_user(cluster: str, user: str) -> Exec:
+    return Exec(container_name(cluster, "broker"), ("rabbitmqctl", "delete_user", user))
+
+
+def close_user_connections(cluster: str, user: str) -> Exec:
+    """Close every connection of the user now: its unacknowledged tasks go back to the queue."""
+    return Exec(container_name(cluster, "broker"),
+                ("rabbitmqctl", "close_all_user_connections", user, "revoked by the cluster"))
+
+
+def list_broker_users(cluster: str) -> Exec:
+    return Exec(container_name(cluster, "broker"), ("rabbitmqctl", "list_users", "--quiet", "--formatter", "json"))
+
+
+def results_users(cluster: str, want: dict[str, list[str]], drop: list[str]) -> Exec:
+    return Exec(container_name(cluster, "master"),
+                ("python", "-c", RESULTS_USERS, json.dumps(want, sort_keys=True), json.dumps(sorted(drop))))
+
+
+def save_worker_image(image_id: str, folder: str, arch: str, base_image: str) -> list[str]:
+    """`docker save` the worker image into the endpoint's files (gzip), unless that image is there already.
+
+    Saved by id, so that `docker load` on a volunteer's machine takes no tag of its own; then
+    image.env tells the endpoint (and the join script) its id, architecture and base image.
+    Prints `unchanged` or `saved`.
+    """
+    f = shlex.quote(folder)
+    env = shlex.quote(posixpath.join(folder, "image.env"))
+    tar = shlex.quote(posixpath.join(folder, "image.tar"))
+    gz = shlex.quote(posixpath.join(folder, "image.tar.gz"))
+    i = shlex.quote(image_id)
+    values = shlex.quote(f"IMAGE_ID={image_id}\nIMAGE_ARCH={arch}\nBASE_IMAGE={base_image}\n")
+    return ["sh", "-c", (
+        f"umask 077 && mkdir -p {f} && chmod 700 {f} && "
+        f"if [ -f {gz} ] && [ \"$(sed -n 's/^IMAGE_ID=//p' {env} 2>/dev/null)\" = {i} ]; then echo unchanged; exit 0; fi; "
+        f"rm -f {tar} {gz}.tmp && docker save {i} > {tar} && gzip -1 -c {tar} > {gz}.tmp && rm -f {tar} && "
+        f"mv -f {gz}.tmp {gz} && printf %s {values} > {env}.tmp && mv -f {env}.tmp {env} && echo saved")]
+
+
+def read_small_file(path: str) -> list[str]:
+    """The file's content, or nothing when it is missing."""
+    return ["sh", "-c", f"cat {shlex.quote(path)} 2>/dev/null || true"]
+
+
+def remove_file(path: str) -> list[str]:
+    return ["rm", "-f", "--", path]

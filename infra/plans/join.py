@@ -1,0 +1,191 @@
+"""What volunteers need on the master host, decided without touching it.
+
+- the join endpoint: a container of the cluster (`NAME-join`, role `join`) in the master image,
+  HTTPS with the master's certificate on `port`, its files in its own folder of the cluster
+  (`ENV_DIR/join`, mounted read-only at /run/infra: certificate, settings, the join script,
+  the registry of token digests) and the worker image and build context beside it
+  (`ENV_DIR/join-files`, read-only at /srv/infra-join); the project, read-only at /project;
+- a volunteer's broker user (its rights: the cluster's vhost alone) and its Redis ACL user
+  (result keys and channels only, no administrative command);
+- the join script, the one line that fetches it, and the leave line.
+"""
+
+from __future__ import annotations
+
+import json
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..commands.engine import ContainerSpec
+from ..config import Cluster
+from ..facts.host import HostFacts
+from ..names import container_name
+from ..runtime import IMAGE_PACKAGE
+from ..runtime.join import CONFIG_DIR, FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
+from ..tls import ServerIdentity
+from .addresses import in_url
+from .up import HostLayout, SecretFile, broker_vhost, fingerprint, rabbitmq_password_hash, secrets_digest, worker_app_args
+
+DEFAULT_PORT = 5443
+ROLE = "join"
+CHECK_EVERY = 120  # seconds between a volunteer worker's checks for a new project
+TEMPLATE = "volunteer-join.sh"
+
+# What a volunteer's worker may do on the result backend: Celery's result and group keys, their
+# pub/sub channels, infra's sweep keys; reading and writing data, no administration (no KEYS,
+# FLUSHALL, CONFIG, ACL, CLIENT KILL, DEBUG...).
+RESULT_KEY_PATTERNS = ("celery-task-meta-*", "celery-taskset-meta-*", "chord-unlock-*", "infra:sweep:*")
+RESULT_CHANNEL_PATTERNS = ("celery-task-meta-*",)
+RESULT_COMMANDS = ("-@all", "+@read", "+@write", "+@keyspace", "+@connection", "+@transaction", "+@pubsub",
+                   "+@scripting", "-@dangerous", "-@admin")
+
+
+def endpoint_name(cluster: str) -> str:
+    return container_name(cluster, ROLE)
+
+
+@dataclass(frozen=True)
+class JoinLayout:
+    config_dir: str  # the endpoint's own folder: mounted read-only at CONFIG_DIR
+    files_dir: str  # the worker image and the build context: read-only at FILES_DIR
+
+    @property
+    def registry(self) -> str:
+        return posixpath.join(self.config_dir, "volunteers.json")
+
+
+def join_layout(layout: HostLayout) -> JoinLayout:
+    """Inside the cluster's secret folder, so `infra clean` removes it with the rest."""
+    return JoinLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"))
+
+
+def endpoint_url(address: str, port: int) -> str:
+    return f"https://{in_url(address)}:{port}"
+
+
+def worker_queues(cluster: Cluster) -> list[str]:
+    """The queues volunteers consume: every queue the cluster's worker groups serve, in file order."""
+    queues: list[str] = []
+    for group in cluster.spec.roles.workers:
+        queues += [q for q in group.queues if q not in queues]
+    return queues or ["celery"]
+
+
+def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[str] | None = None) -> dict:
+    """endpoint.json: what the endpoint needs to render a volunteer's settings (no secret in it)."""
+    return {
+        "cluster": cluster.name,
+        "url": endpoint_url(address, port),
+        "address": address,
+        "broker_port": cluster.spec.ports.broker or 5671,
+        "results_port": cluster.spec.ports.results,
+        "vhost": broker_vhost(cluster),
+        "app_args": worker_app_args(cluster),
+        "queues": queues or worker_queues(cluster),
+        "check_every": CHECK_EVERY,
+    }
+
+
+def endpoint_files(cluster: Cluster, join: JoinLayout, identity: ServerIdentity, settings: dict,
+                   script: str) -> list[SecretFile]:
+    """The endpoint's folder, but for the registry (rewritten by every add and revoke, re-read live)."""
+    def file(name: str, content: str) -> SecretFile:
+        return SecretFile(ROLE, name, posixpath.join(join.config_dir, name), content)
+
+    return [
+        file("server.crt", identity.certificate + identity.ca_certificate),
+        file("server.key", identity.key),
+        file("ca.crt", identity.ca_certificate),
+        file("endpoint.json", json.dumps(settings, indent=2, sort_keys=True) + "\n"),
+        file("join.sh", script),
+    ]
+
+
+def endpoint_container(cluster: Cluster, layout: HostLayout, facts: HostFacts, port: int) -> ContainerSpec:
+    """The join endpoint: the master image, as the SSH user, on Docker's default bridge (it needs
+    no other container of the cluster), publishing `port` only."""
+    join = join_layout(layout)
+    return ContainerSpec(
+        name=endpoint_name(cluster.name), role=ROLE, host=cluster.master_host.name,
+        image=cluster.image_tag("master"), command=("python", "-m", f"{IMAGE_PACKAGE}.join"),
+        environment=(("INFRA_CLUSTER", cluster.name),), secrets=join.config_dir,
+        ports=((port, PORT),), bind_address=cluster.spec.roles.master.bind_address,
+        volumes=((join.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro")),
+        network="bridge", user=f"{facts.uid}:{facts.gid}",
+    )
+
+
+def endpoint_fingerprint(spec: ContainerSpec, image_id: str | None, files: list[SecretFile]) -> str:
+    return fingerprint(spec, image_id, secrets_digest(files, spec.secrets))
+
+
+# --------------------------------------------------------------------------- a volunteer's access
+
+
+def broker_user_definitions(cluster: Cluster, user: str, password: str) -> str:
+    """Definitions `rabbitmqctl import_definitions` adds: the user (salted hash only) and its rights
+    on the cluster's vhost alone; no tag, so no management API."""
+    vhost = broker_vhost(cluster)
+    return json.dumps({
+        "users": [{"name": user, "password_hash": rabbitmq_password_hash(password),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
+        "permissions": [{"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}],
+    }, indent=2) + "\n"
+
+
+def results_acl_rules(password_sha256: str) -> list[str]:
+    """`ACL SETUSER USER reset RULES...`: on, the password's sha256, result keys and channels, data commands."""
+    return (["on", f"#{password_sha256}"] + [f"~{p}" for p in RESULT_KEY_PATTERNS]
+            + [f"&{p}" for p in RESULT_CHANNEL_PATTERNS] + list(RESULT_COMMANDS))
+
+
+# --------------------------------------------------------------------------- the lines and the script
+
+
+def volunteer_objects(cluster: str) -> dict[str, str]:
+    """What the join line makes on a volunteer's machine: one container, one volume, one image tag."""
+    base = f"infra-{cluster}-volunteer"
+    return {"container": base, "volume": base, "image": f"{base}:latest"}
+
+
+def render_join_script(template: str, cluster: str, url: str, pin: str) -> str:
+    """The join script with everything but the token (`@TOKEN@`, written in by the endpoint)."""
+    objects = volunteer_objects(cluster)
+    values = {"CLUSTER": cluster, "URL": url, "PIN": pin, "CONTAINER": objects["container"],
+              "VOLUME": objects["volume"], "IMAGE": objects["image"], "STATE": VOLUNTEER_STATE,
+              "PACKAGE": IMAGE_PACKAGE, "LEAVE": leave_line(cluster)}
+    for key, value in values.items():
+        if "'" in value:  # every value is written inside single quotes
+            raise ValueError(f"{key} holds a quote")
+        template = template.replace(f"@{key}@", value)
+    leftover = re.findall(r"@[A-Z]+@", template)
+    if set(leftover) - {"@TOKEN@"}:
+        raise ValueError(f"unfilled placeholders in the join script: {sorted(set(leftover))}")
+    return template
+
+
+def join_line(url: str, pin: str, token: str, options: str = "") -> str:
+    """The one line a volunteer runs. curl checks the master's key against the pin before it sends
+    anything (the token included); when curl fails (403, pin mismatch, no answer), the line says so
+    and exits 1 instead of running an empty script."""
+    for value in (url, pin, token):
+        if "'" in value or "\\" in value:
+            raise ValueError("a quote in the join line")
+    # Quoted even where the shell would not need it: the line is pasted into shells of all kinds.
+    fetch = f"curl -fsS --proto =https -k --pinnedpubkey '{pin}' '{url}/join/{token}'"
+    refuse = ("echo 'echo \"infra-join: the cluster did not give the join script (see the error above): "
+              "the token is wrong, expired or revoked, or this is not the pinned master\" >&2; exit 1'")
+    return f"({fetch} || {refuse}) | sh -s --" + (f" {options}" if options else "")
+
+
+def leave_line(cluster: str) -> str:
+    """Removes what the join line made on the volunteer's machine, and nothing else; needs no network."""
+    o = volunteer_objects(cluster)
+    return (f"docker rm -f {o['container']}; docker volume rm {o['volume']}; "
+            f"docker image rm {o['image']}")
+
+
+def load_template(assets: Path) -> str:
+    return (assets / "templates" / TEMPLATE).read_text()

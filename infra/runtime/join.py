@@ -1,0 +1,353 @@
+"""The join endpoint of a cluster with volunteers: `python -m infra_runtime.join` on the master host.
+
+`infra volunteer add` starts it (a container of the cluster, role `join`, in the master image),
+HTTPS with the master's certificate. It serves, to valid tokens only, what a volunteer's one line
+needs, and nothing to anyone else: a wrong, expired or revoked token, or any other path, gets
+403 with an empty body. Every request is logged as one JSON line on stdout (`docker logs`) with
+the volunteer's name, never a token.
+
+The token is the volunteer's one secret. The master keeps only its sha256 (with the name and
+the expiry), and everything else a volunteer is given is derived from the token as it is
+presented (`derive_secret`): the broker and result-backend passwords and the update key. So
+the files on the master host hold no secret of a volunteer in clear; infra (which saw the token
+once, when it printed the line) made the broker and Redis users from the same derivation.
+
+    GET /join/TOKEN               the join script (the token written into it)
+    GET /v1/TOKEN/settings        KEY=value lines the script reads (image id and architecture)
+    GET /v1/TOKEN/image           the worker image (`docker save`, gzip) for the master's architecture
+    GET /v1/TOKEN/context         the build context (tar.gz) for other architectures
+    GET /v1/TOKEN/bundle          a tar of the worker's settings and credentials
+    GET /v1/project[/digest]      the project (tar) or its digest; `Authorization: Bearer KEY`
+
+The update key (in the bundle) does not expire with the token: a worker that joined fetches
+project updates until the volunteer is revoked. Standard library only.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import http.server
+import io
+import json
+import os
+import re
+import signal
+import ssl
+import stat
+import sys
+import tarfile
+import threading
+import time
+
+CONFIG_DIR = "/run/infra"  # the endpoint's folder on the master host, read-only
+FILES_DIR = "/srv/infra-join"  # the worker image and the build context, read-only
+PROJECT_DIR = "/project"  # the project as synced to the master host, read-only
+PORT = 8443
+TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{32,128}")
+# What a volunteer's worker never needs of the project folder.
+PROJECT_SKIP = ("output", ".infra", ".infra-cluster", "__pycache__", ".git")
+CHUNK = 1 << 16
+
+# In the bundle: where the volunteer's container keeps its state (a docker volume).
+VOLUNTEER_STATE = "/var/lib/infra-volunteer"
+
+
+# --------------------------------------------------------------------------- shared with infra itself
+
+
+def token_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def derive_secret(token: str, purpose: str) -> str:
+    """A secret of the volunteer derived from its token: `broker`, `results` or `update-key`."""
+    mac = hmac.new(token.encode(), f"infra-volunteer:{purpose}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def volunteer_user(name: str) -> str:
+    """The volunteer's user name on the broker and on the result backend."""
+    return f"volunteer-{name}"
+
+
+def worker_env(settings: dict, name: str, token: str) -> str:
+    """celery.env of a volunteer's worker: its own users, TLS to the published ports, the CA alone trusted."""
+    user = volunteer_user(name)
+    host = settings["address"]
+    host = f"[{host}]" if ":" in host else host
+    ca = f"{VOLUNTEER_STATE}/ca.crt"
+    values = {
+        "INFRA_CLUSTER": settings["cluster"],
+        "CELERY_BROKER_URL": (f"amqps://{user}:{derive_secret(token, 'broker')}@{host}:{settings['broker_port']}"
+                              f"/{settings['vhost']}"),
+        "CELERY_RESULT_BACKEND": (f"rediss://{user}:{derive_secret(token, 'results')}@{host}:"
+                                  f"{settings['results_port']}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+    }
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def project_files(root: str) -> list[tuple[str, str]]:
+    """(relative path, absolute path) of the project's regular files, sorted; links are never followed."""
+    found = []
+    for folder, dirs, files in os.walk(root):
+        rel_folder = os.path.relpath(folder, root)
+        dirs[:] = sorted(d for d in dirs if not (rel_folder == "." and d in PROJECT_SKIP) and d != "__pycache__"
+                         and not os.path.islink(os.path.join(folder, d)))
+        for name in files:
+            path = os.path.join(folder, name)
+            rel = os.path.normpath(os.path.join(rel_folder, name))
+            if rel in PROJECT_SKIP or name.endswith(".pyc"):
+                continue
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                found.append((rel, path))
+    return sorted(found)
+
+
+def project_tar(root: str) -> tuple[bytes, str]:
+    """The project as a tar (fixed owners and times: the same content gives the same bytes) and its digest."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for rel, path in project_files(root):
+            with open(path, "rb") as handle:
+                data = handle.read()
+            info = tarfile.TarInfo(rel)
+            info.size = len(data)
+            info.mode = 0o755 if os.stat(path).st_mode & 0o111 else 0o644
+            info.mtime = 0
+            tar.addfile(info, io.BytesIO(data))
+    data = buffer.getvalue()
+    return data, hashlib.sha256(data).hexdigest()
+
+
+def bundle_tar(files: dict[str, str]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, content in sorted(files.items()):
+            data = content.encode()
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            info.mode = 0o600
+            info.mtime = int(time.time())
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+# --------------------------------------------------------------------------- who may ask
+
+
+class Registry:
+    """volunteers.json (written by infra, re-read when it changes): token and key digests → volunteer."""
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple | None = None
+        self._data: dict = {"tokens": {}, "keys": {}}
+        self._lock = threading.Lock()
+
+    def _current(self) -> dict:
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+                seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+                if seen != self._seen:
+                    with open(self.path, encoding="utf-8") as handle:
+                        self._data = json.load(handle)
+                    self._seen = seen
+            except (OSError, ValueError):
+                self._data, self._seen = {"tokens": {}, "keys": {}}, None
+            return self._data
+
+    def by_token(self, token: str, now: float) -> str | None:
+        """The volunteer whose token this is, if it has not expired."""
+        if not TOKEN_PATTERN.fullmatch(token or ""):
+            return None
+        entry = self._current().get("tokens", {}).get(token_digest(token))
+        if not entry or float(entry.get("expires", 0)) <= now:
+            return None
+        return entry.get("name")
+
+    def by_key(self, key: str) -> str | None:
+        if not TOKEN_PATTERN.fullmatch(key or ""):
+            return None
+        entry = self._current().get("keys", {}).get(token_digest(key))
+        return entry.get("name") if entry else None
+
+
+# --------------------------------------------------------------------------- the server
+
+
+class Endpoint:
+    def __init__(self, config_dir: str = CONFIG_DIR, files_dir: str = FILES_DIR, project_dir: str = PROJECT_DIR):
+        self.config_dir, self.files_dir, self.project_dir = config_dir, files_dir, project_dir
+        with open(os.path.join(config_dir, "endpoint.json"), encoding="utf-8") as handle:
+            self.settings = json.load(handle)
+        with open(os.path.join(config_dir, "join.sh"), encoding="utf-8") as handle:
+            self.script = handle.read()
+        with open(os.path.join(config_dir, "ca.crt"), encoding="utf-8") as handle:
+            self.ca = handle.read()
+        self.registry = Registry(os.path.join(config_dir, "volunteers.json"))
+        self._project_cache: tuple | None = None
+        self._project_lock = threading.Lock()
+
+    def project(self) -> tuple[bytes, str]:
+        """The project tar and digest, made again only when a file changed (listing: path, size, mtime)."""
+        listing = []
+        for rel, path in project_files(self.project_dir):
+            info = os.stat(path)
+            listing.append((rel, info.st_size, info.st_mtime_ns, info.st_mode))
+        with self._project_lock:
+            if self._project_cache is None or self._project_cache[0] != listing:
+                self._project_cache = (listing, *project_tar(self.project_dir))
+            return self._project_cache[1], self._project_cache[2]
+
+    def file_settings(self) -> dict:
+        """What infra wrote beside the image: its id and architecture (KEY=value lines)."""
+        values = {}
+        try:
+            with open(os.path.join(self.files_dir, "image.env"), encoding="utf-8") as handle:
+                for line in handle:
+                    key, sep, value = line.strip().partition("=")
+                    if sep:
+                        values[key] = value
+        except OSError:
+            pass
+        return values
+
+    def bundle(self, name: str, token: str) -> bytes:
+        settings = self.settings
+        volunteer = {
+            "cluster": settings["cluster"], "name": name, "endpoint": settings["url"],
+            "update_key": derive_secret(token, "update-key"), "app_args": settings["app_args"],
+            "queues": settings["queues"], "check_every": settings.get("check_every", 120),
+            "node_prefix": f"{settings['cluster']}-volunteer-{name}",
+        }
+        return bundle_tar({"celery.env": worker_env(settings, name, token), "ca.crt": self.ca,
+                           "volunteer.json": json.dumps(volunteer, indent=2) + "\n"})
+
+
+def log(event: dict) -> None:
+    event = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), **event}
+    sys.stdout.write(json.dumps(event, sort_keys=True) + "\n")
+    sys.stdout.flush()
+
+
+def make_handler(endpoint: Endpoint):
+    class Handler(http.server.BaseHTTPRequestHandler):
+        server_version = "infra-join"
+        sys_version = ""
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args) -> None:  # our own log lines instead (no token in them)
+            pass
+
+        def _header_value(self, name: str) -> str:
+            value = self.headers.get(name, "")[:64]
+            return value if re.fullmatch(r"[A-Za-z0-9_.-]*", value) else "?"
+
+        def _refuse(self, what: str) -> None:
+            self.send_response(403)
+            self.send_header("Content-Length", "0")
+            self.send_header("Connection", "close")
+            self.end_headers()
+            log({"volunteer": None, "what": what, "status": 403, "remote": self.client_address[0]})
+
+        def _send(self, name: str, what: str, body: bytes | None = None, path: str | None = None,
+                  content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
+            size = len(body) if body is not None else os.path.getsize(path)
+            self.send_response(200)
+            self.send_header("Content-Type", content_type)
+            self.send_header("Content-Length", str(size))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            if body is not None:
+                self.wfile.write(body)
+            else:
+                with open(path, "rb") as handle:
+                    while chunk := handle.read(CHUNK):
+                        self.wfile.write(chunk)
+            log({"volunteer": name, "what": what, "status": 200, "bytes": size, "remote": self.client_address[0],
+                 "arch": self._header_value("X-Infra-Arch") or None})
+
+        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+            try:
+                self._route()
+            except (BrokenPipeError, ConnectionResetError):
+                pass
+
+        def _route(self) -> None:
+            parts = self.path.split("?", 1)[0].strip("/").split("/")
+            now = time.time()
+            if parts[:2] == ["v1", "project"] and len(parts) <= 3:
+                auth = self.headers.get("Authorization", "")
+                name = endpoint.registry.by_key(auth[7:] if auth.startswith("Bearer ") else "")
+                what = "project-digest" if parts[2:] == ["digest"] else "project" if len(parts) == 2 else "?"
+                if name is None or what == "?":
+                    return self._refuse(what)
+                data, digest = endpoint.project()
+                if what == "project-digest":
+                    return self._send(name, what, (digest + "\n").encode(), content_type="text/plain")
+                return self._send(name, what, data, content_type="application/x-tar",
+                                  headers={"X-Infra-Digest": digest})
+            if len(parts) == 2 and parts[0] == "join":
+                token, what = parts[1], "script"
+            elif len(parts) == 3 and parts[0] == "v1":
+                token, what = parts[1], parts[2]
+            else:
+                return self._refuse("?")
+            name = endpoint.registry.by_token(token, now)
+            if name is None or what not in ("script", "settings", "image", "context", "bundle"):
+                return self._refuse(what if what in ("script", "settings", "image", "context", "bundle") else "?")
+            if what == "script":
+                return self._send(name, what, endpoint.script.replace("@TOKEN@", token).encode(),
+                                  content_type="text/x-shellscript")
+            if what == "settings":
+                values = {**endpoint.file_settings(), "VOLUNTEER": name}
+                text = "".join(f"{key}={value}\n" for key, value in sorted(values.items()))
+                return self._send(name, what, text.encode(), content_type="text/plain")
+            if what == "bundle":
+                return self._send(name, what, endpoint.bundle(name, token), content_type="application/x-tar")
+            path = os.path.join(endpoint.files_dir, "image.tar.gz" if what == "image" else "context.tar.gz")
+            if not os.path.isfile(path):
+                return self._refuse(what)
+            return self._send(name, what, path=path, content_type="application/gzip")
+
+    return Handler
+
+
+class _Server(http.server.ThreadingHTTPServer):
+    daemon_threads = True
+    allow_reuse_address = True
+
+
+def tls_context(config_dir: str) -> ssl.SSLContext:
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    context.load_cert_chain(os.path.join(config_dir, "server.crt"), os.path.join(config_dir, "server.key"))
+    return context
+
+
+def serve(config_dir: str = CONFIG_DIR, port: int = PORT) -> None:
+    endpoint = Endpoint(config_dir)
+    server = _Server(("", port), make_handler(endpoint))
+    context = tls_context(config_dir)
+
+    # TLS per connection, in its thread: a client that never finishes its handshake holds up no one.
+    def get_request():
+        sock, address = server.socket.accept()
+        sock.settimeout(30)
+        return context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False), address
+
+    server.get_request = get_request
+    log({"event": "listening", "port": port, "cluster": endpoint.settings.get("cluster")})
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # PID 1 ignores SIGTERM unless it asks for it
+    try:
+        serve()
+    except KeyboardInterrupt:
+        pass

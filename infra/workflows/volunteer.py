@@ -1,0 +1,453 @@
+"""`infra volunteer add | list | revoke`: machines of other people join with one line, and leave.
+
+Everything happens on the master host, over infra's own SSH connection to it; infra never
+reaches a volunteer's machine. `add` gives the volunteer a broker user and a Redis ACL user,
+makes sure the join endpoint runs with the current worker image, build context and certificate,
+registers the token's digest there and prints the line. `revoke` unregisters the token (the
+endpoint refuses it from then on), deletes both users and closes the volunteer's broker
+connections, so that its unacknowledged tasks go back to the queue for the other workers.
+`revoke_everyone` is what `infra clean` does first.
+"""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+import posixpath
+import tarfile
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from ..assets import assets_dir, context_digest, prepare_build_context
+from ..commands import files as file_commands
+from ..commands import join as join_commands
+from ..commands.celery import celery_probe
+from ..commands.engine import InspectImages, ListContainers, Logs, RemoveContainers, RunContainer, cluster_labels
+from ..config import Cluster
+from ..errors import ConfigError, InfraError, StateError, one_line, redact
+from ..facts.arch import docker_arch
+from ..facts.celery import CeleryView, parse_celery_probe
+from ..facts.containers import parse_container_list, parse_image_inspect
+from ..facts.host import HostFacts
+from ..lock import cluster_lock
+from ..manifest import Manifest
+from ..plans import join as join_plan
+from ..plans.addresses import master_address
+from ..plans.steps import Record, engine_step
+from ..plans.up import host_layout
+from ..report import Reporter
+from ..runner import Connection, ConnectionPool, LocalConnection, ship_images
+from ..runtime.join import derive_secret
+from ..tls import ServerIdentity
+from ..volunteers import (
+    DEFAULT_EXPIRES,
+    Volunteer,
+    VolunteerStore,
+    check_name,
+    endpoint_registry,
+    make_volunteer,
+    new_token,
+    parse_duration,
+    public_key_pin,
+    store_path,
+)
+from .execute import execute_step
+from .gather import read_host_facts
+
+ENGINE_TIMEOUT = 120
+FILE_TIMEOUT = 600
+IMAGE_TIMEOUT = 3600
+PROBE_TIMEOUT = 25.0
+BROKER_FILE = "volunteer-definitions.json"  # written into the broker's folder just for the import
+
+
+@dataclass
+class Joining:
+    """What `add` prints: the line, its expiry, the leave line."""
+
+    name: str
+    line: str
+    leave: str
+    expires: str
+    url: str
+    pin: str
+
+
+@dataclass
+class VolunteerRow:
+    name: str
+    state: str  # token valid, token expired, revoked
+    added: str
+    expires: str
+    joined: str | None
+    last_seen: str | None
+    arch: str | None
+    workers: list[str] = field(default_factory=list)  # Celery nodes online now
+    tasks_done: int | None = None
+
+
+# --------------------------------------------------------------------------- shared
+
+
+def _store(cluster: Cluster) -> VolunteerStore:
+    return VolunteerStore.load(store_path(cluster.state_dir))
+
+
+def _identity(cluster: Cluster) -> ServerIdentity:
+    """The master's certificate as `infra up` made it (never a new one here: workers already trust it)."""
+    tls = cluster.tls_dir
+    try:
+        return ServerIdentity((tls / "server.crt").read_text(), (tls / "server.key").read_text(),
+                              (tls / "ca.crt").read_text())
+    except FileNotFoundError:
+        raise StateError(f"no certificate of the master in {tls}: run `infra up` first") from None
+
+
+def _require_started(cluster: Cluster) -> None:
+    if not cluster.spec.tls:
+        raise ConfigError("volunteers need TLS: their machines reach the master over networks infra does not "
+                          "control; remove `tls: false` from the cluster file and run `infra up`")
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+    if cluster.master_host.name not in manifest.hosts:
+        raise StateError(f"cluster {cluster.name} is not running (no manifest entry for its master): run `infra up`")
+
+
+def _master(pool: ConnectionPool, cluster: Cluster) -> Connection:
+    return pool.get(cluster.master_host)
+
+
+def _exec(conn: Connection, op, what: str, *, ok_if: tuple[str, ...] = ()) -> str:
+    result = conn.engine.exec(op, timeout=PROBE_TIMEOUT)
+    if not result.ok and not any(text in result.output for text in ok_if):
+        lines = result.output.strip().splitlines()
+        raise InfraError(f"{conn.host.name}: {what} failed: {redact(lines[-1]) if lines else f'exit {result.exit_code}'}")
+    return result.stdout
+
+
+def sync_results_users(cluster: Cluster, conn: Connection, store: VolunteerStore, *, drop: list[str] = ()) -> list[str]:
+    """Give Redis the ACL user of every active volunteer, and none of the others.
+
+    Redis keeps users made at run time in memory only: a restarted results container has
+    forgotten them, so every `infra volunteer` command sets them again (ACL SETUSER with the same
+    rules changes nothing when they are there).
+    """
+    want = {v.user: join_plan.results_acl_rules(v.results_password_sha256) for v in store.active()}
+    gone = sorted({v.user for v in store.volunteers.values() if v.revoked} | set(drop))
+    out = _exec(conn, join_commands.results_users(cluster.name, want, gone), "setting the result backend's users")
+    for line in reversed(out.strip().splitlines()):
+        if line.startswith("{"):
+            return json.loads(line).get("users", [])
+    return []
+
+
+# --------------------------------------------------------------------------- the endpoint
+
+
+def _context_tarball(context: Path) -> bytes:
+    """The build context as a tar.gz with fixed times and owners (the same context, the same bytes)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w") as tar:
+        for item in sorted(context.rglob("*")):
+            if item.is_file():
+                info = tarfile.TarInfo(item.relative_to(context).as_posix())
+                info.size = item.stat().st_size
+                info.mode = item.stat().st_mode & 0o755
+                with item.open("rb") as handle:
+                    tar.addfile(info, handle)
+    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+
+
+def _worker_image_on_master(cluster: Cluster, conn: Connection, pool: ConnectionPool, reporter: Reporter) -> str:
+    tag = cluster.image_tag("worker")
+    found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))
+    if found.get(tag) is None and cluster.spec.images.source == "ship" and not conn.host.is_local:
+        local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
+        sent = ship_images(local.engine, conn.engine, [tag])
+        reporter.host(conn.host.name, f"image {tag} shipped for volunteers ({sent / 1e6:.0f} MB)")
+        found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))
+    if found.get(tag) is None:
+        raise InfraError(f"{conn.host.name}: the worker image {tag} is not on the master host, which serves it to "
+                         f"volunteers: give the master host a worker in the cluster file, or use images.source: build, "
+                         f"and run `infra up`")
+    return found[tag].id
+
+
+def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manifest: Manifest, store: VolunteerStore,
+                    address: str, port: int, pool: ConnectionPool, reporter: Reporter) -> tuple[str, str]:
+    """The endpoint runs, serves the current image, context and certificate, and knows the tokens. (url, pin)"""
+    host = conn.host
+    layout = host_layout(cluster, host, facts)
+    join = join_plan.join_layout(layout)
+    identity = _identity(cluster)
+    url = join_plan.endpoint_url(address, port)
+    pin = public_key_pin(identity.certificate)
+
+    image_id = _worker_image_on_master(cluster, conn, pool, reporter)
+    manifest.apply(host, "add_secret_dir", layout.env_dir)
+    saved = conn.run(join_commands.save_worker_image(image_id, join.files_dir, docker_arch(facts.arch),
+                                                     cluster.spec.images.base), timeout=IMAGE_TIMEOUT)
+    if "saved" in saved.stdout:
+        reporter.host(host.name, "worker image saved for volunteers")
+    context = prepare_build_context(cluster)
+    digest = context_digest(context)
+    there = conn.run(join_commands.read_small_file(posixpath.join(join.files_dir, "context.digest")),
+                     timeout=FILE_TIMEOUT).stdout.strip()
+    if there != digest:
+        conn.run(file_commands.write_private_file(posixpath.join(join.files_dir, "context.tar.gz")),
+                 stdin=_context_tarball(context), timeout=FILE_TIMEOUT)
+        conn.run(file_commands.write_private_file(posixpath.join(join.files_dir, "context.digest")),
+                 stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT)
+
+    script = join_plan.render_join_script(join_plan.load_template(assets_dir()), cluster.name, url, pin)
+    files = join_plan.endpoint_files(cluster, join, identity, join_plan.endpoint_settings(cluster, address, port),
+                                     script)
+    write_registry(conn, join, store)
+    spec = join_plan.endpoint_container(cluster, layout, facts, port)
+    master_image = parse_image_inspect(conn.engine.query(InspectImages((spec.image,)))).get(spec.image)
+    print_ = join_plan.endpoint_fingerprint(spec, master_image.id if master_image else None, files)
+    existing = next((c for c in parse_container_list(conn.engine.query(ListContainers(cluster.name)))
+                     if c.name == spec.name), None)
+    if existing is not None and existing.fingerprint == print_ and existing.state == "running":
+        manifest.apply(host, "add_container", spec.name, spec.role, existing.id)
+        return url, pin
+    for file in files:
+        conn.run(file_commands.write_private_file(file.path), stdin=file.content.encode(), timeout=FILE_TIMEOUT)
+    if existing is not None:
+        execute_step(conn, engine_step(f"remove the old {spec.name}", RemoveContainers((spec.name,)),
+                                       Record("remove_container", spec.name), timeout=ENGINE_TIMEOUT), manifest)
+    labels = cluster_labels(cluster.name, role=spec.role, host=spec.host, spec=print_)
+    execute_step(conn, engine_step(f"start {spec.name}", RunContainer(spec, labels),
+                                   Record("add_container", spec.name, spec.role), timeout=ENGINE_TIMEOUT), manifest)
+    reporter.host(host.name, f"join endpoint {spec.name} listens on {url}")
+    return url, pin
+
+
+def write_registry(conn: Connection, join: join_plan.JoinLayout, store: VolunteerStore) -> None:
+    conn.run(file_commands.write_private_file(join.registry), stdin=endpoint_registry(store.active()).encode(),
+             timeout=FILE_TIMEOUT)
+
+
+# --------------------------------------------------------------------------- add
+
+
+def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAULT_EXPIRES, port: int | None = None,
+        wait: bool = False, line_options: str = "") -> Joining:
+    """Credentials for NAME alone, the endpoint up to date, and the line (with `line_options` at its end)."""
+    check_name(name)
+    lifetime = parse_duration(expires)
+    _require_started(cluster)
+    with cluster_lock(cluster.state_dir, cluster.name, "volunteer add", wait=wait):
+        store = _store(cluster)
+        existing = store.volunteers.get(name)
+        if existing is not None and not existing.revoked:
+            raise ConfigError(f"{name} is a volunteer already (its token {existing.state(_now())}): "
+                              f"`infra volunteer revoke {name}` first to give it a new line")
+        port = port or store.port or join_plan.DEFAULT_PORT
+        with ConnectionPool.for_cluster(cluster) as pool:
+            conn = _master(pool, cluster)
+            facts = read_host_facts(conn, cluster)
+            manifest = Manifest.load(cluster.manifest_path, cluster.name)
+            address = master_address(cluster, master_peer=conn.peer_address())
+            token = new_token()
+            volunteer = make_volunteer(name, token, _now(), lifetime)
+            grant_broker_user(cluster, conn, facts, volunteer, token)
+            store.volunteers[name] = volunteer
+            store.port = port
+            sync_results_users(cluster, conn, store)
+            store.save()
+            url, pin = ensure_endpoint(cluster, conn, facts, manifest, store, address, port, pool, reporter)
+        reporter.host(cluster.master_host.name, f"volunteer {name} may join until {volunteer.expires}")
+        return Joining(name, join_plan.join_line(url, pin, token, line_options), join_plan.leave_line(cluster.name),
+                       volunteer.expires, url, pin)
+
+
+def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volunteer: Volunteer, token: str) -> None:
+    """The volunteer's broker user, from a definitions file in the broker's folder (removed right after)."""
+    layout = host_layout(cluster, conn.host, facts)
+    folder = posixpath.join(layout.env_dir, "broker")
+    path = posixpath.join(folder, BROKER_FILE)
+    definitions = join_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
+    conn.run(file_commands.write_private_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
+    try:
+        _exec(conn, join_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
+              "adding the volunteer's broker user")
+    finally:
+        conn.run(join_commands.remove_file(path), timeout=FILE_TIMEOUT, check=False)
+
+
+# --------------------------------------------------------------------------- revoke
+
+
+def revoke_access(cluster: Cluster, conn: Connection, facts: HostFacts, store: VolunteerStore,
+                  names: list[str]) -> None:
+    """The endpoint first (it refuses their tokens and keys), then their users and connections."""
+    now = _iso(_now())
+    for name in names:
+        store.volunteers[name].revoked = now
+    join = join_plan.join_layout(host_layout(cluster, conn.host, facts))
+    write_registry(conn, join, store)
+    for name in names:
+        user = store.volunteers[name].user
+        _exec(conn, join_commands.delete_broker_user(cluster.name, user), f"deleting broker user {user}",
+              ok_if=("does not exist", "no_such_user"))
+        _exec(conn, join_commands.close_user_connections(cluster.name, user), f"closing {user}'s connections")
+    sync_results_users(cluster, conn, store, drop=[store.volunteers[n].user for n in names])
+    store.save()
+
+
+def revoke(cluster: Cluster, reporter: Reporter, name: str, *, wait: bool = False) -> float:
+    """Revoke one volunteer; returns how long it took (seconds)."""
+    started = time.monotonic()
+    with cluster_lock(cluster.state_dir, cluster.name, "volunteer revoke", wait=wait):
+        store = _store(cluster)
+        volunteer = store.volunteers.get(name)
+        if volunteer is None:
+            known = ", ".join(sorted(store.volunteers)) or "none"
+            raise ConfigError(f"no volunteer {name!r} (volunteers: {known})")
+        with ConnectionPool.for_cluster(cluster) as pool:
+            conn = _master(pool, cluster)
+            facts = read_host_facts(conn, cluster)
+            revoke_access(cluster, conn, facts, store, [name])
+    took = time.monotonic() - started
+    reporter.host(cluster.master_host.name, f"volunteer {name} revoked: token refused, broker and result-backend "
+                                            f"users deleted, connections closed ({took:.1f} s)")
+    return took
+
+
+def revoke_everyone(cluster: Cluster, conn: Connection, reporter: Reporter) -> list[str]:
+    """For `infra clean` (which holds the lock): revoke every volunteer still active, on a reachable master.
+
+    A broker that does not answer (stopped already) is no error: the user stays in its data
+    volume, and is deleted by the next `infra clean` with the broker up, or with `--volumes`.
+    """
+    store = _store(cluster)
+    names = [v.name for v in store.active()]
+    if not names:
+        return []
+    try:
+        facts = read_host_facts(conn, cluster)
+        revoke_access(cluster, conn, facts, store, names)
+    except InfraError as exc:
+        reporter.host(conn.host.name, f"volunteers not revoked: {one_line(exc)}", style="red")
+        return []
+    reporter.host(conn.host.name, f"revoked volunteer(s) {', '.join(names)}")
+    return names
+
+
+def restore_results_users(cluster: Cluster, conn: Connection, reporter: Reporter) -> None:
+    """For `infra up` after it (re)started the results container: Redis forgot the volunteers' ACL users."""
+    store = _store(cluster)
+    if not store.active():
+        return
+    try:
+        sync_results_users(cluster, conn, store)
+    except InfraError as exc:
+        reporter.host(conn.host.name, f"volunteers' result-backend users not restored: {one_line(exc)}", style="red")
+
+
+# --------------------------------------------------------------------------- list
+
+
+def parse_endpoint_log(lines: list[str]) -> dict[str, dict]:
+    """name -> {joined, last_seen, arch} from the endpoint's JSON log lines (Docker's timestamp first)."""
+    seen: dict[str, dict] = {}
+    for line in lines:
+        text = line[line.find("{"):] if "{" in line else ""
+        try:
+            event = json.loads(text)
+        except ValueError:
+            continue
+        name = event.get("volunteer")
+        if not name or event.get("status") != 200:
+            continue
+        entry = seen.setdefault(name, {"joined": None, "last_seen": None, "arch": None})
+        if event.get("what") == "bundle" and entry["joined"] is None:
+            entry["joined"] = event.get("time")
+        entry["last_seen"] = event.get("time")
+        if event.get("arch"):
+            entry["arch"] = event["arch"]
+    return seen
+
+
+def volunteer_nodes(cluster: str, name: str, nodes: set[str]) -> list[str]:
+    prefix = f"{cluster}-volunteer-{name}."
+    return sorted(n for n in nodes if n.startswith(prefix))
+
+
+def rows_of(cluster: Cluster, store: VolunteerStore, celery: CeleryView | None, now: datetime) -> list[VolunteerRow]:
+    """One row per volunteer; workers and tasks from Celery when it answered."""
+    rows = []
+    for name, v in sorted(store.volunteers.items()):
+        nodes = volunteer_nodes(cluster.name, name, celery.online) if celery and celery.answered else []
+        done = sum(celery.processed.get(n, 0) for n in nodes) if celery and celery.answered else None
+        last_seen = _iso(now) if nodes else v.last_seen
+        rows.append(VolunteerRow(name, v.state(now), v.added, v.expires, v.joined, last_seen, v.arch, nodes, done))
+    return rows
+
+
+def volunteer_rows(cluster: Cluster, celery: CeleryView | None) -> list:
+    """For `infra status`: the volunteers as kept here, their workers and tasks as Celery told (no extra call)."""
+    store = _store(cluster)
+    return rows_of(cluster, store, celery, _now()) if store.volunteers else []
+
+
+def list_volunteers(cluster: Cluster) -> tuple[list[VolunteerRow], str | None]:
+    """The volunteers, with what the endpoint's log and Celery tell; (rows, why the master could not be asked)."""
+    store = _store(cluster)
+    if not store.volunteers:
+        return [], None
+    problem = None
+    celery = None
+    try:
+        with ConnectionPool.for_cluster(cluster) as pool:
+            conn = _master(pool, cluster)
+            if store.active():
+                sync_results_users(cluster, conn, store)
+            lines: list[str] = []
+            try:
+                conn.engine.logs(Logs(join_plan.endpoint_name(cluster.name)), lines.append)
+            except InfraError:
+                pass  # no endpoint (any more): what was learnt before stays
+            for name, learnt in parse_endpoint_log(lines).items():
+                if name in store.volunteers:
+                    v = store.volunteers[name]
+                    v.joined = v.joined or learnt["joined"]
+                    v.last_seen = max(filter(None, (v.last_seen, learnt["last_seen"])), default=None)
+                    v.arch = learnt["arch"] or v.arch
+            result = conn.engine.exec(celery_probe(cluster.name, cluster.celery_app, [], 2.0), timeout=PROBE_TIMEOUT)
+            celery = parse_celery_probe(result.stdout if result.stdout.strip() else result.output)
+    except InfraError as exc:
+        problem = one_line(exc)
+    now = _now()
+    rows = rows_of(cluster, store, celery, now)
+    for row in rows:
+        if row.workers:
+            store.volunteers[row.name].last_seen = row.last_seen
+    try:
+        with cluster_lock(cluster.state_dir, cluster.name, "volunteer list"):
+            fresh = _store(cluster)
+            for name, v in store.volunteers.items():
+                if name in fresh.volunteers:
+                    kept = fresh.volunteers[name]
+                    kept.joined, kept.last_seen, kept.arch = v.joined, v.last_seen, v.arch
+            fresh.save()
+    except StateError:
+        pass  # another command holds the lock: what was learnt is shown, and learnt again next time
+    if celery is not None and not celery.answered and problem is None:
+        problem = f"celery: {celery.error}"
+    return rows, problem
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _iso(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+

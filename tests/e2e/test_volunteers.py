@@ -1,0 +1,264 @@
+"""Volunteers on the real testbed: h1 is the master (infra reaches it over SSH); h2 is a volunteer's
+machine with Docker that infra has no access to and that the cluster file does not name: the tests
+reach it only as the volunteer would, by typing the printed line into a shell on it (docker exec).
+
+The tests run in file order and share one cluster: add, join, take tasks, revoke under load,
+the same line again, an expired line, a line whose pin does not match, leave, clean.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.e2e.clients import celery_client
+from tests.testbed.testbed import FRESH, ensure_image
+
+pytestmark = pytest.mark.e2e
+
+REPO = Path(__file__).resolve().parents[2]
+PROJECT = REPO / "projects" / "wordcount"
+WHEELHOUSE = REPO / ".cache" / "wheels"
+CLUSTER = "vol"
+PORTS = {"broker": 5681, "results": 6391, "flower": 5561}  # not those of the other e2e clusters
+JOIN_PORT = 5443
+TEST_IMAGES = {
+    "source": "ship", "base": "infra-base:bookworm", "wheelhouse": str(WHEELHOUSE),
+    "worker": "infra-test-worker:latest", "master": "infra-test-master:latest", "broker": "infra-test-broker:latest",
+}
+OBJECT = f"infra-{CLUSTER}-volunteer"  # the container, volume and image tag the line makes
+
+
+def infra(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "infra", *args], capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def give_curl(testbed, host) -> None:
+    """The testbed's Docker hosts have no curl; a volunteer's machine has. Copy Debian's curl and the
+    libraries it needs from the testbed's fresh-host image (same Debian release), keeping what is there."""
+    if testbed.exec_result(host, "command -v curl").returncode == 0:
+        return
+    image = ensure_image(FRESH)
+    libs = subprocess.run(["docker", "run", "--rm", "--entrypoint", "sh", image, "-c",
+                           "ldd /usr/bin/curl | grep -o '/[^ ]*'"], capture_output=True, text=True, check=True,
+                          timeout=120).stdout.split()
+    files = subprocess.run(["docker", "run", "--rm", "--entrypoint", "tar", image, "-chf", "-", "/usr/bin/curl",
+                            *libs], capture_output=True, check=True, timeout=120).stdout
+    testbed.exec(host, "tar -C / -xkf - 2>/dev/null; command -v curl", input=files)
+
+
+def inventory(testbed, host) -> dict[str, set[str]]:
+    """What Docker holds on a machine: containers, volumes, images (ids)."""
+    def lines(cmd: str) -> set[str]:
+        return set(testbed.exec(host, cmd).split())
+    return {"containers": lines("docker ps -aq --no-trunc"), "volumes": lines("docker volume ls -q"),
+            "images": lines("docker image ls -aq --no-trunc")}
+
+
+def status_json(cluster) -> dict:
+    result = infra("status", "-f", str(cluster["file"]), "--json", timeout=120)
+    return json.loads(result.stdout)
+
+
+def endpoint_log(testbed, master) -> list[dict]:
+    out = testbed.exec(master, f"docker logs {CLUSTER}-join 2>&1")
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def run_line(testbed, host, line: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """As the volunteer types it into a shell on their machine."""
+    return testbed.exec_result(host, line, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster(testbed, tmp_path_factory):
+    assert WHEELHOUSE.is_dir(), "run scripts/make-wheelhouse.sh first (scripts/run-tests.sh does)"
+    h1, volunteer_host = testbed.docker_hosts[0], testbed.docker_hosts[1]
+    folder = tmp_path_factory.mktemp("volunteers")
+    project = folder / "wordcount"
+    shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("output", "__pycache__"))
+    spec = {
+        "name": CLUSTER,
+        "hosts": testbed.cluster_hosts([h1]),
+        "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e-vol"},
+        "ports": PORTS,
+        "roles": {"master": {"host": h1.name}, "workers": [{"host": h1.name, "containers": 1, "concurrency": 2}]},
+        "images": TEST_IMAGES,
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
+        "state_dir": str(folder / "state"),
+    }
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    give_curl(testbed, volunteer_host)
+    # Whatever an earlier run left of this cluster on the volunteer's machine.
+    testbed.exec_result(volunteer_host, f"docker rm -f {OBJECT}; docker volume rm {OBJECT}; docker image rm {OBJECT}")
+    before = inventory(testbed, volunteer_host)
+    testbed.exec(volunteer_host, "touch /tmp/.before-joining && sleep 1")
+    up = infra("up", "-f", str(path))
+    assert up.returncode == 0, up.stdout + up.stderr
+    yield {"file": path, "state": folder / "state" / CLUSTER, "master": h1.name, "volunteer": volunteer_host.name,
+           "address": h1.address, "before": before, "lines": {}}
+    testbed.exec_result(volunteer_host, f"docker rm -f {OBJECT}; docker volume rm {OBJECT}; docker image rm {OBJECT}")
+    infra("clean", "-f", str(path), "--volumes", "--files")
+
+
+def add(cluster, name: str, *options: str) -> dict:
+    result = infra("volunteer", "add", name, "-f", str(cluster["file"]), "--json", *options)
+    assert result.returncode == 0, result.stdout + result.stderr
+    joining = json.loads(result.stdout)
+    cluster["lines"][name] = joining
+    return joining
+
+
+def test_add_prints_a_pinned_line_and_starts_the_endpoint_on_the_master(cluster, testbed):
+    joining = add(cluster, "alice", "--expires", "1h", "--cpus", "1", "--memory", "768m", "--concurrency", "2")
+    line = joining["line"]
+    assert f"https://{cluster['address']}:{JOIN_PORT}/join/" in line and "--pinnedpubkey 'sha256//" in line
+    assert line.endswith("| sh -s -- --cpus 1 --memory 768m --concurrency 2")
+    assert joining["leave"] == f"docker rm -f {OBJECT}; docker volume rm {OBJECT}; docker image rm {OBJECT}:latest"
+    names = testbed.exec(cluster["master"], f"docker ps --filter label=infra.cluster={CLUSTER} "
+                                            "--filter label=infra.role=join --format '{{.Names}}'")
+    assert names == f"{CLUSTER}-join"
+    manifest = json.loads((cluster["state"] / "manifest.json").read_text())
+    assert f"{CLUSTER}-join" in manifest["hosts"][cluster["master"]]["containers"]
+    # The token is kept nowhere in clear, here or on the master.
+    token = re.search(r"/join/([A-Za-z0-9_-]+)", line).group(1)
+    for state_file in cluster["state"].rglob("*"):
+        if state_file.is_file():
+            assert token not in state_file.read_text(errors="replace"), state_file
+    assert testbed.exec_result(cluster["master"], f"grep -rl {token} /root 2>/dev/null").stdout.strip() == b""
+
+
+def test_the_line_joins_the_volunteers_machine_and_its_worker_shows_in_status(cluster, testbed):
+    result = run_line(testbed, cluster["volunteer"], cluster["lines"]["alice"]["line"])
+    assert result.returncode == 0, (result.stdout + result.stderr).decode()
+    assert b"joined" in result.stderr
+    inspect = json.loads(testbed.exec(cluster["volunteer"], f"docker inspect {OBJECT}"))[0]
+    host_config = inspect["HostConfig"]
+    assert inspect["Config"]["User"] == "celery"
+    assert host_config["RestartPolicy"]["Name"] == "unless-stopped"
+    assert host_config["NanoCpus"] == 1_000_000_000 and host_config["Memory"] == 768 * 1024 * 1024
+    assert host_config["ReadonlyRootfs"] and host_config["CapDrop"] == ["ALL"]
+    assert [m["Type"] for m in inspect["Mounts"]] == ["volume"]  # no folder of the volunteer's machine
+    assert not host_config.get("PortBindings")
+    deadline = time.monotonic() + 60
+    while True:
+        status = status_json(cluster)
+        alice = next(v for v in status["volunteers"] if v["name"] == "alice")
+        if alice["workers"] or time.monotonic() > deadline:
+            break
+        time.sleep(3)
+    assert len(alice["workers"]) == 1 and alice["workers"][0].startswith(f"{CLUSTER}-volunteer-alice.")
+    assert any(w["name"] == alice["workers"][0] and w["online"] for w in status["workers"])
+    shown = infra("status", "-f", str(cluster["file"])).stdout
+    assert "VOLUNTEERS" in shown and "alice" in shown
+    cluster["node"] = alice["workers"][0]
+
+
+def test_the_volunteer_takes_tasks_of_the_sample_job_and_results_come_back(cluster, testbed):
+    from celery import chord
+
+    app = celery_client(cluster["state"], cluster["address"], CLUSTER, broker_port=PORTS["broker"],
+                        results_port=PORTS["results"])
+    words = (PROJECT / "data" / "sample.txt").read_text().split()
+    chunks = [" ".join(words[i:i + 50]) for i in range(0, len(words), 50)]
+    try:
+        result = chord([app.signature("wordcount.count_words", args=(c, 0.2)) for c in chunks],
+                       app.signature("wordcount.merge_counts")).apply_async().get(timeout=180)
+    finally:
+        app.close()
+    assert result["chunks"] == len(chunks)
+    assert cluster["node"] in result["workers"], result["workers"]
+    listed = json.loads(infra("volunteer", "list", "-f", str(cluster["file"]), "--json").stdout)["volunteers"]
+    alice = next(v for v in listed if v["name"] == "alice")
+    assert alice["joined"] and alice["last_seen"] and alice["arch"] and alice["tasks_done"] >= 1
+
+
+def test_revoke_under_load_stops_its_work_within_30_s_and_every_task_completes_elsewhere(cluster, testbed):
+    app = celery_client(cluster["state"], cluster["address"], CLUSTER, broker_port=PORTS["broker"],
+                        results_port=PORTS["results"])
+    try:
+        results = [app.signature("wordcount.count_words", args=(f"word{i} other", 0.1)).apply_async()
+                   for i in range(1000)]
+        time.sleep(4)  # the volunteer has tasks in flight
+        revoked = infra("volunteer", "revoke", "alice", "-f", str(cluster["file"]))
+        assert revoked.returncode == 0, revoked.stdout + revoked.stderr
+        revoked_at = time.monotonic()
+        # Within 30 s it is no longer a worker of the cluster (its connections were closed, its login deleted).
+        while True:
+            status = status_json(cluster)
+            online = {w["name"] for w in status["workers"] if w["online"]}
+            if cluster["node"] not in online:
+                break
+            assert time.monotonic() - revoked_at < 30, "the revoked volunteer still answers Celery"
+            time.sleep(2)
+        values = [r.get(timeout=300) for r in results]
+    finally:
+        app.close()
+    assert len(values) == 1000 and all(v["words"] == 2 for v in values)
+    assert any(v["worker"] == cluster["node"] for v in values), "the volunteer took no task: revoked under no load"
+    late = [v for v in values[-200:] if v["worker"] == cluster["node"]]
+    assert not late, f"{len(late)} of the last 200 tasks ran on the revoked volunteer"
+    users = testbed.exec(cluster["master"], f"docker exec {CLUSTER}-broker rabbitmqctl list_users --quiet")
+    assert "volunteer-alice" not in users
+
+
+def test_the_same_line_after_revocation_fails_with_a_clear_message(cluster, testbed):
+    result = run_line(testbed, cluster["volunteer"], cluster["lines"]["alice"]["line"])
+    assert result.returncode == 1
+    err = result.stderr.decode()
+    assert "403" in err and "token is wrong, expired or revoked" in err
+
+
+def test_an_expired_line_fails_the_same_way(cluster, testbed):
+    joining = add(cluster, "bob", "--expires", "2s")
+    time.sleep(3)
+    result = run_line(testbed, cluster["volunteer"], joining["line"])
+    assert result.returncode == 1
+    assert "token is wrong, expired or revoked" in result.stderr.decode()
+    assert not any(e.get("volunteer") == "bob" for e in endpoint_log(testbed, cluster["master"]))
+
+
+def test_a_line_whose_pin_does_not_match_the_master_runs_nothing_and_sends_no_token(cluster, testbed):
+    joining = add(cluster, "carol", "--expires", "1h")
+    wrong = "sha256//" + "A" * 43 + "="
+    line = re.sub(r"sha256//[A-Za-z0-9+/=]+", wrong, joining["line"])
+    assert wrong in line
+    before = inventory(testbed, cluster["volunteer"])
+    result = run_line(testbed, cluster["volunteer"], line)
+    assert result.returncode == 1
+    assert "pinned public key" in result.stderr.decode()
+    assert inventory(testbed, cluster["volunteer"]) == before
+    assert not any(e.get("volunteer") == "carol" for e in endpoint_log(testbed, cluster["master"]))
+
+
+def test_the_leave_line_leaves_nothing_of_the_cluster_on_the_volunteers_machine(cluster, testbed):
+    host = cluster["volunteer"]
+    assert testbed.exec_result(host, f"docker inspect {OBJECT}").returncode == 0  # (idle since revoked)
+    result = run_line(testbed, host, cluster["lines"]["alice"]["leave"])
+    assert result.returncode == 0, result.stderr
+    after = inventory(testbed, host)
+    for kind in ("containers", "volumes", "images"):
+        assert after[kind] <= cluster["before"][kind], (kind, after[kind] - cluster["before"][kind])
+    files = testbed.exec(host, "find / -xdev -newer /tmp/.before-joining -type f "
+                               "-not -path '/proc/*' -not -path '/sys/*' -not -path '/var/lib/docker/*' -not -path '/var/lib/containerd/*' "
+                               "-not -path '/var/log/*' -not -path '/run/*' 2>/dev/null || true")
+    assert [f for f in files.splitlines() if f.strip()] == []
+
+
+def test_clean_revokes_every_volunteer_and_removes_the_endpoint(cluster, testbed):
+    result = infra("clean", "-f", str(cluster["file"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "revoked volunteer(s) bob, carol" in result.stdout
+    assert testbed.exec(cluster["master"], f"docker ps -a --filter label=infra.cluster={CLUSTER} -q") == ""
+    store = json.loads((cluster["state"] / "volunteers.json").read_text())["volunteers"]
+    assert all(v["revoked"] for v in store.values())

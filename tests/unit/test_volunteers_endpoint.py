@@ -1,0 +1,204 @@
+"""The join endpoint (infra/runtime/join.py) served for real on loopback, and the volunteer's worker side."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import ssl
+import tarfile
+import threading
+import time
+import urllib.error
+import urllib.request
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import pytest
+
+from infra.runtime import join as endpoint
+from infra.runtime import volunteer as worker_side
+from infra.runtime.join import derive_secret
+from infra.tls import load_or_create, server_names
+from infra.volunteers import endpoint_registry, make_volunteer
+
+TOKEN = "T" * 43
+OTHER = "O" * 43
+NOW = datetime.now(timezone.utc)
+
+
+@pytest.fixture
+def served(tmp_path, capsys):
+    """An endpoint on 127.0.0.1 with alice (valid), old (expired), a project and an image file."""
+    config, files, project = tmp_path / "config", tmp_path / "files", tmp_path / "project"
+    for folder in (config, files, project / "pkg", project / "output"):
+        folder.mkdir(parents=True)
+    identity = load_or_create(tmp_path / "tls", "lab", server_names("127.0.0.1"))
+    (config / "server.crt").write_text(identity.certificate + identity.ca_certificate)
+    (config / "server.key").write_text(identity.key)
+    (config / "ca.crt").write_text(identity.ca_certificate)
+    (config / "join.sh").write_text("#!/bin/sh\nTOKEN='@TOKEN@'\n")
+    (config / "endpoint.json").write_text(json.dumps({
+        "cluster": "lab", "url": "https://127.0.0.1:1", "address": "127.0.0.1", "broker_port": 5671,
+        "results_port": 6379, "vhost": "lab", "app_args": ["--app", "x", "worker"], "queues": ["celery"]}))
+    alice = make_volunteer("alice", TOKEN, NOW, timedelta(hours=1))
+    old = make_volunteer("old", OTHER, NOW - timedelta(days=2), timedelta(days=1))
+    (config / "volunteers.json").write_text(endpoint_registry([alice, old]))
+    (files / "image.tar.gz").write_bytes(b"IMAGE" * 1000)
+    (files / "image.env").write_text("IMAGE_ID=sha256:abc\nIMAGE_ARCH=amd64\nBASE_IMAGE=debian\n")
+    (project / "pkg" / "tasks.py").write_text("X = 1\n")
+    (project / "output" / "big.csv").write_text("not for volunteers\n")
+
+    server = endpoint._Server(("127.0.0.1", 0), endpoint.make_handler(endpoint.Endpoint(str(config), str(files),
+                                                                                          str(project))))
+    context = endpoint.tls_context(str(config))
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    client = ssl.create_default_context(cafile=str(config / "ca.crt"))
+    base = f"https://127.0.0.1:{server.server_address[1]}"
+
+    def get(path: str, headers: dict | None = None) -> tuple[int, bytes, dict]:
+        request = urllib.request.Request(base + path, headers=headers or {})
+        try:
+            with urllib.request.urlopen(request, context=client, timeout=10) as answer:
+                return answer.status, answer.read(), dict(answer.headers)
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read(), dict(exc.headers)
+
+    yield {"get": get, "config": config, "project": project, "capsys": capsys, "alice": alice}
+    server.shutdown()
+    server.server_close()
+
+
+def log_lines(capsys) -> list[dict]:
+    return [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+
+
+def test_a_valid_token_gets_the_script_with_itself_written_in(served):
+    status, body, _ = served["get"](f"/join/{TOKEN}")
+    assert status == 200 and body.decode() == f"#!/bin/sh\nTOKEN='{TOKEN}'\n"
+
+
+@pytest.mark.parametrize("path", [
+    f"/join/{OTHER}",  # expired
+    f"/join/{'W' * 43}",  # never issued
+    "/join/short", "/join/", "/", f"/v1/{TOKEN}/secrets", f"/v1/{TOKEN}/../../etc/passwd", "/v1/project",
+    f"/join/{TOKEN}/extra",
+])
+def test_anything_else_gets_403_and_nothing_else(served, path):
+    status, body, _ = served["get"](path)
+    assert (status, body) == (403, b"")
+
+
+def test_every_request_is_logged_with_the_volunteers_name_and_never_a_token(served):
+    served["get"](f"/join/{TOKEN}")
+    served["get"](f"/v1/{TOKEN}/settings", {"X-Infra-Arch": "arm64"})
+    served["get"](f"/join/{OTHER}")
+    out = served["capsys"].readouterr().out
+    assert TOKEN not in out and OTHER not in out
+    events = [json.loads(line) for line in out.splitlines()]
+    assert [(e["volunteer"], e["what"], e["status"]) for e in events] == [
+        ("alice", "script", 200), ("alice", "settings", 200), (None, "script", 403)]
+    assert events[1]["arch"] == "arm64"
+
+
+def test_settings_say_which_image_the_master_serves(served):
+    status, body, _ = served["get"](f"/v1/{TOKEN}/settings")
+    assert status == 200
+    assert body.decode() == "BASE_IMAGE=debian\nIMAGE_ARCH=amd64\nIMAGE_ID=sha256:abc\nVOLUNTEER=alice\n"
+    assert served["get"](f"/v1/{TOKEN}/image")[1] == b"IMAGE" * 1000
+    assert served["get"](f"/v1/{TOKEN}/context")[0] == 403  # none prepared: nothing to give
+
+
+def test_the_bundle_holds_the_workers_own_credentials_derived_from_the_token(served):
+    status, body, _ = served["get"](f"/v1/{TOKEN}/bundle")
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+    assert sorted(files) == ["ca.crt", "celery.env", "volunteer.json"]
+    assert f"volunteer-alice:{derive_secret(TOKEN, 'broker')}@127.0.0.1:5671/lab" in files["celery.env"]
+    settings = json.loads(files["volunteer.json"])
+    assert settings["update_key"] == derive_secret(TOKEN, "update-key")
+    assert settings["node_prefix"] == "lab-volunteer-alice"
+    assert TOKEN not in json.dumps(files)
+
+
+def test_the_update_key_fetches_the_project_without_its_output_folder(served):
+    key = derive_secret(TOKEN, "update-key")
+    status, digest, _ = served["get"]("/v1/project/digest", {"Authorization": f"Bearer {key}"})
+    assert status == 200
+    status, body, headers = served["get"]("/v1/project", {"Authorization": f"Bearer {key}"})
+    assert status == 200 and headers["X-Infra-Digest"] == digest.decode().strip()
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        assert tar.getnames() == ["pkg/tasks.py"]
+    assert served["get"]("/v1/project", {"Authorization": f"Bearer {TOKEN}"})[0] == 403  # the token is not a key
+
+
+def test_a_changed_project_has_a_new_digest(served):
+    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    before = served["get"]("/v1/project/digest", key)[1]
+    time.sleep(0.01)
+    (served["project"] / "pkg" / "tasks.py").write_text("X = 2\n")
+    assert served["get"]("/v1/project/digest", key)[1] != before
+
+
+def test_revocation_takes_effect_at_the_next_request(served):
+    assert served["get"](f"/join/{TOKEN}")[0] == 200
+    (served["config"] / "volunteers.json.new").write_text(endpoint_registry([]))
+    (served["config"] / "volunteers.json.new").replace(served["config"] / "volunteers.json")
+    assert served["get"](f"/join/{TOKEN}")[0] == 403
+    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    assert served["get"]("/v1/project/digest", key)[0] == 403
+
+
+# --------------------------------------------------------------------------- the volunteer's side
+
+
+def tar_of(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for info, data in entries:
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+def test_the_worker_unpacks_the_project_into_its_volume_and_replaces_the_old_one(tmp_path):
+    data, digest = endpoint.project_tar(str(Path(__file__).parent / "fixtures"))
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "stale.py").write_text("")
+    worker_side.unpack_project(data, digest, str(tmp_path))
+    assert not (tmp_path / "project" / "stale.py").exists()
+    assert (tmp_path / "project" / "plan_cluster.yaml").is_file()
+    assert (tmp_path / "project.digest").read_text().strip() == digest
+
+
+@pytest.mark.parametrize("info", [
+    tarfile.TarInfo("../escape.py"), tarfile.TarInfo("/etc/passwd"),
+])
+def test_the_worker_refuses_a_project_entry_that_would_leave_its_folder(tmp_path, info):
+    with pytest.raises(ValueError):
+        worker_side.unpack_project(tar_of([(info, b"x")]), "d", str(tmp_path))
+
+
+def test_the_worker_refuses_links_in_a_project(tmp_path):
+    link = tarfile.TarInfo("link")
+    link.type = tarfile.SYMTYPE
+    link.linkname = "/etc/shadow"
+    with pytest.raises(ValueError):
+        worker_side.unpack_project(tar_of([(link, b"")]), "d", str(tmp_path))
+
+
+def test_a_workers_node_name_names_the_volunteer_and_stays_the_same_across_restarts(tmp_path):
+    first = worker_side.node_name("lab-volunteer-alice", str(tmp_path))
+    assert first.startswith("lab-volunteer-alice.") and "@" in first
+    assert worker_side.node_name("lab-volunteer-alice", str(tmp_path)) == first
+
+
+def test_project_tars_are_the_same_bytes_for_the_same_content(tmp_path):
+    (tmp_path / "a.py").write_text("1")
+    one = endpoint.project_tar(str(tmp_path))
+    with contextlib.suppress(Exception):
+        (tmp_path / "a.py").touch()
+    assert endpoint.project_tar(str(tmp_path)) == one
