@@ -158,3 +158,36 @@ def write_file(root_fd: int, rel: str, data: bytes, mode: int) -> None:
         os.replace(tmp, parts[-1], src_dir_fd=folder, dst_dir_fd=folder)
     finally:
         os.close(folder)
+
+
+def create_file(root: Path | str, rel: str, mode: int = 0o644) -> int:
+    """A write descriptor of a new, empty `root/rel` (missing folders made); links anywhere refused.
+
+    For files written as they come (a sweep's run logs): an existing regular file is truncated,
+    a link or anything else at `rel` is refused, never followed.
+    """
+    parts = _checked(rel)
+    root_fd = open_folder(root, create=True)
+    try:
+        folder = _walk(root_fd, parts[:-1], create=True)
+    finally:
+        os.close(root_fd)
+    try:
+        try:
+            return os.open(parts[-1], os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_NONBLOCK
+                           | getattr(os, "O_CLOEXEC", 0), mode, dir_fd=folder)
+        except OSError as exc:
+            if exc.errno in (errno.ELOOP, errno.EISDIR, errno.ENXIO):
+                raise ConfinementError(f"{rel} is a symbolic link or not a regular file here: left as it is") from None
+            raise
+    finally:
+        os.close(folder)
+
+
+def replace_file(root: Path | str, rel: str, data: bytes, mode: int = 0o644) -> None:
+    """`write_file` under the folder `root` (made if missing, refused if it is a link)."""
+    root_fd = open_folder(root, create=True)
+    try:
+        write_file(root_fd, rel, data, mode)
+    finally:
+        os.close(root_fd)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Callable
 
+from .. import confined
 from ..commands.celery import CONTAINER_OUTPUT, CONTAINER_PROJECT, sweep_driver
 from ..commands.files import write_file
 from ..config import Cluster
@@ -269,8 +270,10 @@ class SweepRecorder:
         live = self.live.get(run.id)
         if live is None:
             live = self.live[run.id] = _Live(run)
-            self.plan.logs_dir.mkdir(parents=True, exist_ok=True)
-            live.log = self.plan.log_path(run).open("w", encoding="utf-8")
+            # Never through a link a job planted in output/ (the master may be this machine).
+            fd = confined.create_file(self.plan.output_dir, self.plan.log_path(run).relative_to(
+                self.plan.output_dir).as_posix())
+            live.log = os.fdopen(fd, "w", encoding="utf-8")
             live.log.write(f"# infra sweep {self.plan.name}: combination {run.index} of {len(self.plan.runs)} "
                            f"(id {run.id}): {run.label()}\n# command: {shlex.join(run.argv)}\n")
         live.attempt = int(event.get("attempt") or live.attempt + 1)
@@ -341,10 +344,8 @@ class SweepRecorder:
     def write_csv(self) -> None:
         """Replace the CSV atomically: a reader (or a Ctrl-C) never sees half a file."""
         path = self.plan.csv_path
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.infra-tmp")
-        tmp.write_text(csv_text(self.columns(), self.ordered_rows()), encoding="utf-8")
-        os.replace(tmp, path)
+        confined.replace_file(self.plan.output_dir, path.relative_to(self.plan.output_dir).as_posix(),
+                              csv_text(self.columns(), self.ordered_rows()).encode())
         self.dirty = False
         self.last_write = self.clock()
 
