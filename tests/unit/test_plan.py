@@ -386,6 +386,17 @@ def test_the_default_broker_port_follows_tls(tmp_path):
 
 # --------------------------------------------------------------------------- secrets and their files
 
+# Every secret file of a master host that also runs workers, by role, in the order they are written.
+MASTER_HOST_SECRET_FILES = [
+    ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
+    ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
+    ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
+    ("master", "celery.env"),
+    ("flower", "celery.env"), ("flower", "flowerconfig.py"),
+    ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
+    ("worker", "celery.env"), ("worker", "ca.crt"),
+]
+
 
 def files_of(plan: HostPlan, role: str) -> dict[str, str]:
     return {f.name: f.content for f in plan.secret_files if f.role == role}
@@ -418,15 +429,7 @@ def test_no_command_on_any_host_contains_a_secret(tmp_path):
 
 def test_the_master_host_gets_one_folder_of_secret_files_per_role(cluster):
     plan = plan_for(cluster, "gpu-box")
-    assert [(f.role, f.name) for f in plan.secret_files] == [
-        ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
-        ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
-        ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
-        ("master", "celery.env"),
-        ("flower", "celery.env"), ("flower", "flowerconfig.py"),
-        ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
-        ("worker", "celery.env"), ("worker", "ca.crt"),
-    ]
+    assert [(f.role, f.name) for f in plan.secret_files] == MASTER_HOST_SECRET_FILES
     assert all(f.path == f"{ENV_DIR}/{f.role}/{f.name}" for f in plan.secret_files)
     assert files_of(plan, "broker")["server.key"] == IDENTITY.key
     assert files_of(plan, "broker")["server.crt"] == IDENTITY.certificate + IDENTITY.ca_certificate
@@ -815,14 +818,7 @@ def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_ne
         "cluster folder /home/alice/infra/lab",
         "delete 1 file(s) from /home/alice/infra/lab/wordcount",
         "send 1 file(s), 18 bytes, to /home/alice/infra/lab/wordcount",
-        *[f"write {ENV_DIR}/{role}/{name} (mode 0400)" for role, name in [
-            ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
-            ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
-            ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
-            ("master", "celery.env"),
-            ("flower", "celery.env"), ("flower", "flowerconfig.py"),
-            ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
-            ("worker", "celery.env"), ("worker", "ca.crt")]],
+        *[f"write {ENV_DIR}/{role}/{name} (mode 0400)" for role, name in MASTER_HOST_SECRET_FILES],
         f"build {WORKER_TAG} (built on the host)",
         f"build {MASTER_TAG} (built on the host)",
         f"build {BROKER_TAG} (built on the host)",
