@@ -94,7 +94,7 @@ def _owner_test(folder: str, cluster: str) -> str:
     return f"[ -d {shlex.quote(folder)} ] && [ ! -L {shlex.quote(folder)} ] && [ \"$marker\" = {shlex.quote(cluster)} ]"
 
 
-def list_project(root: str, project_dir: str, output_dir: str, cluster: str) -> list[str]:
+def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, from_home: bool = False) -> list[str]:
     """What `sync-files` needs to know of a host, in one round trip (read by `facts.files.parse_project_listing`).
 
     `owner`: whose the cluster folder is (absent, empty, ours, other: a folder of something else,
@@ -102,10 +102,16 @@ def list_project(root: str, project_dir: str, output_dir: str, cluster: str) -> 
     are real folders. `files`: `sha256sum` lines of the project's regular files (`find` lists no
     link and enters none). `links`: the project's symbolic links, NUL-separated (last: a name
     may hold anything).
+
+    `from_home`: first print the SSH user's home (section `home`) and go there, so relative paths
+    are the home's, as `plans.up.host_layout` makes them: no host probe is needed before it.
     """
     r, p, o = shlex.quote(root), shlex.quote(project_dir), shlex.quote(output_dir)
     mount = shlex.quote(posixpath.join(project_dir, "output"))
+    home = (f"printf '{PROBE_MARKER}home\\n%s\\n' \"$HOME\"; "
+            f"case $HOME in /*) cd \"$HOME\" || exit 1 ;; *) echo 'no home folder' >&2; exit 1 ;; esac; ")
     return ["sh", "-c", (
+        (home if from_home else "") +
         f"printf '{PROBE_MARKER}owner\\n'; {_read_marker(root)}"
         f"if [ -L {r} ]; then echo link; elif [ ! -e {r} ]; then echo absent; elif [ ! -d {r} ]; then echo file; "
         f"elif {_owner_test(root, cluster)}; then echo ours; "

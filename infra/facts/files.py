@@ -144,6 +144,7 @@ class ProjectListing:
     folders: tuple[bool, bool, bool]  # the project, its output mount point, the output folder: real folders
     files: dict[str, str]  # regular files of the project, not ignored: {relative path: sha256}
     links: tuple[str, ...]  # symbolic links of the project, not ignored
+    home: str = ""  # the SSH user's home, when asked for (`list_project(..., from_home=True)`)
 
     @property
     def usable(self) -> bool:
@@ -183,7 +184,8 @@ def parse_project_listing(text: str, rules: pathspec.PathSpec) -> ProjectListing
         name = name[2:] if name.startswith("./") else name
         if confined.is_inside(name) and not rules.match_file(name):
             links.append(name)
-    return ProjectListing(owner, folders, parse_sha256_list(sections.get("files", ""), ".", rules), tuple(sorted(links)))
+    return ProjectListing(owner, folders, parse_sha256_list(sections.get("files", ""), ".", rules), tuple(sorted(links)),
+                          sections.get("home", "").strip())
 
 
 def parse_removal(text: str) -> tuple[str, str]:

@@ -7,28 +7,29 @@ times at the moment infra restarted them), so only hosts whose code changed rest
 from __future__ import annotations
 
 import json
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pathspec
 
-from ..commands.engine import InspectContainers, RestartContainer
+from ..commands.engine import InspectContainers, ListContainers, RestartContainer
 from ..commands.files import files_newer_than, list_project
 from ..config import Cluster, Host
-from ..errors import InfraError, one_line, without_host
-from ..facts.containers import parse_container_inspect
-from ..facts.files import ignore_rules, parse_find, parse_project_listing, project_digest, scan_local
+from ..errors import EngineUnavailableError, InfraError, one_line, without_host
+from ..facts.containers import parse_container_inspect, parse_container_list
+from ..facts.files import LocalFile, ignore_rules, parse_find, parse_project_listing, project_digest, scan_local
+from ..facts.host import HostFacts
 from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..names import celery_node_name
 from ..plans.steps import Record
 from ..plans.sync import CodeRecord, changed_after, earliest_start, plan_sync, restart_decision, sync_steps
-from ..plans.up import host_layout
+from ..plans.up import HostLayout, host_layout
 from ..report import Reporter
 from ..runner import Connection, ConnectionPool, run_concurrently
 from ..secrets import write_private_file
 from .execute import execute_steps
-from .gather import read_host_facts
 from .readiness import wait_for_workers
 
 RESTART_TIMEOUT = 10  # seconds a restart gives a worker to finish its tasks (then SIGKILL)
@@ -106,6 +107,15 @@ def start_times(conn: Connection, names: list[str]) -> dict[str, str]:
     return {c.name: c.started_at for c in parse_container_inspect(conn.engine.query(InspectContainers(tuple(names))))}
 
 
+def running_workers(conn: Connection, cluster: Cluster) -> dict[str, str]:
+    """{worker container running on the host: its State.StartedAt}; none when the engine does not answer."""
+    try:
+        containers = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
+    except EngineUnavailableError:
+        return {}  # as `gather.read_host_facts`: no engine, no worker to restart; the files still go
+    return start_times(conn, sorted(c.name for c in containers if c.role == "worker" and c.running))
+
+
 def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None = None,
                restart: bool = True, wait: bool = False) -> SyncResult:
     """Bring the project on `hosts` (default: every host of the cluster) up to date, then restart
@@ -116,46 +126,79 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None
 
 @dataclass
 class SyncContext:
-    """What every host's sync shares: the local project, its digest, and the records of who runs what."""
+    """What every host's sync shares: the local project (scanned while the hosts connect), its
+    digest, and the records of who runs what."""
 
     cluster: Cluster
     rules: pathspec.PathSpec
-    local_files: dict
-    digest: str
+    scan: Future  # -> {relative path: LocalFile}
     records: dict[str, CodeRecord]
     manifest: Manifest
     restart: bool
     new_records: dict[str, CodeRecord | None] = field(default_factory=dict)
 
+    @property
+    def local_files(self) -> dict[str, LocalFile]:
+        return self.scan.result()
+
+    @property
+    def digest(self) -> str:
+        return project_digest(self.local_files)
+
+
+def layout_below(cluster: Cluster, host: Host, home: str) -> HostLayout:
+    """The cluster's folder on a host, below `home` when `project.remote_path` is relative.
+
+    `host_layout` reads nothing of the facts but the home: the other fields stay empty.
+    """
+    return host_layout(cluster, host, HostFacts(home=home, uid=-1, gid=-1, arch="", docker_version=None))
+
 
 def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
-    """One host: send what differs, then restart its workers if they run older code."""
+    """One host: send what differs, then restart its workers if they run older code.
+
+    A remote host is asked once for its home and its project listing together; its engine is
+    asked only when workers may restart (not with --no-restart).
+    """
     cluster, host = ctx.cluster, conn.host
-    facts = read_host_facts(conn, cluster)
-    layout = host_layout(cluster, host, facts)
-    outcome = SyncOutcome(host.name, layout.project_dir)
-    workers = start_times(conn, sorted(facts.running_workers))
-    record = ctx.records.get(host.name)
-    record_valid = record is not None and record.workers == workers
-    started = earliest_start(workers)
     if host.is_local:
-        outcome.in_place = True
-        outcome.unchanged = len(ctx.local_files)
+        layout = layout_below(cluster, host, "")  # the project in place: no home involved
+        outcome = SyncOutcome(host.name, layout.project_dir, in_place=True, unchanged=len(ctx.local_files))
+        if not ctx.restart:
+            outcome.reason = "not restarted (--no-restart)"
+            return outcome
+        workers = running_workers(conn, cluster)
+        record = ctx.records.get(host.name)
+        record_valid = record is not None and record.workers == workers
         changed = False
         if workers and not record_valid:
             mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
-            changed = bool(changed_after(mtimes, started))
+            changed = bool(changed_after(mtimes, earliest_start(workers)))
     else:
-        listing = conn.run(list_project(layout.root, layout.project_dir, layout.output_dir, cluster.name),
-                           timeout=LISTING_TIMEOUT)
+        # Relative to the home, which the same answer names: "./" keeps a path from reading as an option.
+        relative = layout_below(cluster, host, ".")
+        answer = conn.run(list_project(relative.root, relative.project_dir, relative.output_dir, cluster.name,
+                                       from_home=True), timeout=LISTING_TIMEOUT)
+        listing = parse_project_listing(answer.stdout, ctx.rules)
+        if not listing.home.startswith("/") or "\n" in listing.home:
+            raise InfraError(f"{host.name}: no home folder in the project listing ({listing.home!r})")
+        layout = layout_below(cluster, host, listing.home)
+        outcome = SyncOutcome(host.name, layout.project_dir)
         # A cluster folder that is not this cluster's is refused here, before anything is written.
-        plan = plan_sync(layout, cluster.name, cluster.project_dir, ctx.local_files,
-                         parse_project_listing(listing.stdout, ctx.rules), ctx.rules)
+        plan = plan_sync(layout, cluster.name, cluster.project_dir, ctx.local_files, listing, ctx.rules)
         steps = sync_steps(plan, Record("add_files", layout.project_dir))
         execute_steps(conn, steps, ctx.manifest)
         outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
         outcome.sent, outcome.deleted = plan.upload, plan.delete
         outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
+        if not ctx.restart:
+            # The record of which code the workers run stays as it is: still true, they were not restarted.
+            outcome.reason = "not restarted (--no-restart)"
+            return outcome
+        workers = running_workers(conn, cluster)
+        record = ctx.records.get(host.name)
+        record_valid = record is not None and record.workers == workers
+        started = earliest_start(workers)
         changed = plan.files_changed
         if workers and not changed and not record_valid and started is not None:
             found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
@@ -178,13 +221,12 @@ def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | Non
                 restart: bool) -> SyncResult:
     hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
     rules = ignore_rules(cluster.project_dir)
-    local_files = scan_local(cluster.project_dir, rules)
     records_path = code_records_path(cluster)
     records = load_code_records(records_path)
-    ctx = SyncContext(cluster, rules, local_files, project_digest(local_files), records,
-                      Manifest.load(cluster.manifest_path, cluster.name), restart)
-
-    with ConnectionPool.for_cluster(cluster) as pool:
+    with ThreadPoolExecutor(1, thread_name_prefix="scan") as scanner, ConnectionPool.for_cluster(cluster) as pool:
+        # The local project is hashed while the hosts connect and list theirs.
+        ctx = SyncContext(cluster, rules, scanner.submit(scan_local, cluster.project_dir, rules), records,
+                          Manifest.load(cluster.manifest_path, cluster.name), restart)
         done = run_concurrently(hosts, lambda host: sync_host(ctx, pool.get(host)), key=lambda h: h.name)
         outcomes: dict[str, SyncOutcome] = {}
         for host in hosts:

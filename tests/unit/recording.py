@@ -178,17 +178,20 @@ class RecordingConnection:
         with self.lock:
             self.log.append(text + fed)
         state = self.state
+        script = shlex.split(text)[-1] if text.startswith("sh -c ") else ""
+        if f"{PROBE_MARKER}owner" in script:  # list_project
+            project, _, _ = _folders_of(script)
+            home = ""
+            if script.startswith(f"printf '{PROBE_MARKER}home"):  # from_home: paths relative to the home
+                project, home = posixpath.normpath(posixpath.join(state.home, project)), f"{PROBE_MARKER}home\n{state.home}\n"
+            root = posixpath.dirname(project)
+            owner = "ours" if root in state.claimed else "absent"
+            folders = "yes\nyes\nyes\n" if root in state.claimed else "no\nno\nno\n"
+            return CommandResult(0, home + project_listing(owner, folders, state.listings.get(project, "")), "")
         if f"{PROBE_MARKER}home" in text:
             out = (f"{PROBE_MARKER}home\n{state.home}\n{PROBE_MARKER}uid\n{state.uid}\n{state.gid}\n"
                    f"{PROBE_MARKER}arch\n{state.arch}\n{PROBE_MARKER}end\n")
             return CommandResult(0, out, "")
-        script = shlex.split(text)[-1] if text.startswith("sh -c ") else ""
-        if f"{PROBE_MARKER}owner" in script:  # list_project
-            project, _, _ = _folders_of(script)
-            root = posixpath.dirname(project)
-            owner = "ours" if root in state.claimed else "absent"
-            folders = "yes\nyes\nyes\n" if root in state.claimed else "no\nno\nno\n"
-            return CommandResult(0, project_listing(owner, folders, state.listings.get(project, "")), "")
         if f"{MARKER_FILE}.tmp" in script:  # prepare_project: the cluster folder is claimed
             project = _folders_of(script)[0]
             state.claimed[posixpath.dirname(project)] = shlex.split(script[script.index("printf '%s\\n' "):])[2]

@@ -558,3 +558,23 @@ def test_a_claim_cut_short_leaves_an_empty_folder_that_is_claimed_next_time(host
     assert listed(layout).owner == "ours"
     assert sorted(os.listdir(layout.root)) == [MARKER_FILE, "output", "wc"]
     assert not [name for name in os.listdir(Path(layout.root).parent) if name.endswith(".tmp")]
+
+
+def test_the_listing_from_home_names_the_home_and_lists_the_same_as_with_absolute_paths(project, host, tmp_path):
+    layout, _ = host
+    local = scan_local(project)
+    run_steps(sync_steps(plan_sync(layout, "lab", project, local, listed(layout), ignore_rules(project))))
+    home = tmp_path / "home"
+    relative = host_layout_at(Path("./infra/lab"))
+    argv = list_project(relative.root, relative.project_dir, relative.output_dir, "lab", from_home=True)
+    answer = subprocess.run(argv, capture_output=True, check=True, cwd="/", env={**os.environ, "HOME": str(home)})
+    from_home = parse_project_listing(answer.stdout.decode(), ignore_rules(project))
+    assert from_home.home == str(home)
+    assert (from_home.owner, from_home.folders, from_home.files) == ("ours", (True, True, True), listed(layout).files)
+    assert from_home.files == {rel: f.digest for rel, f in local.items()}
+
+
+def test_the_listing_from_home_refuses_a_home_that_is_not_an_absolute_folder(tmp_path):
+    argv = list_project("./infra/lab", "./infra/lab/wc", "./infra/lab/output", "lab", from_home=True)
+    answer = subprocess.run(argv, capture_output=True, cwd=tmp_path, env={**os.environ, "HOME": ""})
+    assert answer.returncode == 1 and b"no home folder" in answer.stderr and b"owner" not in answer.stdout

@@ -113,6 +113,11 @@ def listing(home: str) -> str:
     return shlex.join(list_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab"))
 
 
+def sync_listing() -> str:
+    """`sync-files`' one question to a host: its home and, below it, the project listing."""
+    return shlex.join(list_project("./infra/lab", "./infra/lab/proj", "./infra/lab/output", "lab", from_home=True))
+
+
 def claim(home: str) -> str:
     """The cluster folder claimed or checked before anything is written (spelled out in test_commands.py)."""
     return shlex.join(prepare_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab"))
@@ -202,14 +207,14 @@ UP_AGAIN_W1 = [
 
 
 SYNC_M1 = [
-    *FACTS,
-    'docker container inspect lab-worker-m1-1',
-    listing("/home/alice"),
+    sync_listing(),  # the home and the listing in one round trip: no probe, no engine facts
     claim("/home/alice"),  # checked again right before writing: still this cluster's folder
     "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
     "find . -depth \\( \\( -path ./README \\) ! -type d -delete \\)'",
     "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
     "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:0d0de3b5",
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",  # which workers run
+    'docker container inspect lab-worker-m1-1',
     'docker restart --time 10 lab-worker-m1-1',
     'docker container inspect lab-worker-m1-1',
     'docker exec lab-master python -c PING_PROBE tasks \'["lab-worker-m1-1@m1", "lab-worker-w1-1@w1"]\' 2',
@@ -217,14 +222,14 @@ SYNC_M1 = [
 
 
 SYNC_W1 = [
-    *FACTS,
-    'docker container inspect lab-worker-w1-1',
-    listing("/home/bob"),
+    sync_listing(),
     claim("/home/bob"),
     "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
     "find . -depth \\( \\( -path ./README \\) ! -type d -delete \\)'",
     "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
     "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:0d0de3b5",
+    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
+    'docker container inspect lab-worker-w1-1',
     'docker restart --time 10 lab-worker-w1-1',
     'docker container inspect lab-worker-w1-1',
 ]
@@ -316,6 +321,18 @@ def test_sync_files_sends_the_changed_file_deletes_the_removed_one_and_restarts_
     assert sent(hosts, "w1", cluster) == SYNC_W1
     assert result.outcomes["w1"].sent == ["tasks.py"] and result.outcomes["w1"].deleted == ["README"]
     assert result.answering is True
+
+
+def test_sync_files_without_restart_asks_no_engine_anything(cluster, hosts):
+    up(cluster, quiet())
+    forget(hosts)
+    (cluster.project_dir / "tasks.py").write_text("from celery import Celery\napp = Celery('changed')\n")
+    os.utime(cluster.project_dir / "tasks.py", (1_700_000_100, 1_700_000_100))
+    (cluster.project_dir / "README").unlink()
+    result = sync_files(cluster, quiet(), restart=False)
+    assert sent(hosts, "w1", cluster) == SYNC_W1[:4]  # listing, claim, delete, send: not one docker command
+    assert sent(hosts, "m1", cluster) == SYNC_M1[:4]
+    assert result.outcomes["w1"].reason == "not restarted (--no-restart)" and result.answering is None
 
 
 def test_sync_files_again_sends_nothing_and_restarts_nobody(cluster, hosts):
