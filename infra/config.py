@@ -377,6 +377,10 @@ class WorkerGroup(_Model):
     pool: Literal["prefork", "threads", "solo"] = Field(default="prefork", description="Celery worker pool.")
     loglevel: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         default="INFO", description="Log level of the workers.")
+    events: bool = Field(
+        default=True,
+        description="Workers send task events (`--task-events`), which Flower's task pages and `celery events` "
+                    "show; false turns them off even where the app turns them on (`infra status` still works).")
     gpus: Literal["all"] | int | tuple[int | str, ...] | None = Field(
         default=None,
         description="NVIDIA GPUs of these containers (`docker run --gpus`): all, a number, or a list of device "

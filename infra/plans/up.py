@@ -428,7 +428,10 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
             name = container_name(cluster.name, "worker", host.name, index)
             command = ["celery", *worker_app_args(cluster), "--hostname", celery_node_name(name, host.name),
                        "--queues", ",".join(group.queues), "--pool", group.pool,
-                       "--loglevel", group.loglevel, "--task-events"]
+                       "--loglevel", group.loglevel]
+            # Without events, the app's own worker_send_task_events is overridden too (Celery's
+            # `key=value` arguments), so that `events: false` means none whatever the app says.
+            command += ["--task-events"] if group.events else ["worker_send_task_events=false"]
             if group.concurrency:
                 command += ["--concurrency", str(group.concurrency)]
             specs.append(ContainerSpec(

@@ -296,6 +296,20 @@ def test_without_a_concurrency_celery_picks_the_cpu_count(tmp_path):
     assert "--concurrency" not in specs_by_name(cluster, "pi1")["lab-worker-pi1-1"].command
 
 
+def test_workers_send_task_events_unless_their_group_says_events_false(tmp_path):
+    cluster = make_cluster(tmp_path, lambda t: t.replace("      concurrency: 2\n", "      concurrency: 2\n      events: false\n"))
+    quiet = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"].command
+    assert "--task-events" not in quiet
+    # The app's own worker_send_task_events (the sample project turns it on) is overridden as well.
+    assert "worker_send_task_events=false" in quiet
+    assert "--task-events" in specs_by_name(cluster, "gpu-box")["lab-worker-gpu-box-1"].command
+
+
+def test_a_group_with_events_on_keeps_the_command_and_so_the_fingerprint_it_had_before_the_setting(cluster):
+    command = specs_by_name(cluster, "pi1")["lab-worker-pi1-1"].command
+    assert "--task-events" in command and not any("worker_send_task_events" in word for word in command)
+
+
 def test_two_groups_on_one_host_number_their_workers_in_sequence(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: pi1\n      containers: 2\n      queues: [io]\n")
     specs = specs_by_name(cluster, "pi1")

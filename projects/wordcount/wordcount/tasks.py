@@ -36,3 +36,8 @@ def merge_counts(parts: list[dict]) -> dict:
         "chunks": len(parts),
         "workers": sorted({p["worker"] for p in parts if p.get("worker")}),
     }
+
+
+@app.task(name="wordcount.noop")
+def noop() -> None:
+    """Do nothing: what benchmarks/throughput.py sends, to time the cluster's own cost per task."""
