@@ -33,13 +33,10 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
+from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
 
-WHEELHOUSE = REPO / ".cache" / "wheels"
-IMAGES = {
-    "source": "ship", "base": "infra-base:bookworm", "wheelhouse": str(WHEELHOUSE),
-    "worker": "infra-test-worker:latest", "master": "infra-test-master:latest", "broker": "infra-test-broker:latest",
-}
 
 
 def cluster_file(folder: Path, testbed: Testbed, name: str, known_hosts: bool = True) -> Path:
