@@ -24,7 +24,15 @@ from ..lock import cluster_lock
 from ..manifest import Manifest
 from ..names import celery_node_name
 from ..plans.steps import Record
-from ..plans.sync import CodeRecord, changed_after, earliest_start, plan_sync, restart_decision, sync_steps
+from ..plans.sync import (
+    CodeRecord,
+    SyncPlan,
+    changed_after,
+    earliest_start,
+    plan_sync,
+    restart_decision,
+    sync_steps,
+)
 from ..plans.up import HostLayout, host_layout
 from ..report import Reporter
 from ..runner import Connection, ConnectionPool, run_concurrently
@@ -161,19 +169,10 @@ def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
     asked only when workers may restart (not with --no-restart).
     """
     cluster, host = ctx.cluster, conn.host
+    plan: SyncPlan | None = None  # None on `local`, where the project is used in place
     if host.is_local:
         layout = layout_below(cluster, host, "")  # the project in place: no home involved
         outcome = SyncOutcome(host.name, layout.project_dir, in_place=True, unchanged=len(ctx.local_files))
-        if not ctx.restart:
-            outcome.reason = "not restarted (--no-restart)"
-            return outcome
-        workers = running_workers(conn, cluster)
-        record = ctx.records.get(host.name)
-        record_valid = record is not None and record.workers == workers
-        changed = False
-        if workers and not record_valid:
-            mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
-            changed = bool(changed_after(mtimes, earliest_start(workers)))
     else:
         # Relative to the home, which the same answer names: "./" keeps a path from reading as an option.
         relative = layout_below(cluster, host, ".")
@@ -191,16 +190,21 @@ def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
         outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
         outcome.sent, outcome.deleted = plan.upload, plan.delete
         outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
-        if not ctx.restart:
-            # The record of which code the workers run stays as it is: still true, they were not restarted.
-            outcome.reason = "not restarted (--no-restart)"
-            return outcome
-        workers = running_workers(conn, cluster)
-        record = ctx.records.get(host.name)
-        record_valid = record is not None and record.workers == workers
+    if not ctx.restart:
+        # The record of which code the workers run stays as it is: still true, they were not restarted.
+        outcome.reason = "not restarted (--no-restart)"
+        return outcome
+    workers = running_workers(conn, cluster)
+    record = ctx.records.get(host.name)
+    record_valid = record is not None and record.workers == workers
+    changed = plan is not None and plan.files_changed
+    if workers and not changed and not record_valid:
+        # Without a record to trust, files newer than the oldest worker mean it may run older code.
         started = earliest_start(workers)
-        changed = plan.files_changed
-        if workers and not changed and not record_valid and started is not None:
+        if plan is None:
+            mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
+            changed = bool(changed_after(mtimes, started))
+        elif started is not None:
             found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
             changed = bool(parse_find(found.stdout, ctx.rules))
     decision = restart_decision(record, ctx.digest, workers, changed, allowed=ctx.restart)
