@@ -196,7 +196,7 @@ def _bind_address_problem(address: str) -> str | None:
     try:
         ipaddress.ip_address(address)
     except ValueError:
-        return f"{_shown(address)} is not an IP address (Docker publishes ports on addresses, not names)"
+        return "Docker publishes ports on addresses, not host names"
     return None
 
 
