@@ -20,7 +20,7 @@ or removed, within one "schema"):
     "ok": true,                                     # no problem found
     "exit_code": 0,                                 # 0 or 3, as above
     "problems": ["h3: unreachable (timed out)"],    # one sentence each, empty when ok
-    "flower_url": "http://192.168.1.20:5555",
+    "flower_url": "https://192.168.1.20:5555",     # http:// with `tls: false`
     "manifest": ".infra/lab/manifest.json",         # null when the cluster was never started
     "hosts": [{"name", "address", "roles": ["master", "worker"], "in_cluster_file": bool,
                "reachable": bool, "docker": bool, "error": str|null,

@@ -21,9 +21,9 @@ from .options import cluster_file_option, handle_errors, load_cluster_file, wait
 def clean(cluster_file: Path, files: bool, volumes: bool, wait: bool) -> None:
     """Remove everything `infra up` started, on all hosts at once.
 
-    Removes the containers recorded in the manifest and any container still carrying the
-    cluster's label, the cluster's network and the env files holding its secrets. Project
-    files and data volumes stay unless asked. A host that cannot be reached is reported,
+    Revokes every volunteer, then removes the containers recorded in the manifest and any
+    container still carrying the cluster's label, the cluster's network and the folders of
+    secret files. Project files and data volumes stay unless asked. A host that cannot be reached is reported,
     the others are cleaned, the exit code is 1 and the manifest keeps what is left there.
 
     \b
