@@ -13,10 +13,10 @@ from .runtime import IMAGE_PACKAGE
 
 def assets_dir() -> Path:
     packaged = Path(__file__).parent / "_data"  # a wheel carries them here (see pyproject.toml)
-    if (packaged / "Dockerfile.worker").is_file():
+    if (packaged / "Dockerfile.celery").is_file():
         return packaged
     checkout = Path(__file__).resolve().parent.parent
-    if (checkout / "Dockerfile.worker").is_file():
+    if (checkout / "Dockerfile.celery").is_file():
         return checkout
     raise FileNotFoundError("infra's Dockerfiles are missing from this installation")
 
@@ -50,8 +50,11 @@ def prepare_build_context(cluster: Cluster) -> Path:
     context = cluster.state_dir / "build"
     context.mkdir(parents=True, exist_ok=True)
     assets = assets_dir()
-    for name in DOCKERFILES.values():
+    for name in set(DOCKERFILES.values()):
         _copy_if_changed(assets / name, context / name)
+    for stale in context.glob("Dockerfile.*"):  # left by an older infra: not part of this context
+        if stale.name not in DOCKERFILES.values():
+            stale.unlink()
     _mirror(assets / "templates", context / "templates")
     # The code the containers run (task runner, built-in app, sweep driver); sources only, so
     # that compiled files never change the context's fingerprint.

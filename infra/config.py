@@ -444,7 +444,8 @@ class Images(_Model):
     source: Literal["build", "ship", "pull"] = Field(
         default="build",
         description="build: each host builds its own (right CPU architecture everywhere); "
-                    "ship: built here and copied over SSH to hosts that lack it; "
+                    "ship: built here and sent over SSH to hosts that lack it, by layers (only the layers a "
+                    "host lacks travel); "
                     "pull: from a registry (worker, master and broker must then be set).")
     base: str = Field(
         default="python:3.11-slim-bookworm", min_length=1,
@@ -646,6 +647,11 @@ class Cluster:
     @property
     def secrets_path(self) -> Path:
         return self.state_dir / "secrets.json"
+
+    @property
+    def registry_dir(self) -> Path:
+        """Storage of the registry that sends images by layers (`images.source: ship`)."""
+        return self.state_dir / "registry"
 
     @property
     def tls_dir(self) -> Path:

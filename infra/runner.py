@@ -292,6 +292,13 @@ class SSHConnection(Connection):
                 return hostkeys.fingerprint(key)
         return None
 
+    def forward_remote_port(self, target: tuple[str, int]):
+        """A port on the host's loopback that leads, through this connection, to `target` here
+        (as `ssh -R`). Raises when the host's sshd refuses forwarding (AllowTcpForwarding)."""
+        from .registry import RemoteForward
+
+        return RemoteForward(self._transport, target)
+
     def peer_address(self) -> str | None:
         try:
             return self._transport.getpeername()[0]

@@ -73,7 +73,7 @@ main() {
     else
         say "the cluster's image is for ${image_arch:-another CPU}: building the worker image for $arch"
         fetch context | docker build --quiet --label "infra.volunteer=$CLUSTER" --build-arg "BASE_IMAGE=$base" \
-            -f Dockerfile.worker -t "$IMAGE" - >/dev/null || die "the worker image could not be built"
+            -f Dockerfile.celery --target worker -t "$IMAGE" - >/dev/null || die "the worker image could not be built"
     fi
 
     docker rm -f "$CONTAINER" >/dev/null 2>&1 || true

@@ -258,9 +258,11 @@ class BuildImage(EngineOp):
     dockerfile: str
     build_args: tuple[tuple[str, str], ...] = ()
     labels: tuple[tuple[str, str], ...] = ()
+    target: str | None = None  # the Dockerfile's stage to build; None: its last
 
     def argv(self) -> list[str]:
         argv = ["docker", "build", "--network", "host", "--file", f"{self.context_dir}/{self.dockerfile}",
+                *(["--target", self.target] if self.target else []),
                 "--tag", self.tag, *_labels_argv(self.labels)]
         for key, value in self.build_args:
             argv += ["--build-arg", f"{key}={value}"]
@@ -273,6 +275,37 @@ class PullImage(EngineOp):
 
     def argv(self) -> list[str]:
         return ["docker", "pull", self.ref]
+
+
+@dataclass(frozen=True)
+class PushImage(EngineOp):
+    """Push an image to the registry its reference names (answers: None)."""
+
+    ref: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "push", self.ref]
+
+
+@dataclass(frozen=True)
+class TagImage(EngineOp):
+    """Give an image (by reference or id) another reference."""
+
+    source: str
+    ref: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "tag", self.source, self.ref]
+
+
+@dataclass(frozen=True)
+class UntagImage(EngineOp):
+    """Remove one reference of an image; the image stays while another reference or a container uses it."""
+
+    ref: str
+
+    def argv(self) -> list[str]:
+        return ["docker", "image", "rm", "--no-prune", self.ref]
 
 
 @dataclass(frozen=True)

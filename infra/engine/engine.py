@@ -45,6 +45,7 @@ from ..commands.engine import (
     LoadImages,
     Logs,
     PullImage,
+    PushImage,
     RemoveContainers,
     RemoveNetwork,
     RemoveVolume,
@@ -52,6 +53,8 @@ from ..commands.engine import (
     RunContainer,
     SaveImages,
     StartContainer,
+    TagImage,
+    UntagImage,
 )
 from ..errors import ConnectError, InfraError, RemoteCommandError
 from ..names import LABEL_CLUSTER, cluster_label
@@ -227,7 +230,7 @@ class Engine:
         # The SDK tars the folder (honouring its .dockerignore) into a temporary file and
         # streams that to the engine.
         messages = self._api.build(
-            path=op.context_dir, dockerfile=op.dockerfile, tag=op.tag, rm=True, forcerm=True,
+            path=op.context_dir, dockerfile=op.dockerfile, target=op.target, tag=op.tag, rm=True, forcerm=True,
             network_mode="host", buildargs=dict(op.build_args), labels=dict(op.labels) or None,
             decode=True, timeout=self.long_timeout,
         )
@@ -246,6 +249,25 @@ class Engine:
         if progress.error:
             raise RemoteCommandError(self.host, _shortened(op.text()), 1, progress.failure())
         return self._api.inspect_image(op.ref)["Id"]
+
+    def _push_image(self, op: PushImage, on_line: LineCallback | None) -> None:
+        repository, _, tag = op.ref.rpartition(":")
+        progress = Progress(on_line)
+        for message in self._api.push(repository, tag=tag, stream=True, decode=True):
+            progress.feed(message)
+        progress.close()
+        if progress.error:
+            raise RemoteCommandError(self.host, _shortened(op.text()), 1, progress.failure())
+
+    def _tag_image(self, op: TagImage, on_line: LineCallback | None) -> None:
+        repository, _, tag = op.ref.rpartition(":")
+        self._api.tag(op.source, repository, tag=tag)
+
+    def _untag_image(self, op: UntagImage, on_line: LineCallback | None) -> None:
+        try:
+            self._api.remove_image(op.ref, noprune=True)
+        except docker.errors.NotFound:
+            pass
 
     # ------------------------------------------------------------------ image transfer
 
@@ -458,6 +480,9 @@ _CHANGES: dict[type, Callable[[Engine, Any, LineCallback | None], Any]] = {
     RemoveVolume: Engine._remove_volume,
     BuildImage: Engine._build_image,
     PullImage: Engine._pull_image,
+    PushImage: Engine._push_image,
+    TagImage: Engine._tag_image,
+    UntagImage: Engine._untag_image,
 }
 
 

@@ -52,7 +52,10 @@ from .sync import SyncPlan, sync_steps
 
 ImageRole = Literal["worker", "master", "broker"]
 IMAGE_ROLES: tuple[ImageRole, ...] = ("worker", "master", "broker")
-DOCKERFILES = {"worker": "Dockerfile.worker", "master": "Dockerfile.master", "broker": "Dockerfile.broker"}
+DOCKERFILES = {"worker": "Dockerfile.celery", "master": "Dockerfile.celery", "broker": "Dockerfile.broker"}
+# The stage each image is: the worker and master images are two targets of one Dockerfile, so
+# the layers below the project's (base, Python, celery) are the same in both and travel once.
+BUILD_TARGETS: dict[str, str | None] = {"worker": "worker", "master": "master", "broker": None}
 
 BROKER_INTERNAL_PORT = 5672  # plain, on the cluster's own network only when TLS is on
 BROKER_TLS_PORT = 5671
@@ -557,7 +560,8 @@ class ImagePlan:
 
 
 def images_needed(cluster: Cluster, host: Host) -> list[ImageRole]:
-    """Images a host must have, in build order (the master image is built FROM the worker image)."""
+    """Images a host must have. The master host of a cluster that builds its images has the worker
+    image too: it serves that image to volunteers (`infra volunteer`)."""
     needed: list[ImageRole] = []
     is_master = host.name == cluster.master_host.name
     if host.name in cluster.worker_hosts() or (is_master and cluster.spec.images.source == "build"):
@@ -579,30 +583,22 @@ def build_fingerprint(context_digest: str, role: ImageRole, build_args: tuple[tu
 
 
 def build_args(cluster: Cluster, role: ImageRole) -> tuple[tuple[str, str], ...]:
-    args = [("BASE_IMAGE", cluster.spec.images.base)]
-    if role == "master":
-        args.append(("WORKER_IMAGE", cluster.image_tag("worker")))
-    return tuple(args)
+    return (("BASE_IMAGE", cluster.spec.images.base),)
 
 
 def build_op(cluster: Cluster, role: ImageRole, context_dir: str, built_from: str) -> BuildImage:
     return BuildImage(
         tag=cluster.image_tag(role), context_dir=context_dir, dockerfile=DOCKERFILES[role],
-        build_args=build_args(cluster, role),
+        target=BUILD_TARGETS[role], build_args=build_args(cluster, role),
         labels=cluster_labels(cluster.name, context=built_from),
     )
 
 
 def build_fingerprints(cluster: Cluster, context_digest: str) -> dict[str, str]:
-    """{tag: fingerprint} of each image as built from this context.
-
-    The master image is built FROM the worker image, so its fingerprint follows the worker's.
-    """
-    prints: dict[str, str] = {}
-    for role in IMAGE_ROLES:
-        parent = prints[cluster.image_tag("worker")] if role == "master" else cluster.spec.images.base
-        prints[cluster.image_tag(role)] = build_fingerprint(context_digest, role, build_args(cluster, role), parent)
-    return prints
+    """{tag: fingerprint} of each image as built from this context (each stands on the base image)."""
+    return {cluster.image_tag(role): build_fingerprint(context_digest, role, build_args(cluster, role),
+                                                       cluster.spec.images.base)
+            for role in IMAGE_ROLES}
 
 
 def plan_images(
@@ -615,7 +611,6 @@ def plan_images(
     prints = build_fingerprints(cluster, context_digest)
     base = facts.images.get(cluster.spec.images.base)
     plans: list[ImagePlan] = []
-    rebuilt = False  # a rebuilt worker image means a rebuilt master image
     for role in roles or images_needed(cluster, host):
         tag = cluster.image_tag(role)
         present = facts.image_id(tag)
@@ -624,13 +619,11 @@ def plan_images(
                          else ImagePlan(role, tag, "pull", "not on the host"))
         elif source == "build" or (source == "ship" and host.is_local):
             image = facts.images.get(tag)
-            same = (image is not None and image.labels.get(LABEL_CONTEXT) == prints[tag] and image.built_on(base)
-                    and not (role == "master" and rebuilt))
+            same = image is not None and image.labels.get(LABEL_CONTEXT) == prints[tag] and image.built_on(base)
             why = "built here, then shipped to the other hosts" if source == "ship" else "built on the host"
             if same:
                 plans.append(ImagePlan(role, tag, "present", "built from the same context"))
             else:
-                rebuilt = rebuilt or role == "worker"
                 plans.append(ImagePlan(role, tag, "build", why if present is None else f"{why}: its context changed"))
         else:  # ship to a remote host
             local_id = local_image_ids.get(tag)

@@ -117,4 +117,6 @@ def _clean(cluster: Cluster, reporter: Reporter, *, files: bool, volumes: bool) 
         # The broker's data (and the credentials it holds) is gone: new ones next time, and a new CA.
         cluster.secrets_path.unlink(missing_ok=True)
         shutil.rmtree(cluster.tls_dir, ignore_errors=True)
+        # The layers kept for sending images by layers (workflows/ship.py): a cache, rebuilt on demand.
+        shutil.rmtree(cluster.registry_dir, ignore_errors=True)
     return CleanResult(done.succeeded, failed)

@@ -11,7 +11,9 @@ from __future__ import annotations
 import os
 import platform
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
+from typing import ContextManager
 
 from .. import confined
 from ..assets import context_digest, prepare_build_context
@@ -41,7 +43,7 @@ from ..plans.up import (
     build_fingerprints,
 )
 from ..report import Reporter
-from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently, ship_images
+from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently
 from ..secrets import Secrets, load_or_create_secrets, load_secrets
 from ..tls import ServerIdentity, ca_fingerprint, server_names
 from ..tls import load_or_create as load_or_create_identity
@@ -49,6 +51,7 @@ from .clean import remove_folders
 from .execute import execute_step, execute_steps
 from .gather import gather_facts, read_host_facts, require_docker
 from .readiness import wait_for_broker, wait_for_workers
+from .ship import ImageSender, ShippedImage
 from .volunteer import restore_results_users
 
 LISTING_TIMEOUT = 300
@@ -134,6 +137,24 @@ def build_images_here(cluster: Cluster, local: Connection, facts: HostFacts, con
     return image_ids_on(local, [cluster.image_tag(role) for role in IMAGE_ROLES])
 
 
+def image_sender(cluster: Cluster, plans: dict[str, HostPlan], local: Connection | None,
+                 local_ids: dict[str, str | None], reporter: Reporter) -> ContextManager[ImageSender | None]:
+    """While hosts are brought up: what sends them the images built here, if any host lacks one."""
+    roles = {image.tag: image.role for plan in plans.values() for image in plan.images if image.action == "ship"}
+    if not roles:
+        return nullcontext(None)
+    images = [ShippedImage(tag, f"infra/{cluster.name}-{role}", local_ids[tag]) for tag, role in sorted(roles.items())]
+    return ImageSender(cluster, local, reporter, images)
+
+
+def _images(tags: list[str]) -> str:
+    return f"image {tags[0]}" if len(tags) == 1 else f"images {', '.join(tags)}"
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 1e6:.1f} MB" if size < 10e6 else f"{size / 1e6:.0f} MB"
+
+
 def image_ids_on(conn: Connection, refs: list[str]) -> dict[str, str | None]:
     return {ref: info.id if info else None
             for ref, info in parse_image_inspect(conn.engine.query(InspectImages(tuple(refs)))).items()}
@@ -210,9 +231,10 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
                     reporter.host(host.name, f"refused to delete {', '.join(folders.refused)}", style="yellow")
                 return HostOutcome(host.name, retirements[host.name].removed()
                                    + [f"folder {folder}" for folder in folders.removed])
-            return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, local)
+            return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, sender)
 
-        applied = run_concurrently(hosts + list(departed.values()), apply, key=lambda h: h.name)
+        with image_sender(cluster, plans, local, local_ids, reporter) as sender:
+            applied = run_concurrently(hosts + list(departed.values()), apply, key=lambda h: h.name)
         for name, err in sorted(applied.failed.items()):
             reporter.host(name, f"failed: {without_host(name, one_line(err))}", style="red")
         if master_name in applied.failed:
@@ -250,7 +272,7 @@ def master_identity(cluster: Cluster, address: str, *, save: bool) -> ServerIden
 
 
 def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: HostFacts, manifest: Manifest,
-                    reporter: Reporter, local: Connection | None) -> HostOutcome:
+                    reporter: Reporter, sender: ImageSender | None) -> HostOutcome:
     """One host: files and images first, then the containers those image ids call for."""
     host = plan.host
     outcome = HostOutcome(host.name)
@@ -272,12 +294,12 @@ def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: H
                 outcome.changes.append(f"image {tag}")
         elif step.op is not None or step.command is not None:
             outcome.changes.append(step.description)
-    for image in plan.images:
-        if image.action == "ship":
-            started = time.monotonic()
-            sent = ship_images(local.engine, conn.engine, [image.tag])
-            reporter.host(host.name, f"image {image.tag} shipped ({sent / 1e6:.0f} MB in {time.monotonic() - started:.1f} s)")
-            outcome.changes.append(f"image {image.tag}")
+    shipped = [image.tag for image in plan.images if image.action == "ship"]
+    if shipped:
+        started = time.monotonic()
+        sent = sender.send(conn, shipped)
+        reporter.host(host.name, f"{_images(shipped)} received ({_megabytes(sent)} in {time.monotonic() - started:.1f} s)")
+        outcome.changes += [f"image {tag}" for tag in shipped]
     ids = facts.image_ids
     if any(image.action != "present" for image in plan.images):
         ids = image_ids_on(conn, sorted({cluster.image_tag(r) for r in images_needed(cluster, host)}))

@@ -55,6 +55,7 @@ from infra.commands.engine import (
     LoadImages,
     Logs,
     PullImage,
+    PushImage,
     RemoveContainers,
     RemoveNetwork,
     RemoveVolume,
@@ -62,6 +63,8 @@ from infra.commands.engine import (
     RunContainer,
     SaveImages,
     StartContainer,
+    TagImage,
+    UntagImage,
     cluster_labels,
 )
 from infra.commands.files import (
@@ -196,13 +199,13 @@ def test_networks_and_volumes_are_made_with_the_cluster_label():
 
 def test_build_an_image_from_a_context_folder_on_the_hosts_network():
     op = BuildImage(tag="infra-lab-master:latest", context_dir="/home/me/.infra/lab/build",
-                    dockerfile="Dockerfile.master",
-                    build_args=(("BASE_IMAGE", "python:3.11-slim-bookworm"), ("WORKER_IMAGE", "infra-lab-worker:latest")),
+                    dockerfile="Dockerfile.celery", target="master",
+                    build_args=(("BASE_IMAGE", "python:3.11-slim-bookworm"),),
                     labels=cluster_labels("lab", context="9f8e7d6c5b4a39281706"))
     assert op.text() == (
-        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.master "
+        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.celery --target master "
         "--tag infra-lab-master:latest --label infra.cluster=lab --label infra.context=9f8e7d6c5b4a39281706 "
-        "--build-arg BASE_IMAGE=python:3.11-slim-bookworm --build-arg WORKER_IMAGE=infra-lab-worker:latest "
+        "--build-arg BASE_IMAGE=python:3.11-slim-bookworm "
         "/home/me/.infra/lab/build")
     assert BuildImage("t:1", "/ctx", "Dockerfile").text() == "docker build --network host --file /ctx/Dockerfile --tag t:1 /ctx"
 
@@ -490,7 +493,7 @@ def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
           f" && chmod 400 /home/pi/infra/lab/.infra/worker/{name}.tmp"
           f" && mv -f /home/pi/infra/lab/.infra/worker/{name}.tmp /home/pi/infra/lab/.infra/worker/{name}'"
           for name in ("celery.env", "ca.crt")],
-        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.worker "
+        "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.celery --target worker "
         "--tag infra-lab-worker:latest --label infra.cluster=lab "
         f"--label infra.context={dict(build.op.labels)['infra.context']} "
         "--build-arg BASE_IMAGE=python:3.11-slim-bookworm /home/me/.infra/lab/build",
@@ -603,6 +606,9 @@ ENGINE_BUILDERS = {
     "BuildImage": (lambda v: BuildImage(v, v, v, (("BASE_IMAGE", v),), cluster_labels(v, context=v)),
                    lambda v: [v, f"{v}/{v}", f"BASE_IMAGE={v}", f"infra.context={v}"]),
     "PullImage": (lambda v: PullImage(v), lambda v: [v]),
+    "PushImage": (lambda v: PushImage(v), lambda v: [v]),
+    "TagImage": (lambda v: TagImage(v, v), lambda v: [v, v]),
+    "UntagImage": (lambda v: UntagImage(v), lambda v: [v]),
     "SaveImages": (lambda v: SaveImages((v, v)), lambda v: [v]),
     "Exec": (lambda v: Exec(v, ("echo", v), v), lambda v: [v]),
     "Logs": (lambda v: Logs(v, tail=v), lambda v: [v]),

@@ -1,0 +1,233 @@
+"""Images sent by layers: a registry on this machine, reached by each host through its SSH connection.
+
+With `images.source: ship` the images are built here. To send them, `infra up` starts Debian's
+`docker-registry` on this machine's loopback (its storage in `STATE_DIR/NAME/registry`, kept
+between runs), pushes the images into it from this machine's engine, and asks each host's engine
+to pull them from `127.0.0.1:PORT`: a port the host's sshd forwards back here through infra's own
+SSH connection (a remote forward, as `ssh -R`). The host's engine then fetches only the layers it
+lacks, several at once, and a layer that several images share once.
+
+Nothing listens on an address other than loopback, on either side, and layers cross the network
+inside SSH only. Docker treats registries on 127.0.0.0/8 as local: plain HTTP is allowed there
+without any setting of the engine.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import http.client
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+from pathlib import Path
+
+from .errors import InfraError
+
+REGISTRY_PROGRAM = "docker-registry"  # Debian's package of the same name
+START_TIMEOUT = 15.0  # seconds for the registry to answer after it starts
+STOP_TIMEOUT = 5.0
+CONNECT_TIMEOUT = 10.0  # a forwarded connection's way to the registry
+CHUNK = 64 * 1024
+LOG_TAIL = 400  # characters of the registry's log quoted when it fails to start
+MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
+                  "application/vnd.oci.image.manifest.v1+json")
+
+
+class RegistryUnavailable(InfraError):
+    """The registry cannot run here; the images are then sent whole."""
+
+
+def _config_text(storage: Path, port: int) -> str:
+    # JSON is valid YAML: no second serialiser needed for a file only the registry reads.
+    config = {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": str(storage / "data")},
+                    "delete": {"enabled": True}},
+        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
+    }
+    return json.dumps(config, indent=2) + "\n"
+
+
+def _free_loopback_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _end_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """Ask Linux to stop the registry when infra ends, even by `kill -9`: no registry is left behind."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+class LocalRegistry:
+    """Debian's `docker-registry`, serving on this machine's loopback while `up` sends images."""
+
+    def __init__(self, storage: Path):
+        self.storage = storage
+        self.port = 0
+        self._process: subprocess.Popen | None = None
+
+    def start(self) -> "LocalRegistry":
+        program = shutil.which(REGISTRY_PROGRAM)
+        if program is None:
+            raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} is not installed (Debian: apt-get install "
+                                      f"{REGISTRY_PROGRAM}), so images are sent whole")
+        self.storage.mkdir(mode=0o700, parents=True, exist_ok=True)
+        self.port = _free_loopback_port()
+        config = self.storage / "config.yml"
+        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(_config_text(self.storage, self.port))
+        log = self.storage / "registry.log"
+        with open(log, "wb") as sink:  # one run's log: what went wrong is quoted when it fails to start
+            # Started from the thread that lives as long as infra: Linux signals the child when the
+            # thread that forked it ends.
+            self._process = subprocess.Popen([program, "serve", str(config)], stdin=subprocess.DEVNULL,
+                                             stdout=sink, stderr=subprocess.STDOUT, close_fds=True,
+                                             preexec_fn=_end_with_parent)
+        deadline = time.monotonic() + START_TIMEOUT
+        while True:
+            if self._process.poll() is not None:
+                said = " ".join(log.read_text(errors="replace").split())[-LOG_TAIL:]
+                raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} stopped at once "
+                                          f"(exit {self._process.returncode}: {said or 'no output'})")
+            if self._answers():
+                return self
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} did not answer on 127.0.0.1:{self.port} "
+                                          f"within {START_TIMEOUT:g} s")
+            time.sleep(0.05)
+
+    def _answers(self) -> bool:
+        try:
+            status, _ = self._get("/v2/")
+        except OSError:
+            return False
+        return status == 200
+
+    def _get(self, path: str, accept: str | None = None) -> tuple[int, bytes]:
+        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        try:
+            connection.request("GET", path, headers={"Accept": accept} if accept else {})
+            response = connection.getresponse()
+            return response.status, response.read()
+        finally:
+            connection.close()
+
+    def ref(self, repository: str, tag: str, port: int | None = None) -> str:
+        """How an engine names the image: here, or on a host through its forwarded `port`."""
+        return f"127.0.0.1:{port or self.port}/{repository}:{tag}"
+
+    def layer_sizes(self, repository: str, tag: str) -> dict[str, int]:
+        """{short layer id (as a pull reports it): compressed size} of an image in the registry."""
+        status, body = self._get(f"/v2/{repository}/manifests/{tag}", accept=MANIFEST_TYPES)
+        if status != 200:
+            return {}
+        manifest = json.loads(body)
+        return {layer["digest"].partition(":")[2][:12]: int(layer.get("size", 0))
+                for layer in manifest.get("layers", [])}
+
+    def stop(self) -> None:
+        process, self._process = self._process, None
+        if process is None or process.poll() is not None:
+            return
+        process.terminate()
+        try:
+            process.wait(STOP_TIMEOUT)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+    def __enter__(self) -> "LocalRegistry":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+class RemoteForward:
+    """A port on a host's loopback that its sshd forwards here, to `target` (as `ssh -R 0:TARGET`).
+
+    Counts the bytes that go from the target to the host: what the host received.
+    """
+
+    def __init__(self, transport, target: tuple[str, int]):
+        self.target = target
+        self._transport = transport
+        self._lock = threading.Lock()
+        self._received = 0
+        self._open: set = set()
+        # Port 0: the host's sshd picks a free one and says which.
+        self.port = transport.request_port_forward("127.0.0.1", 0, handler=self._accept)
+
+    @property
+    def received(self) -> int:
+        with self._lock:
+            return self._received
+
+    def _accept(self, channel, origin, server) -> None:
+        # Called by paramiko's transport thread, which must not wait: each connection gets a thread.
+        threading.Thread(target=self._serve, args=(channel,), name="infra-forward", daemon=True).start()
+
+    def _serve(self, channel) -> None:
+        try:
+            upstream = socket.create_connection(self.target, timeout=CONNECT_TIMEOUT)
+        except OSError:
+            channel.close()
+            return
+        upstream.settimeout(None)
+        with self._lock:
+            self._open.add(channel)
+        to_target = threading.Thread(target=self._pump_to_target, args=(channel, upstream), daemon=True)
+        to_target.start()
+        try:
+            while True:
+                data = upstream.recv(CHUNK)
+                if not data:
+                    break
+                channel.sendall(data)
+                with self._lock:
+                    self._received += len(data)
+            channel.shutdown_write()
+        except Exception:  # socket and SSH errors alike end this one connection, and only it
+            pass
+        finally:
+            to_target.join(CONNECT_TIMEOUT)
+            upstream.close()
+            channel.close()
+            with self._lock:
+                self._open.discard(channel)
+
+    @staticmethod
+    def _pump_to_target(channel, upstream: socket.socket) -> None:
+        try:
+            while True:
+                data = channel.recv(CHUNK)
+                if not data:
+                    break
+                upstream.sendall(data)
+            upstream.shutdown(socket.SHUT_WR)
+        except Exception:  # socket and SSH errors alike end this one connection, and only it
+            pass
+
+    def close(self) -> None:
+        try:
+            self._transport.cancel_port_forward("127.0.0.1", self.port)
+        except Exception:  # the connection may be gone already: nothing is left to cancel
+            pass
+        with self._lock:
+            channels = list(self._open)
+        for channel in channels:
+            channel.close()

@@ -1,0 +1,138 @@
+"""Images sent by layers (`images.source: ship`) to a real testbed host, through its SSH connection.
+
+Two images are built on this machine: `layers-a` (the base image plus 6 MB of random bytes) and
+`layers-b` (`layers-a` plus 300 kB more). h3 receives `layers-a`, then `layers-b`: the second time
+only the new layer may travel. The registry runs on this machine's loopback, the host pulls
+through a port its sshd forwards back over infra's connection. Also: the registry ends with
+infra, even when infra is killed with SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from infra.commands.engine import BuildImage, InspectImages
+from infra.config import Host
+from infra.registry import LocalRegistry
+from infra.report import Reporter
+from infra.runner import Limits, LocalConnection, SSHConnection
+from infra.workflows.ship import ImageSender, ShippedImage
+
+pytestmark = pytest.mark.e2e
+
+BASE = "infra-base:bookworm"
+IMAGE_A = "infra-layers-a:latest"
+IMAGE_B = "infra-layers-b:latest"
+RANDOM_A = 6_000_000
+RANDOM_B = 300_000
+
+
+class Cluster:
+    """What ImageSender needs of a cluster: where the registry keeps its layers."""
+
+    def __init__(self, state: Path):
+        self.registry_dir = state / "registry"
+
+
+def build(engine, tag: str, dockerfile: str, folder: Path) -> str:
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "Dockerfile").write_text(textwrap.dedent(dockerfile))
+    return engine.apply(BuildImage(tag, str(folder), "Dockerfile", build_args=(("BASE", BASE),)))
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    local = LocalConnection(Host(name="local", address="local"))
+    folder = tmp_path_factory.mktemp("layers")
+    # Random bytes: no compression can make them smaller, so the bytes counted are the layer's.
+    a = build(local.engine, IMAGE_A, f"""
+        ARG BASE
+        FROM $BASE
+        RUN head -c {RANDOM_A} /dev/urandom > /layer-a
+        """, folder / "a")
+    b = build(local.engine, IMAGE_B, f"""
+        FROM {IMAGE_A}
+        RUN head -c {RANDOM_B} /dev/urandom > /layer-b
+        """, folder / "b")
+    yield {"local": local, "a": a, "b": b}
+    subprocess.run(["docker", "image", "rm", "--force", IMAGE_B, IMAGE_A], capture_output=True)
+    local.close()
+
+
+@pytest.fixture(scope="module")
+def h3(testbed):
+    host = testbed.docker_hosts[2]
+    entry = host.cluster_entry()
+    conn = SSHConnection(Host(name=host.name, address=entry["address"], user=entry["user"], port=entry["port"],
+                              key=entry["key"]), Limits(connect=10, known_hosts=str(testbed.known_hosts_path)))
+    testbed.exec_result(host, ["docker", "image", "rm", "--force", IMAGE_B, IMAGE_A])
+    yield conn
+    testbed.exec_result(host, ["docker", "image", "rm", "--force", IMAGE_B, IMAGE_A])
+    conn.close()
+
+
+def send(tmp_path, images, conn, tag: str, image_id: str) -> int:
+    shipped = [ShippedImage(tag, "infra/" + tag.partition(":")[0], image_id)]
+    with ImageSender(Cluster(tmp_path), images["local"], Reporter(quiet=True), shipped) as sender:
+        assert sender.registry is not None, "docker-registry must be installed here (scripts/run-tests.sh does)"
+        return sender.send(conn, [tag])
+
+
+def test_only_the_layers_a_host_lacks_travel(tmp_path, images, h3, testbed):
+    first = send(tmp_path, images, h3, IMAGE_A, images["a"])
+    assert first > RANDOM_A
+    found = h3.engine.query(InspectImages((IMAGE_A,)))
+    assert found[IMAGE_A]["Id"] == images["a"]  # the same image, named as the cluster names it
+
+    second = send(tmp_path, images, h3, IMAGE_B, images["b"])
+    assert RANDOM_B < second < RANDOM_B + 200_000, second  # the new layer, a manifest and a config
+    assert h3.engine.query(InspectImages((IMAGE_B,)))[IMAGE_B]["Id"] == images["b"]
+    # No name of the registry's is left on the host.
+    tags = testbed.exec(testbed.docker_hosts[2], "docker image ls --format '{{.Repository}}:{{.Tag}}'").split()
+    assert not [tag for tag in tags if tag.startswith("127.0.0.1:")], tags
+
+
+def test_the_registry_listens_on_loopback_only_and_keeps_its_config_private(tmp_path):
+    with LocalRegistry(tmp_path / "registry") as registry:
+        listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
+        lines = [line for line in listening.splitlines() if f":{registry.port} " in line]
+        assert lines and all("127.0.0.1:" in line for line in lines), lines
+        assert (tmp_path / "registry" / "config.yml").stat().st_mode & 0o777 == 0o600
+    assert not _registry_running(tmp_path)
+
+
+def _registry_running(tmp_path: Path) -> bool:
+    return subprocess.run(["pgrep", "-f", f"docker-registry serve {tmp_path}"], capture_output=True).returncode == 0
+
+
+def test_the_registry_ends_with_infra_even_after_sigkill(tmp_path):
+    program = textwrap.dedent(f"""
+        import time
+        from pathlib import Path
+        from infra.registry import LocalRegistry
+        LocalRegistry(Path({str(tmp_path / 'registry')!r})).start()
+        print("started", flush=True)
+        time.sleep(600)
+        """)
+    child = subprocess.Popen([sys.executable, "-c", program], stdout=subprocess.PIPE, text=True,
+                             cwd=Path(__file__).resolve().parents[2])
+    try:
+        assert child.stdout.readline().strip() == "started"
+        assert _registry_running(tmp_path)
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait(10)
+        deadline = time.monotonic() + 5
+        while _registry_running(tmp_path) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _registry_running(tmp_path)
+    finally:
+        if child.poll() is None:
+            child.kill()

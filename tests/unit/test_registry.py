@@ -1,0 +1,52 @@
+"""The registry that sends images by layers: its configuration, names and failures (no host needed)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from infra.registry import LocalRegistry, RegistryUnavailable, _config_text
+from infra.workflows.ship import ShippedImage, _registry_tag
+
+
+def test_the_registry_listens_on_loopback_and_keeps_its_layers_under_its_folder(tmp_path):
+    config = json.loads(_config_text(tmp_path, 40123))  # JSON is the YAML the registry reads
+    assert config["http"]["addr"] == "127.0.0.1:40123"
+    assert config["storage"]["filesystem"]["rootdirectory"] == str(tmp_path / "data")
+    assert len(config["http"]["secret"]) == 32
+    assert json.loads(_config_text(tmp_path, 40123))["http"]["secret"] != config["http"]["secret"]
+
+
+def test_images_are_named_by_their_id_in_the_registry():
+    image = ShippedImage("infra-lab-worker:latest", "infra/lab-worker", "sha256:" + "ab" * 32)
+    assert _registry_tag(image) == "ab" * 16
+
+
+def test_refs_name_the_registry_here_or_the_port_a_host_forwards(tmp_path):
+    registry = LocalRegistry(tmp_path)
+    registry.port = 5000
+    assert registry.ref("infra/lab-worker", "abc") == "127.0.0.1:5000/infra/lab-worker:abc"
+    assert registry.ref("infra/lab-worker", "abc", port=41000) == "127.0.0.1:41000/infra/lab-worker:abc"
+
+
+def test_without_docker_registry_installed_the_error_says_what_to_install(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(RegistryUnavailable) as raised:
+        LocalRegistry(tmp_path / "registry").start()
+    assert "apt-get install docker-registry" in str(raised.value)
+    assert "\n" not in str(raised.value)
+
+
+def test_a_registry_that_stops_at_once_is_reported_with_what_it_said(tmp_path, monkeypatch):
+    # A program of that name that refuses to serve: the log's words reach the one-line error.
+    program = tmp_path / "bin" / "docker-registry"
+    program.parent.mkdir()
+    program.write_text("#!/bin/sh\necho 'configuration error: bad storage' >&2\nexit 3\n")
+    program.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
+    with pytest.raises(RegistryUnavailable) as raised:
+        LocalRegistry(tmp_path / "registry").start()
+    assert "exit 3" in str(raised.value) and "configuration error: bad storage" in str(raised.value)
+    assert (tmp_path / "registry" / "config.yml").stat().st_mode & 0o777 == 0o600
