@@ -136,3 +136,36 @@ def test_the_registry_ends_with_infra_even_after_sigkill(tmp_path):
     finally:
         if child.poll() is None:
             child.kill()
+
+
+NO_FORWARDING = "/etc/ssh/sshd_config.d/00-infra-test-no-forwarding.conf"
+
+
+@pytest.fixture
+def refusing_forwarding(testbed, h3):
+    """h3's sshd with `AllowTcpForwarding no` (first in its drop-ins: sshd keeps a keyword's first value)."""
+    host = testbed.docker_hosts[2]
+    reload = "kill -HUP \"$(cat /run/sshd.pid)\""  # the listener re-executes itself; sessions stay
+    testbed.exec(host, f"echo 'AllowTcpForwarding no' > {NO_FORWARDING} && {reload}")
+    time.sleep(1)
+    yield host
+    testbed.exec(host, f"rm -f {NO_FORWARDING} && {reload}")
+    time.sleep(1)
+
+
+def test_a_host_whose_sshd_refuses_forwarding_gets_whole_images_and_a_warning(
+        tmp_path, images, testbed, refusing_forwarding, capsys):
+    entry = refusing_forwarding.cluster_entry()
+    conn = SSHConnection(Host(name=refusing_forwarding.name, address=entry["address"], user=entry["user"],
+                              port=entry["port"], key=entry["key"]),
+                         Limits(connect=10, known_hosts=str(testbed.known_hosts_path)))
+    try:
+        testbed.exec_result(refusing_forwarding, ["docker", "image", "rm", "--force", IMAGE_B, IMAGE_A])
+        sent = send(tmp_path, images, conn, IMAGE_A, images["a"])
+        assert sent > RANDOM_A  # the whole image: docker save | docker load through the Engine API
+        assert conn.engine.query(InspectImages((IMAGE_A,)))[IMAGE_A]["Id"] == images["a"]
+    finally:
+        conn.close()
+    warning = capsys.readouterr().err
+    assert f"{refusing_forwarding.name}: the SSH server refuses port forwarding" in warning
+    assert "images are sent whole" in warning
