@@ -39,7 +39,7 @@ from ..plans.addresses import master_address
 from ..plans.steps import Record, engine_step
 from ..plans.up import host_layout
 from ..report import Reporter
-from ..runner import Connection, ConnectionPool, LocalConnection, ship_images
+from ..runner import Connection, ConnectionPool, LocalConnection
 from ..runtime.join import derive_secret
 from ..tls import ServerIdentity
 from ..volunteers import (
@@ -56,6 +56,7 @@ from ..volunteers import (
 )
 from .execute import execute_step
 from .gather import read_host_facts
+from .ship import ImageSender, ShippedImage
 
 ENGINE_TIMEOUT = 120
 FILE_TIMEOUT = 600
@@ -165,9 +166,12 @@ def _worker_image_on_master(cluster: Cluster, conn: Connection, pool: Connection
     found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))
     if found.get(tag) is None and cluster.spec.images.source == "ship" and not conn.host.is_local:
         local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
-        sent = ship_images(local.engine, conn.engine, [tag])
-        reporter.host(conn.host.name, f"image {tag} shipped for volunteers ({sent / 1e6:.0f} MB)")
-        found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))
+        here = parse_image_inspect(local.engine.query(InspectImages((tag,)))).get(tag)
+        if here is not None:  # by layers: the master host has all but the worker's top one already
+            with ImageSender(cluster, local, reporter, [ShippedImage(tag, f"infra/{cluster.name}-worker", here.id)]) as sender:
+                sent = sender.send(conn, [tag])
+            reporter.host(conn.host.name, f"image {tag} received for volunteers ({sent / 1e6:.1f} MB)")
+            found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))
     if found.get(tag) is None:
         raise InfraError(f"{conn.host.name}: the worker image {tag} is not on the master host, which serves it to "
                          f"volunteers: give the master host a worker in the cluster file, or use images.source: build, "
