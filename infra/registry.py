@@ -32,6 +32,7 @@ from .errors import InfraError
 REGISTRY_PROGRAM = "docker-registry"  # Debian's package of the same name
 START_TIMEOUT = 15.0  # seconds for the registry to answer after it starts
 STOP_TIMEOUT = 5.0
+GC_TIMEOUT = 300.0  # seconds for garbage-collect to walk the store
 CONNECT_TIMEOUT = 10.0  # a forwarded connection's way to the registry
 CHUNK = 64 * 1024
 LOG_TAIL = 400  # characters of the registry's log quoted when it fails to start
@@ -138,6 +139,27 @@ class LocalRegistry:
         manifest = json.loads(body)
         return {layer["digest"].partition(":")[2][:12]: int(layer.get("size", 0))
                 for layer in manifest.get("layers", [])}
+
+    def prune(self, keep: dict[str, set[str]]) -> int:
+        """Forget every tag of these repositories but the ones to keep, then delete the layers no
+        image uses any more (`docker-registry garbage-collect`). Only while stopped. Returns the
+        number of tags forgotten; the store then holds the current images and nothing else."""
+        program = shutil.which(REGISTRY_PROGRAM)
+        tags_root = self.storage / "data" / "docker" / "registry" / "v2" / "repositories"
+        forgotten = 0
+        for repository, tags in keep.items():
+            folder = tags_root / repository / "_manifests" / "tags"
+            if not folder.is_dir():
+                continue
+            for tag in folder.iterdir():
+                if tag.name not in tags and not tag.is_symlink():
+                    shutil.rmtree(tag)
+                    forgotten += 1
+        if forgotten and program is not None:
+            subprocess.run([program, "garbage-collect", "--delete-untagged", str(self.storage / "config.yml")],
+                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                           timeout=GC_TIMEOUT, check=True)
+        return forgotten
 
     def stop(self) -> None:
         process, self._process = self._process, None

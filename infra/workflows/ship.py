@@ -9,6 +9,7 @@ the images there, and lets each host's engine pull through its own SSH connectio
 
 from __future__ import annotations
 
+import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
@@ -125,6 +126,19 @@ class ImageSender:
             self._pusher.join()
         if self.registry is not None:
             self.registry.stop()
+            if exc[0] is None and self._push_error is None:
+                self._prune()
+
+    def _prune(self) -> None:
+        """Keep only the images just sent: the store does not grow with every change."""
+        keep: dict[str, set[str]] = {}
+        for image in self.images.values():
+            keep.setdefault(image.repository, set()).add(_registry_tag(image))
+        try:
+            self.registry.prune(keep)
+        except (OSError, subprocess.SubprocessError) as exc:
+            self.reporter.warn(f"local: the registry's old layers in {self.registry.storage} were not removed "
+                               f"({' '.join(str(exc).split())})")
 
     def _push_all(self) -> None:
         try:

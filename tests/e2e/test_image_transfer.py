@@ -80,7 +80,7 @@ def h3(testbed):
 
 
 def send(tmp_path, images, conn, tag: str, image_id: str) -> int:
-    shipped = [ShippedImage(tag, "infra/" + tag.partition(":")[0], image_id)]
+    shipped = [ShippedImage(tag, "infra/layers", image_id)]  # one repository: each send replaces the last
     with ImageSender(Cluster(tmp_path), images["local"], Reporter(quiet=True), shipped) as sender:
         assert sender.registry is not None, "docker-registry must be installed here (scripts/run-tests.sh does)"
         return sender.send(conn, [tag])
@@ -95,6 +95,9 @@ def test_only_the_layers_a_host_lacks_travel(tmp_path, images, h3, testbed):
     second = send(tmp_path, images, h3, IMAGE_B, images["b"])
     assert RANDOM_B < second < RANDOM_B + 200_000, second  # the new layer, a manifest and a config
     assert h3.engine.query(InspectImages((IMAGE_B,)))[IMAGE_B]["Id"] == images["b"]
+    # The store keeps the image just sent, not the one before it (its layers are B's too).
+    tags = tmp_path / "registry" / "data" / "docker" / "registry" / "v2" / "repositories" / "infra" / "layers"
+    assert [p.name for p in (tags / "_manifests" / "tags").iterdir()] == [images["b"].partition(":")[2][:32]]
     # No name of the registry's is left on the host.
     tags = testbed.exec(testbed.docker_hosts[2], "docker image ls --format '{{.Repository}}:{{.Tag}}'").split()
     assert not [tag for tag in tags if tag.startswith("127.0.0.1:")], tags
