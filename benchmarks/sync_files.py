@@ -11,7 +11,13 @@ Each round changes one file, then times as whole processes, in rotating order:
 - `rsync -c -r` over ssh (the same key, known_hosts and user) to the same 3 hosts in parallel,
   into a scratch folder on each host that was fully synced before the first round.
 
-Both sides compare contents (checksums of every file on both ends) and send only what differs.
+Both sides compare contents and send only what differs. rsync -c checksums every file on both
+ends on every run; infra hashes only the files whose status changed since its last run (it keeps
+the digests of both ends in its state dir, see README "sync-files").
+
+infra runs with its bytecode compiled, as an installed infra does (`pip install` compiles it):
+the runs share a bytecode folder in the scratch folder (PYTHONPYCACHEPREFIX), filled by the
+warm-up run, even where PYTHONDONTWRITEBYTECODE is set; nothing is written into the checkout.
 
     python benchmarks/sync_files.py --repeat 5
     python benchmarks/sync_files.py --repeat 5 --baseline HEAD
@@ -92,9 +98,15 @@ def cluster_file(folder: Path, testbed: Testbed, project: Path) -> Path:
     return path
 
 
+BYTECODE: Path | None = None  # where the infra runs keep their compiled modules (set in main)
+
+
 def run_infra(source: Path, *args: str, ok: tuple[int, ...] = (0,)) -> tuple[float, str]:
     """Seconds the infra command of `source` takes, whole process, and its output; fails loudly if it fails."""
     env = {**os.environ, "PYTHONPATH": str(source)}
+    if BYTECODE is not None:
+        env.pop("PYTHONDONTWRITEBYTECODE", None)
+        env["PYTHONPYCACHEPREFIX"] = str(BYTECODE)
     began = time.perf_counter()
     result = subprocess.run([sys.executable, "-m", "infra", *args], capture_output=True, text=True, env=env,
                             cwd=source, timeout=1800)
@@ -141,6 +153,8 @@ def main() -> None:
         raise SystemExit("rsync is missing here: apt-get install -y rsync")
 
     work = Path(tempfile.mkdtemp(prefix="infra-bench-sync-"))
+    global BYTECODE
+    BYTECODE = work / "bytecode"
     worktree = None
     sources = {"this checkout": REPO}
     try:
@@ -167,6 +181,7 @@ def main() -> None:
                 for label, source in sources.items():  # warm-up, not timed: nothing to send
                     run_infra(source, "sync-files", "-f", path, "--no-restart")
                 candidates = sorted(project.rglob("*.py"))
+                loads: list[float] = []  # the 1-minute load average after each round
                 changes = 0
                 for label, source in sources.items():
                     # One changed file per round, sent by both sides: infra's folder and rsync's
@@ -190,7 +205,9 @@ def main() -> None:
                                     raise SystemExit(f"sync-files did not send exactly 1 file per host:\n{out}")
                                 times[label]["infra"].append(took)
                             line.append(f"{side} {took:.2f} s")
-                        print(f"{label}: round {round_ + 1}/{options.repeat}: " + ", ".join(line), flush=True)
+                        loads.append(os.getloadavg()[0])
+                        print(f"{label}: round {round_ + 1}/{options.repeat}: " + ", ".join(line)
+                              + f" (load {loads[-1]:.2f})", flush=True)
             finally:
                 run_infra(REPO, "clean", "-f", path, "--files", "--volumes", ok=(0, 1))
     finally:
@@ -208,7 +225,10 @@ def main() -> None:
         infra, rsync = statistics.median(times[label]["infra"]), statistics.median(times[label]["rsync"])
         medians[label] = {"infra": round(infra, 3), "rsync": round(rsync, 3), "ratio": round(infra / rsync, 2)}
         print(f"{label:28} {infra:11.2f} {rsync:12.2f} {infra / rsync:7.2f}")
+    print(f"load average (1 min) after the rounds: {min(loads):.2f}-{max(loads):.2f}; "
+          f"{os.cpu_count()} cores; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}")
     print(json.dumps({"files": options.files, "repeat": options.repeat, "medians": medians,
+                      "loadavg_1m": [round(x, 2) for x in loads],
                       "runs": {k: {side: [round(t, 3) for t in v] for side, v in sides.items()}
                                for k, sides in times.items()}}))
 

@@ -250,18 +250,23 @@ class SSHConnection(Connection):
         self._fabric.connect_timeout = connect_timeout
         # Fabric accepts any host key; check them as OpenSSH does, gateways (ProxyJump) included.
         self._known_hosts, self._key_rules = self._trust_host_keys(self._fabric)
+        sock = None
         try:
+            if not self._fabric.gateway:  # ProxyJump/ProxyCommand: the gateway's own channel
+                sock = _nodelay_socket(self._fabric.host, self._fabric.port, connect_timeout)
+                self._fabric.connect_kwargs["sock"] = sock
             self._fabric.open()
         except Exception as exc:  # paramiko and socket errors of every kind
             self._fabric.close()
+            if sock is not None:
+                sock.close()
             refusal = hostkeys.explain(host.name, exc, self._known_hosts[0])
             if refusal:
                 raise ConnectError(refusal) from None
             raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {_describe_connect_error(exc)}") from None
         transport = self._fabric.client.get_transport()
         transport.set_keepalive(15)
-        # paramiko leaves Nagle's algorithm on: every small command then waits ~40 ms for
-        # a delayed ACK. OpenSSH turns it off too. (A ProxyCommand socket has no such option.)
+        # The same for a gateway's socket, when it is one (a ProxyCommand's has no such option).
         try:
             transport.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         except (AttributeError, OSError):
@@ -376,6 +381,41 @@ class SSHConnection(Connection):
     def close(self) -> None:
         self._close_engine()
         self._fabric.close()
+
+
+class _QuickAckSocket(socket.socket):
+    """A TCP socket that acknowledges at once what it receives (Linux's TCP_QUICKACK, set again
+    after every read, as the kernel drops it by itself).
+
+    Right after authentication sshd sends two small packets of its own (host keys, a debug
+    message) before it answers the first channel open, and its Nagle's algorithm holds that
+    answer until they are acknowledged: with delayed ACKs, ~40 ms on every new connection.
+    """
+
+    def recv(self, *args):
+        data = super().recv(*args)
+        try:
+            self.setsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK, 1)
+        except OSError:
+            pass
+        return data
+
+
+def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:
+    """A TCP connection to the host with Nagle's algorithm off from the first packet, as OpenSSH does.
+
+    paramiko never turns it off: each small packet (the authentication's, then every command's)
+    would wait ~40 ms for the peer's delayed ACK.
+    """
+    sock = socket.create_connection((host, port), timeout=timeout)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    except OSError:
+        pass
+    if hasattr(socket, "TCP_QUICKACK"):  # Linux
+        sock = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
+        sock.settimeout(timeout)
+    return sock
 
 
 def _feed_channel(channel, stdin: bytes | IO[bytes]) -> None:

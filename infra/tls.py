@@ -18,15 +18,14 @@ import ipaddress
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from typing import TYPE_CHECKING
 
 from .errors import StateError
 from .secrets import write_private_file
+
+if TYPE_CHECKING:
+    from cryptography import x509
+    from cryptography.hazmat.primitives.asymmetric import ec
 
 CA_LIFETIME = dt.timedelta(days=3650)
 SERVER_LIFETIME = dt.timedelta(days=825)
@@ -34,6 +33,17 @@ RENEW_BEFORE = dt.timedelta(days=30)
 # Names the master's certificate always carries: the services' names on the cluster's network
 # and loopback, where workers on the master host itself connect.
 ALWAYS_NAMES = ("localhost", "127.0.0.1", "::1", "broker", "results", "flower")
+
+
+def _load_cryptography() -> None:
+    """Import cryptography's X.509 modules on first use, not with this module: the plans import
+    `ServerIdentity`, and commands that never touch certificates (`sync-files`) need not pay for them."""
+    global x509, InvalidSignature, hashes, serialization, ec, ExtendedKeyUsageOID, NameOID
+    from cryptography import x509
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 @dataclass(frozen=True)
@@ -60,6 +70,7 @@ def _cert_pem(cert: x509.Certificate) -> bytes:
 
 def ca_fingerprint(ca_pem: str) -> str:
     """`sha256:HEX` of the CA certificate's DER bytes: what a client pins."""
+    _load_cryptography()
     cert = x509.load_pem_x509_certificate(ca_pem.encode())
     return "sha256:" + hashlib.sha256(cert.public_bytes(serialization.Encoding.DER)).hexdigest()
 
@@ -165,6 +176,7 @@ def load_or_create(tls_dir: Path, cluster: str, names: list[str], *, save: bool 
     Callers hold the cluster lock, so no two runs write these files at once. With `save=False`
     (a dry run) what is missing is made in memory only.
     """
+    _load_cryptography()
     ca_pair = _read_pair(tls_dir / "ca.crt", tls_dir / "ca.key")
     if ca_pair is None:
         ca, ca_key = _new_ca(cluster)

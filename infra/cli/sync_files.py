@@ -24,7 +24,8 @@ def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, a
     """Bring the task project on the hosts up to date, then restart the workers that need it.
 
     Compares contents (sha256), not timestamps, and sends only the files that differ, in one
-    tar stream per host; files deleted locally are deleted in the project's folder on the
+    tar stream per host (a file whose status, inode, size and times, is as at the last run is
+    not hashed again, here or on the hosts); files deleted locally are deleted in the project's folder on the
     hosts. Ignored: .git, __pycache__, virtual environments, output/ and the patterns of the
     project's .infraignore (gitignore syntax). Then restarts (`docker restart`) the workers of
     the hosts whose code changed, so new task code is live without rebuilding images, and
@@ -44,16 +45,24 @@ def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, a
     """
     # A short-lived command: the cyclic garbage collector only slows it down. It runs over and
     # over while the modules load (pydantic, paramiko, cryptography: about a third of the import
-    # time) and once more over everything at exit, and would free nothing that matters.
+    # time; more load on a helper thread while the hosts answer) and once more over everything
+    # at exit, and would free nothing that matters: what the sync makes in cycles is a few
+    # objects per SSH channel, a few hundred even over a restart's wait of minutes.
+    collecting = gc.isenabled()
     gc.disable()
-    try:
-        from ..workflows.sync_files import sync_files as run_sync
-        from ..report import Reporter
-
-        cluster = load_cluster_file(cluster_file)
-    finally:
-        gc.enable()
     atexit.register(gc.freeze)  # what exists at exit is not searched for cycles again
+    try:
+        _sync_files(cluster_file, hosts_option, no_restart, as_json, wait)
+    finally:
+        if collecting:
+            gc.enable()  # as it was, for a caller in the same process (tests)
+
+
+def _sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, as_json: bool, wait: bool) -> None:
+    from ..report import Reporter
+    from ..workflows.sync_files import sync_files as run_sync
+
+    cluster = load_cluster_file(cluster_file)
     hosts = select_hosts(cluster, hosts_option)
     reporter = Reporter(quiet=as_json)
     result = run_sync(cluster, reporter, hosts=hosts, restart=not no_restart, wait=wait)

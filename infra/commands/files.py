@@ -94,7 +94,8 @@ def _owner_test(folder: str, cluster: str) -> str:
     return f"[ -d {shlex.quote(folder)} ] && [ ! -L {shlex.quote(folder)} ] && [ \"$marker\" = {shlex.quote(cluster)} ]"
 
 
-def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, from_home: bool = False) -> list[str]:
+def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, from_home: bool = False,
+                 with_stats: bool = False, hashed_since: int | None = None) -> list[str]:
     """What `sync-files` needs to know of a host, in one round trip (read by `facts.files.parse_project_listing`).
 
     `owner`: whose the cluster folder is (absent, empty, ours, other: a folder of something else,
@@ -105,13 +106,30 @@ def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, 
 
     `from_home`: first print the SSH user's home (section `home`) and go there, so relative paths
     are the home's, as `plans.up.host_layout` makes them: no host probe is needed before it.
+
+    `with_stats`: also print the host's clock first (section `clock`, seconds) and, in place of
+    `links`, the section `entries`: NUL-separated `f INODE SIZE MTIME CTIME ./PATH` of every
+    regular file and `l ./PATH` of every link, so that digests known from an earlier listing can
+    be reused (see `facts.files.complete_listing`). With `hashed_since` (a time of the host's
+    clock) only files whose status changed after it are hashed. A host without GNU find answers
+    as without `with_stats`.
     """
     r, p, o = shlex.quote(root), shlex.quote(project_dir), shlex.quote(output_dir)
     mount = shlex.quote(posixpath.join(project_dir, "output"))
     home = (f"printf '{PROBE_MARKER}home\\n%s\\n' \"$HOME\"; "
             f"case $HOME in /*) cd \"$HOME\" || exit 1 ;; *) echo 'no home folder' >&2; exit 1 ;; esac; ")
+    all_files = f"find . -type f -exec sha256sum {{}} + ; printf '{PROBE_MARKER}links\\n'; find . -type l -print0"
+    listing = all_files
+    if with_stats:
+        # A file's status time (ctime) is set to the present by every write, rename or chmod, never back.
+        recent = f" -newerct @{int(hashed_since)}" if hashed_since is not None else ""
+        listing = (f"if find . -maxdepth 0 -newerct @0 -printf '' 2>/dev/null; then "
+                   f"find . -type f{recent} -exec sha256sum {{}} + ; printf '{PROBE_MARKER}entries\\n'; "
+                   f"find . \\( -type f -printf 'f %i %s %T@ %C@ %p\\0' \\) -o \\( -type l -printf 'l %p\\0' \\); "
+                   f"else {all_files}; fi")
+    clock = f"printf '{PROBE_MARKER}clock\\n'; date +%s; " if with_stats else ""
     return ["sh", "-c", (
-        (home if from_home else "") +
+        (home if from_home else "") + clock +
         f"printf '{PROBE_MARKER}owner\\n'; {_read_marker(root)}"
         f"if [ -L {r} ]; then echo link; elif [ ! -e {r} ]; then echo absent; elif [ ! -d {r} ]; then echo file; "
         f"elif {_owner_test(root, cluster)}; then echo ours; "
@@ -119,8 +137,7 @@ def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, 
         f"printf '{PROBE_MARKER}folders\\n'; "
         f"for d in {p} {mount} {o} ; do if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then echo yes; else echo no; fi; done; "
         f"printf '{PROBE_MARKER}files\\n'; "
-        f"if [ -d {p} ] && [ ! -L {p} ] && cd {p}; then find . -type f -exec sha256sum {{}} + ; "
-        f"printf '{PROBE_MARKER}links\\n'; find . -type l -print0; fi; "
+        f"if [ -d {p} ] && [ ! -L {p} ] && cd {p}; then {listing}; fi; "
         f"printf '\\n{PROBE_MARKER}end\\n'")]
 
 

@@ -10,9 +10,10 @@ from __future__ import annotations
 import struct
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Callable, Iterator
+from typing import TYPE_CHECKING, Callable, Iterator
 
-from ..commands.engine import LOG_DRIVER, LOG_OPTIONS, Logs, RunContainer
+if TYPE_CHECKING:
+    from ..commands.engine import Logs, RunContainer
 
 LineCallback = Callable[[str], None]
 
@@ -75,6 +76,9 @@ def create_arguments(op: RunContainer) -> dict:
     `APIClient.create_container_from_config`. Settings `argv()` leaves out are left out here
     too, so the engine applies the same defaults as `docker run` would.
     """
+    # Here, not at the top: the runner imports this module for LineBuffer before any engine is used.
+    from ..commands.engine import LOG_DRIVER, LOG_OPTIONS
+
     spec = op.spec
     exposed: dict[str, dict] = {}
     bindings: dict[str, list[dict]] = {}

@@ -7,38 +7,25 @@ times at the moment infra restarted them), so only hosts whose code changed rest
 from __future__ import annotations
 
 import json
+import os
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import pathspec
-
-from ..commands.engine import InspectContainers, ListContainers, RestartContainer
-from ..commands.files import files_newer_than, list_project
-from ..config import Cluster, Host
-from ..errors import EngineUnavailableError, InfraError, one_line, without_host
-from ..facts.containers import parse_container_inspect, parse_container_list
-from ..facts.files import LocalFile, ignore_rules, parse_find, parse_project_listing, project_digest, scan_local
-from ..facts.host import HostFacts
+from ..errors import InfraError, one_line, without_host
 from ..lock import cluster_lock
-from ..manifest import Manifest
-from ..names import celery_node_name
-from ..plans.steps import Record
-from ..plans.sync import (
-    CodeRecord,
-    SyncPlan,
-    changed_after,
-    earliest_start,
-    plan_sync,
-    restart_decision,
-    sync_steps,
-)
-from ..plans.up import HostLayout, host_layout
-from ..report import Reporter
-from ..runner import Connection, ConnectionPool, run_concurrently
+from ..runner import ConnectionPool, run_concurrently
 from ..secrets import write_private_file
-from .execute import execute_steps
-from .readiness import wait_for_workers
+
+if TYPE_CHECKING:
+    import pathspec
+
+    from ..config import Cluster, Host
+    from ..facts.files import LocalFile
+    from ..manifest import Manifest
+    from ..plans.sync import CodeRecord
+    from ..report import Reporter
 
 RESTART_TIMEOUT = 10  # seconds a restart gives a worker to finish its tasks (then SIGKILL)
 LISTING_TIMEOUT = 300
@@ -96,6 +83,8 @@ def code_records_path(cluster: Cluster) -> Path:
 
 
 def load_code_records(path: Path) -> dict[str, CodeRecord]:
+    from ..plans.sync import CodeRecord
+
     try:
         raw = json.loads(path.read_text())
         return {host: CodeRecord(rec["digest"], dict(rec["workers"])) for host, rec in raw.get("hosts", {}).items()}
@@ -106,22 +95,6 @@ def load_code_records(path: Path) -> dict[str, CodeRecord]:
 def save_code_records(path: Path, records: dict[str, CodeRecord]) -> None:
     data = {"version": 1, "hosts": {host: asdict(rec) for host, rec in sorted(records.items())}}
     write_private_file(path, json.dumps(data, indent=2).encode() + b"\n")
-
-
-def start_times(conn: Connection, names: list[str]) -> dict[str, str]:
-    """{container: its State.StartedAt} of the given containers."""
-    if not names:
-        return {}
-    return {c.name: c.started_at for c in parse_container_inspect(conn.engine.query(InspectContainers(tuple(names))))}
-
-
-def running_workers(conn: Connection, cluster: Cluster) -> dict[str, str]:
-    """{worker container running on the host: its State.StartedAt}; none when the engine does not answer."""
-    try:
-        containers = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
-    except EngineUnavailableError:
-        return {}  # as `gather.read_host_facts`: no engine, no worker to restart; the files still go
-    return start_times(conn, sorted(c.name for c in containers if c.role == "worker" and c.running))
 
 
 def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None = None,
@@ -138,7 +111,7 @@ class SyncContext:
     digest, and the records of who runs what."""
 
     cluster: Cluster
-    rules: pathspec.PathSpec
+    ignore: Future  # -> the ignore rules (pathspec.PathSpec)
     scan: Future  # -> {relative path: LocalFile}
     records: dict[str, CodeRecord]
     manifest: Manifest
@@ -146,92 +119,97 @@ class SyncContext:
     new_records: dict[str, CodeRecord | None] = field(default_factory=dict)
 
     @property
+    def rules(self) -> pathspec.PathSpec:
+        return self.ignore.result()
+
+    @property
     def local_files(self) -> dict[str, LocalFile]:
         return self.scan.result()
 
     @property
     def digest(self) -> str:
+        from ..facts.files import project_digest
+
         return project_digest(self.local_files)
 
 
-def layout_below(cluster: Cluster, host: Host, home: str) -> HostLayout:
-    """The cluster's folder on a host, below `home` when `project.remote_path` is relative.
+def write_digest_record(path: Path, data: dict) -> None:
+    """Write a record of known digests (0600, atomically). No fsync: losing one in a crash
+    only means hashing every file again."""
+    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        os.write(fd, json.dumps(data, separators=(",", ":")).encode())
+    finally:
+        os.close(fd)
+    os.replace(tmp, path)
 
-    `host_layout` reads nothing of the facts but the home: the other fields stay empty.
-    """
-    return host_layout(cluster, host, HostFacts(home=home, uid=-1, gid=-1, arch="", docker_version=None))
+
+def local_digests_path(cluster: Cluster) -> Path:
+    return cluster.state_dir / "local-digests.json"
 
 
-def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
-    """One host: send what differs, then restart its workers if they run older code.
+def load_local_digests(path: Path, root: Path) -> dict[str, tuple[str, str]]:
+    """{relative path: (status, sha256)} of the last scan of `root` (see `facts.files.scan_local`)."""
+    try:
+        raw = json.loads(path.read_text())
+        if raw.get("root") != str(root):
+            return {}
+        return {str(rel): (str(status), str(digest)) for rel, (status, digest) in raw["files"].items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}  # a lost record only means hashing every file again
 
-    A remote host is asked once for its home and its project listing together; its engine is
-    asked only when workers may restart (not with --no-restart).
-    """
-    cluster, host = ctx.cluster, conn.host
-    plan: SyncPlan | None = None  # None on `local`, where the project is used in place
-    if host.is_local:
-        layout = layout_below(cluster, host, "")  # the project in place: no home involved
-        outcome = SyncOutcome(host.name, layout.project_dir, in_place=True, unchanged=len(ctx.local_files))
-    else:
-        # Relative to the home, which the same answer names: "./" keeps a path from reading as an option.
-        relative = layout_below(cluster, host, ".")
-        answer = conn.run(list_project(relative.root, relative.project_dir, relative.output_dir, cluster.name,
-                                       from_home=True), timeout=LISTING_TIMEOUT)
-        listing = parse_project_listing(answer.stdout, ctx.rules)
-        if not listing.home.startswith("/") or "\n" in listing.home:
-            raise InfraError(f"{host.name}: no home folder in the project listing ({listing.home!r})")
-        layout = layout_below(cluster, host, listing.home)
-        outcome = SyncOutcome(host.name, layout.project_dir)
-        # A cluster folder that is not this cluster's is refused here, before anything is written.
-        plan = plan_sync(layout, cluster.name, cluster.project_dir, ctx.local_files, listing, ctx.rules)
-        steps = sync_steps(plan, Record("add_files", layout.project_dir))
-        execute_steps(conn, steps, ctx.manifest)
-        outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
-        outcome.sent, outcome.deleted = plan.upload, plan.delete
-        outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
-    if not ctx.restart:
-        # The record of which code the workers run stays as it is: still true, they were not restarted.
-        outcome.reason = "not restarted (--no-restart)"
-        return outcome
-    workers = running_workers(conn, cluster)
-    record = ctx.records.get(host.name)
-    record_valid = record is not None and record.workers == workers
-    changed = plan is not None and plan.files_changed
-    if workers and not changed and not record_valid:
-        # Without a record to trust, files newer than the oldest worker mean it may run older code.
-        started = earliest_start(workers)
-        if plan is None:
-            mtimes = {rel: (cluster.project_dir / rel).stat().st_mtime for rel in ctx.local_files}
-            changed = bool(changed_after(mtimes, started))
-        elif started is not None:
-            found = conn.run(files_newer_than(layout.project_dir, started), timeout=60, check=False)
-            changed = bool(parse_find(found.stdout, ctx.rules))
-    decision = restart_decision(record, ctx.digest, workers, changed, allowed=ctx.restart)
-    outcome.reason = decision.reason
-    if decision.restart:
-        names = sorted(workers)
-        # One restart per worker, all at once: each waits for a warm shutdown.
-        restarted = run_concurrently(names, lambda name: conn.engine.apply(RestartContainer(name, RESTART_TIMEOUT)))
-        outcome.restarted = sorted(restarted.succeeded)
-        restarted.raise_if_failed(f"restarting workers on {host.name}")
-        workers = start_times(conn, names)
-    ctx.new_records[host.name] = CodeRecord(ctx.digest, workers) if decision.current and workers else (
-        None if not workers else record)
-    return outcome
+
+# The helper thread's work while the hosts connect: the ignore rules, then the hosts' part (see
+# `sync_host`), whose modules the hosts need only once connected, then the local project's digests.
+
+def _ignore_rules(cluster: Cluster) -> pathspec.PathSpec:
+    from ..facts.files import RememberedRules, ignore_rules
+
+    return RememberedRules(ignore_rules(cluster.project_dir))
+
+
+def _load_then_scan(cluster: Cluster, ignore: Future) -> dict[str, LocalFile]:
+    """Every local file and its digest, hashing only the files changed since the last scan."""
+    from . import sync_host  # noqa: F401  (loaded here, used by the hosts' threads)
+    from ..facts.files import scan_local
+
+    path = local_digests_path(cluster)
+    known = load_local_digests(path, cluster.project_dir)
+    files = scan_local(cluster.project_dir, ignore.result(), known)
+    settled = {rel: (f.status, f.digest) for rel, f in files.items() if f.status}
+    if settled != known:
+        try:
+            write_digest_record(path, {"version": 1, "root": str(cluster.project_dir), "files": settled})
+        except OSError:
+            pass  # the next run hashes every file again, nothing worse
+    return files
 
 
 def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None,
                 restart: bool) -> SyncResult:
+    from ..manifest import Manifest
+
     hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
-    rules = ignore_rules(cluster.project_dir)
     records_path = code_records_path(cluster)
-    records = load_code_records(records_path)
-    with ThreadPoolExecutor(1, thread_name_prefix="scan") as scanner, ConnectionPool.for_cluster(cluster) as pool:
-        # The local project is hashed while the hosts connect and list theirs.
-        ctx = SyncContext(cluster, rules, scanner.submit(scan_local, cluster.project_dir, rules), records,
-                          Manifest.load(cluster.manifest_path, cluster.name), restart)
-        done = run_concurrently(hosts, lambda host: sync_host(ctx, pool.get(host)), key=lambda h: h.name)
+    records = load_code_records(records_path) if restart else {}  # who runs what matters only to restarts
+    manifest = Manifest.load(cluster.manifest_path, cluster.name)
+
+    def sync_one(host: Host) -> SyncOutcome:
+        conn = pool.get(host)
+        from .sync_host import sync_host  # loaded by the helper thread meanwhile
+
+        return sync_host(ctx, conn)
+
+    with ThreadPoolExecutor(1, thread_name_prefix="scan") as helper, ConnectionPool.for_cluster(cluster) as pool:
+        ignore = helper.submit(_ignore_rules, cluster)
+        ctx = SyncContext(cluster, ignore, helper.submit(_load_then_scan, cluster, ignore), records, manifest, restart)
+        if not reporter.quiet:
+            helper.submit(lambda: reporter.console)  # rich loads while the hosts answer, not after
+        done = run_concurrently(hosts, sync_one, key=lambda h: h.name)
+        if isinstance(ignore.exception(), InfraError):
+            raise ignore.exception()  # a bad .infraignore is bad input (exit 2), not a failure of every host
         outcomes: dict[str, SyncOutcome] = {}
         for host in hosts:
             if host.name in done.succeeded:
@@ -252,9 +230,12 @@ def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | Non
         if ctx.new_records:
             save_code_records(records_path, records)
 
-        restarted_nodes = [celery_node_name(w, o.host) for o in outcomes.values() for w in o.restarted]
-        if not restarted_nodes:
+        if not any(o.restarted for o in outcomes.values()):
             return SyncResult(outcomes, None)
+        from ..names import celery_node_name
+        from .readiness import wait_for_workers
+
+        restarted_nodes = [celery_node_name(w, o.host) for o in outcomes.values() for w in o.restarted]
         try:
             waited = wait_for_workers(cluster, pool.get(cluster.master_host), restarted_nodes, "restarted worker(s)")
             reporter.info(f"{len(restarted_nodes)} restarted worker(s) answer again ({waited:.1f} s)")

@@ -115,7 +115,8 @@ def listing(home: str) -> str:
 
 def sync_listing() -> str:
     """`sync-files`' one question to a host: its home and, below it, the project listing."""
-    return shlex.join(list_project("./infra/lab", "./infra/lab/proj", "./infra/lab/output", "lab", from_home=True))
+    return shlex.join(list_project("./infra/lab", "./infra/lab/proj", "./infra/lab/output", "lab", from_home=True,
+                                   with_stats=True))
 
 
 def claim(home: str) -> str:
