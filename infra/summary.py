@@ -18,7 +18,7 @@ def print_plan(cluster: Cluster, result, reporter: Reporter) -> None:
         for image in plan.images:
             if image.action in ("ship", "present"):
                 reporter.host(name, f"image: {image.describe()}")
-        steps += change_steps(cluster, plan.containers)
+        steps += change_steps(cluster, plan.containers, plan.secret_writes)
         for step in steps:
             if step.op is None and step.command is None:
                 continue

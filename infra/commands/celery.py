@@ -2,7 +2,8 @@
 
 Each builder returns an `Exec` operation. The probes are small Python programs run with
 `python -c` in the master container, which has the project, Celery and the cluster's URLs;
-each prints one JSON line that a parser in `infra.facts.celery` reads.
+they print JSON lines (the readiness probe one per event, the others one) that parsers in
+`infra.facts.celery` read.
 """
 
 from __future__ import annotations
@@ -17,26 +18,60 @@ CONTAINER_PROJECT = "/project"
 CONTAINER_OUTPUT = "/project/output"  # the output folder, mounted read-write over the read-only project
 PID_MARKER = "__infra_run_pid__="
 
-# Exits 0 once the broker accepts a login with the cluster's credentials.
-BROKER_CHECK = (
-    "import os, sys\n"
-    "from kombu import Connection\n"
-    "try:\n"
-    "    Connection(os.environ['CELERY_BROKER_URL'], connect_timeout=3).ensure_connection(max_retries=1)\n"
-    "except Exception as exc:\n"
-    "    sys.exit(f'{type(exc).__name__}: {exc}')\n"
-)
-
-# `python -c PING_PROBE APP NODES_JSON TIMEOUT`: a ping of those nodes that returns as soon as
-# all of them answered (`celery inspect ping` always waits its whole timeout).
-PING_PROBE = r"""
-import json, sys
-from celery.app.utils import find_app
-app = find_app(sys.argv[1])
-nodes = json.loads(sys.argv[2])
-app.conf.broker_connection_max_retries = 1
-replies = app.control.inspect(timeout=float(sys.argv[3]), limit=len(nodes), destination=nodes).ping()
-print(json.dumps(replies or {}))
+# `python -c READINESS_PROBE APP NODES_JSON BROKER_TIMEOUT WORKERS_TIMEOUT REPLY_TIMEOUT`: the
+# whole wait of `up` (and of `sync-files` after restarts) in one process, so Celery and the app are
+# imported once, while the broker still boots. It tries a login with the cluster's broker URL every
+# quarter second until one succeeds, then pings the nodes that have not answered yet (each round
+# returns as soon as all of them did) until none is left. One JSON line per event:
+#   {"event": "broker", "ok": true}            or  {"event": "broker", "ok": false, "error": ...} (then it ends)
+#   {"event": "answered", "nodes": [...]}      workers that answered a ping (they consume their queues)
+#   {"event": "done", "missing": [...], "error": ...}
+# Each deadline counts from the start of its phase, as two waits in a row would.
+READINESS_PROBE = r"""
+import json, os, sys, time
+def say(**event):
+    print(json.dumps(event), flush=True)
+def why(exc):
+    return f"{type(exc).__name__}: {exc}".splitlines()[0]
+app_name, nodes = sys.argv[1], json.loads(sys.argv[2])
+broker_timeout, workers_timeout, reply_timeout = (float(arg) for arg in sys.argv[3:6])
+deadline = time.monotonic() + broker_timeout
+error = None
+try:
+    from celery.app.utils import find_app
+    app = find_app(app_name)
+    app.conf.broker_connection_max_retries = 1
+except Exception as exc:
+    app, error = None, why(exc)
+from kombu import Connection
+while True:
+    try:
+        with Connection(os.environ["CELERY_BROKER_URL"], connect_timeout=3) as connection:
+            connection.connect()
+        break
+    except Exception as exc:
+        said = why(exc)
+    if time.monotonic() > deadline:
+        say(event="broker", ok=False, error=said)
+        sys.exit(0)
+    time.sleep(0.25)
+say(event="broker", ok=True)
+missing = set(nodes)
+deadline = time.monotonic() + workers_timeout
+while missing and app is not None:
+    try:
+        replies = app.control.inspect(timeout=reply_timeout, limit=len(missing), destination=sorted(missing)).ping()
+        error = None
+    except Exception as exc:
+        replies, error = {}, why(exc)
+        time.sleep(0.25)
+    answered = sorted(missing & set(replies or {}))
+    if answered:
+        missing -= set(answered)
+        say(event="answered", nodes=answered)
+    if missing and time.monotonic() > deadline:
+        break
+say(event="done", missing=sorted(missing), error=error)
 """
 
 # `python -c CELERY_PROBE APP EXPECTED_JSON TIMEOUT`: `active` then `stats`, each returning as
@@ -66,12 +101,11 @@ def _in_master(cluster: str, *command: str, workdir: str | None = None) -> Exec:
     return Exec(container_name(cluster, "master"), tuple(command), workdir)
 
 
-def broker_check(cluster: str) -> Exec:
-    return _in_master(cluster, "python", "-c", BROKER_CHECK)
-
-
-def ping_workers(cluster: str, app: str, nodes: list[str], reply_timeout: float) -> Exec:
-    return _in_master(cluster, "python", "-c", PING_PROBE, app, json.dumps(nodes), f"{reply_timeout:g}")
+def readiness_probe(cluster: str, app: str, nodes: list[str], broker_timeout: float, workers_timeout: float,
+                    reply_timeout: float) -> Exec:
+    """The wait for the broker's first login, then for every one of `nodes` to answer a ping."""
+    return _in_master(cluster, "python", "-c", READINESS_PROBE, app, json.dumps(nodes), f"{broker_timeout:g}",
+                      f"{workers_timeout:g}", f"{reply_timeout:g}")
 
 
 def celery_probe(cluster: str, app: str, expected: list[str], reply_timeout: float) -> Exec:

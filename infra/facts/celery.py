@@ -21,10 +21,34 @@ def last_json_line(output: str, opening: str = "{"):
     return None
 
 
-def parse_ping(output: str) -> set[str]:
-    """Worker node names that answered `PING_PROBE` (or `celery inspect ping --json`)."""
-    replies = last_json_line(output)
-    return set(replies) if isinstance(replies, dict) else set()
+@dataclass(frozen=True)
+class ReadinessEvent:
+    """One line of `READINESS_PROBE`: the broker's login (`broker`), workers that answered
+    (`answered`), or the end of the wait (`done`, with the nodes still `missing`)."""
+
+    kind: str
+    ok: bool = True
+    nodes: tuple[str, ...] = ()
+    error: str | None = None
+
+
+def parse_readiness_line(line: str) -> ReadinessEvent | None:
+    """The event of one line the readiness probe printed; None for anything else (log noise)."""
+    line = line.strip()
+    if not line.startswith("{"):
+        return None
+    try:
+        data = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(data, dict) or data.get("event") not in ("broker", "answered", "done"):
+        return None
+    kind = data["event"]
+    names = data.get("missing" if kind == "done" else "nodes") or []
+    error = data.get("error")
+    return ReadinessEvent(kind, ok=bool(data.get("ok", True)),
+                          nodes=tuple(str(name) for name in names if isinstance(name, str)),
+                          error=redact(str(error)) if error else None)
 
 
 def active_counts(replies: dict | None) -> dict[str, int]:

@@ -519,16 +519,26 @@ def container_changes(
     return diff_containers(desired, [c for c in facts.containers if c.role != "join"])
 
 
-def change_steps(cluster: Cluster, changes: list[ContainerChange]) -> list[Step]:
-    """Removals first (a replaced container frees its name and ports), then starts in role order."""
+def change_steps(cluster: Cluster, changes: list[ContainerChange],
+                 secret_writes: dict[str, list[Step]] | None = None) -> list[Step]:
+    """Removals first (a replaced container frees its name and ports), then starts in role order,
+    each right after the writes of the secret files it mounts (`secret_writes`, by folder) that
+    no container before it needed. The broker, first in role order, thus starts as early as it can."""
+    pending = {folder: list(writes) for folder, writes in (secret_writes or {}).items()}
+    starting = {change.spec.secrets for change in changes
+                if change.action in ("create", "replace", "start") and change.spec is not None}
     steps: list[Step] = []
     for change in changes:
         if change.action in ("remove", "replace"):
             verb = "remove" if change.action == "remove" else "remove the old"
             steps.append(engine_step(f"{verb} {change.name} ({change.reason})", RemoveContainers((change.name,)),
                                      Record("remove_container", change.name), timeout=ENGINE_TIMEOUT))
+    for folder in [folder for folder in pending if folder not in starting]:
+        steps += pending.pop(folder)  # no container of this plan mounts it now: written all the same
     for change in changes:
         record = Record("add_container", change.name, change.role)
+        if change.action in ("create", "replace", "start") and change.spec is not None:
+            steps += pending.pop(change.spec.secrets, [])
         if change.action in ("create", "replace"):
             spec = change.spec
             labels = cluster_labels(cluster.name, role=spec.role, host=spec.host, spec=change.fingerprint)
@@ -644,8 +654,11 @@ class HostPlan:
     secret_files: list[SecretFile]
     images: list[ImagePlan]
     sync: SyncPlan | None  # None on `local`, where the project is used in place
-    steps: list[Step] = field(default_factory=list)  # files, images, network, volumes, in order
+    steps: list[Step] = field(default_factory=list)  # project files, images, network, volumes, in order
     containers: list[ContainerChange] = field(default_factory=list)  # expected with today's image ids
+    # Secret files to write, by folder: each folder right before the first container that mounts it
+    # starts (`change_steps`), so the broker starts before the other roles' files are written.
+    secret_writes: dict[str, list[Step]] = field(default_factory=dict)
     network: str | None = None
     volumes: list[str] = field(default_factory=list)
     stale_networks: list[str] = field(default_factory=list)  # of a host that is no longer the master
@@ -700,11 +713,12 @@ def plan_host(
         plan.steps.append(Step(f"secret files in {layout.env_dir}: up to date",
                                records=(Record("add_secret_dir", layout.env_dir),)))
     for secret_file in secret_files:
-        if posixpath.dirname(secret_file.path) in stale:
-            plan.steps.append(shell_step(f"write {secret_file.path} (mode 0400)",
-                                         file_commands.write_private_file(secret_file.path),
-                                         Record("add_secret_dir", layout.env_dir), stdin=secret_file.content.encode(),
-                                         timeout=FILE_TIMEOUT))
+        folder = posixpath.dirname(secret_file.path)
+        if folder in stale:
+            plan.secret_writes.setdefault(folder, []).append(
+                shell_step(f"write {secret_file.path} (mode 0400)", file_commands.write_private_file(secret_file.path),
+                           Record("add_secret_dir", layout.env_dir), stdin=secret_file.content.encode(),
+                           timeout=FILE_TIMEOUT))
     plan.steps += image_steps(cluster, images, context_dir, build_fingerprints(cluster, context_digest))
 
     if host.name == cluster.master_host.name:
@@ -737,7 +751,7 @@ def expected_image_ids(plan: HostPlan, facts: HostFacts, local_image_ids: dict[s
 def container_steps(cluster: Cluster, plan: HostPlan, facts: HostFacts, image_ids: dict[str, str | None]) -> list[Step]:
     """The container steps of a host once its images are there, then the networks it no longer needs."""
     plan.containers = container_changes(cluster, plan.host, facts, plan.layout, plan.secret_files, image_ids)
-    steps = change_steps(cluster, plan.containers)
+    steps = change_steps(cluster, plan.containers, plan.secret_writes)
     for network in plan.stale_networks:
         steps.append(engine_step(f"remove network {network} (this host is no longer the master)",
                                  RemoveNetwork(network), Record("remove_network", network), timeout=ENGINE_TIMEOUT))

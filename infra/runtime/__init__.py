@@ -11,7 +11,8 @@ same files are `infra.runtime.*` here (unit tests, the protocol the CLI reads) a
   Redis), registered on the built-in app and, with `celery worker --include`, on a project's own;
 - `driver`: `infra sweep`'s side in the master container: sends the runs, relays their events;
 - `protocol`: the Redis keys and event shapes the three share with `infra.workflows.sweep`;
-- `gpu`: which devices each concurrent run of a GPU worker gets.
+- `gpu`: which devices each concurrent run of a GPU worker gets;
+- `startup`: a worker connects to the broker as soon as the broker takes logins.
 
 Importing this package imports nothing heavy: the CLI reads the names below without Celery.
 """

@@ -8,6 +8,9 @@ includes this module) or a project's own (its workers are started with
   ended, so the runs of a worker host that is lost go back to the queue and run elsewhere;
 - `ignore_result`: everything a run has to say travels as events (`runner.RedisChannel`),
   so nothing piles up in the result backend.
+
+Every worker imports this module, so it also brings `startup`: the worker connects to the broker
+as soon as the broker takes logins.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import os
 import redis
 from celery import shared_task
 
-from . import protocol
+from . import protocol, startup  # noqa: F401  (startup: connects its worker_init handler)
 from .runner import RedisChannel, RunRequest, execute
 
 _client: tuple[int, redis.Redis] | None = None  # (pid, client): a forked pool process makes its own

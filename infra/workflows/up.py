@@ -50,7 +50,7 @@ from ..tls import load_or_create as load_or_create_identity
 from .clean import remove_folders
 from .execute import execute_step, execute_steps
 from .gather import gather_facts, read_host_facts, require_docker
-from .readiness import wait_for_broker, wait_for_workers
+from .readiness import Readiness
 from .ship import ImageSender, ShippedImage
 from .volunteer import restore_results_users
 
@@ -242,12 +242,13 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
         failed.update(applied.failed)
         outcomes: dict[str, HostOutcome] = applied.succeeded
         master = pool[master_name]
-        wait_for_broker(cluster, master)
+        nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
+        readiness = Readiness(cluster, master, nodes)  # one wait for the broker, then the workers
+        readiness.broker()
         reporter.host(master_name, "broker accepts connections")
         if any(c.role == "results" and c.action != "keep" for c in plans[master_name].containers):
             restore_results_users(cluster, master, reporter)
-        nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
-        wait_for_workers(cluster, master, nodes)
+        readiness.workers()
         reporter.info(f"all {len(nodes)} workers answer")
         for name, outcome in outcomes.items():
             if not outcome.changes:

@@ -198,7 +198,8 @@ KILL_POINTS = [
     ("workers starting", f"create {CLUSTER}-worker", 2, 0.0, False),
     ("waiting for the broker's login", f"create {CLUSTER}-worker", 3, 0.3, False),
     ("waiting for the workers", "broker accepts connections", 1, 0.0, False),
-    ("workers answering", "broker accepts connections", 1, 1.5, False),
+    # Workers log in as soon as the broker does, and answer a second or two later: kill in between.
+    ("workers answering", "broker accepts connections", 1, 0.3, False),
 ]
 
 

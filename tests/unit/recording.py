@@ -21,7 +21,7 @@ import threading
 from dataclasses import dataclass, field
 
 from infra.commands import engine as ops
-from infra.commands.celery import BROKER_CHECK, PING_PROBE
+from infra.commands.celery import READINESS_PROBE
 from infra.commands.files import MARKER_FILE, PROBE_MARKER
 from infra.config import Host
 from infra.runner import CommandResult
@@ -112,14 +112,16 @@ class RecordingEngine:
 
     def exec(self, op, *, on_stdout=None, on_stderr=None, timeout=None, keep_output=True) -> CommandResult:
         command = op.command
-        if BROKER_CHECK in command:
-            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "BROKER_CHECK"]))
-            return CommandResult(0, "", "")
-        if PING_PROBE in command:
-            # A ping is answered by every node it names: the workers are up.
-            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "PING_PROBE", *command[3:]]))
+        if READINESS_PROBE in command:
+            # The broker takes a login and every node named answers: the workers are up.
+            self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "READINESS_PROBE", *command[3:]]))
             nodes = json.loads(command[4])
-            return CommandResult(0, json.dumps({node: {"ok": "pong"} for node in nodes}) + "\n", "")
+            lines = [{"event": "broker", "ok": True}, {"event": "answered", "nodes": nodes},
+                     {"event": "done", "missing": [], "error": None}]
+            for line in lines:
+                if on_stdout is not None:
+                    on_stdout(json.dumps(line))
+            return CommandResult(0, "".join(json.dumps(line) + "\n" for line in lines), "")
         if len(command) > 2 and command[:2] == ("python", "-c"):
             self._record(shlex.join(["docker", "exec", op.container, "python", "-c", "PROBE", *command[3:]]))
             return CommandResult(0, "", "")

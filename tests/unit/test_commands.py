@@ -27,14 +27,12 @@ import pytest
 from infra.commands import celery as celery_commands
 from infra.commands import files as file_commands
 from infra.commands.celery import (
-    BROKER_CHECK,
     CELERY_PROBE,
     PID_MARKER,
-    PING_PROBE,
-    broker_check,
+    READINESS_PROBE,
     celery_probe,
     list_queues,
-    ping_workers,
+    readiness_probe,
     run_job,
     signal_job,
     sweep_driver,
@@ -371,16 +369,11 @@ def test_the_tar_for_extract_holds_exactly_the_chosen_files_and_their_folders_ow
 # --------------------------------------------------------------------------- celery: probes, jobs, signals
 
 
-def test_the_broker_check_runs_in_the_master_container():
-    assert broker_check("lab").argv() == ["docker", "exec", "lab-master", "python", "-c", BROKER_CHECK]
-    assert broker_check("lab").text() == "docker exec lab-master python -c " + shlex.quote(BROKER_CHECK)
-
-
-def test_the_ping_names_the_nodes_and_the_reply_timeout():
-    op = ping_workers("lab", "wordcount", ["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"], 2.0)
-    assert op.argv() == ["docker", "exec", "lab-master", "python", "-c", PING_PROBE, "wordcount",
-                         '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]', "2"]
-    assert op.text().endswith(""" wordcount '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]' 2""")
+def test_the_readiness_probe_runs_in_the_master_container_with_the_nodes_and_its_three_bounds():
+    op = readiness_probe("lab", "wordcount", ["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"], 120, 180.0, 1.0)
+    assert op.argv() == ["docker", "exec", "lab-master", "python", "-c", READINESS_PROBE, "wordcount",
+                         '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]', "120", "180", "1"]
+    assert op.text().endswith(""" wordcount '["lab-worker-pi1-1@pi1", "lab-worker-pi1-2@pi1"]' 120 180 1""")
 
 
 def test_the_celery_probe_names_the_expected_workers_and_the_reply_timeout():
@@ -389,7 +382,7 @@ def test_the_celery_probe_names_the_expected_workers_and_the_reply_timeout():
     assert celery_probe("lab", "wordcount", [], 2.0).argv()[-2:] == ["[]", "2"]
 
 
-@pytest.mark.parametrize("program", [BROKER_CHECK, PING_PROBE, CELERY_PROBE])
+@pytest.mark.parametrize("program", [READINESS_PROBE, CELERY_PROBE])
 def test_the_probes_are_python_programs(program):
     compile(program, "<probe>", "exec")
 
@@ -488,16 +481,19 @@ def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
         "-o \\( \\( -path '\"'\"'./old dir'\"'\"' \\) -type d -empty -delete \\)'",
         "sh -c '[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && "
         "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -'",
-        *[f"sh -c 'umask 077 && mkdir -p /home/pi/infra/lab/.infra/worker && chmod 700 /home/pi/infra/lab/.infra/worker"
-          f" && rm -f /home/pi/infra/lab/.infra/worker/{name}.tmp && cat > /home/pi/infra/lab/.infra/worker/{name}.tmp"
-          f" && chmod 400 /home/pi/infra/lab/.infra/worker/{name}.tmp"
-          f" && mv -f /home/pi/infra/lab/.infra/worker/{name}.tmp /home/pi/infra/lab/.infra/worker/{name}'"
-          for name in ("celery.env", "ca.crt")],
         "docker build --network host --file /home/me/.infra/lab/build/Dockerfile.celery --target worker "
         "--tag infra-lab-worker:latest --label infra.cluster=lab "
         f"--label infra.context={dict(build.op.labels)['infra.context']} "
         "--build-arg BASE_IMAGE=python:3.11-slim-bookworm /home/me/.infra/lab/build",
     ]
+    # The secret files come right before the first worker starts (`change_steps`).
+    assert {folder: [step.text() for step in writes] for folder, writes in plan.secret_writes.items()} == {
+        "/home/pi/infra/lab/.infra/worker": [
+            f"sh -c 'umask 077 && mkdir -p /home/pi/infra/lab/.infra/worker && chmod 700 /home/pi/infra/lab/.infra/worker"
+            f" && rm -f /home/pi/infra/lab/.infra/worker/{name}.tmp && cat > /home/pi/infra/lab/.infra/worker/{name}.tmp"
+            f" && chmod 400 /home/pi/infra/lab/.infra/worker/{name}.tmp"
+            f" && mv -f /home/pi/infra/lab/.infra/worker/{name}.tmp /home/pi/infra/lab/.infra/worker/{name}'"
+            for name in ("celery.env", "ca.crt")]}
     assert shlex.split(plan.steps[1].text())[2] == (
         "[ ! -L /home/pi/infra/lab/wordcount ] && cd /home/pi/infra/lab/wordcount && find . -depth "
         "\\( \\( -path './old dir/gone.py' \\) ! -type d -delete \\) "
@@ -612,8 +608,7 @@ ENGINE_BUILDERS = {
     "SaveImages": (lambda v: SaveImages((v, v)), lambda v: [v]),
     "Exec": (lambda v: Exec(v, ("echo", v), v), lambda v: [v]),
     "Logs": (lambda v: Logs(v, tail=v), lambda v: [v]),
-    "broker_check": (lambda v: broker_check(v), lambda v: [f"{v}-master"]),
-    "ping_workers": (lambda v: ping_workers(v, v, [v], 2.0), lambda v: [f"{v}-master"]),
+    "readiness_probe": (lambda v: readiness_probe(v, v, [v], 60, 60, 1.0), lambda v: [f"{v}-master"]),
     "celery_probe": (lambda v: celery_probe(v, v, [v], 2.0), lambda v: [f"{v}-master", v]),
     "list_queues": (lambda v: list_queues(v), lambda v: [f"{v}-broker"]),
     "run_job": (lambda v: run_job(v, ["-m", v], (v, "--out", v)), lambda v: [f"{v}-master", v]),

@@ -19,7 +19,7 @@ import pytest
 
 from infra.commands.files import PROBE_MARKER, host_probe
 from infra.facts.arch import docker_arch
-from infra.facts.celery import parse_ping
+from infra.facts.celery import ReadinessEvent, parse_readiness_line
 from infra.facts.containers import (
     Container,
     ImageInfo,
@@ -336,19 +336,24 @@ def test_docker_arch_maps_uname_machine(machine, arch):
     assert docker_arch(machine) == arch
 
 
-# --------------------------------------------------------------------------- celery ping
+# --------------------------------------------------------------------------- readiness probe
 
 
-def test_ping_answers_are_read_from_the_last_json_line():
-    output = (
-        "some warning from celery\n"
-        '{"lab-worker-gpu-box-1@gpu-box": {"ok": "pong"}, "lab-worker-pi1-1@pi1": {"ok": "pong"}}\n'
-    )
-    assert parse_ping(output) == {"lab-worker-gpu-box-1@gpu-box", "lab-worker-pi1-1@pi1"}
+def test_readiness_lines_are_read_one_event_each():
+    assert parse_readiness_line('{"event": "broker", "ok": true}\n') == ReadinessEvent("broker")
+    assert parse_readiness_line('{"event": "answered", "nodes": ["lab-worker-pi1-1@pi1"]}') == \
+        ReadinessEvent("answered", nodes=("lab-worker-pi1-1@pi1",))
+    assert parse_readiness_line('{"event": "done", "missing": ["lab-worker-pi1-2@pi1"], "error": null}') == \
+        ReadinessEvent("done", nodes=("lab-worker-pi1-2@pi1",))
 
 
-def test_no_json_in_ping_output_means_nobody_answered():
-    assert parse_ping("Error: No nodes replied within time constraint\n") == set()
-    assert parse_ping("") == set()
-    assert parse_ping("{not json\n") == set()
-    assert parse_ping("{}\n") == set()
+def test_a_broker_that_refused_every_login_says_why_without_its_password():
+    event = parse_readiness_line('{"event": "broker", "ok": false, '
+                                 '"error": "AccessRefused: amqp://worker:s3cret@10.0.0.1:5671/lab"}')
+    assert event.kind == "broker" and not event.ok
+    assert "s3cret" not in event.error and "AccessRefused" in event.error
+
+
+def test_other_lines_of_the_probe_are_not_events():
+    for line in ("some warning from celery", "", "{not json", "{}", '{"event": "later"}', "[1, 2]"):
+        assert parse_readiness_line(line) is None

@@ -549,7 +549,8 @@ def test_tls_without_the_masters_certificate_is_a_programming_error(cluster):
 def test_each_secret_file_is_written_0400_from_stdin_and_recorded_as_a_secret_folder(cluster):
     plan = plan_for(cluster, "pi1")
     layout = host_layout(cluster, cluster.hosts["pi1"], host_facts("pi1"))
-    writes = [step for step in plan.steps if step.description.startswith("write ")]
+    assert not [step for step in plan.steps if step.description.startswith("write ")]  # they come with the containers
+    writes = [step for folder_writes in plan.secret_writes.values() for step in folder_writes]
     assert [w.description for w in writes] == [f"write {layout.env_dir}/worker/celery.env (mode 0400)",
                                                f"write {layout.env_dir}/worker/ca.crt (mode 0400)"]
     for write, secret_file in zip(writes, plan.secret_files):
@@ -771,11 +772,15 @@ def test_container_steps_remove_first_then_start_in_role_order_with_labels_and_r
     assert [(step.description, type(step.op).__name__ if step.op else None) for step in steps] == [
         ("remove lab-worker-gpu-box-9 (no longer wanted)", "RemoveContainers"),
         ("remove the old lab-broker (settings or image changed)", "RemoveContainers"),
+        *[(f"write {ENV_DIR}/broker/{name} (mode 0400)", None) for role, name in MASTER_HOST_SECRET_FILES
+          if role == "broker"],
         ("replace lab-broker (settings or image changed)", "RunContainer"),
         ("keep lab-results (up to date)", None),
+        (f"write {ENV_DIR}/master/celery.env (mode 0400)", None),
         ("start lab-master (was exited)", "StartContainer"),
         ("keep lab-flower (up to date)", None),
         ("keep lab-worker-gpu-box-1 (up to date)", None),
+        *[(f"write {ENV_DIR}/worker/{name} (mode 0400)", None) for name in ("celery.env", "ca.crt")],
         ("create lab-worker-gpu-box-2 (new)", "RunContainer"),
     ]
     by_description = {step.description: step for step in steps}
@@ -795,7 +800,8 @@ def test_container_steps_remove_first_then_start_in_role_order_with_labels_and_r
 def test_a_started_container_is_recorded_with_the_id_it_already_has(cluster):
     running = [dataclasses.replace(c, state="exited") for c in running_as_planned(plan_for(cluster, "pi1"))]
     facts = host_facts("pi1", running)
-    [step] = steps_after_images(cluster, plan_for(cluster, "pi1", facts), facts)
+    *writes, step = steps_after_images(cluster, plan_for(cluster, "pi1", facts), facts)
+    assert [write.description.rsplit("/", 1)[1] for write in writes] == ["celery.env (mode 0400)", "ca.crt (mode 0400)"]
     assert step.op == StartContainer("lab-worker-pi1-1")
     assert step.records == (Record("add_container", "lab-worker-pi1-1", "worker", ident="id-lab-worker-pi1-1"),)
 
@@ -832,7 +838,6 @@ def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_ne
         "cluster folder /home/alice/infra/lab",
         "delete 1 file(s) from /home/alice/infra/lab/wordcount",
         "send 1 file(s), 18 bytes, to /home/alice/infra/lab/wordcount",
-        *[f"write {ENV_DIR}/{role}/{name} (mode 0400)" for role, name in MASTER_HOST_SECRET_FILES],
         f"build {WORKER_TAG} (built on the host)",
         f"build {MASTER_TAG} (built on the host)",
         f"build {BROKER_TAG} (built on the host)",
@@ -846,6 +851,14 @@ def test_a_fresh_master_host_sends_files_writes_env_files_builds_then_creates_ne
     assert plan.steps[-1].op == CreateVolume("lab-results-data", "lab")
     assert plan.steps[-1].records == (Record("add_volume", "lab-results-data"),)
     assert all(step.timeout for step in plan.steps)
+    # Each role's secret files are written right before its first container starts: the broker's first.
+    assert [step.description for writes in plan.secret_writes.values() for step in writes] == [
+        f"write {ENV_DIR}/{role}/{name} (mode 0400)" for role, name in MASTER_HOST_SECRET_FILES]
+    assert [description for description in (step.description for step in steps_after_images(
+        cluster, plan, host_facts("gpu-box", image_ids={}))) if description.startswith(("write", "create"))][:7] == [
+        *[f"write {ENV_DIR}/broker/{name} (mode 0400)" for role, name in MASTER_HOST_SECRET_FILES if role == "broker"],
+        "create lab-broker (new)",
+        f"write {ENV_DIR}/results/redis.conf (mode 0400)"]
 
 
 def test_the_network_and_volumes_a_host_has_are_kept_and_still_recorded(cluster):
@@ -872,11 +885,11 @@ def test_secret_files_are_written_only_for_containers_that_start_since_a_kept_on
     running = running_as_planned(plan_for(cluster, "gpu-box"))
     running = [dataclasses.replace(c, state="exited") if c.name == "lab-flower" else c for c in running]
     plan = plan_for(cluster, "gpu-box", host_facts("gpu-box", running))
-    assert [step.description for step in plan.steps if step.description.startswith("write")] == [
+    assert [step.description for writes in plan.secret_writes.values() for step in writes] == [
         f"write {ENV_DIR}/flower/{name} (mode 0400)"
         for name in ("celery.env", "flowerconfig.py", "ca.crt", "server.crt", "server.key")]
     everything_kept = plan_for(cluster, "gpu-box", host_facts("gpu-box", running_as_planned(plan)))
-    assert not any(step.description.startswith("write") for step in everything_kept.steps)
+    assert not everything_kept.secret_writes
 
 
 def test_the_secrets_folder_is_recorded_even_when_no_secret_file_is_rewritten(cluster):
