@@ -257,6 +257,9 @@ class SSHConnection(Connection):
                 self._fabric.connect_kwargs["sock"] = sock
             self._fabric.open()
         except Exception as exc:  # paramiko and socket errors of every kind
+            # The client's transport first (its thread reads the socket until stopped; Fabric
+            # leaves it running when the connection never opened), then the socket under it.
+            self._fabric.client.close()
             self._fabric.close()
             if sock is not None:
                 sock.close()
