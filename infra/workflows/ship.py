@@ -12,7 +12,7 @@ from __future__ import annotations
 import subprocess
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..commands.engine import PullImage, PushImage, TagImage, UntagImage
 from ..config import Cluster
@@ -39,7 +39,6 @@ class HostTransfer:
     expected: int = 0
     received_before: int = 0  # images already sent over a closed tunnel
     forward: object | None = None  # the open RemoteForward, whose count runs
-    started: float = field(default_factory=time.monotonic)
 
     @property
     def received(self) -> int:
@@ -100,7 +99,7 @@ class ImageSender:
         self.images = {image.tag: image for image in images}
         self.registry: LocalRegistry | None = None
         self.bars = TransferBars(reporter)
-        self.sent: dict[str, int] = {}  # host -> bytes it received
+        self._layer_sizes: dict[str, dict[str, int]] = {}  # tag -> the registry's sizes, read once after the push
         # The push runs while the hosts receive the project's files; hosts wait for it to end.
         self._pushed = threading.Event()
         self._push_error: BaseException | None = None
@@ -159,6 +158,7 @@ class ImageSender:
                 engine.apply(PushImage(ref))
             finally:
                 engine.apply(UntagImage(ref))
+            self._layer_sizes[image.tag] = self.registry.layer_sizes(image.repository, _registry_tag(image))
             self.reporter.host("local", f"image {image.tag} ready to send ({time.monotonic() - started:.1f} s)",
                                style="dim")
 
@@ -178,8 +178,7 @@ class ImageSender:
         self.bars.watch(transfer)
         if forward is None:
             for tag in tags:
-                transfer.received_before += self._send_whole(conn, tag)
-            self.sent[conn.host.name] = transfer.received
+                transfer.received_before += ship_images(self.local.engine, conn.engine, [tag])
             return transfer.received
         transfer.forward = forward
         try:
@@ -188,16 +187,12 @@ class ImageSender:
         finally:
             forward.close()
             transfer.received_before, transfer.forward = transfer.received, None
-        self.sent[conn.host.name] = transfer.received
         return transfer.received
-
-    def _send_whole(self, conn: Connection, tag: str) -> int:
-        return ship_images(self.local.engine, conn.engine, [tag])
 
     def _pull(self, conn: Connection, tag: str, port: int, transfer: HostTransfer) -> None:
         image = self.images[tag]
         registry_tag = _registry_tag(image)
-        sizes = self.registry.layer_sizes(image.repository, registry_tag)
+        sizes = self._layer_sizes[tag]
         ref = self.registry.ref(image.repository, registry_tag, port=port)
 
         def on_line(line: str) -> None:
