@@ -56,6 +56,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.revisions import checkout, remove_checkout  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
@@ -274,12 +275,6 @@ def measure_round(testbed: Testbed, side: Side, options: argparse.Namespace, bro
           f"broker boot {boot:.2f} s, P4 {took / boot:.2f}, load {load:.2f}", flush=True)
 
 
-def checkout(rev: str, into: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev], check=True,
-                   capture_output=True)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=3, help="rounds of (cold up, broker boot); medians reported")
@@ -318,9 +313,7 @@ def main() -> None:
                 for side in sides:
                     infra(side, "clean", "--files", "--volumes", ok=(0, 1))
     finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-                           capture_output=True)
+        remove_checkout(worktree)
         shutil.rmtree(work, ignore_errors=True)
 
     print()

@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.revisions import checkout, remove_checkout  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
@@ -95,12 +96,6 @@ def measure(label: str, source: Path, testbed: Testbed, folder: Path, repeat: in
     return figures
 
 
-def checkout(rev: str, into: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev], check=True,
-                   capture_output=True)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="rounds of (status, no-op up); medians reported")
@@ -120,9 +115,7 @@ def main() -> None:
                                        options.repeat))
             results.append(measure("this checkout", REPO, testbed, work / "current", options.repeat))
     finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-                           capture_output=True)
+        remove_checkout(worktree)
         shutil.rmtree(work, ignore_errors=True)
 
     print()

@@ -46,6 +46,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.revisions import checkout, remove_checkout  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
@@ -135,12 +136,6 @@ def rsync_all(testbed: Testbed, project: Path) -> tuple[float, list[str]]:
     return took, outputs
 
 
-def checkout(rev: str, into: Path) -> Path:
-    subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(into), rev], check=True,
-                   capture_output=True)
-    return into
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeat", type=int, default=5, help="rounds (one changed file each); medians reported")
@@ -211,9 +206,7 @@ def main() -> None:
             finally:
                 run_infra(REPO, "clean", "-f", path, "--files", "--volumes", ok=(0, 1))
     finally:
-        if worktree is not None:
-            subprocess.run(["git", "-C", str(REPO), "worktree", "remove", "--force", str(worktree)],
-                           capture_output=True)
+        remove_checkout(worktree)
         shutil.rmtree(work, ignore_errors=True)
 
     print()
