@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import shlex
@@ -38,19 +37,7 @@ from infra.plans.clean import safe_to_delete
 from infra.plans.steps import Record
 from infra.plans.sync import SyncPlan, plan_sync, sync_steps
 from infra.plans.up import HostLayout
-
-
-def write(root: Path, rel: str, content: str | bytes = "x") -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if isinstance(content, str):
-        content = content.encode()
-    path.write_bytes(content)
-    return path
-
-
-def sha(content: str) -> str:
-    return hashlib.sha256(content.encode()).hexdigest()
+from tests.unit.project_files import sha, write
 
 
 @pytest.fixture

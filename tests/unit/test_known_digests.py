@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -25,19 +24,9 @@ from infra.facts.files import (
 )
 from infra.plans.sync import plan_sync, sync_steps
 from infra.plans.up import HostLayout
+from tests.unit.project_files import sha, write
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU find and sh")
-
-
-def write(root: Path, rel: str, content: str = "x") -> Path:
-    path = root / rel
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(content)
-    return path
-
-
-def sha(content: str) -> str:
-    return hashlib.sha256(content.encode()).hexdigest()
 
 
 @pytest.fixture
