@@ -51,6 +51,8 @@ from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
 
 NAME = "tput"
+INFRA = "infra (its defaults)"
+PLAIN = "plain celery worker"
 TASK = "wordcount.noop"
 PLAIN_LABEL = "infra-bench-throughput=plain"
 WORKERS = (("h2", 2), ("h3", 1))  # (host, containers): 3 worker containers, as in the issue
@@ -198,7 +200,7 @@ def main() -> None:
             path = cluster_file(work, testbed, options.concurrency)
             print(f"cold up: {infra('up', '-f', str(path)):.1f} s", flush=True)
             app = celery_client(work / "state" / NAME, testbed.docker_hosts[0].address, NAME)
-            sides = [("infra (--task-events)", None), ("plain celery worker", [])]
+            sides = [(INFRA, None), (PLAIN, [])]
             sides += [(f"plain celery worker {args}", shlex.split(args)) for args in options.plain_args]
             for round_ in range(options.repeat):
                 print(f"round {round_ + 1}/{options.repeat}", flush=True)
@@ -222,14 +224,20 @@ def main() -> None:
         shutil.rmtree(work, ignore_errors=True)
 
     print()
-    base = statistics.median(figures["plain celery worker"])
+    base = statistics.median(figures[PLAIN])
     print(f"{'':40} {'tasks/s':>9} {'/ plain':>8}   (medians of {options.repeat} rounds of {options.tasks} no-op tasks)")
     for label, rates in figures.items():
         rate = statistics.median(rates)
         print(f"{label:40} {rate:9.1f} {rate / base:8.2f}   runs: {', '.join(f'{r:.0f}' for r in rates)}")
+    # The same ratio taken round by round: both sides of a round met the same machine, so this
+    # one does not move with the load from one round to the next.
+    paired = [infra / plain for infra, plain in zip(figures[INFRA], figures[PLAIN])]
+    print(f"infra / plain round by round: {', '.join(f'{r:.2f}' for r in paired)}; "
+          f"median {statistics.median(paired):.2f}, infra ahead in {sum(r >= 1 for r in paired)} of {len(paired)}")
     print(json.dumps({"tasks": options.tasks, "repeat": options.repeat, "concurrency": options.concurrency,
                       "containers": nodes, **{label: statistics.median(r) for label, r in figures.items()},
-                      "ratio": statistics.median(figures["infra (--task-events)"]) / base}))
+                      "ratio": statistics.median(figures[INFRA]) / base,
+                      "paired_ratios": [round(r, 3) for r in paired]}))
 
 
 if __name__ == "__main__":

@@ -271,7 +271,7 @@ def test_workers_on_the_master_host_use_host_networking_and_their_group_settings
     assert worker.command == (
         "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
         "--hostname", "lab-worker-gpu-box-2@gpu-box",
-        "--queues", "celery", "--pool", "prefork", "--loglevel", "INFO", "--task-events", "--concurrency", "4",
+        "--queues", "celery", "--pool", "prefork", "--loglevel", "WARNING", "--task-events", "--concurrency", "4",
     )
 
 
