@@ -9,12 +9,16 @@ Exit codes: 0 success, 1 a host or command failed, 2 bad input (cluster file, op
 
 from __future__ import annotations
 
+import os
+import sys
+
 import click
 
 from .bootstrap import bootstrap
 from .check import check
 from .clean import clean
 from .logs import logs
+from .options import ending_at_once
 from .run import run
 from .schema import schema
 from .status import status
@@ -53,4 +57,25 @@ main.add_command(check)
 main.add_command(schema)
 main.add_command(volunteer)
 
-__all__ = ["main"]
+
+def program() -> None:
+    """The `infra` program: the console script and `python -m infra`."""
+    try:
+        main()
+    except SystemExit as exc:
+        if not ending_at_once():
+            raise
+        code = exc.code
+        if not isinstance(code, int):
+            if code is not None:
+                print(code, file=sys.stderr)
+            code = 0 if code is None else 1
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                code = code or 1  # as Python's own exit does when its last flush fails (e.g. a closed pipe)
+        os._exit(code)
+
+
+__all__ = ["main", "program"]

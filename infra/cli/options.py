@@ -73,6 +73,28 @@ def handle_errors(func):
     return wrapper
 
 
+# Set by a command (see `end_at_once`) that leaves nothing for the interpreter's teardown to do.
+_ending_at_once = False
+
+
+def end_at_once() -> None:
+    """Let the program (`infra.cli.program`) end the process as soon as this command is done,
+    without the interpreter's teardown.
+
+    For short commands whose whole run users wait on (`sync-files`): after the last line is
+    printed, Python would still spend tens of milliseconds freeing, module by module, every
+    object that pydantic, paramiko and cryptography made while loading. A command calls this
+    only once nothing it started needs to end cleanly: its threads joined, its connections and
+    locks closed, no temporary file to remove.
+    """
+    global _ending_at_once
+    _ending_at_once = True
+
+
+def ending_at_once() -> bool:
+    return _ending_at_once
+
+
 def load_cluster_file(path: Path) -> Cluster:
     """The validated cluster file; ConfigError (one located line) when it is not valid."""
     from ..config import load_cluster  # pydantic and YAML only once a command runs, not for --help

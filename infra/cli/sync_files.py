@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import atexit
 import gc
 import json
 import sys
@@ -10,7 +9,15 @@ from pathlib import Path
 
 import click
 
-from .options import cluster_file_option, handle_errors, hosts_option, load_cluster_file, select_hosts, wait_option
+from .options import (
+    cluster_file_option,
+    end_at_once,
+    handle_errors,
+    hosts_option,
+    load_cluster_file,
+    select_hosts,
+    wait_option,
+)
 
 
 @click.command("sync-files")
@@ -45,12 +52,11 @@ def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, a
     """
     # A short-lived command: the cyclic garbage collector only slows it down. It runs over and
     # over while the modules load (pydantic, paramiko, cryptography: about a third of the import
-    # time; more load on a helper thread while the hosts answer) and once more over everything
-    # at exit, and would free nothing that matters: what the sync makes in cycles is a few
-    # objects per SSH channel, a few hundred even over a restart's wait of minutes.
+    # time; more load on a helper thread while the hosts answer) and would free nothing that
+    # matters: what the sync makes in cycles is a few objects per SSH channel, a few hundred
+    # even over a restart's wait of minutes.
     collecting = gc.isenabled()
     gc.disable()
-    atexit.register(gc.freeze)  # what exists at exit is not searched for cycles again
     try:
         _sync_files(cluster_file, hosts_option, no_restart, as_json, wait)
     finally:
@@ -66,6 +72,7 @@ def _sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, 
     hosts = select_hosts(cluster, hosts_option)
     reporter = Reporter(quiet=as_json)
     result = run_sync(cluster, reporter, hosts=hosts, restart=not no_restart, wait=wait)
+    end_at_once()  # its threads are joined, its connections and the cluster's lock closed
     if as_json:
         click.echo(json.dumps(result.to_json(), indent=2))
     if result.failed:
