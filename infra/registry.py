@@ -82,8 +82,8 @@ class LocalRegistry:
     def start(self) -> "LocalRegistry":
         program = shutil.which(REGISTRY_PROGRAM)
         if program is None:
-            raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} is not installed (Debian: apt-get install "
-                                      f"{REGISTRY_PROGRAM}), so images are sent whole")
+            raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} is not installed (`infra bootstrap --hosts local` "
+                                      f"installs it), so images are sent whole")
         self.storage.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.port = _free_loopback_port()
         config = self.storage / "config.yml"

@@ -63,6 +63,7 @@ s nvidia
 if command -v nvidia-smi >/dev/null 2>&1; then echo driver; fi
 if command -v nvidia-ctk >/dev/null 2>&1; then echo toolkit; fi
 if grep -qs '"nvidia"' /etc/docker/daemon.json; then echo runtime; fi
+s registry; command -v docker-registry 2>/dev/null || true
 s end
 """.replace("@SECTION@", SECTION)
 
@@ -211,6 +212,33 @@ VERIFY_USER_SCRIPT = (
 
 
 # --------------------------------------------------------------------------- NVIDIA GPUs (bootstrap --nvidia)
+
+POLICY_RC = "/usr/sbin/policy-rc.d"
+
+
+def registry_script(systemd: bool) -> str:
+    """Install Debian's docker-registry (for `images.source: ship`), as root, without its service running.
+
+    infra starts the registry itself, on 127.0.0.1 and only while `up` sends images. The
+    package's own service would listen on port 5000 of every address: a policy-rc.d (unless the
+    machine has one) keeps the package's scripts from starting it, and the service is then
+    disabled, so that a reboot does not start it either.
+    """
+    return _APT_ENV + (
+        "ours=\n"
+        f"if [ ! -e {POLICY_RC} ]; then\n"
+        f"  printf '#!/bin/sh\\nexit 101\\n' > {POLICY_RC} && chmod 0755 {POLICY_RC} && ours=yes\n"
+        "fi\n"
+        f"trap '[ -z \"$ours\" ] || rm -f {POLICY_RC}' EXIT\n"
+        f"{_APT} update\n"
+        f"{_APT} install -y --no-install-recommends docker-registry\n"
+        + ("systemctl disable --now docker-registry.service >/dev/null 2>&1 || true\n" if systemd else
+           "update-rc.d docker-registry disable >/dev/null 2>&1 || true\n"
+           "if [ -x /etc/init.d/docker-registry ]; then /etc/init.d/docker-registry stop >/dev/null 2>&1 || true; fi\n")
+        + "command -v docker-registry >/dev/null\n"
+        + f"{_announce('installed docker-registry from Debian packages, its own service disabled')}\n"
+    )
+
 
 NVIDIA_KEYRING = "/usr/share/keyrings/nvidia-container-toolkit-keyring.gpg"
 NVIDIA_REPO = "https://nvidia.github.io/libnvidia-container"

@@ -103,6 +103,7 @@ class HostState:
     nvidia_driver: bool = False  # nvidia-smi is there (the GPU driver is the host's own business)
     nvidia_toolkit: bool = False  # nvidia-ctk is there (the NVIDIA container toolkit)
     nvidia_runtime: bool = False  # /etc/docker/daemon.json registers the nvidia runtime
+    registry: bool = False  # Debian's docker-registry is there (layer transfer, `images.source: ship`)
 
     @property
     def is_root(self) -> bool:
@@ -178,4 +179,5 @@ def parse_probe(output: str) -> HostState:
         nvidia_driver="driver" in nvidia,
         nvidia_toolkit="toolkit" in nvidia,
         nvidia_runtime="runtime" in nvidia,
+        registry=bool(sec.get("registry", "").strip()),
     )

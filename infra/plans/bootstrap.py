@@ -22,6 +22,7 @@ from ..commands.bootstrap import (
     nvidia_runtime_script,
     nvidia_toolkit_script,
     privileged_argv,
+    registry_script,
     start_script,
     user_argv,
 )
@@ -79,11 +80,17 @@ def unsupported_reason(state: HostState, source: Source) -> str | None:
     return None
 
 
-def plan_bootstrap(host: str, state: HostState, source: Source = "distro", nvidia: bool = False) -> Plan:
+def plan_bootstrap(host: str, state: HostState, source: Source = "distro", nvidia: bool = False,
+                   registry: bool = False) -> Plan:
     """The steps that make Docker usable on a host, given what the probe saw; with `nvidia`, also
-    the NVIDIA container toolkit, so that containers can be given the host's GPUs."""
+    the NVIDIA container toolkit, so that containers can be given the host's GPUs; with
+    `registry` (this machine, when images are shipped), also Debian's docker-registry."""
     plan = _docker_plan(host, state, source)
-    return _with_nvidia(plan, state) if nvidia and plan.error is None else plan
+    if nvidia and plan.error is None:
+        plan = _with_nvidia(plan, state)
+    if registry and plan.error is None:
+        plan = _with_registry(plan, state)
+    return plan
 
 
 def _docker_plan(host: str, state: HostState, source: Source) -> Plan:
@@ -163,6 +170,27 @@ def _with_nvidia(plan: Plan, state: HostState) -> Plan:
     return Plan(host, state, tuple(steps), summary="; ".join(summary))
 
 
+def _with_registry(plan: Plan, state: HostState) -> Plan:
+    """The steps so far, then Debian's docker-registry when it is missing: `up` runs it on this
+    machine's loopback to send images by layers (`images.source: ship`).
+
+    Where it cannot be installed (not Debian or Ubuntu, no root or sudo) nothing is added and
+    nothing fails: `up` then sends whole images and says so.
+    """
+    if state.registry or state.os.family is None or state.privilege == "none":
+        return plan
+    steps = list(plan.steps)
+    if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
+        argv, password = privileged_argv("true\n", state.privilege)
+        steps.append(Step("sudo-check", "check the sudo password", "true\n", argv, password, 60))
+    script = registry_script(state.systemd)
+    argv, password = privileged_argv(script, state.privilege)
+    title = "install docker-registry from Debian's packages (to send images by layers)"
+    steps.append(Step("registry", title, script, argv, password, 900))
+    summary = "; ".join(part for part in (plan.summary, "install docker-registry") if part)
+    return Plan(plan.host, state, tuple(steps), summary=summary)
+
+
 def changes_in(output: str) -> list[str]:
     """The changes a step announced (its `CHANGE` lines)."""
     return [line[len(CHANGE):].strip() for line in output.splitlines() if line.startswith(CHANGE)]
@@ -183,7 +211,10 @@ def explain_failure(step: Step, exit_code: int, output: str, state: HostState) -
         return f"{step.title}: timed out after {step.timeout:g} s ({tail})"
     if "a password is required" in output or "a terminal is required" in output:
         return f"{step.title}: sudo now asks {user} for a password; run bootstrap again to be asked for it"
-    if step.key == "install":
+    if step.key == "registry" and "Unable to locate package" in output:
+        return (f"{step.title}: this release has no docker-registry package (on Ubuntu it is in universe); "
+                f"`up` sends whole images without it ({tail})")
+    if step.key in ("install", "registry"):
         if "Unable to locate package docker" in output and state.os.family == "ubuntu":
             return (f"{step.title}: docker.io was not found; enable Ubuntu's universe component "
                     f"(add-apt-repository universe) or set docker.source: official ({tail})")

@@ -80,15 +80,15 @@ def execute_plan(conn: Connection, plan: Plan, password: str | None, reporter: R
     version = state.engine_version if state else None
     installed = False
     for step in plan.steps:
-        if step.key in ("install", "start"):
+        if step.key in ("install", "start", "registry"):
             reporter.host(plan.host, f"{step.title} ...", style="dim")
         started = time.monotonic()
         result = _run_step(conn, step, password)
         if not result.ok:
             raise StepFailed(explain_failure(step, result.exit_code, result.output, state))
         changes += changes_in(result.stdout)
-        if step.key == "install":
-            installed = True
+        if step.key in ("install", "registry"):
+            installed = installed or step.key == "install"
             reporter.host(plan.host, f"{step.title}: done ({time.monotonic() - started:.1f} s)", style="dim")
         elif step.key == "verify":
             version = step_result(result.stdout, default="") or version
@@ -120,6 +120,8 @@ def bootstrap_hosts(
 
     `nvidia_hosts` also get the NVIDIA container toolkit (`bootstrap --nvidia`)."""
     source = cluster.spec.docker.source
+    # `up` sends shipped images through a registry it runs here: this machine gets docker-registry.
+    shipping = cluster.spec.images.source == "ship"
     outcomes: dict[str, BootstrapOutcome] = {}
     with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts)
@@ -133,7 +135,8 @@ def bootstrap_hosts(
                 state = parse_probe(result.stdout)
             except ValueError as exc:
                 raise InfraError(f"could not read the host's state ({exc}): {last_line(result.output)}") from None
-            return plan_bootstrap(host.name, state, source, nvidia=host.name in nvidia_hosts)
+            return plan_bootstrap(host.name, state, source, nvidia=host.name in nvidia_hosts,
+                                  registry=host.is_local and shipping)
 
         probed = run_concurrently(reachable, probe, key=lambda h: h.name)
         for name, err in probed.failed.items():

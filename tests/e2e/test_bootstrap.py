@@ -259,3 +259,33 @@ def test_up_places_workers_on_the_bootstrapped_hosts_and_tasks_run_there(bed):
     for name, answer in answers.items():
         assert answer["counts"]["the"] == 3 and answer["words"] == 7, answer
         assert answer["worker"] == f"{CLUSTER}-worker-{name}-1@{name}", answer
+
+
+def test_the_registry_step_installs_docker_registry_without_its_service(bed):
+    """What `bootstrap` adds on this machine when images are shipped, run for real on a fresh host
+    (as `deploy`, through sudo): Debian's docker-registry is installed and its own service, which
+    would listen on port 5000 of every address, never starts; no policy-rc.d is left behind."""
+    from infra.config import load_cluster
+    from infra.facts.os import parse_probe
+    from infra.commands.bootstrap import POLICY_RC, probe_argv
+    from infra.plans.bootstrap import plan_bootstrap
+    from infra.report import Reporter
+    from infra.runner import ConnectionPool
+    from infra.workflows.bootstrap import execute_plan
+
+    tb = bed["tb"]
+    assert tb.exec_result("fresh2", f"test -e {POLICY_RC}").returncode == 1
+    cluster = load_cluster(Path(bed["file"]))
+    with ConnectionPool.for_cluster(cluster) as pool:
+        conn = pool.get(cluster.hosts["fresh2"])
+        state = parse_probe(conn.run(probe_argv(), timeout=60).stdout)
+        assert not state.registry
+        plan = plan_bootstrap("fresh2", state, "distro", registry=True)
+        assert [step.key for step in plan.steps] == ["registry"]  # Docker is there since the tests above
+        outcome = execute_plan(conn, plan, None, Reporter(quiet=True))
+        assert outcome.changes == ["installed docker-registry from Debian packages, its own service disabled"]
+        assert parse_probe(conn.run(probe_argv(), timeout=60).stdout).registry
+    assert tb.exec_result("fresh2", "pgrep -x docker-registry").returncode == 1  # not running
+    assert tb.exec_result("fresh2", f"test -e {POLICY_RC}").returncode == 1  # ours, removed again
+    assert tb.exec("fresh2", "ls /etc/rc2.d /etc/rc3.d | grep docker-registry || true").strip().split() in (
+        [], ["K01docker-registry", "K01docker-registry"])  # not started at boot either

@@ -31,11 +31,11 @@ def test_refs_name_the_registry_here_or_the_port_a_host_forwards(tmp_path):
     assert registry.ref("infra/lab-worker", "abc", port=41000) == "127.0.0.1:41000/infra/lab-worker:abc"
 
 
-def test_without_docker_registry_installed_the_error_says_what_to_install(tmp_path, monkeypatch):
+def test_without_docker_registry_installed_the_error_says_how_to_install_it(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(RegistryUnavailable) as raised:
         LocalRegistry(tmp_path / "registry").start()
-    assert "apt-get install docker-registry" in str(raised.value)
+    assert "infra bootstrap --hosts local" in str(raised.value) and "docker-registry" in str(raised.value)
     assert "\n" not in str(raised.value)
 
 
