@@ -499,10 +499,15 @@ def test_cli_reports_each_host_and_fails_if_one_failed(fake_hosts):
     assert len(fakes["c"].calls) == 1
 
 
-def test_cli_second_run_says_nothing_changed(fake_hosts):
-    fakes, cluster = fake_hosts
+def every_host_ready(fakes: dict[str, FakeHost]) -> None:
+    """Docker answers on every host the fake cluster uses."""
     for name in ("a", "b", "c", "local"):
         fakes[name] = FakeHost(READY)
+
+
+def test_cli_second_run_says_nothing_changed(fake_hosts):
+    fakes, cluster = fake_hosts
+    every_host_ready(fakes)
     result = CliRunner().invoke(main, ["bootstrap", "-f", str(cluster)])
     assert result.exit_code == 0, result.output
     assert result.output.count("already there: Docker 20.10.24+dfsg1, nothing changed") == 4

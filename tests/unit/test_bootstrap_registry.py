@@ -12,7 +12,7 @@ from infra.commands.bootstrap import POLICY_RC, PROBE_SCRIPT, registry_script
 from infra.facts.os import SECTION, parse_probe
 from infra.plans.bootstrap import explain_failure, plan_bootstrap
 
-from tests.unit.test_bootstrap import FEDORA_39, READY, FakeHost, fake_hosts, probe_output  # noqa: F401
+from tests.unit.test_bootstrap import FEDORA_39, every_host_ready, fake_hosts, probe_output  # noqa: F401
 
 DOCKER_READY = dict(docker_cli=True, dockerd=True, docker_version="24.0.7\nexit=0")
 
@@ -77,8 +77,7 @@ def test_a_release_without_the_package_is_explained():
 
 def test_cli_installs_the_registry_on_local_only_when_images_are_shipped(fake_hosts):
     fakes, cluster = fake_hosts
-    for name in ("a", "b", "c", "local"):
-        fakes[name] = FakeHost(READY)
+    every_host_ready(fakes)
     built = CliRunner().invoke(main, ["bootstrap", "-f", str(cluster)])
     assert built.exit_code == 0, built.output
     assert not any("docker-registry" in argv[-1] for argv, _ in fakes["local"].calls if argv[-1] != PROBE_SCRIPT)
