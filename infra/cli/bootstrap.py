@@ -39,6 +39,11 @@ def bootstrap(cluster_file: Path, hosts_option: str | None, sudo_password_stdin:
     with Docker, which is then restarted; the GPU driver itself must be there.
 
     \b
+    With `images: {source: ship}`, `local` (this machine) also gets Debian's
+    docker-registry, which `up` runs on loopback to send images by layers; the
+    package's own service is kept from starting and disabled.
+
+    \b
     Example:
       infra bootstrap -f cluster.yaml --hosts local
       infra bootstrap -f cluster.yaml
