@@ -47,3 +47,18 @@ def volume_names(cluster: str) -> dict[str, str]:
 
 # The Unix group whose members may use the Docker engine (bootstrap adds the SSH user to it).
 DOCKER_GROUP = "docker"
+
+
+IMAGE_ROLES = ("worker", "master", "broker")
+
+
+def registry_repository(cluster: str, role: str) -> str:
+    """An image's name in the registry that sends images by layers (`images.source: ship`)."""
+    return f"infra/{cluster}-{role}"
+
+
+def forwarded_registry_patterns(cluster: str) -> tuple[str, ...]:
+    """What a host's engine may still call the cluster's images after a transfer cut short:
+    `127.0.0.1:PORT/infra/NAME-ROLE:ID`, as it pulled them through a forwarded port (patterns
+    for the engine's reference filter; `*` stands for any port)."""
+    return tuple(f"127.0.0.1:*/{registry_repository(cluster, role)}" for role in IMAGE_ROLES)

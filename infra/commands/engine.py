@@ -83,6 +83,17 @@ class InspectImages(EngineOp):
 
 
 @dataclass(frozen=True)
+class ListImageRefs(EngineOp):
+    """References (REPOSITORY:TAG) of the images that match any of these patterns (answers: a sorted list)."""
+
+    patterns: tuple[str, ...]
+
+    def argv(self) -> list[str]:
+        filters = [word for pattern in self.patterns for word in ("--filter", f"reference={pattern}")]
+        return ["docker", "image", "ls", *filters, "--format", "{{.Repository}}:{{.Tag}}"]
+
+
+@dataclass(frozen=True)
 class ListNetworks(EngineOp):
     cluster: str
 

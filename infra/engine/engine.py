@@ -15,6 +15,7 @@ This module and `transport.py` are the only ones that import the Docker SDK.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 import threading
 import time
@@ -40,6 +41,7 @@ from ..commands.engine import (
     InspectContainers,
     InspectImages,
     ListContainers,
+    ListImageRefs,
     ListNetworks,
     ListVolumes,
     LoadImages,
@@ -152,6 +154,14 @@ class Engine:
             answer[ref] = {"Id": image.get("Id", ""), "Labels": dict((image.get("Config") or {}).get("Labels") or {}),
                            "Layers": list((image.get("RootFS") or {}).get("Layers") or [])}
         return answer
+
+    def _list_image_refs(self, op: ListImageRefs) -> list[str]:
+        # Several reference filters: an image matching any of them (the engine's rule). The
+        # engine lists only the matching names of such an image; its other names are left out
+        # here too, whatever the engine's version, since the caller removes what it gets.
+        images = self._api.images(filters={"reference": list(op.patterns)}) if op.patterns else []
+        return sorted({tag for image in images for tag in image.get("RepoTags") or ()
+                       if any(fnmatch.fnmatchcase(tag.rpartition(":")[0], pattern) for pattern in op.patterns)})
 
     def _list_networks(self, op: ListNetworks) -> list[str]:
         return sorted(network["Name"] for network in self._api.networks(filters={"label": cluster_label(op.cluster)}))
@@ -465,6 +475,7 @@ _QUERIES: dict[type, Callable[[Engine, Any], Any]] = {
     ListContainers: Engine._list_containers,
     InspectContainers: Engine._inspect_containers,
     InspectImages: Engine._inspect_images,
+    ListImageRefs: Engine._list_image_refs,
     ListNetworks: Engine._list_networks,
     ListVolumes: Engine._list_volumes,
 }

@@ -14,7 +14,7 @@ import posixpath
 from dataclasses import dataclass, field
 
 from ..commands import files as file_commands
-from ..commands.engine import RemoveContainers, RemoveNetwork, RemoveVolume
+from ..commands.engine import RemoveContainers, RemoveNetwork, RemoveVolume, UntagImage
 from ..config import LOCAL
 from ..manifest import HostRecord
 from .steps import Record, Step, engine_step, shell_step
@@ -58,9 +58,12 @@ def _inside(path: str, folder: str) -> bool:
 
 def plan_clean(
     host: str, record: HostRecord | None, *, containers: list[str], networks: list[str], volumes: list[str],
-    files: bool, remove_volumes: bool, cluster: str, state_dir: str,
+    files: bool, remove_volumes: bool, cluster: str, state_dir: str, registry_refs: list[str] | None = None,
 ) -> CleanPlan:
     """`containers`, `networks`, `volumes`: the cluster's, found on the host by label.
+    `registry_refs`: names of the cluster's images left by a transfer cut short (see
+    `names.forwarded_registry_patterns`); only the names go, the images stay as `clean` leaves
+    every image.
 
     Secret folders are always removed; with `files`, the cluster folder holding each recorded
     project copy (its parent: the project, the output folder, the secret files and the marker).
@@ -74,6 +77,8 @@ def plan_clean(
     for network in sorted(set(networks) | set(record.networks if record else ())):
         plan.steps.append(engine_step(f"network {network}", RemoveNetwork(network), Record("remove_network", network),
                                       timeout=CLEAN_TIMEOUT))
+    for ref in sorted(set(registry_refs or ())):
+        plan.steps.append(engine_step(f"image name {ref}", UntagImage(ref), timeout=CLEAN_TIMEOUT))
     if remove_volumes:
         for volume in sorted(set(volumes) | set(record.volumes if record else ())):
             plan.steps.append(engine_step(f"volume {volume}", RemoveVolume(volume), Record("remove_volume", volume),

@@ -6,13 +6,14 @@ import shutil
 
 from dataclasses import dataclass, field
 
-from ..commands.engine import ListContainers, ListNetworks, ListVolumes
+from ..commands.engine import ListContainers, ListImageRefs, ListNetworks, ListVolumes
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
 from ..facts.files import parse_removal
 from ..lock import cluster_lock
 from ..manifest import Manifest
+from ..names import forwarded_registry_patterns
 from ..plans.clean import CleanPlan, plan_clean
 from ..report import Reporter
 from ..runner import Connection, ConnectionPool, check_interrupted, run_concurrently
@@ -61,6 +62,7 @@ def plan_host_clean(cluster: Cluster, conn: Connection, manifest: Manifest, *, f
         containers=[c.name for c in parse_container_list(engine.query(ListContainers(cluster.name)))],
         networks=engine.query(ListNetworks(cluster.name)),
         volumes=engine.query(ListVolumes(cluster.name)) if volumes else [],
+        registry_refs=engine.query(ListImageRefs(forwarded_registry_patterns(cluster.name))),
         files=files, remove_volumes=volumes, cluster=cluster.name, state_dir=str(cluster.state_dir),
     )
 

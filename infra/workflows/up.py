@@ -27,6 +27,7 @@ from ..facts.files import ignore_rules, parse_project_listing, scan_local
 from ..facts.host import HostFacts
 from ..lock import cluster_lock
 from ..manifest import Manifest
+from ..names import registry_repository
 from ..plans.addresses import master_address
 from ..plans.clean import plan_clean
 from ..plans.sync import SyncPlan, plan_sync
@@ -143,7 +144,7 @@ def image_sender(cluster: Cluster, plans: dict[str, HostPlan], local: Connection
     roles = {image.tag: image.role for plan in plans.values() for image in plan.images if image.action == "ship"}
     if not roles:
         return nullcontext(None)
-    images = [ShippedImage(tag, f"infra/{cluster.name}-{role}", local_ids[tag]) for tag, role in sorted(roles.items())]
+    images = [ShippedImage(tag, registry_repository(cluster.name, role), local_ids[tag]) for tag, role in sorted(roles.items())]
     return ImageSender(cluster, local, reporter, images)
 
 

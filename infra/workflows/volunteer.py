@@ -34,6 +34,7 @@ from ..facts.containers import parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts
 from ..lock import cluster_lock
 from ..manifest import Manifest
+from ..names import registry_repository
 from ..plans import join as join_plan
 from ..plans.addresses import master_address
 from ..plans.steps import Record, engine_step
@@ -168,7 +169,7 @@ def _worker_image_on_master(cluster: Cluster, conn: Connection, pool: Connection
         local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
         here = parse_image_inspect(local.engine.query(InspectImages((tag,)))).get(tag)
         if here is not None:  # by layers: the master host has all but the worker's top one already
-            with ImageSender(cluster, local, reporter, [ShippedImage(tag, f"infra/{cluster.name}-worker", here.id)]) as sender:
+            with ImageSender(cluster, local, reporter, [ShippedImage(tag, registry_repository(cluster.name, "worker"), here.id)]) as sender:
                 sent = sender.send(conn, [tag])
             reporter.host(conn.host.name, f"image {tag} received for volunteers ({sent / 1e6:.1f} MB)")
             found = parse_image_inspect(conn.engine.query(InspectImages((tag,))))

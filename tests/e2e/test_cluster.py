@@ -308,10 +308,18 @@ def test_changing_one_hosts_worker_count_changes_only_that_host(cluster, testbed
 
 
 def test_clean_leaves_no_container_of_the_cluster_anywhere(cluster, testbed):
+    # As a transfer cut short by `kill -9` leaves them: the worker image also named as pulled
+    # through the forwarded registry, and another cluster's name of it, which is not ours.
+    h2 = cluster["hosts"][1]
+    ours, theirs = f"127.0.0.1:40123/infra/{CLUSTER}-worker:0123abcd", "127.0.0.1:40123/infra/other-worker:0123abcd"
+    testbed.exec(h2, f"docker tag {TEST_IMAGES['worker']} {ours} && docker tag {TEST_IMAGES['worker']} {theirs}")
     result = infra("clean", "-f", str(cluster["file"]))
     assert result.returncode == 0, result.stdout + result.stderr
     for host in cluster["hosts"] + ["local"]:
         assert labelled_containers(testbed, host) == [], host
+    names = testbed.exec(h2, "docker image ls --format '{{.Repository}}:{{.Tag}}'").split()
+    assert ours not in names and theirs in names and TEST_IMAGES["worker"] in names
+    testbed.exec(h2, f"docker image rm --no-prune {theirs}")
     # The broker's data volume and the project copies stay unless asked.
     assert f"{CLUSTER}-broker-data" in testbed.exec(cluster["hosts"][0], "docker volume ls --format '{{.Name}}'")
     manifest = json.loads((cluster["state"] / "manifest.json").read_text())

@@ -39,6 +39,7 @@ class FakeHost:
     containers: list[dict] = field(default_factory=list)  # the API's container-list items
     inspected: dict[str, dict] = field(default_factory=dict)  # container name -> inspect object
     images: dict[str, dict] = field(default_factory=dict)  # ref -> {"Id", "Labels"}
+    registry_refs: list[str] = field(default_factory=list)  # names left by a transfer cut short
     networks: list[str] = field(default_factory=list)
     volumes: list[str] = field(default_factory=list)
     listings: dict[str, str] = field(default_factory=dict)  # project folder -> `sha256sum` lines
@@ -68,6 +69,8 @@ class RecordingEngine:
             return [state.inspected[name] for name in op.names if name in state.inspected]
         if isinstance(op, ops.InspectImages):
             return {ref: state.images.get(ref) for ref in op.refs}
+        if isinstance(op, ops.ListImageRefs):
+            return sorted(state.registry_refs)
         if isinstance(op, ops.ListNetworks):
             return sorted(state.networks)
         if isinstance(op, ops.ListVolumes):
@@ -101,6 +104,8 @@ class RecordingEngine:
             state.networks = [n for n in state.networks if n != op.name]
         elif isinstance(op, ops.CreateVolume):
             state.volumes.append(op.name)
+        elif isinstance(op, ops.UntagImage):
+            state.registry_refs = [ref for ref in state.registry_refs if ref != op.ref]
         elif isinstance(op, ops.RemoveVolume):
             state.volumes = [v for v in state.volumes if v != op.name]
         elif isinstance(op, (ops.BuildImage, ops.PullImage)):

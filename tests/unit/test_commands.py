@@ -47,6 +47,7 @@ from infra.commands.engine import (
     Exec,
     InspectContainers,
     InspectImages,
+    ListImageRefs,
     ListContainers,
     ListNetworks,
     ListVolumes,
@@ -132,6 +133,12 @@ def test_inspect_images():
     assert InspectImages(("python:3.11-slim-bookworm", "infra-lab-worker:latest")).text() == (
         "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' "
         "python:3.11-slim-bookworm infra-lab-worker:latest")
+
+
+def test_list_image_refs_matching_any_pattern():
+    assert ListImageRefs(("127.0.0.1:*/infra/lab-worker", "127.0.0.1:*/infra/lab-master")).text() == (
+        "docker image ls --filter 'reference=127.0.0.1:*/infra/lab-worker' "
+        "--filter 'reference=127.0.0.1:*/infra/lab-master' --format '{{.Repository}}:{{.Tag}}'")
 
 
 def test_list_networks_and_volumes_of_the_cluster():
@@ -584,6 +591,7 @@ ENGINE_BUILDERS = {
     "ListContainers": (lambda v: ListContainers(v), lambda v: [f"label=infra.cluster={v}"]),
     "InspectContainers": (lambda v: InspectContainers((v, "lab-master")), lambda v: [v]),
     "InspectImages": (lambda v: InspectImages((v,)), lambda v: [v]),
+    "ListImageRefs": (lambda v: ListImageRefs((v,)), lambda v: [f"reference={v}"]),
     "ListNetworks": (lambda v: ListNetworks(v), lambda v: [f"label=infra.cluster={v}"]),
     "ListVolumes": (lambda v: ListVolumes(v), lambda v: [f"label=infra.cluster={v}"]),
     "RunContainer": (

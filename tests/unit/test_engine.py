@@ -20,6 +20,7 @@ from infra.commands.engine import (
     InspectContainers,
     InspectImages,
     ListContainers,
+    ListImageRefs,
     LoadImages,
     Logs,
     RemoveContainers,
@@ -544,3 +545,23 @@ def test_engine_unavailable_is_an_infra_error_with_its_problem():
     err = EngineUnavailableError("pi1", NO_PERMISSION)
     assert isinstance(err, InfraError)
     assert (err.host, err.problem, str(err)) == ("pi1", NO_PERMISSION, f"pi1: {NO_PERMISSION}")
+
+
+class ImagesAPI:
+    """The one call `ListImageRefs` makes, answering as an engine that lists every name of a matching image."""
+
+    def __init__(self, images: list[dict]):
+        self.images_answer, self.asked = images, []
+
+    def images(self, filters=None):
+        self.asked.append(filters)
+        return self.images_answer
+
+
+def test_listing_image_names_keeps_only_the_names_that_match_whatever_the_engine_lists():
+    api = ImagesAPI([{"RepoTags": ["127.0.0.1:40123/infra/lab-worker:0123abcd", "infra-lab-worker:latest"]},
+                     {"RepoTags": ["127.0.0.1:5000/infra/lab-master:ff", "<none>:<none>"]}])
+    patterns = ("127.0.0.1:*/infra/lab-worker", "127.0.0.1:*/infra/lab-master")
+    names = Engine("h", api).query(ListImageRefs(patterns))
+    assert names == ["127.0.0.1:40123/infra/lab-worker:0123abcd", "127.0.0.1:5000/infra/lab-master:ff"]
+    assert api.asked == [{"reference": list(patterns)}]

@@ -238,6 +238,8 @@ CLEAN_ALL_M1 = [
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
     "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
     "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    "docker image ls --filter 'reference=127.0.0.1:*/infra/lab-worker' --filter 'reference=127.0.0.1:*/infra/lab-master' "
+    "--filter 'reference=127.0.0.1:*/infra/lab-broker' --format '{{.Repository}}:{{.Tag}}'",
     'docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1',
     'docker network rm lab-net',
     'docker volume rm --force lab-broker-data',
@@ -252,6 +254,8 @@ CLEAN_ALL_W1 = [
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
     "docker network ls --filter label=infra.cluster=lab --format '{{.Name}}'",
     "docker volume ls --filter label=infra.cluster=lab --format '{{.Name}}'",
+    "docker image ls --filter 'reference=127.0.0.1:*/infra/lab-worker' --filter 'reference=127.0.0.1:*/infra/lab-master' "
+    "--filter 'reference=127.0.0.1:*/infra/lab-broker' --format '{{.Repository}}:{{.Tag}}'",
     'docker rm --force lab-worker-w1-1',
     remove("/home/bob/infra/lab/.infra", "/home/bob/infra/lab"),
     remove("/home/bob/infra/lab", "/home/bob/infra/lab"),
@@ -359,7 +363,8 @@ def test_clean_without_options_keeps_the_project_and_the_data_volumes(cluster, h
     up(cluster, quiet())
     forget(hosts)
     clean(cluster, quiet())
-    removed = [line for line in sent(hosts, "m1", cluster) if not line.startswith(("docker ps", "docker network ls"))]
+    removed = [line for line in sent(hosts, "m1", cluster)
+               if not line.startswith(("docker ps", "docker network ls", "docker image ls"))]
     assert removed == [
         "docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1",
         "docker network rm lab-net",
@@ -368,6 +373,19 @@ def test_clean_without_options_keeps_the_project_and_the_data_volumes(cluster, h
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
     assert manifest.hosts["m1"].files == ["/home/alice/infra/lab/proj"]
+
+
+def test_clean_removes_the_names_a_transfer_cut_short_left_and_nothing_else(cluster, hosts):
+    """A `kill -9` between a host's pull through the forwarded registry and the untag leaves the
+    image also named `127.0.0.1:PORT/infra/NAME-ROLE:ID` there; `clean` removes that name (the
+    engine's reference filter finds only this cluster's), not the image."""
+    up(cluster, quiet())
+    hosts.hosts["w1"].registry_refs = ["127.0.0.1:40123/infra/lab-worker:0123abcd"]
+    forget(hosts)
+    clean(cluster, quiet())
+    assert "docker image rm --no-prune 127.0.0.1:40123/infra/lab-worker:0123abcd" in sent(hosts, "w1", cluster)
+    assert hosts.hosts["w1"].registry_refs == []
+    assert not any(line.startswith("docker image rm") for line in sent(hosts, "m1", cluster))
 
 
 def test_clean_reports_a_folder_the_host_refused_as_refused_never_as_removed_and_forgets_it(cluster, hosts):
