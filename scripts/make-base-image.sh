@@ -3,18 +3,22 @@
 # bookworm root file system and import it into the local Docker engine.
 # Usage: scripts/make-base-image.sh [IMAGE_TAG]   (default: infra-base:bookworm)
 # Needs root and the debootstrap package. Does nothing when the image exists and was made
-# by this recipe (its label infra.base-recipe); an image of an older recipe is made again.
+# by this recipe; an image of an older recipe is made again.
 set -euo pipefail
 tag="${1:-infra-base:bookworm}"
 # Raise when what the image holds changes (2: no apt cache, documentation or translations).
+# The recipe is a second tag of the same image (IMAGE_TAG-recipeN), not a label: every image
+# built on the base, and every container, would inherit a label.
 recipe=2
-if docker image inspect "$tag" >/dev/null 2>&1; then
-    made_by="$(docker image inspect --format '{{ index .Config.Labels "infra.base-recipe" }}' "$tag" 2>/dev/null || true)"
-    if [ "$made_by" = "$recipe" ]; then
+recipe_tag="$tag-recipe$recipe"
+image_id() { docker image inspect --format '{{.Id}}' "$1" 2>/dev/null || true; }
+current="$(image_id "$tag")"
+if [ -n "$current" ]; then
+    if [ "$current" = "$(image_id "$recipe_tag")" ]; then
         echo "base image $tag already present"
         exit 0
     fi
-    echo "base image $tag is of an older recipe (${made_by:-1}); making it again"
+    echo "base image $tag is of an older recipe; making it again"
 fi
 command -v debootstrap >/dev/null || { echo "make-base-image: debootstrap is not installed (apt-get install debootstrap)" >&2; exit 1; }
 rootdir="$(mktemp -d /tmp/infra-base.XXXXXX)"
@@ -40,6 +44,6 @@ find "$rootdir/usr/share/doc" -mindepth 1 -type d -empty -delete
 find "$rootdir/usr/share/locale" -mindepth 1 -maxdepth 1 ! -name locale.alias -exec rm -rf {} +
 rm -rf "$rootdir"/usr/share/man/* "$rootdir"/usr/share/info/* "$rootdir"/usr/share/lintian/*
 rm -rf "$rootdir"/var/lib/apt/lists/* "$rootdir"/var/cache/apt/*.bin "$rootdir"/var/cache/apt/archives/*.deb
-tar -C "$rootdir" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' \
-    -c "LABEL infra.base-recipe=$recipe" - "$tag" >/dev/null
+tar -C "$rootdir" -c . | docker import -c 'ENV LANG=C.UTF-8' -c 'CMD ["/bin/bash"]' - "$tag" >/dev/null
+docker tag "$tag" "$recipe_tag"
 echo "base image $tag imported"
