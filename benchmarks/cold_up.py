@@ -56,6 +56,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.clusters import e2e_shape  # noqa: E402
 from benchmarks.revisions import checkout, remove_checkout  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
@@ -88,27 +89,10 @@ class Side:
 
 
 def write_cluster_file(side: Side, testbed: Testbed) -> None:
-    h1, h2, h3 = testbed.docker_hosts[:3]
-    project = side.folder / "wordcount"
-    if not project.exists():
-        shutil.copytree(REPO / "projects" / "wordcount", project, ignore=shutil.ignore_patterns("output", "__pycache__"))
     # Each side has images of its own names, so that both stay on the hosts between rounds.
     images = IMAGES if side.source == REPO else {
         **IMAGES, **{role: f"infra-{side.name}-{role}:latest" for role in ("worker", "master", "broker")}}
-    spec = {
-        "name": side.name,
-        "hosts": testbed.cluster_hosts([h1, h2, h3]),
-        "project": {"path": str(project), "app": "wordcount", "remote_path": f"infra-bench-{side.name}"},
-        "roles": {"master": {"host": h1.name}, "workers": [
-            {"host": h2.name, "containers": 2, "concurrency": 2},
-            {"host": h3.name, "containers": 1, "concurrency": 2},
-            {"host": "local", "containers": 1, "concurrency": 1},
-        ]},
-        "ports": {"broker": BROKER_PORT},
-        "images": images,
-        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
-        "state_dir": str(side.folder / "state"),
-    }
+    spec = {**e2e_shape(side.folder, testbed, side.name, images), "ports": {"broker": BROKER_PORT}}
     side.folder.mkdir(parents=True, exist_ok=True)
     side.path.write_text(yaml.safe_dump(spec, sort_keys=False))
 

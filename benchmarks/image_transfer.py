@@ -42,6 +42,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.clusters import sample_project  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
 from tests.testbed import Testbed  # noqa: E402
@@ -52,8 +53,7 @@ RECEIVED = re.compile(r"^(\S+)\s+images? .* received \(([\d.]+) MB in ([\d.]+) s
 
 def cluster_file(folder: Path, testbed: Testbed) -> tuple[Path, Path]:
     h1, h2, h3 = testbed.docker_hosts[:3]
-    project = folder / "wordcount"
-    shutil.copytree(REPO / "projects" / "wordcount", project, ignore=shutil.ignore_patterns("output", "__pycache__"))
+    project = sample_project(folder)
     spec = {
         "name": "p6",
         "hosts": testbed.cluster_hosts([h1, h2, h3]),

@@ -33,6 +33,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.clusters import e2e_shape  # noqa: E402
 from benchmarks.revisions import checkout, remove_checkout  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
@@ -41,27 +42,9 @@ from tests.testbed import Testbed  # noqa: E402
 
 
 def cluster_file(folder: Path, testbed: Testbed, name: str, known_hosts: bool = True) -> Path:
-    """The benchmark's cluster file; `known_hosts` False for revisions older than ssh.known_hosts
-    (they accepted any host key)."""
-    h1, h2, h3 = testbed.docker_hosts[:3]
-    project = folder / "wordcount"
-    if not project.exists():
-        shutil.copytree(REPO / "projects" / "wordcount", project, ignore=shutil.ignore_patterns("output", "__pycache__"))
-    spec = {
-        "name": name,
-        "hosts": testbed.cluster_hosts([h1, h2, h3]),
-        "project": {"path": str(project), "app": "wordcount", "remote_path": f"infra-bench-{name}"},
-        "roles": {"master": {"host": h1.name}, "workers": [
-            {"host": h2.name, "containers": 2, "concurrency": 2},
-            {"host": h3.name, "containers": 1, "concurrency": 2},
-            {"host": "local", "containers": 1, "concurrency": 1},
-        ]},
-        "images": IMAGES,
-        "ssh": {"connect_timeout": 5, **({"known_hosts": str(testbed.known_hosts_path)} if known_hosts else {})},
-        "state_dir": str(folder / "state"),
-    }
+    """The benchmark's cluster file: the e2e cluster's shape (see `benchmarks.clusters.e2e_shape`)."""
     path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path.write_text(yaml.safe_dump(e2e_shape(folder, testbed, name, IMAGES, known_hosts=known_hosts), sort_keys=False))
     return path
 
 

@@ -45,6 +45,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from benchmarks.clusters import sample_project  # noqa: E402
 from tests.e2e.clients import celery_client  # noqa: E402
 from tests.e2e.test_cluster import TEST_IMAGES as IMAGES  # noqa: E402  the e2e tests' images, built once
 from tests.e2e.test_cluster import WHEELHOUSE  # noqa: E402
@@ -60,9 +61,7 @@ WORKERS = (("h2", 2), ("h3", 1))  # (host, containers): 3 worker containers, as 
 
 def cluster_file(folder: Path, testbed: Testbed, concurrency: int, settings: dict | None = None) -> Path:
     h1, h2, h3 = testbed.docker_hosts[:3]
-    project = folder / "wordcount"
-    if not project.exists():
-        shutil.copytree(REPO / "projects" / "wordcount", project, ignore=shutil.ignore_patterns("output", "__pycache__"))
+    project = sample_project(folder)
     group = {"concurrency": concurrency, **(settings or {})}
     spec = {
         "name": NAME,
