@@ -93,6 +93,26 @@ def plan_bootstrap(host: str, state: HostState, source: Source = "distro", nvidi
     return plan
 
 
+def _privileged(state: HostState, key: str, title: str, script: str, timeout: float) -> Step:
+    """A step run as root: directly, or through sudo (with the password on stdin when it asks one)."""
+    argv, password = privileged_argv(script, state.privilege)
+    return Step(key, title, script, argv, password, timeout)
+
+
+def _steps_then_privileged(plan: Plan, state: HostState) -> list[Step]:
+    """The plan's steps so far, ready for privileged ones: the sudo password is checked first, once."""
+    steps = list(plan.steps)
+    if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
+        steps.append(_privileged(state, "sudo-check", "check the sudo password", "true\n", 60))
+    return steps
+
+
+def _no_privilege(host: str, state: HostState) -> Plan:
+    return Plan(host, state, error=(
+        f"{state.user} is not root and sudo is not installed: log in as root, or install sudo "
+        f"and allow {state.user} to use it (nothing was changed)"))
+
+
 def _docker_plan(host: str, state: HostState, source: Source) -> Plan:
     if state.ready:
         return Plan(host, state)
@@ -102,18 +122,13 @@ def _docker_plan(host: str, state: HostState, source: Source) -> Plan:
         if reason:
             return Plan(host, state, error=reason)
     if state.privilege == "none":
-        return Plan(host, state, error=(
-            f"{state.user} is not root and sudo is not installed: log in as root, or install sudo "
-            f"and allow {state.user} to use it (nothing was changed)"))
+        return _no_privilege(host, state)
 
-    steps: list[Step] = []
+    steps = _steps_then_privileged(Plan(host, state), state)
 
     def add(key: str, title: str, script: str, timeout: float) -> None:
-        argv, password = privileged_argv(script, state.privilege)
-        steps.append(Step(key, title, script, argv, password, timeout))
+        steps.append(_privileged(state, key, title, script, timeout))
 
-    if state.privilege == "sudo-password":
-        add("sudo-check", "check the sudo password", "true\n", 60)
     summary = []
     if not installed:
         title, script = install_script(state.os, state.arch, source)
@@ -146,17 +161,12 @@ def _with_nvidia(plan: Plan, state: HostState) -> Plan:
             f"--nvidia: {state.os.name} on {state.arch}: bootstrap installs the NVIDIA container toolkit on "
             f"Ubuntu and Debian for {', '.join(NVIDIA_ARCHES)} only; install it there yourself (nothing was changed)"))
     if state.privilege == "none":
-        return Plan(host, state, error=(
-            f"{state.user} is not root and sudo is not installed: log in as root, or install sudo "
-            f"and allow {state.user} to use it (nothing was changed)"))
-    steps = list(plan.steps)
+        return _no_privilege(host, state)
+    steps = _steps_then_privileged(plan, state)
 
     def add(key: str, title: str, script: str, timeout: float) -> None:
-        argv, password = privileged_argv(script, state.privilege)
-        steps.append(Step(key, title, script, argv, password, timeout))
+        steps.append(_privileged(state, key, title, script, timeout))
 
-    if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
-        add("sudo-check", "check the sudo password", "true\n", 60)
     summary = [plan.summary] if plan.summary else []
     if not state.nvidia_toolkit:
         add("nvidia-install", "install the NVIDIA container toolkit from NVIDIA's apt repository",
@@ -179,14 +189,9 @@ def _with_registry(plan: Plan, state: HostState) -> Plan:
     """
     if state.registry or state.os.family is None or state.privilege == "none":
         return plan
-    steps = list(plan.steps)
-    if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
-        argv, password = privileged_argv("true\n", state.privilege)
-        steps.append(Step("sudo-check", "check the sudo password", "true\n", argv, password, 60))
-    script = registry_script(state.systemd)
-    argv, password = privileged_argv(script, state.privilege)
+    steps = _steps_then_privileged(plan, state)
     title = "install docker-registry from Debian's packages (to send images by layers)"
-    steps.append(Step("registry", title, script, argv, password, 900))
+    steps.append(_privileged(state, "registry", title, registry_script(state.systemd), 900))
     summary = "; ".join(part for part in (plan.summary, "install docker-registry") if part)
     return Plan(plan.host, state, tuple(steps), summary=summary)
 
