@@ -51,10 +51,11 @@ REPO = Path(__file__).resolve().parent.parent
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))  # run from a checkout without installing
 
-from infra import runner  # noqa: E402
 from infra.config import Host  # noqa: E402
-from infra.workflows.gather import gather_facts  # noqa: E402
 from infra.errors import InfraError  # noqa: E402
+from infra.transport import pool as transport_pool  # noqa: E402
+from infra.transport.result import Limits  # noqa: E402
+from infra.workflows.gather import gather_facts  # noqa: E402
 
 ADDRESS_PREFIX = "127.0.1."
 MAX_HOSTS = 254
@@ -475,24 +476,24 @@ def infra_fanout(hosts: list[Host], connect_timeout: float, command_timeout: flo
                  sample: Sample) -> None:
     """ConnectionPool.open + `true` on every host via run_concurrently, then infra's gather_facts."""
     connect_times: dict[str, float] = {}
-    real_connect = runner.connect
+    real_connect = transport_pool.connect
 
-    def timed_connect(host, limits):  # ConnectionPool.open looks `connect` up in infra.runner
+    def timed_connect(host, limits):  # ConnectionPool.open looks `connect` up in infra.transport.pool
         began = time.perf_counter()
         try:
             return real_connect(host, limits)
         finally:
             connect_times[host.name] = time.perf_counter() - began
 
-    runner.connect = timed_connect
-    pool = runner.ConnectionPool(runner.Limits(connect=connect_timeout, command=command_timeout))
+    transport_pool.connect = timed_connect
+    pool = transport_pool.ConnectionPool(Limits(connect=connect_timeout, command=command_timeout))
     try:
         with _ThreadPeak() as threads:
             cpu0 = cpu_seconds(resource.RUSAGE_SELF)
             began = time.perf_counter()
             opened = pool.open(hosts)
             sample.infra_open = time.perf_counter() - began
-            runner.connect = real_connect
+            transport_pool.connect = real_connect
             sample.infra_connect_per_host = [connect_times[h.name] for h in hosts if h.name in opened.succeeded]
             sample.infra_failed = len(opened.failed)
             if opened.failed:
@@ -510,7 +511,7 @@ def infra_fanout(hosts: list[Host], connect_timeout: float, command_timeout: flo
                 cmd_times[host.name] = statistics.median(times)
 
             began = time.perf_counter()
-            ran = runner.run_concurrently(reachable, run_true, key=lambda h: h.name)
+            ran = transport_pool.run_concurrently(reachable, run_true, key=lambda h: h.name)
             sample.infra_cmds = time.perf_counter() - began
             sample.infra_cpu = cpu_seconds(resource.RUSAGE_SELF) - cpu0
             sample.infra_cmd_per_host = list(cmd_times.values())
@@ -546,7 +547,7 @@ def infra_fanout(hosts: list[Host], connect_timeout: float, command_timeout: flo
             sample.facts_per_host = list(probe_times.values())
         sample.threads_peak = threads.peak
     finally:
-        runner.connect = real_connect
+        transport_pool.connect = real_connect
         pool.close()
 
 

@@ -47,8 +47,6 @@ def volume_names(cluster: str) -> dict[str, str]:
 
 # The Unix group whose members may use the Docker engine (bootstrap adds the SSH user to it).
 DOCKER_GROUP = "docker"
-
-
 IMAGE_ROLES = ("worker", "master", "broker")
 
 

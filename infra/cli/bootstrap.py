@@ -8,7 +8,13 @@ from pathlib import Path
 import click
 
 from ..errors import ConfigError, InfraError
-from .options import cluster_file_option, handle_errors, hosts_option, load_cluster_file, select_hosts
+from .options import (
+    cluster_file_option,
+    handle_errors,
+    hosts_option,
+    load_cluster_file,
+    select_hosts,
+)
 
 
 @click.command()
@@ -50,7 +56,7 @@ def bootstrap(cluster_file: Path, hosts_option: str | None, sudo_password_stdin:
       echo "$PASSWORD" | infra bootstrap -f cluster.yaml --sudo-password-stdin
       infra bootstrap -f cluster.yaml --nvidia
     """
-    from ..report import Reporter
+    from ..ui.reporter import Reporter
     from ..workflows.bootstrap import bootstrap_hosts, password_source
 
     started = time.monotonic()

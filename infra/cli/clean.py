@@ -31,8 +31,8 @@ def clean(cluster_file: Path, files: bool, volumes: bool, wait: bool) -> None:
       infra clean -f cluster.yaml
       infra clean -f cluster.yaml --files --volumes
     """
+    from ..ui.reporter import Reporter
     from ..workflows.clean import clean as run_clean
-    from ..report import Reporter
 
     cluster = load_cluster_file(cluster_file)
     reporter = Reporter()

@@ -41,8 +41,8 @@ def status(cluster_file: Path, as_json: bool) -> None:
       infra status -f cluster.yaml
       infra status -f cluster.yaml --json | jq '.workers[] | select(.online | not) | .name'
     """
+    from ..ui.status import render_json, render_table
     from ..workflows.status import gather_status
-    from ..status import render_json, render_table
 
     cluster = load_cluster_file(cluster_file)
     result = gather_status(cluster)

@@ -65,7 +65,7 @@ def sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, a
 
 
 def _sync_files(cluster_file: Path, hosts_option: str | None, no_restart: bool, as_json: bool, wait: bool) -> None:
-    from ..report import Reporter
+    from ..ui.reporter import Reporter
     from ..workflows.sync_files import sync_files as run_sync
 
     cluster = load_cluster_file(cluster_file)

@@ -27,9 +27,9 @@ def up(cluster_file: Path, dry_run: bool, wait: bool) -> None:
       infra up -f cluster.yaml --dry-run
       infra up -f cluster.yaml
     """
+    from ..ui.reporter import Reporter
+    from ..ui.summary import print_plan, print_summary
     from ..workflows.up import up as run_up
-    from ..report import Reporter
-    from ..summary import print_plan, print_summary
 
     cluster = load_cluster_file(cluster_file)
     reporter = Reporter()

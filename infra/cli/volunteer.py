@@ -56,7 +56,7 @@ def add(cluster_file: Path, name: str, expires: str, port: int | None, cpus: str
     Example:
       infra volunteer add alice --expires 2d --cpus 2 --memory 2g
     """
-    from ..report import Reporter
+    from ..ui.reporter import Reporter
     from ..workflows.volunteer import add as run_add
 
     cluster = load_cluster_file(cluster_file)
@@ -138,7 +138,7 @@ def revoke(cluster_file: Path, name: str, wait: bool) -> None:
     Example:
       infra volunteer revoke alice
     """
-    from ..report import Reporter
+    from ..ui.reporter import Reporter
     from ..workflows.volunteer import revoke as run_revoke
 
     cluster = load_cluster_file(cluster_file)

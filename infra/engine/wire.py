@@ -2,7 +2,7 @@
 
 No I/O and no `docker` import: what a `RunContainer` becomes as a create request, which API
 version to speak, how a multiplexed output stream splits into frames, what a build's JSON
-progress means. `infra.engine.engine` sends and receives; this module decides.
+progress means. `infra.engine.api` sends and receives; this module decides.
 """
 
 from __future__ import annotations
@@ -12,16 +12,17 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Iterator
 
+from ..commands.engine import LOG_DRIVER, LOG_OPTIONS
+from ..transport.result import LineCallback
+
 if TYPE_CHECKING:
     from ..commands.engine import Logs, RunContainer
 
-LineCallback = Callable[[str], None]
 
 # Streams of a multiplexed (non-TTY) attach, exec or logs answer: an 8-byte header per frame,
 # [stream, 0, 0, 0, size as big-endian uint32], then `size` bytes of output.
 STDIN, STDOUT, STDERR = 0, 1, 2
 FRAME_HEADER = struct.Struct(">BxxxL")
-
 
 
 # --------------------------------------------------------------------------- API version
@@ -76,9 +77,6 @@ def create_arguments(op: RunContainer) -> dict:
     `APIClient.create_container_from_config`. Settings `argv()` leaves out are left out here
     too, so the engine applies the same defaults as `docker run` would.
     """
-    # Here, not at the top: the runner imports this module for LineBuffer before any engine is used.
-    from ..commands.engine import LOG_DRIVER, LOG_OPTIONS
-
     spec = op.spec
     exposed: dict[str, dict] = {}
     bindings: dict[str, list[dict]] = {}
@@ -155,27 +153,6 @@ def iter_frames(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes]]:
             yield stream, data
         if len(data) < size:
             return
-
-
-class LineBuffer:
-    """Turns chunks of bytes into complete lines for a callback (the last, unended line at close)."""
-
-    def __init__(self, callback: LineCallback | None):
-        self.callback = callback
-        self.pending = b""
-
-    def feed(self, data: bytes) -> None:
-        if not self.callback:
-            return
-        self.pending += data
-        *lines, self.pending = self.pending.split(b"\n")
-        for line in lines:
-            self.callback(line.decode(errors="replace"))
-
-    def close(self) -> None:
-        if self.callback and self.pending:
-            self.callback(self.pending.decode(errors="replace"))
-        self.pending = b""
 
 
 @dataclass

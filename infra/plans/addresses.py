@@ -6,6 +6,15 @@ import ipaddress
 
 from ..config import Cluster, Host
 
+# The ports of the master host's services inside the cluster's network (the published ports are
+# the cluster file's `ports`).
+BROKER_INTERNAL_PORT = 5672  # plain, on the cluster's own network only when TLS is on
+BROKER_TLS_PORT = 5671
+RESULTS_INTERNAL_PORT = 6379
+RESULTS_TLS_PORT = 6380
+FLOWER_INTERNAL_PORT = 5555
+MANAGEMENT_INTERNAL_PORT = 15672
+
 
 def master_address(cluster: Cluster, *, master_peer: str | None = None, towards_workers: str | None = None) -> str:
     """The address of the master's published ports.

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from ..commands import files as file_commands
 from ..commands.engine import RemoveContainers, RemoveNetwork, RemoveVolume, UntagImage
 from ..config import LOCAL
-from ..manifest import HostRecord
+from ..state.manifest import HostRecord
 from .steps import Record, Step, engine_step, shell_step
 
 CLEAN_TIMEOUT = 120

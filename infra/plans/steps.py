@@ -1,6 +1,6 @@
 """A step: one thing to do on one host, as data — what runs, what it is fed, what it records.
 
-Plans are ordered lists of steps; `infra.runner.execute_step` carries one out and the workflow
+Plans are ordered lists of steps; `infra.workflows.execute.execute_step` carries one out and the workflow
 writes its record into the manifest. `--dry-run` prints the steps' descriptions and commands.
 """
 
@@ -16,6 +16,11 @@ RecordKind = Literal[
     "add_files", "remove_files", "add_secret_dir", "remove_secret_dir",
     "add_container", "remove_container", "add_network", "remove_network", "add_volume", "remove_volume",
 ]
+
+# Bounds of the steps (seconds): builds and image transfers can be long, the rest is quick.
+FILE_TIMEOUT = 600
+IMAGE_TIMEOUT = 3600
+ENGINE_TIMEOUT = 120
 
 
 @dataclass(frozen=True)

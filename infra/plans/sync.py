@@ -22,7 +22,7 @@ from ..facts.files import LocalFile, ProjectListing
 from .steps import Record, Step, shell_step
 
 if TYPE_CHECKING:
-    from .up import HostLayout
+    from .layout import HostLayout
 
 SYNC_TIMEOUT = 600
 DELETE_BATCH_BYTES = 60_000  # of paths per delete command: a command line holds at most 128 kB

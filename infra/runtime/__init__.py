@@ -1,12 +1,14 @@
 """Code that runs inside the cluster's containers: the built-in task runner, its Celery app, the sweep driver.
 
 The worker image carries this folder as the top-level package `infra_runtime` (see
-`infra.assets.prepare_build_context` and Dockerfile.worker); the master image inherits it. So its
+`infra.state.build_context.prepare_build_context` and Dockerfile.celery); the master image inherits it. So its
 modules import only the standard library, Celery and redis-py, and each other relatively: the
 same files are `infra.runtime.*` here (unit tests, the protocol the CLI reads) and
 `infra_runtime.*` in the images.
 
 - `app`: the built-in Celery app, which workers run when the cluster file names no `project.app`;
+- `command`: one command line run for `infra.run_command`, its output batched to Redis;
+- `endpoint`: the join endpoint volunteers fetch their worker from; `volunteer`: the volunteer's worker side;
 - `tasks`: the `infra.run_command` task (one command line, its output streamed back through
   Redis), registered on the built-in app and, with `celery worker --include`, on a project's own;
 - `driver`: `infra sweep`'s side in the master container: sends the runs, relays their events;
@@ -19,5 +21,6 @@ Importing this package imports nothing heavy: the CLI reads the names below with
 
 IMAGE_PACKAGE = "infra_runtime"  # the name the images give this folder
 BUILTIN_APP = f"{IMAGE_PACKAGE}.app"  # what `celery --app` gets when the project has no app
-RUNNER_MODULE = f"{IMAGE_PACKAGE}.tasks"  # what `celery worker --include` gets for a project's own app
+TASKS_MODULE = f"{IMAGE_PACKAGE}.tasks"  # what `celery worker --include` gets for a project's own app
 DRIVER_MODULE = f"{IMAGE_PACKAGE}.driver"  # `python -m` this in the master container
+ENDPOINT_MODULE = f"{IMAGE_PACKAGE}.endpoint"  # the volunteers' join endpoint, `python -m` in its container

@@ -21,7 +21,7 @@ import redis
 from celery import shared_task
 
 from . import protocol, startup  # noqa: F401  (startup: connects its worker_init handler)
-from .runner import RedisChannel, RunRequest, execute
+from .command import RedisChannel, RunRequest, execute
 
 _client: tuple[int, redis.Redis] | None = None  # (pid, client): a forked pool process makes its own
 

@@ -33,7 +33,7 @@ import time
 import urllib.error
 import urllib.request
 
-from .join import VOLUNTEER_STATE
+from .endpoint import VOLUNTEER_STATE
 
 REQUEST_TIMEOUT = 60
 RETRY_SECONDS = 30

@@ -1,7 +1,7 @@
 """`infra bootstrap`: install and start Docker on the cluster's hosts that lack it.
 
 All hosts at once: probe (read-only, as the SSH user), plan, ask for a sudo password once if a
-host needs one, then run each host's steps in order. Connections come from `infra.runner`, the
+host needs one, then run each host's steps in order. Connections come from `infra.transport`, the
 commands from `infra.commands.bootstrap`, every decision from `infra.plans.bootstrap`. The
 result is one `BootstrapOutcome` per host: already there, installed (or configured), would
 change (dry run), or failed and why. A failed host is data, never a crash.
@@ -21,9 +21,18 @@ from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.os import parse_probe
 from ..facts.sections import last_line
-from ..plans.bootstrap import Plan, Step, changes_in, explain_failure, plan_bootstrap, step_result
-from ..report import Reporter
-from ..runner import CommandResult, Connection, ConnectionPool, run_concurrently
+from ..plans.bootstrap import (
+    Plan,
+    Step,
+    changes_in,
+    explain_failure,
+    plan_bootstrap,
+    step_result,
+)
+from ..transport.connection import Connection
+from ..transport.pool import ConnectionPool, run_concurrently
+from ..transport.result import CommandResult
+from ..ui.reporter import Reporter
 
 # Given the `user@host` of the hosts that need it, the sudo password, or None when none can be had.
 PasswordSource = Callable[[list[str]], "str | None"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import shutil
-
 from dataclasses import dataclass, field
 
 from ..commands.engine import ListContainers, ListImageRefs, ListNetworks, ListVolumes
@@ -11,12 +10,14 @@ from ..config import Cluster, Host
 from ..errors import InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
 from ..facts.files import parse_removal
-from ..lock import cluster_lock
-from ..manifest import Manifest
 from ..names import forwarded_registry_patterns
 from ..plans.clean import CleanPlan, plan_clean
-from ..report import Reporter
-from ..runner import Connection, ConnectionPool, check_interrupted, run_concurrently
+from ..state.lock import cluster_lock
+from ..state.manifest import Manifest
+from ..transport.connection import Connection
+from ..transport.pool import ConnectionPool, run_concurrently
+from ..transport.result import check_interrupted
+from ..ui.reporter import Reporter
 from .execute import execute_steps
 from .volunteer import revoke_everyone
 

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from typing import Callable
 
-from ..manifest import Manifest
 from ..plans.steps import Step
-from ..runner import Connection, check_interrupted
+from ..state.manifest import Manifest
+from ..transport.connection import Connection
+from ..transport.result import check_interrupted
 
 
 def execute_step(conn: Connection, step: Step, manifest: Manifest, *, on_line: Callable[[str], None] | None = None):

@@ -4,14 +4,21 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..commands.engine import EngineVersion, InspectImages, ListContainers, ListNetworks, ListVolumes
+from ..commands.engine import (
+    EngineVersion,
+    InspectImages,
+    ListContainers,
+    ListNetworks,
+    ListVolumes,
+)
 from ..commands.files import host_probe
 from ..config import Cluster, Host
 from ..errors import DockerMissingError, EngineUnavailableError, InfraError
 from ..facts.containers import parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts, host_facts, parse_host_probe
 from ..facts.sections import last_line
-from ..runner import Connection, ConnectionPool, GroupResult, run_concurrently
+from ..transport.connection import Connection
+from ..transport.pool import ConnectionPool, GroupResult, run_concurrently
 
 PROBE_TIMEOUT = 60
 

@@ -17,10 +17,10 @@ from ..commands.engine import ListContainers, Logs
 from ..config import Cluster
 from ..errors import ConfigError, InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
-from ..manifest import Manifest
+from ..facts.status import expected_containers
 from ..names import MASTER_ROLES
-from ..runner import ConnectionPool, run_concurrently
-from ..status import expected_containers
+from ..state.manifest import Manifest
+from ..transport.pool import ConnectionPool, run_concurrently
 from .up import departed_hosts
 
 ROLE_NAMES = {
@@ -74,8 +74,6 @@ def log_target(cluster: Cluster, target: str | None, extra_hosts: list[str] | tu
 
 
 _SINCE = re.compile(r"^(\d+(\.\d+)?(ns|us|ms|s|m|h)?|\d{4}-\d\d-\d\d([T ][0-9:.]+)?(Z|[+-]\d\d:?\d\d)?)$")
-
-
 _UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0}
 
 

@@ -17,7 +17,7 @@ from ..config import Cluster
 from ..errors import InfraError, redact
 from ..facts.celery import ReadinessEvent, parse_readiness_line
 from ..facts.sections import last_line
-from ..runner import Connection
+from ..transport.connection import Connection
 
 REPLY_TIMEOUT = 0.5  # how long one round of pings waits for the workers that have not answered yet
 PROBE_MARGIN = 60.0  # the probe keeps its own deadlines; this bound only catches one that hangs

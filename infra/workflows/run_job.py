@@ -34,9 +34,10 @@ from ..facts.files import (
 )
 from ..facts.sections import last_line
 from ..names import container_name
+from ..plans.layout import HostLayout, host_layout
 from ..plans.sync import plan_sync
-from ..plans.up import HostLayout, host_layout
-from ..runner import Connection, ConnectionPool
+from ..transport.connection import Connection
+from ..transport.pool import ConnectionPool
 from .gather import read_host_facts
 
 _MODULE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)*$")

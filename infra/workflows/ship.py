@@ -2,7 +2,7 @@
 
 `ImageSender` starts the registry on this machine once per `up` that has images to send, pushes
 the images there, and lets each host's engine pull through its own SSH connection
-(`infra.registry`): a host fetches only the layers it lacks. Where that cannot work (no
+(`infra.transport.registry`): a host fetches only the layers it lacks. Where that cannot work (no
 `docker-registry` here, a host's sshd that refuses forwarding) the image goes whole, as
 `docker save | docker load` through the Engine API, and a warning says why.
 """
@@ -13,13 +13,17 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Iterable, Iterator
 
 from ..commands.engine import PullImage, PushImage, TagImage, UntagImage
 from ..config import Cluster
 from ..errors import InfraError
-from ..report import Reporter
-from ..runner import Connection, ship_images
-from ..registry import LocalRegistry, RegistryUnavailable
+from ..transport.connection import Connection
+from ..transport.registry import LocalRegistry, RegistryUnavailable
+from ..ui.reporter import Reporter
+
+if TYPE_CHECKING:
+    from ..engine.api import Engine
 
 REFRESH_INTERVAL = 0.2  # seconds between two updates of the progress bars
 
@@ -49,8 +53,14 @@ class TransferBars:
     """One bar per host while images travel (bytes, rate, time left), when a terminal watches."""
 
     def __init__(self, reporter: Reporter):
-        from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
-                                   TransferSpeedColumn)
+        from rich.progress import (
+            BarColumn,
+            DownloadColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+            TransferSpeedColumn,
+        )
 
         enabled = not reporter.quiet and reporter.console.is_terminal
         self._progress = Progress(TextColumn("[bold]{task.description:<12}[/bold] images"), BarColumn(),
@@ -211,3 +221,23 @@ class ImageSender:
 def _registry_tag(image: ShippedImage) -> str:
     """Images are named by their id in the registry: a tag there never changes what it names."""
     return image.image_id.partition(":")[2][:32] or image.image_id
+
+
+def ship_images(source: Engine, target: Engine, tags: list[str]) -> int:
+    """Copy images from one engine to another (`docker save | docker load`, through the Engine API).
+
+    The tar stream passes through in chunks as the target takes them, never whole in
+    memory. Returns the number of bytes sent.
+    """
+    from ..commands.engine import LoadImages, SaveImages
+
+    sent = 0
+
+    def counted(chunks: Iterable[bytes]) -> Iterator[bytes]:
+        nonlocal sent
+        for chunk in chunks:
+            sent += len(chunk)
+            yield chunk
+
+    target.load(LoadImages(), counted(source.save(SaveImages(tuple(tags)))))
+    return sent

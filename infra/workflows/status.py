@@ -11,15 +11,21 @@ from ..commands.engine import InspectContainers, ListContainers
 from ..commands.files import gpu_query
 from ..config import Cluster, Host
 from ..errors import InfraError, one_line, redact, without_host
-from ..facts.celery import CeleryView, QueueStatus, parse_celery_probe, parse_list_queues
+from ..facts.celery import (
+    CeleryView,
+    QueueStatus,
+    parse_celery_probe,
+    parse_list_queues,
+)
 from ..facts.containers import parse_container_inspect, parse_container_list
 from ..facts.gpu import Gpu, parse_gpu_query
 from ..facts.sections import last_line
-from ..manifest import Manifest
+from ..facts.status import ClusterStatus, HostObservation, build_status
 from ..plans.addresses import flower_url, master_address
-from ..plans.up import expected_worker_nodes
-from ..runner import Connection, ConnectionPool, run_concurrently
-from ..status import ClusterStatus, HostObservation, build_status
+from ..plans.containers import expected_worker_nodes
+from ..state.manifest import Manifest
+from ..transport.connection import Connection
+from ..transport.pool import ConnectionPool, run_concurrently
 from .up import departed_hosts
 from .volunteer import volunteer_rows
 

@@ -30,7 +30,6 @@ from ..config import Cluster
 from ..errors import ConfigError, ConnectError, InfraError, redact
 from ..facts.files import OUTPUT_FOLDER
 from ..runtime import protocol
-from ..runner import ConnectionPool
 from ..sweep.parameters import DEFAULT_MAX_COMBINATIONS, Grid, load_parameters
 from ..sweep.plan import (
     Run,
@@ -57,6 +56,7 @@ from ..sweep.results import (
     sort_column,
     table_lines,
 )
+from ..transport.pool import ConnectionPool
 from .run_job import exec_job, master_ready
 
 # Ctrl-C: the driver gets SIGINT and time to stop the runs and relay their ends, then harder signals.

@@ -6,95 +6,28 @@ times at the moment infra restarted them), so only hosts whose code changed rest
 
 from __future__ import annotations
 
-import json
-import os
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..errors import InfraError, one_line, without_host
-from ..lock import cluster_lock
-from ..runner import ConnectionPool, run_concurrently
-from ..secrets import write_private_file
+from ..state.digests import (
+    code_records_path,
+    load_code_records,
+    load_local_digests,
+    local_digests_path,
+    save_code_records,
+    write_digest_record,
+)
+from ..state.lock import cluster_lock
+from ..transport.pool import ConnectionPool, run_concurrently
+from .sync_context import SyncContext, SyncOutcome, SyncResult
 
 if TYPE_CHECKING:
     import pathspec
 
     from ..config import Cluster, Host
     from ..facts.files import LocalFile
-    from ..manifest import Manifest
-    from ..plans.sync import CodeRecord
-    from ..report import Reporter
-
-RESTART_TIMEOUT = 10  # seconds a restart gives a worker to finish its tasks (then SIGKILL)
-LISTING_TIMEOUT = 300
-
-
-@dataclass
-class SyncOutcome:
-    host: str
-    project_dir: str
-    in_place: bool = False
-    sent: list[str] = field(default_factory=list)
-    bytes_sent: int = 0  # content of the files sent
-    wire_bytes: int = 0  # the tar stream that carried them
-    deleted: list[str] = field(default_factory=list)
-    unchanged: int = 0
-    restarted: list[str] = field(default_factory=list)
-    reason: str = ""
-    error: str | None = None
-
-    def describe(self) -> str:
-        if self.error:
-            return f"failed: {self.error}"
-        if self.in_place:
-            files = f"project used in place ({self.unchanged} files)"
-        elif self.sent or self.deleted:
-            files = (f"sent {len(self.sent)} file(s), {self.bytes_sent} bytes ({self.wire_bytes} on the wire), "
-                     f"deleted {len(self.deleted)}, {self.unchanged} unchanged")
-        else:
-            files = f"up to date ({self.unchanged} files), nothing sent"
-        if self.restarted:
-            return f"{files}; restarted {', '.join(self.restarted)} ({self.reason})"
-        return f"{files}; {self.reason}"
-
-
-@dataclass
-class SyncResult:
-    outcomes: dict[str, SyncOutcome]
-    answering: bool | None  # restarted workers answer again (None: nothing restarted)
-    wait_error: str | None = None
-
-    @property
-    def failed(self) -> bool:
-        return any(o.error for o in self.outcomes.values()) or self.answering is False
-
-    def to_json(self) -> dict:
-        return {
-            "hosts": [asdict(o) for o in self.outcomes.values()],
-            "restarted_workers_answer": self.answering,
-            "error": self.wait_error,
-        }
-
-
-def code_records_path(cluster: Cluster) -> Path:
-    return cluster.state_dir / "worker-code.json"
-
-
-def load_code_records(path: Path) -> dict[str, CodeRecord]:
-    from ..plans.sync import CodeRecord
-
-    try:
-        raw = json.loads(path.read_text())
-        return {host: CodeRecord(rec["digest"], dict(rec["workers"])) for host, rec in raw.get("hosts", {}).items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # a lost record only means the mtime rule decides (see restart_decision)
-
-
-def save_code_records(path: Path, records: dict[str, CodeRecord]) -> None:
-    data = {"version": 1, "hosts": {host: asdict(rec) for host, rec in sorted(records.items())}}
-    write_private_file(path, json.dumps(data, indent=2).encode() + b"\n")
+    from ..ui.reporter import Reporter
 
 
 def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None = None,
@@ -103,62 +36,6 @@ def sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None
     the workers whose code changed."""
     with cluster_lock(cluster.state_dir, cluster.name, "sync-files", wait=wait):
         return _sync_files(cluster, reporter, hosts=hosts, restart=restart)
-
-
-@dataclass
-class SyncContext:
-    """What every host's sync shares: the local project (scanned while the hosts connect), its
-    digest, and the records of who runs what."""
-
-    cluster: Cluster
-    ignore: Future  # -> the ignore rules (pathspec.PathSpec)
-    scan: Future  # -> {relative path: LocalFile}
-    records: dict[str, CodeRecord]
-    manifest: Manifest
-    restart: bool
-    new_records: dict[str, CodeRecord | None] = field(default_factory=dict)
-
-    @property
-    def rules(self) -> pathspec.PathSpec:
-        return self.ignore.result()
-
-    @property
-    def local_files(self) -> dict[str, LocalFile]:
-        return self.scan.result()
-
-    @property
-    def digest(self) -> str:
-        from ..facts.files import project_digest
-
-        return project_digest(self.local_files)
-
-
-def write_digest_record(path: Path, data: dict) -> None:
-    """Write a record of known digests (0600, atomically). No fsync: losing one in a crash
-    only means hashing every file again."""
-    path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.write(fd, json.dumps(data, separators=(",", ":")).encode())
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-
-
-def local_digests_path(cluster: Cluster) -> Path:
-    return cluster.state_dir / "local-digests.json"
-
-
-def load_local_digests(path: Path, root: Path) -> dict[str, tuple[str, str]]:
-    """{relative path: (status, sha256)} of the last scan of `root` (see `facts.files.scan_local`)."""
-    try:
-        raw = json.loads(path.read_text())
-        if raw.get("root") != str(root):
-            return {}
-        return {str(rel): (str(status), str(digest)) for rel, (status, digest) in raw["files"].items()}
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return {}  # a lost record only means hashing every file again
 
 
 # The helper thread's work while the hosts connect: the ignore rules, then the hosts' part (see
@@ -172,8 +49,8 @@ def _ignore_rules(cluster: Cluster) -> pathspec.PathSpec:
 
 def _load_then_scan(cluster: Cluster, ignore: Future) -> dict[str, LocalFile]:
     """Every local file and its digest, hashing only the files changed since the last scan."""
-    from . import sync_host  # noqa: F401  (loaded here, used by the hosts' threads)
     from ..facts.files import scan_local
+    from . import sync_host  # noqa: F401  (loaded here, used by the hosts' threads)
 
     path = local_digests_path(cluster)
     known = load_local_digests(path, cluster.project_dir)
@@ -189,7 +66,7 @@ def _load_then_scan(cluster: Cluster, ignore: Future) -> dict[str, LocalFile]:
 
 def _sync_files(cluster: Cluster, reporter: Reporter, *, hosts: list[Host] | None,
                 restart: bool) -> SyncResult:
-    from ..manifest import Manifest
+    from ..state.manifest import Manifest
 
     hosts = hosts if hosts is not None else [cluster.hosts[name] for name in cluster.used_hosts()]
     records_path = code_records_path(cluster)

@@ -7,52 +7,45 @@ than before them.
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ..commands.engine import InspectContainers, ListContainers, RestartContainer
 from ..commands.files import files_newer_than, list_project
 from ..errors import EngineUnavailableError, InfraError
 from ..facts.containers import parse_container_inspect, parse_container_list
-from ..facts.files import KnownDigests, ProjectListing, complete_listing, parse_find, parse_project_listing
+from ..facts.files import (
+    KnownDigests,
+    ProjectListing,
+    complete_listing,
+    parse_find,
+    parse_project_listing,
+)
 from ..facts.host import HostFacts
+from ..plans.layout import HostLayout, host_layout
 from ..plans.steps import Record
-from ..plans.sync import CodeRecord, SyncPlan, changed_after, earliest_start, plan_sync, restart_decision, sync_steps
-from ..plans.up import HostLayout, host_layout
-from ..runner import run_concurrently
+from ..plans.sync import (
+    CodeRecord,
+    SyncPlan,
+    changed_after,
+    earliest_start,
+    plan_sync,
+    restart_decision,
+    sync_steps,
+)
+from ..state.digests import (
+    known_digests_path,
+    known_digests_target,
+    load_known_digests,
+    save_known_digests,
+)
+from ..transport.pool import run_concurrently
 from .execute import execute_steps
-from .sync_files import LISTING_TIMEOUT, RESTART_TIMEOUT, SyncOutcome, write_digest_record
+from .sync_context import LISTING_TIMEOUT, RESTART_TIMEOUT, SyncOutcome
 
 if TYPE_CHECKING:
     from ..config import Cluster, Host
-    from ..runner import Connection
-    from .sync_files import SyncContext
-
-
-def known_digests_path(cluster: Cluster, host: Host) -> Path:
-    return cluster.state_dir / "host-digests" / f"{host.name}.json"
-
-
-def known_digests_target(host: Host, project_dir: str) -> str:
-    """Whose files a record of known digests describes: the same host name elsewhere is another host."""
-    return f"{host.user or ''}@{host.address}:{host.port or ''}:{project_dir}"
-
-
-def load_known_digests(path: Path, target: str) -> tuple[KnownDigests | None, str]:
-    """(the digests known of `target`'s project files, the home they were under); (None, "") if unknown."""
-    try:
-        raw = json.loads(path.read_text())
-        if raw.get("target") != target:
-            return None, ""
-        return KnownDigests.from_json(raw), str(raw["home"])
-    except (OSError, ValueError, KeyError, TypeError, AttributeError):
-        return None, ""  # a lost record only means the host hashes every file again
-
-
-def save_known_digests(path: Path, target: str, home: str, known: KnownDigests) -> None:
-    """Kept in the state dir, not on the host: a host's own files never decide what infra believes of it."""
-    write_digest_record(path, {"version": 1, "target": target, "home": home, **known.to_json()})
+    from ..transport.connection import Connection
+    from .sync_context import SyncContext
 
 
 def list_remote_project(conn: Connection, ctx: SyncContext, relative: HostLayout) -> ProjectListing:

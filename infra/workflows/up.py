@@ -16,38 +16,43 @@ from dataclasses import dataclass, field
 from typing import ContextManager
 
 from .. import confined
-from ..assets import context_digest, prepare_build_context
 from ..commands.engine import BuildImage, InspectImages, PullImage
 from ..commands.files import list_project
 from ..config import Cluster, Host
-from ..errors import DockerMissingError, HostsFailedError, InfraError, one_line, without_host
+from ..errors import (
+    DockerMissingError,
+    HostsFailedError,
+    InfraError,
+    one_line,
+    without_host,
+)
 from ..facts.arch import docker_arch
 from ..facts.containers import parse_image_inspect
 from ..facts.files import ignore_rules, parse_project_listing, scan_local
 from ..facts.host import HostFacts
-from ..lock import cluster_lock
-from ..manifest import Manifest
 from ..names import registry_repository
 from ..plans.addresses import master_address
 from ..plans.clean import plan_clean
-from ..plans.sync import SyncPlan, plan_sync
-from ..plans.up import (
+from ..plans.containers import expected_worker_nodes
+from ..plans.images import (
     IMAGE_ROLES,
-    HostPlan,
-    container_steps,
-    host_layout,
-    expected_worker_nodes,
+    build_fingerprints,
     image_steps,
     images_needed,
-    plan_host,
     plan_images,
-    build_fingerprints,
 )
-from ..report import Reporter
-from ..runner import Connection, ConnectionPool, LocalConnection, local_address_towards, run_concurrently
-from ..secrets import Secrets, load_or_create_secrets, load_secrets
-from ..tls import ServerIdentity, ca_fingerprint, server_names
-from ..tls import load_or_create as load_or_create_identity
+from ..plans.layout import host_layout
+from ..plans.sync import SyncPlan, plan_sync
+from ..plans.up import HostPlan, container_steps, plan_host
+from ..state.build_context import context_digest, prepare_build_context
+from ..state.credentials import Secrets, load_or_create_secrets, load_secrets
+from ..state.lock import cluster_lock
+from ..state.manifest import Manifest
+from ..state.tls import ServerIdentity, ca_fingerprint, server_names
+from ..state.tls import load_or_create as load_or_create_identity
+from ..transport.connection import Connection, LocalConnection, local_address_towards
+from ..transport.pool import ConnectionPool, run_concurrently
+from ..ui.reporter import Reporter
 from .clean import remove_folders
 from .execute import execute_step, execute_steps
 from .gather import gather_facts, read_host_facts, require_docker

@@ -21,29 +21,34 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from ..assets import assets_dir, context_digest, prepare_build_context
 from ..commands import files as file_commands
-from ..commands import join as join_commands
+from ..commands import volunteer as join_commands
 from ..commands.celery import celery_probe
-from ..commands.engine import InspectImages, ListContainers, Logs, RemoveContainers, RunContainer, cluster_labels
+from ..commands.engine import (
+    InspectImages,
+    ListContainers,
+    Logs,
+    RemoveContainers,
+    RunContainer,
+    cluster_labels,
+)
 from ..config import Cluster
 from ..errors import ConfigError, InfraError, StateError, one_line, redact
 from ..facts.arch import docker_arch
 from ..facts.celery import CeleryView, parse_celery_probe
 from ..facts.containers import parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts
-from ..lock import cluster_lock
-from ..manifest import Manifest
 from ..names import registry_repository
-from ..plans import join as join_plan
+from ..plans import volunteer as join_plan
 from ..plans.addresses import master_address
+from ..plans.layout import host_layout
 from ..plans.steps import Record, engine_step
-from ..plans.up import host_layout
-from ..report import Reporter
-from ..runner import Connection, ConnectionPool, LocalConnection
-from ..runtime.join import derive_secret
-from ..tls import ServerIdentity
-from ..volunteers import (
+from ..runtime.endpoint import derive_secret
+from ..state.build_context import assets_dir, context_digest, prepare_build_context
+from ..state.lock import cluster_lock
+from ..state.manifest import Manifest
+from ..state.tls import ServerIdentity
+from ..state.volunteers import (
     DEFAULT_EXPIRES,
     Volunteer,
     VolunteerStore,
@@ -55,6 +60,9 @@ from ..volunteers import (
     public_key_pin,
     store_path,
 )
+from ..transport.connection import Connection, LocalConnection
+from ..transport.pool import ConnectionPool
+from ..ui.reporter import Reporter
 from .execute import execute_step
 from .gather import read_host_facts
 from .ship import ImageSender, ShippedImage

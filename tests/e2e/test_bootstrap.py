@@ -265,12 +265,12 @@ def test_the_registry_step_installs_docker_registry_without_its_service(bed):
     """What `bootstrap` adds on this machine when images are shipped, run for real on a fresh host
     (as `deploy`, through sudo): Debian's docker-registry is installed and its own service, which
     would listen on port 5000 of every address, never starts; no policy-rc.d is left behind."""
+    from infra.commands.bootstrap import POLICY_RC, probe_argv
     from infra.config import load_cluster
     from infra.facts.os import parse_probe
-    from infra.commands.bootstrap import POLICY_RC, probe_argv
     from infra.plans.bootstrap import plan_bootstrap
-    from infra.report import Reporter
-    from infra.runner import ConnectionPool
+    from infra.transport.pool import ConnectionPool
+    from infra.ui.reporter import Reporter
     from infra.workflows.bootstrap import execute_plan
 
     tb = bed["tb"]

@@ -133,7 +133,7 @@ def test_up_starts_every_role_and_waits_for_all_workers(cluster, testbed):
 
 
 def test_tasks_come_back_correct_and_were_computed_on_several_hosts(cluster):
-    from celery import Celery, chord
+    from celery import chord
 
     app = celery_client(cluster["state"], master_address(cluster), CLUSTER)
     text = (PROJECT / "data" / "sample.txt").read_text()

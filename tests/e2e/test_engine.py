@@ -40,7 +40,10 @@ from infra.config import Host
 from infra.engine.transport import POOL_SIZE
 from infra.engine.wire import negotiate_api_version
 from infra.errors import EngineUnavailableError, RemoteCommandError
-from infra.runner import Limits, LocalConnection, SSHConnection, ship_images
+from infra.transport.connection import LocalConnection
+from infra.transport.result import Limits
+from infra.transport.ssh import SSHConnection
+from infra.workflows.ship import ship_images
 
 pytestmark = pytest.mark.e2e
 

@@ -21,9 +21,11 @@ import pytest
 
 from infra.commands.engine import BuildImage, InspectImages
 from infra.config import Host
-from infra.registry import LocalRegistry
-from infra.report import Reporter
-from infra.runner import Limits, LocalConnection, SSHConnection
+from infra.transport.connection import LocalConnection
+from infra.transport.registry import LocalRegistry
+from infra.transport.result import Limits
+from infra.transport.ssh import SSHConnection
+from infra.ui.reporter import Reporter
 from infra.workflows.ship import ImageSender, ShippedImage
 
 pytestmark = pytest.mark.e2e
@@ -120,7 +122,7 @@ def test_the_registry_ends_with_infra_even_after_sigkill(tmp_path):
     program = textwrap.dedent(f"""
         import time
         from pathlib import Path
-        from infra.registry import LocalRegistry
+        from infra.transport.registry import LocalRegistry
         LocalRegistry(Path({str(tmp_path / 'registry')!r})).start()
         print("started", flush=True)
         time.sleep(600)

@@ -24,7 +24,7 @@ from infra.commands import engine as ops
 from infra.commands.celery import READINESS_PROBE
 from infra.commands.files import MARKER_FILE, PROBE_MARKER
 from infra.config import Host
-from infra.runner import CommandResult
+from infra.transport.result import CommandResult
 
 
 @dataclass
@@ -170,7 +170,7 @@ def merge_listing(listing: str, tar: bytes) -> str:
 
 
 class RecordingConnection:
-    """Stands in for `infra.runner.Connection`: records, answers from its `FakeHost`."""
+    """Stands in for `infra.transport.connection.Connection`: records, answers from its `FakeHost`."""
 
     def __init__(self, host: Host, state: FakeHost, log: list[str], lock: threading.Lock):
         self.host = host

@@ -13,10 +13,17 @@ from click.testing import CliRunner
 
 from infra.commands.bootstrap import CHANGE, PROBE_SCRIPT, START_WAIT, privileged_argv
 from infra.facts.arch import docker_arch, dpkg_arch
-from infra.facts.os import SECTION, HostState, normalize_arch, parse_os_release, parse_probe
+from infra.facts.os import (
+    SECTION,
+    HostState,
+    normalize_arch,
+    parse_os_release,
+    parse_probe,
+)
 from infra.facts.sections import last_line, split_sections
 from infra.plans.bootstrap import changes_in, explain_failure, plan_bootstrap
-from infra.runner import CommandResult, Connection
+from infra.transport.connection import Connection
+from infra.transport.result import CommandResult
 
 # --------------------------------------------------------------------------- os-release samples
 
@@ -414,9 +421,10 @@ def test_changes_and_failures_are_explained():
 
 # --------------------------------------------------------------------------- the workflow, faked hosts
 
-from infra import runner  # noqa: E402
 from infra.cli import main  # noqa: E402
 from infra.config import Host  # noqa: E402
+from infra.transport import pool  # noqa: E402
+from infra.errors import ConnectError  # noqa: E402
 
 
 class FakeHost:
@@ -458,10 +466,10 @@ def fake_hosts(monkeypatch, tmp_path):
 
     def connect(host, timeout):
         if host.name not in fakes:
-            raise runner.ConnectError(f"{host.name}: cannot connect to {host.describe()}: connection refused")
+            raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: connection refused")
         return FakeConnection(host, fakes[host.name])
 
-    monkeypatch.setattr(runner, "connect", connect)
+    monkeypatch.setattr(pool, "connect", connect)
     (tmp_path / "proj").mkdir()
     cluster = tmp_path / "cluster.yaml"
     cluster.write_text(

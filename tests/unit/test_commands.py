@@ -47,8 +47,8 @@ from infra.commands.engine import (
     Exec,
     InspectContainers,
     InspectImages,
-    ListImageRefs,
     ListContainers,
+    ListImageRefs,
     ListNetworks,
     ListVolumes,
     LoadImages,
@@ -89,11 +89,12 @@ from infra.config import parse_cluster
 from infra.facts.containers import ImageInfo
 from infra.facts.files import no_ignores, parse_project_listing, parse_removal
 from infra.facts.host import HostFacts
+from infra.plans.layout import host_layout
 from infra.plans.steps import Record, Step, engine_step, shell_step
 from infra.plans.sync import SyncPlan
-from infra.plans.up import host_layout, plan_host
-from infra.secrets import Secrets
-from infra.tls import load_or_create as load_or_create_identity
+from infra.plans.up import plan_host
+from infra.state.credentials import Secrets
+from infra.state.tls import load_or_create as load_or_create_identity
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MOMENT = datetime(2026, 11, 22, 2, 44, 2, 473877, tzinfo=timezone.utc)  # 1795315442.473877

@@ -29,10 +29,15 @@ from infra.commands.engine import (
     SaveImages,
     cluster_labels,
 )
-from infra.engine.engine import Engine
-from infra.engine.transport import DIAL_COMMAND, ChannelAdapter, DialedChannel, describe_transport_error, root_cause
+from infra.engine.api import Engine
+from infra.engine.transport import (
+    DIAL_COMMAND,
+    ChannelAdapter,
+    DialedChannel,
+    describe_transport_error,
+    root_cause,
+)
 from infra.engine.wire import (
-    LineBuffer,
     Progress,
     create_arguments,
     iter_frames,
@@ -40,7 +45,12 @@ from infra.engine.wire import (
     negotiate_api_version,
     restart_policy,
 )
-from infra.errors import ConnectError, EngineUnavailableError, InfraError, RemoteCommandError
+from infra.errors import (
+    ConnectError,
+    EngineUnavailableError,
+    InfraError,
+    RemoteCommandError,
+)
 from infra.facts.docker import (
     NO_PERMISSION,
     NOT_INSTALLED,
@@ -48,7 +58,8 @@ from infra.facts.docker import (
     docker_problem,
     parse_docker_version,
 )
-from infra.runner import ship_images
+from infra.transport.result import LineBuffer
+from infra.workflows.ship import ship_images
 
 # --------------------------------------------------------------------------- diagnosis
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import shlex
 import subprocess
 import sys
 import tarfile
@@ -34,9 +33,9 @@ from infra.facts.files import (
     scan_local,
 )
 from infra.plans.clean import safe_to_delete
+from infra.plans.layout import HostLayout
 from infra.plans.steps import Record
 from infra.plans.sync import SyncPlan, plan_sync, sync_steps
-from infra.plans.up import HostLayout
 from tests.unit.project_files import sha, write
 
 

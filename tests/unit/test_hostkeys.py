@@ -8,8 +8,8 @@ import hashlib
 import paramiko
 import pytest
 
-from infra import hostkeys
-from infra.hostkeys import ACCEPT_NEW, STRICT, HostKeyRule, UnknownHostKeyError
+from infra.transport import hostkeys
+from infra.transport.hostkeys import ACCEPT_NEW, STRICT, UnknownHostKeyError
 
 KEY = paramiko.Ed25519Key(data=base64.b64decode(
     "AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl"))

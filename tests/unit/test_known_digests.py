@@ -22,8 +22,8 @@ from infra.facts.files import (
     parse_project_listing,
     scan_local,
 )
+from infra.plans.layout import HostLayout
 from infra.plans.sync import plan_sync, sync_steps
-from infra.plans.up import HostLayout
 from tests.unit.project_files import sha, write
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU find and sh")

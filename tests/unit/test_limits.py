@@ -13,12 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from infra import runner
 from infra.commands.process import with_time_limit
 from infra.config import Host
-from infra.lock import ClusterBusyError, cluster_lock
-from infra.runner import Limits, LocalConnection, SSHConnection, run_concurrently
-from infra.secrets import load_or_create_secrets
+from infra.state.credentials import load_or_create_secrets
+from infra.state.lock import ClusterBusyError, cluster_lock
+from infra.errors import ConnectError
+from infra.transport import pool, result
+from infra.transport.connection import LocalConnection
+from infra.transport.pool import run_concurrently
+from infra.transport.result import Limits
+from infra.transport.ssh import SSHConnection
 
 LOCAL = Host(name="local", address="127.0.0.1")
 
@@ -66,7 +70,7 @@ def test_with_wait_a_second_command_waits_for_the_first(tmp_path):
 
 
 def test_a_killed_holder_leaves_no_lock_behind(tmp_path):
-    script = (f"from infra.lock import cluster_lock; import os, pathlib\n"
+    script = (f"from infra.state.lock import cluster_lock; import os, pathlib\n"
               f"with cluster_lock(pathlib.Path({str(tmp_path)!r}), 'lab', 'up'):\n"
               f"    print('held', flush=True); os.kill(os.getpid(), 9)\n")
     proc = subprocess.run(["python", "-c", script], capture_output=True, text=True, cwd=Path(__file__).parents[2])
@@ -120,7 +124,7 @@ def test_a_sub_second_connect_timeout_is_honoured():
     port = server.getsockname()[1]
     began = time.monotonic()
     try:
-        with pytest.raises(runner.ConnectError) as caught:
+        with pytest.raises(ConnectError) as caught:
             SSHConnection(Host(name="mute", address="127.0.0.1", port=port, user="nobody"), Limits(connect=0.5))
     finally:
         server.close()
@@ -134,7 +138,7 @@ def test_a_sub_second_connect_timeout_is_honoured():
 @pytest.fixture
 def restore_interrupts():
     yield
-    runner.interrupted.clear()
+    result.interrupted.clear()
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
@@ -143,7 +147,7 @@ def test_ctrl_c_stops_waiting_for_the_hosts_at_once_and_no_host_starts_another_s
 
     def slow(item):
         started.append(item)
-        runner.check_interrupted()
+        result.check_interrupted()
         time.sleep(10)
         return item
 
@@ -151,12 +155,12 @@ def test_ctrl_c_stops_waiting_for_the_hosts_at_once_and_no_host_starts_another_s
     began = time.monotonic()
     with pytest.raises(KeyboardInterrupt):
         run_concurrently(range(3), slow)
-    assert time.monotonic() - began < runner.INTERRUPT_GRACE + 1.5
-    assert runner.interrupted.is_set()
-    with pytest.raises(runner.Interrupted):
-        runner.check_interrupted()
+    assert time.monotonic() - began < pool.INTERRUPT_GRACE + 1.5
+    assert result.interrupted.is_set()
+    with pytest.raises(result.Interrupted):
+        result.check_interrupted()
     later = run_concurrently(["next"], slow)  # nothing starts after Ctrl-C
-    assert later.succeeded == {} and isinstance(later.failed["next"], runner.Interrupted)
+    assert later.succeeded == {} and isinstance(later.failed["next"], result.Interrupted)
 
 
 def test_ctrl_c_ends_local_commands_under_way(restore_interrupts):

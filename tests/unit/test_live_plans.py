@@ -21,14 +21,27 @@ import pytest
 
 from infra.cli.options import select_hosts
 from infra.commands.celery import PID_MARKER, celery_probe, run_job, signal_job
-from infra.commands.engine import InspectContainers, ListContainers, Logs, RestartContainer
+from infra.commands.engine import (
+    InspectContainers,
+    ListContainers,
+    Logs,
+    RestartContainer,
+)
 from infra.commands.files import FETCH_OUTPUT, LIST_OUTPUT, files_newer_than
 from infra.config import Cluster, parse_cluster
 from infra.errors import ConfigError, InfraError
 from infra.facts.containers import parse_container_list
-from infra.facts.files import LocalFile, ignore_rules, parse_find, parse_sha256_list, project_digest, scan_local
+from infra.facts.files import (
+    LocalFile,
+    ignore_rules,
+    parse_find,
+    parse_sha256_list,
+    project_digest,
+    scan_local,
+)
+from infra.plans.containers import expected_worker_nodes
 from infra.plans.sync import CodeRecord, changed_after, earliest_start, restart_decision
-from infra.plans.up import expected_worker_nodes
+from infra.state.digests import code_records_path, load_code_records, save_code_records
 from infra.workflows.logs import (
     LogLine,
     format_log_line,
@@ -38,15 +51,15 @@ from infra.workflows.logs import (
     since_timestamp,
     split_timestamp,
 )
-from infra.workflows.run_job import fetch_outputs, job_words, plan_fetch, script_command, unpack_files
-from infra.workflows.status import CELERY_REPLY_TIMEOUT
-from infra.workflows.sync_files import (
-    RESTART_TIMEOUT,
-    SyncOutcome,
-    code_records_path,
-    load_code_records,
-    save_code_records,
+from infra.workflows.run_job import (
+    fetch_outputs,
+    job_words,
+    plan_fetch,
+    script_command,
+    unpack_files,
 )
+from infra.workflows.status import CELERY_REPLY_TIMEOUT
+from infra.workflows.sync_context import RESTART_TIMEOUT, SyncOutcome
 
 FIXTURES = Path(__file__).parent / "fixtures" / "live"
 DIGEST = "a" * 24
@@ -590,7 +603,6 @@ def test_unpacking_ignores_members_that_were_not_asked_for_links_and_climbing_na
     assert not (tmp_path / "evil.txt").exists()
 
 
-
 # --------------------------------------------------------------------------- command line
 
 
@@ -637,7 +649,7 @@ class ContainerStandIn:
         self.ops = []
 
     def exec(self, op, timeout=None):
-        from infra.runner import CommandResult
+        from infra.transport.result import CommandResult
         self.ops.append(op)
         command = [sys.executable, *op.command[1:3], str(self.folder), *op.command[4:]]
         done = subprocess.run(command, capture_output=True, text=True)

@@ -11,8 +11,13 @@ import pytest
 
 from infra.config import Host
 from infra.errors import StateError
-from infra.manifest import HostRecord, Manifest
-from infra.secrets import Secrets, load_or_create_secrets, load_secrets, write_private_file
+from infra.state.credentials import (
+    Secrets,
+    load_or_create_secrets,
+    load_secrets,
+    write_private_file,
+)
+from infra.state.manifest import HostRecord, Manifest
 
 GPU = Host(name="gpu-box", address="192.168.1.20", user="alice", port=22, key="/home/me/.ssh/id_ed25519")
 PI = Host(name="pi1", address="pi1.local", user="pi")

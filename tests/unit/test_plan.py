@@ -10,7 +10,6 @@ from typing import Callable
 
 import pytest
 
-from infra.commands.files import remove_folder, remove_owned_folder
 from infra.commands.engine import (
     BuildImage,
     CreateNetwork,
@@ -22,36 +21,35 @@ from infra.commands.engine import (
     StartContainer,
     cluster_labels,
 )
+from infra.commands.files import remove_folder, remove_owned_folder
 from infra.config import Cluster, Host, parse_cluster
 from infra.engine.wire import create_arguments
 from infra.facts.containers import Container, ImageInfo
 from infra.facts.host import HostFacts
-from infra.manifest import HostRecord
-from infra.plans.addresses import broker_address_for, broker_url_hidden, flower_url, master_address
+from infra.plans.addresses import (
+    broker_address_for,
+    broker_url_hidden,
+    flower_url,
+    master_address,
+)
 from infra.plans.clean import plan_clean
-from infra.plans.steps import Record, Step
-from infra.plans.sync import SyncPlan
-from infra.plans.up import (
-    HostLayout,
-    HostPlan,
-    build_fingerprints,
-    build_op,
-    container_steps,
+from infra.plans.containers import (
     desired_containers,
     diff_containers,
-    secret_files_for,
     expected_worker_nodes,
     fingerprint,
-    host_layout,
-    images_needed,
-    plan_host,
-    plan_images,
-    rabbitmq_password_hash,
     worker_count,
 )
-from infra.secrets import Secrets
-from infra.tls import load_or_create as load_or_create_identity
-from infra.tls import server_names
+from infra.plans.images import build_fingerprints, build_op, images_needed, plan_images
+from infra.plans.layout import HostLayout, host_layout
+from infra.plans.secret_files import rabbitmq_password_hash, secret_files_for
+from infra.plans.steps import Record, Step
+from infra.plans.sync import SyncPlan
+from infra.plans.up import HostPlan, container_steps, plan_host
+from infra.state.credentials import Secrets
+from infra.state.manifest import HostRecord
+from infra.state.tls import load_or_create as load_or_create_identity
+from infra.state.tls import server_names
 
 FIXTURES = Path(__file__).parent / "fixtures"
 MASTER_ADDRESS = "192.168.1.20"
@@ -482,7 +480,7 @@ def test_redis_requires_its_password_and_serves_tls_on_6380(cluster):
 def test_a_redis_password_with_quotes_and_backslashes_stays_one_value():
     import types
 
-    from infra.plans.up import results_config
+    from infra.plans.secret_files import results_config
 
     cluster = types.SimpleNamespace(spec=types.SimpleNamespace(tls=False))
     secrets = dataclasses.replace(SECRETS, results_password='a"b\\c')

@@ -10,7 +10,7 @@ import pytest
 from infra.commands.celery import READINESS_PROBE
 from infra.config import Host
 from infra.errors import InfraError
-from infra.runner import CommandResult
+from infra.transport.result import CommandResult
 from infra.workflows.readiness import Readiness, wait_for_workers
 from tests.unit.test_plan import make_cluster
 

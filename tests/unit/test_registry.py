@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from infra.registry import LocalRegistry, RegistryUnavailable, _config_text
+from infra.transport.registry import LocalRegistry, RegistryUnavailable, _config_text
 from infra.workflows.ship import ShippedImage, _registry_tag
 
 

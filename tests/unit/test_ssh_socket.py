@@ -8,10 +8,11 @@ import threading
 
 import pytest
 
-from infra import runner
 from infra.config import Host
 from infra.errors import ConnectError
-from infra.runner import Limits, SSHConnection
+from infra.transport import ssh
+from infra.transport.result import Limits
+from infra.transport.ssh import SSHConnection
 
 
 @pytest.fixture
@@ -24,7 +25,7 @@ def listener():
 
 
 def test_the_socket_has_nagles_algorithm_off_from_the_first_packet_and_reads_as_any_socket(listener):
-    sock = runner._nodelay_socket("127.0.0.1", listener.getsockname()[1], timeout=5)
+    sock = ssh._nodelay_socket("127.0.0.1", listener.getsockname()[1], timeout=5)
     peer, _ = listener.accept()
     try:
         assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) == 1
@@ -38,7 +39,7 @@ def test_the_socket_has_nagles_algorithm_off_from_the_first_packet_and_reads_as_
 
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="TCP_QUICKACK is Linux's")
 def test_on_linux_every_read_acknowledges_at_once(listener):
-    sock = runner._nodelay_socket("127.0.0.1", listener.getsockname()[1], timeout=5)
+    sock = ssh._nodelay_socket("127.0.0.1", listener.getsockname()[1], timeout=5)
     peer, _ = listener.accept()
     seen = []
     original = sock.setsockopt

@@ -17,20 +17,23 @@ import pytest
 from infra.commands.celery import list_queues
 from infra.config import Cluster, parse_cluster
 from infra.errors import redact
-from infra.facts.celery import CeleryView, QueueStatus, parse_celery_cli, parse_celery_probe, parse_list_queues
+from infra.facts.celery import (
+    CeleryView,
+    QueueStatus,
+    parse_celery_cli,
+    parse_celery_probe,
+    parse_list_queues,
+)
 from infra.facts.containers import Container, parse_container_inspect, parse_docker_time
-from infra.status import (
+from infra.facts.status import (
     EXIT_NOT_RUNNING,
     EXIT_RUNNING,
     SCHEMA,
     HostObservation,
     build_status,
     expected_containers,
-    format_duration,
-    render_json,
-    render_table,
-    to_json,
 )
+from infra.ui.status import format_duration, render_json, render_table, to_json
 
 FIXTURES = Path(__file__).parent / "fixtures" / "live"
 NOW = datetime(2026, 11, 22, 2, 45, 0, tzinfo=timezone.utc)  # a little after the recordings

@@ -12,8 +12,7 @@ from dataclasses import replace
 
 from infra.commands.files import GPU_QUERY, gpu_query
 from infra.facts.gpu import Gpu, parse_gpu_query, summarize
-from infra.status import render_table, to_json
-
+from infra.ui.status import render_table, to_json
 from tests.unit.test_status import cluster, healthy_observations, healthy_status  # noqa: F401 (fixture)
 
 NVIDIA_SMI = "0, NVIDIA A100-SXM4-40GB, 40960, 3\n1, NVIDIA A100-SXM4-40GB, 40960, 97\n"

@@ -16,9 +16,15 @@ from collections import defaultdict
 import pytest
 
 from infra.runtime import protocol
+from infra.runtime.command import MAX_LINE_CHARS, RedisChannel, RunRequest, execute
 from infra.runtime.driver import Driver, Output, load_plan
-from infra.runtime.gpu import GpuError, SlotLocks, cuda_visible_devices, gpu_slots, visible_gpu_count
-from infra.runtime.runner import MAX_LINE_CHARS, RedisChannel, RunRequest, execute
+from infra.runtime.gpu import (
+    GpuError,
+    SlotLocks,
+    cuda_visible_devices,
+    gpu_slots,
+    visible_gpu_count,
+)
 
 PY = sys.executable
 
@@ -178,7 +184,7 @@ def test_a_cancelled_sweep_stops_its_running_runs(tmp_path):
 
 
 def test_a_run_that_ignores_sigterm_is_killed_after_the_grace(tmp_path, monkeypatch):
-    monkeypatch.setattr("infra.runtime.runner.STOP_GRACE_SECONDS", 0.5)
+    monkeypatch.setattr("infra.runtime.command.STOP_GRACE_SECONDS", 0.5)
     code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('x', flush=True); time.sleep(60)"
     started = time.monotonic()
     end, _ = run([PY, "-c", code], tmp_path=tmp_path, timeout=0.5)

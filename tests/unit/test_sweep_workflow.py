@@ -23,10 +23,11 @@ from infra.config import parse_cluster
 from infra.engine.wire import create_arguments, device_requests
 from infra.errors import ConfigError
 from infra.facts.host import HostFacts
-from infra.plans.up import desired_containers, fingerprint, gpus_option, host_layout
-from infra.runner import ConnectionPool
+from infra.plans.containers import desired_containers, fingerprint, gpus_option
+from infra.plans.layout import host_layout
 from infra.runtime import DRIVER_MODULE, protocol
 from infra.sweep.results import SortSpec
+from infra.transport.pool import ConnectionPool
 from infra.workflows.sweep import (
     SweepOptions,
     SweepRecorder,
@@ -35,8 +36,12 @@ from infra.workflows.sweep import (
     run_sweep,
     summary_lines,
 )
-
-from tests.unit.recording import FakeHost, RecordingEngine, RecordingHosts, sha256_listing
+from tests.unit.recording import (
+    FakeHost,
+    RecordingEngine,
+    RecordingHosts,
+    sha256_listing,
+)
 
 CLUSTER = """\
 name: lab

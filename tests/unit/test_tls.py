@@ -1,4 +1,4 @@
-"""The cluster CA and the master's certificate (infra/tls.py)."""
+"""The cluster CA and the master's certificate (infra/state/tls.py)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import stat
 import pytest
 from cryptography import x509
 
-from infra import tls
+from infra.state import tls
 
 
 def load(pem: str) -> x509.Certificate:

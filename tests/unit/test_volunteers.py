@@ -16,16 +16,17 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from infra.assets import assets_dir
 from infra.config import Cluster, parse_cluster
 from infra.errors import ConfigError
 from infra.facts.celery import CeleryView
 from infra.facts.host import HostFacts
-from infra.plans import join as join_plan
-from infra.plans.up import host_layout, rabbitmq_password_hash
-from infra.runtime.join import derive_secret, token_digest, worker_env
-from infra.tls import load_or_create, server_names
-from infra.volunteers import (
+from infra.plans import volunteer as join_plan
+from infra.plans.layout import host_layout
+from infra.plans.secret_files import rabbitmq_password_hash
+from infra.runtime.endpoint import derive_secret, token_digest, worker_env
+from infra.state.build_context import assets_dir
+from infra.state.tls import load_or_create, server_names
+from infra.state.volunteers import (
     Volunteer,
     VolunteerStore,
     check_name,
@@ -165,7 +166,7 @@ def test_the_endpoint_is_a_container_of_the_cluster_publishing_its_port_only(tmp
     spec = join_plan.endpoint_container(cluster, layout, facts, 5443)
     assert spec.name == "lab-join" and spec.role == "join" and spec.host == "gpu-box"
     assert spec.image == cluster.image_tag("master")
-    assert spec.command == ("python", "-m", "infra_runtime.join")
+    assert spec.command == ("python", "-m", "infra_runtime.endpoint")
     assert spec.ports == ((5443, 8443),)
     assert spec.user == "1000:1100"
     assert spec.network == "bridge"  # not the cluster's network: it needs no other container

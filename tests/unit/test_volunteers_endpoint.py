@@ -1,4 +1,4 @@
-"""The join endpoint (infra/runtime/join.py) served for real on loopback, and the volunteer's worker side."""
+"""The join endpoint (infra/runtime/endpoint.py) served for real on loopback, and the volunteer's worker side."""
 
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import pytest
 
-from infra.runtime import join as endpoint
+from infra.runtime import endpoint
 from infra.runtime import volunteer as worker_side
-from infra.runtime.join import derive_secret
-from infra.tls import load_or_create, server_names
-from infra.volunteers import endpoint_registry, make_volunteer
+from infra.runtime.endpoint import derive_secret
+from infra.state.tls import load_or_create, server_names
+from infra.state.volunteers import endpoint_registry, make_volunteer
 
 TOKEN = "T" * 43
 OTHER = "O" * 43

@@ -11,24 +11,28 @@ from __future__ import annotations
 import io
 import json
 import os
+import shlex
 from pathlib import Path
 
 import pytest
-import shlex
 
-from infra.commands.files import MARKER_FILE, list_project, prepare_project, remove_owned_folder
+from infra.commands.files import (
+    MARKER_FILE,
+    list_project,
+    prepare_project,
+    remove_owned_folder,
+)
 from infra.config import parse_cluster
-from infra.manifest import Manifest
-from infra.plans.up import rabbitmq_password_hash
-from infra.report import Reporter
-from infra.runner import ConnectionPool
-from infra.secrets import Secrets, write_private_file
-from infra.tls import ServerIdentity
+from infra.plans.secret_files import rabbitmq_password_hash
+from infra.state.credentials import Secrets, write_private_file
+from infra.state.manifest import Manifest
+from infra.state.tls import ServerIdentity
+from infra.transport.pool import ConnectionPool
+from infra.ui.reporter import Reporter
 from infra.workflows import up as up_workflow
 from infra.workflows.clean import clean
 from infra.workflows.sync_files import sync_files
 from infra.workflows.up import up
-
 from tests.unit.recording import FakeHost, RecordingHosts
 
 SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw", "worker", "workerpw")
@@ -133,10 +137,6 @@ def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
     """A guard for the fixtures below: one probe and five engine queries per host."""
     up(cluster, quiet(), dry_run=True)
     assert hosts.sent("w1")[:6] == FACTS
-
-
-
-
 
 
 UP_FRESH_M1 = [

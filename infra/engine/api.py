@@ -60,9 +60,14 @@ from ..commands.engine import (
 )
 from ..errors import ConnectError, InfraError, RemoteCommandError
 from ..names import LABEL_CLUSTER, cluster_label
-from ..runner import CommandResult
-from .transport import API_TIMEOUT, describe_transport_error, local_api_client, ssh_api_client
-from .wire import STDERR, STDOUT, LineBuffer, Progress, create_arguments, iter_frames, logs_params
+from ..transport.result import CommandResult, LineBuffer
+from .transport import (
+    API_TIMEOUT,
+    describe_transport_error,
+    local_api_client,
+    ssh_api_client,
+)
+from .wire import STDERR, STDOUT, Progress, create_arguments, iter_frames, logs_params
 
 LineCallback = Callable[[str], None]
 

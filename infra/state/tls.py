@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import StateError
-from .secrets import write_private_file
+from ..errors import StateError
+from .credentials import write_private_file
 
 if TYPE_CHECKING:
     from cryptography import x509

@@ -6,16 +6,19 @@ import hashlib
 import shutil
 from pathlib import Path
 
-from .config import Cluster
-from .plans.up import DOCKERFILES
-from .runtime import IMAGE_PACKAGE
+from ..config import Cluster
+from ..plans.images import DOCKERFILES
+from ..runtime import IMAGE_PACKAGE
+
+
+PACKAGE_DIR = Path(__file__).resolve().parent.parent  # infra/
 
 
 def assets_dir() -> Path:
-    packaged = Path(__file__).parent / "_data"  # a wheel carries them here (see pyproject.toml)
+    packaged = PACKAGE_DIR / "_data"  # a wheel carries them here (see pyproject.toml)
     if (packaged / "Dockerfile.celery").is_file():
         return packaged
-    checkout = Path(__file__).resolve().parent.parent
+    checkout = PACKAGE_DIR.parent
     if (checkout / "Dockerfile.celery").is_file():
         return checkout
     raise FileNotFoundError("infra's Dockerfiles are missing from this installation")
@@ -58,7 +61,7 @@ def prepare_build_context(cluster: Cluster) -> Path:
     _mirror(assets / "templates", context / "templates")
     # The code the containers run (task runner, built-in app, sweep driver); sources only, so
     # that compiled files never change the context's fingerprint.
-    _mirror(Path(__file__).parent / "runtime", context / IMAGE_PACKAGE, "*.py")
+    _mirror(PACKAGE_DIR / "runtime", context / IMAGE_PACKAGE, "*.py")
     requirements = context / "requirements.txt"
     project_requirements = (
         cluster.project_dir / cluster.spec.project.requirements if cluster.spec.project.requirements else None

@@ -22,11 +22,18 @@ from ..commands.engine import ContainerSpec
 from ..config import Cluster
 from ..facts.host import HostFacts
 from ..names import container_name
-from ..runtime import IMAGE_PACKAGE
-from ..runtime.join import CONFIG_DIR, FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
-from ..tls import ServerIdentity
+from ..runtime import ENDPOINT_MODULE, IMAGE_PACKAGE
+from ..runtime.endpoint import FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
+from ..state.tls import ServerIdentity
 from .addresses import in_url
-from .up import HostLayout, SecretFile, broker_vhost, fingerprint, rabbitmq_password_hash, secrets_digest, worker_app_args
+from .containers import fingerprint, worker_app_args
+from .layout import HostLayout
+from .secret_files import (
+    SecretFile,
+    broker_vhost,
+    rabbitmq_password_hash,
+    secrets_digest,
+)
 
 DEFAULT_PORT = 5443
 ROLE = "join"
@@ -109,7 +116,7 @@ def endpoint_container(cluster: Cluster, layout: HostLayout, facts: HostFacts, p
     join = join_layout(layout)
     return ContainerSpec(
         name=endpoint_name(cluster.name), role=ROLE, host=cluster.master_host.name,
-        image=cluster.image_tag("master"), command=("python", "-m", f"{IMAGE_PACKAGE}.join"),
+        image=cluster.image_tag("master"), command=("python", "-m", ENDPOINT_MODULE),
         environment=(("INFRA_CLUSTER", cluster.name),), secrets=join.config_dir,
         ports=((port, PORT),), bind_address=cluster.spec.roles.master.bind_address,
         volumes=((join.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro")),

@@ -1,4 +1,4 @@
-"""The join endpoint of a cluster with volunteers: `python -m infra_runtime.join` on the master host.
+"""The join endpoint of a cluster with volunteers: `python -m infra_runtime.endpoint` on the master host.
 
 `infra volunteer add` starts it (a container of the cluster, role `join`, in the master image),
 HTTPS with the master's certificate. It serves, to valid tokens only, what a volunteer's one line

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-from .config import Cluster
-from .plans.addresses import broker_url_hidden, flower_url
-from .plans.up import change_steps, worker_count
-from .report import Reporter
+from ..config import Cluster
+from ..plans.addresses import broker_url_hidden, flower_url
+from ..plans.containers import change_steps, worker_count
+from .reporter import Reporter
 
 
 def print_plan(cluster: Cluster, result, reporter: Reporter) -> None:

@@ -9,7 +9,7 @@ import tempfile
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
-from .errors import StateError
+from ..errors import StateError
 
 
 @dataclass(frozen=True)

@@ -13,9 +13,9 @@ import threading
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from .config import Host
-from .errors import StateError
-from .secrets import write_private_file
+from ..config import Host
+from ..errors import StateError
+from .credentials import write_private_file
 
 VERSION = 1
 

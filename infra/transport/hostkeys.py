@@ -19,7 +19,7 @@ from pathlib import Path
 
 import paramiko
 
-from .errors import ConnectError
+from ..errors import ConnectError
 
 STRICT, ACCEPT_NEW = "strict", "accept-new"
 SYSTEM_KNOWN_HOSTS = Path("/etc/ssh/ssh_known_hosts")

@@ -17,7 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
 
-from .errors import StateError
+from ..errors import StateError
 
 LOCK_FILE = ".lock"
 

@@ -6,7 +6,7 @@ when it was added and until when its token joins, the sha256 of the token and of
 derived from it (what the join endpoint checks), the sha256 of its result-backend password (what
 Redis's ACL stores), and what was last learnt of it (joined, last seen, architecture). No secret
 of a volunteer is kept in clear anywhere: its passwords are derived from the token
-(`infra.runtime.join.derive_secret`), the master's endpoint derives them again when the token
+(`infra.runtime.endpoint.derive_secret`), the master's endpoint derives them again when the token
 is presented.
 
 Pure except `VolunteerStore.load`/`save`.
@@ -26,9 +26,9 @@ from pathlib import Path
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
-from .errors import ConfigError, StateError
-from .runtime.join import derive_secret, token_digest, volunteer_user
-from .secrets import write_private_file
+from ..errors import ConfigError, StateError
+from ..runtime.endpoint import derive_secret, token_digest, volunteer_user
+from .credentials import write_private_file
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
 DURATION_PATTERN = re.compile(r"(\d+)([smhdw])")

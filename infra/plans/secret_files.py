@@ -1,0 +1,243 @@
+"""The files of secrets and settings each role's containers read: broker, results, Flower, Celery.
+
+Each is rendered here from the cluster file and the generated secrets, and written 0400 on the
+host from stdin into a folder of its role (`secrets_dir`): no secret is in a command line or in a
+container's environment.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import posixpath
+from dataclasses import dataclass
+
+from ..commands.engine import SECRETS_MOUNT
+from ..config import Cluster, Host
+from ..state.credentials import Secrets
+from ..state.tls import ServerIdentity
+from .addresses import (
+    BROKER_INTERNAL_PORT,
+    BROKER_TLS_PORT,
+    MANAGEMENT_INTERNAL_PORT,
+    RESULTS_INTERNAL_PORT,
+    RESULTS_TLS_PORT,
+    broker_address_for,
+    in_url,
+)
+from .layout import HostLayout
+
+
+@dataclass(frozen=True)
+class SecretFile:
+    """A file of secrets or settings for the containers of one role, written 0400 on the host.
+
+    Each role has a folder of its own (`secrets_dir`), mounted read-only at SECRETS_MOUNT in its
+    containers alone: the broker never sees Flower's password, a worker never sees the broker's
+    administrator. Nothing secret is in a container's environment, so `docker inspect` shows none.
+    """
+
+    role: str  # broker, results, master, flower, worker
+    name: str  # the file's name in the folder
+    path: str
+    content: str
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.content.encode()).hexdigest()[:16]
+
+
+def secrets_dir(layout: HostLayout, role: str) -> str:
+    return posixpath.join(layout.env_dir, role)
+
+
+def _in_secrets(name: str) -> str:
+    return posixpath.join(SECRETS_MOUNT, name)
+
+
+def _render_env(values: dict[str, str]) -> str:
+    # Read by infra_runtime.boot: one KEY=value per line, taken literally (no quotes, no expansion).
+    return "".join(f"{key}={value}\n" for key, value in values.items())
+
+
+def rabbitmq_password_hash(password: str) -> str:
+    """RabbitMQ's stored form of a password (rabbit_password_hashing_sha256).
+
+    base64(salt + sha256(salt + password)). The broker imports it at every start, so the
+    password in the secrets file wins even over an older data volume. The salt is derived
+    from the password, so the file (and the container's fingerprint) stays stable.
+    """
+    salt = hashlib.sha256(b"infra-broker-salt:" + password.encode()).digest()[:4]
+    return base64.b64encode(salt + hashlib.sha256(salt + password.encode()).digest()).decode()
+
+
+def broker_vhost(cluster: Cluster) -> str:
+    """The cluster's virtual host on the broker: the only one its workers may use."""
+    return cluster.name
+
+
+def broker_definitions(cluster: Cluster, secrets: Secrets) -> str:
+    """RabbitMQ definitions imported at every start: the two users, the vhost, their rights.
+
+    The administrator (Flower's queue view, on the master host only) and the workers' user, which
+    has no management tag and rights on the cluster's vhost alone. Passwords only as salted hashes.
+    """
+    vhost = broker_vhost(cluster)
+    users = [(secrets.broker_user, secrets.broker_password, ["administrator"]),
+             (secrets.worker_user, secrets.worker_password, [])]
+    return json.dumps({
+        "users": [{"name": name, "password_hash": rabbitmq_password_hash(password),
+                   "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
+                  for name, password, tags in users],
+        "vhosts": [{"name": vhost}],
+        "permissions": [{"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
+                        for name, _, _ in users],
+    }, indent=2) + "\n"
+
+
+def broker_config(cluster: Cluster) -> str:
+    """rabbitmq.conf of the broker: its whole configuration (the image has none of its own)."""
+    lines = [
+        "# Written by infra up.",
+        f"listeners.tcp.default = {BROKER_INTERNAL_PORT}",
+        f"management.tcp.port = {MANAGEMENT_INTERNAL_PORT}",
+        f"load_definitions = {_in_secrets('definitions.json')}",
+        # With definitions to import the broker makes no default user; `guest` would be loopback-only.
+        "loopback_users.guest = true",
+        # Logs go to the container's output (docker logs), not to files.
+        "log.console = true",
+        "log.console.level = info",
+        "log.console.use_colors = off",
+        "log.file = false",
+        # A task acknowledged late (a sweep's run, acked when it ends) may take as long as it needs:
+        # RabbitMQ's default would close the channel of a run longer than 30 minutes. 7 days, in ms.
+        "consumer_timeout = 604800000",
+    ]
+    if cluster.spec.tls:
+        lines += [
+            f"listeners.ssl.default = {BROKER_TLS_PORT}",
+            f"ssl_options.cacertfile = {_in_secrets('ca.crt')}",
+            f"ssl_options.certfile = {_in_secrets('server.crt')}",
+            f"ssl_options.keyfile = {_in_secrets('server.key')}",
+            # Clients prove who they are with a password; the server proves itself with the certificate.
+            "ssl_options.verify = verify_none",
+            "ssl_options.fail_if_no_peer_cert = false",
+            "ssl_options.versions.1 = tlsv1.3",
+            "ssl_options.versions.2 = tlsv1.2",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _redis_quoted(text: str) -> str:
+    # Inside double quotes redis reads \\ and \" as escapes.
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def results_config(cluster: Cluster, secrets: Secrets) -> str:
+    """redis.conf of the result backend: plain on the cluster's network, TLS on the published port."""
+    lines = [
+        "# Written by infra up.",
+        "bind 0.0.0.0",
+        f"port {RESULTS_INTERNAL_PORT}",
+        # A password is always required; protected mode would only refuse the other containers.
+        "protected-mode no",
+        f"requirepass {_redis_quoted(secrets.results_password)}",
+        "dir /data",
+        "appendonly yes",
+        "save 60 1000",
+        "daemonize no",
+        'logfile ""',
+    ]
+    if cluster.spec.tls:
+        lines += [
+            f"tls-port {RESULTS_TLS_PORT}",
+            f"tls-cert-file {_in_secrets('server.crt')}",
+            f"tls-key-file {_in_secrets('server.key')}",
+            f"tls-ca-cert-file {_in_secrets('ca.crt')}",
+            "tls-auth-clients no",
+            "tls-protocols \"TLSv1.2 TLSv1.3\"",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def flower_config(cluster: Cluster, secrets: Secrets) -> str:
+    """Flower's configuration file (Python, read with --conf): its login and the broker's API."""
+    settings: dict[str, object] = {
+        "basic_auth": [f"{secrets.flower_user}:{secrets.flower_password}"],
+        "broker_api": (f"http://{secrets.broker_user}:{secrets.broker_password}"
+                       f"@broker:{MANAGEMENT_INTERNAL_PORT}/api/"),
+    }
+    if cluster.spec.tls:
+        settings["certfile"] = _in_secrets("server.crt")
+        settings["keyfile"] = _in_secrets("server.key")
+    # repr() of str and list values is Python literal syntax: the file cannot run anything else.
+    return "# Written by infra up.\n" + "".join(f"{key} = {value!r}\n" for key, value in settings.items())
+
+
+def celery_urls(cluster: Cluster, secrets: Secrets, address: str, *, internal: bool) -> dict[str, str]:
+    """Broker and result backend URLs, with the workers' user: on the master's own network
+    (`internal`, plain: it never leaves the host) or at the published ports (TLS unless `tls: false`)."""
+    user = f"{secrets.worker_user}:{secrets.worker_password}"
+    vhost = broker_vhost(cluster)
+    if internal:
+        return {
+            "CELERY_BROKER_URL": f"amqp://{user}@broker:{BROKER_INTERNAL_PORT}/{vhost}",
+            "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@results:{RESULTS_INTERNAL_PORT}/0",
+        }
+    host = in_url(address)
+    if not cluster.spec.tls:
+        return {
+            "CELERY_BROKER_URL": f"amqp://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
+            "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0",
+        }
+    ca = _in_secrets("ca.crt")
+    return {
+        "CELERY_BROKER_URL": f"amqps://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
+        "CELERY_RESULT_BACKEND": (f"rediss://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0"
+                                  f"?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+    }
+
+
+def secret_files_for(cluster: Cluster, host: Host, layout: HostLayout, secrets: Secrets, master_address: str,
+                     identity: ServerIdentity | None) -> list[SecretFile]:
+    """Every secret file of a host, by role. `identity` (the master's certificate) when TLS is on."""
+    if cluster.spec.tls and identity is None:
+        raise ValueError("a cluster with TLS needs the master's certificate to plan its secret files")
+    files: list[SecretFile] = []
+
+    def add(role: str, name: str, content: str) -> None:
+        files.append(SecretFile(role, name, posixpath.join(secrets_dir(layout, role), name), content))
+
+    def add_identity(role: str) -> None:
+        if identity is not None:
+            add(role, "ca.crt", identity.ca_certificate)
+            add(role, "server.crt", identity.certificate + identity.ca_certificate)
+            add(role, "server.key", identity.key)
+
+    common = {"INFRA_CLUSTER": cluster.name}
+    if host.name == cluster.master_host.name:
+        internal = _render_env({**common, **celery_urls(cluster, secrets, "", internal=True)})
+        add("broker", "rabbitmq.conf", broker_config(cluster))
+        add("broker", "definitions.json", broker_definitions(cluster, secrets))
+        add_identity("broker")
+        add("results", "redis.conf", results_config(cluster, secrets))
+        add_identity("results")
+        add("master", "celery.env", internal)
+        add("flower", "celery.env", internal)
+        add("flower", "flowerconfig.py", flower_config(cluster, secrets))
+        add_identity("flower")
+    if host.name in cluster.worker_hosts():
+        address = broker_address_for(cluster, host, master_address)
+        add("worker", "celery.env", _render_env({**common, **celery_urls(cluster, secrets, address, internal=False)}))
+        if identity is not None:
+            add("worker", "ca.crt", identity.ca_certificate)
+    return files
+
+
+def secrets_digest(files: list[SecretFile], folder: str | None) -> str:
+    """One digest of the files of a secrets folder: part of its containers' fingerprints."""
+    if folder is None:
+        return ""
+    inside = sorted((f.name, f.digest) for f in files if posixpath.dirname(f.path) == folder)
+    return hashlib.sha256(json.dumps(inside).encode()).hexdigest()[:16]

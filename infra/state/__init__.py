@@ -1,0 +1,1 @@
+"""What infra keeps on this machine: the manifest, secrets, the CA, the lock, volunteers, digests."""

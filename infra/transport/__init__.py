@@ -1,0 +1,1 @@
+"""The layer that acts on hosts: SSH and local connections, many hosts at once, host keys, forwards."""
