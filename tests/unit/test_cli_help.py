@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import ast
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
 from infra.cli import main
+from tests.unit.package_imports import PACKAGE, REPO, imported_modules, module_name
 
 COMMANDS = sorted(main.commands)
 
@@ -43,40 +42,11 @@ def test_every_command_shows_its_example_in_help(name):
 
 # --------------------------------------------------------------------------- the package's imports
 
-REPO = Path(__file__).resolve().parents[2]
-PACKAGE = REPO / "infra"
 CLI_MODULES = sorted(
     "infra.cli" if path.name == "__init__.py" else f"infra.cli.{path.stem}"
     for path in (PACKAGE / "cli").glob("*.py")
 )
 ENTRY_POINTS = {"infra.__main__"}  # run the command line; nothing imports them
-
-
-def module_name(path: Path) -> str:
-    parts = path.relative_to(REPO).with_suffix("").parts
-    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-
-
-def imported_modules(path: Path) -> set[str]:
-    """Every module a file imports, anywhere in it (functions included), as absolute names."""
-    name = module_name(path)
-    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
-    found: set[str] = set()
-    for node in ast.walk(ast.parse(path.read_text(), str(path))):
-        if isinstance(node, ast.Import):
-            found.update(alias.name for alias in node.names)
-        elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package.split(".")
-                base = base[: len(base) - (node.level - 1)]
-                origin = ".".join(base + ([node.module] if node.module else []))
-            else:
-                origin = node.module or ""
-            if node.module:
-                found.add(origin)
-            # The names may be modules: `from . import options` imports infra.cli.options.
-            found.update(f"{origin}.{alias.name}" for alias in node.names)
-    return found
 
 
 def is_cli(module: str) -> bool:
