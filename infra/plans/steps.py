@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from ..commands.engine import EngineOp
@@ -47,13 +48,28 @@ class Record:
 
 
 @dataclass(frozen=True)
+class FilesTar:
+    """Project files a step sends as one tar (`commands.files.tar_of`), named only.
+
+    The plan stays pure, `--dry-run` included: the files are read when the step runs.
+    """
+
+    root: Path  # the folder here
+    paths: tuple[str, ...]  # relative to `root`
+
+
+@dataclass(frozen=True)
 class Step:
-    """Either an engine operation (`op`) or a shell command (`command`), never both."""
+    """Either an engine operation (`op`) or a shell command (`command`), never both.
+
+    A command is fed either `stdin` (content known to the plan) or `files` (read as it runs).
+    """
 
     description: str
     op: EngineOp | None = None
     command: tuple[str, ...] | None = None
     stdin: bytes | None = field(default=None, repr=False, compare=False)  # content, possibly secret
+    files: FilesTar | None = None
     records: tuple[Record, ...] = ()
     timeout: float | None = None
 
@@ -69,5 +85,5 @@ def engine_step(description: str, op: EngineOp, *records: Record, timeout: float
 
 
 def shell_step(description: str, command: list[str], *records: Record, stdin: bytes | None = None,
-               timeout: float | None = None) -> Step:
-    return Step(description, command=tuple(command), stdin=stdin, records=tuple(records), timeout=timeout)
+               files: FilesTar | None = None, timeout: float | None = None) -> Step:
+    return Step(description, command=tuple(command), stdin=stdin, files=files, records=tuple(records), timeout=timeout)

@@ -19,7 +19,7 @@ from ..commands import files as file_commands
 from ..errors import InfraError
 from ..facts.containers import parse_docker_time
 from ..facts.files import LocalFile, ProjectListing
-from .steps import Record, Step, shell_step
+from .steps import FilesTar, Record, Step, shell_step
 
 if TYPE_CHECKING:
     from .layout import HostLayout
@@ -101,7 +101,8 @@ def _batches(paths: list[str], limit: int) -> list[list[str]]:
 def sync_steps(sync: SyncPlan, *records: Record) -> list[Step]:
     """Claim the cluster folder (or check it is still ours), delete what went away, then send what is new.
 
-    `records` are those of the folder's creation: they go on the first step.
+    `records` are those of the folder's creation: they go on the first step. The files to send
+    are only named (`FilesTar`): they are read when the step runs.
     """
     layout = sync.layout
     if not sync.changed:
@@ -115,7 +116,7 @@ def sync_steps(sync: SyncPlan, *records: Record) -> list[Step]:
     if sync.upload:
         steps.append(shell_step(f"send {len(sync.upload)} file(s), {sync.bytes_to_send} bytes, to {layout.project_dir}",
                                 file_commands.extract_files(layout.project_dir),
-                                stdin=file_commands.tar_of(sync.local_root, sync.upload), timeout=SYNC_TIMEOUT))
+                                files=FilesTar(sync.local_root, tuple(sync.upload)), timeout=SYNC_TIMEOUT))
     return steps
 
 

@@ -127,8 +127,7 @@ def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
         # A cluster folder that is not this cluster's is refused here, before anything is written.
         plan = plan_sync(layout, cluster.name, cluster.project_dir, ctx.local_files, listing, ctx.rules)
         steps = sync_steps(plan, Record("add_files", layout.project_dir))
-        execute_steps(conn, steps, ctx.manifest)
-        outcome.wire_bytes = sum(len(step.stdin or b"") for step in steps)
+        outcome.wire_bytes = execute_steps(conn, steps, ctx.manifest)
         outcome.sent, outcome.deleted = plan.upload, plan.delete
         outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
     if not ctx.restart:

@@ -34,8 +34,9 @@ from infra.facts.files import (
 )
 from infra.plans.clean import safe_to_delete
 from infra.plans.layout import HostLayout
-from infra.plans.steps import Record
+from infra.plans.steps import FilesTar, Record
 from infra.plans.sync import SyncPlan, plan_sync, sync_steps
+from infra.workflows.execute import step_input
 from tests.unit.project_files import sha, write
 
 
@@ -300,10 +301,19 @@ def test_the_folder_is_claimed_first_then_removed_files_are_deleted_then_files_t
     assert delete.records == () and delete.stdin is None
     assert send.description == f"send 1 file(s), {len('def count(): return 2' + chr(10))} bytes, to /srv/infra/lab/wc"
     assert send.command == tuple(extract_files("/srv/infra/lab/wc"))
-    with tarfile.open(fileobj=io.BytesIO(send.stdin)) as tar:
+    assert send.files == FilesTar(project, ("wordcount/tasks.py",)) and send.stdin is None  # read when it runs
+    with tarfile.open(fileobj=io.BytesIO(step_input(send))) as tar:
         assert [(m.name, m.type) for m in tar.getmembers()] == [("wordcount", tarfile.DIRTYPE),
                                                                 ("wordcount/tasks.py", tarfile.REGTYPE)]
     assert claim.timeout and send.timeout and delete.timeout
+
+
+def test_planning_reads_no_file_the_tar_is_made_when_the_step_runs(project):
+    plan = plan_for(project, scan_local(project), ours({}))
+    (project / "requirements.txt").unlink()  # gone after the scan: the plan does not notice
+    send = sync_steps(plan)[-1]
+    with pytest.raises(InfraError, match="requirements.txt: not sent"):
+        step_input(send)
 
 
 def test_many_deletions_are_split_so_no_command_line_grows_past_what_a_host_takes(project):
@@ -363,7 +373,7 @@ def listed(layout: HostLayout, rules=None) -> ProjectListing:
 def run_steps(steps) -> None:
     for step in steps:
         if step.command:
-            sh(list(step.command), step.stdin or b"")
+            sh(list(step.command), step_input(step) or b"")
 
 
 @LINUX

@@ -24,6 +24,7 @@ from infra.facts.files import (
 )
 from infra.plans.layout import HostLayout
 from infra.plans.sync import plan_sync, sync_steps
+from infra.workflows.execute import step_input
 from tests.unit.project_files import sha, write
 
 LINUX = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="GNU find and sh")
@@ -162,7 +163,7 @@ def test_on_a_real_folder_the_statuses_and_known_digests_give_the_same_files_as_
     full = list_project(layout.root, layout.project_dir, layout.output_dir, "lab")
     first = parse_project_listing(subprocess.run(full, capture_output=True, check=True).stdout.decode(), no_ignores())
     for step in sync_steps(plan_sync(layout, "lab", project, local, first, ignore_rules(project))):
-        subprocess.run(list(step.command), input=step.stdin or b"", check=True, capture_output=True)
+        subprocess.run(list(step.command), input=step_input(step) or b"", check=True, capture_output=True)
     os.symlink("wordcount", Path(layout.project_dir, "a-link"))
 
     def listed(since: int | None) -> ProjectListing:
