@@ -32,7 +32,7 @@ from ..facts.files import ignore_rules, parse_project_listing, scan_local
 from ..facts.host import HostFacts
 from ..names import registry_repository
 from ..plans.addresses import master_address
-from ..plans.clean import plan_clean
+from ..plans.clean import CleanPlan, plan_clean
 from ..plans.containers import expected_worker_nodes
 from ..plans.images import (
     IMAGE_ROLES,
@@ -67,6 +67,36 @@ LISTING_TIMEOUT = 300
 class HostOutcome:
     host: str
     changes: list[str] = field(default_factory=list)
+
+
+@dataclass
+class ReachedHosts:
+    """The hosts `up` goes on with, and their facts; those it leaves out are in `failed`, with why."""
+
+    hosts: list[Host]  # of the cluster file
+    departed: dict[str, Host]  # recorded in the manifest, gone from the cluster file
+    facts: dict[str, HostFacts]
+    failed: dict[str, BaseException]
+
+    @property
+    def everyone(self) -> list[Host]:
+        return self.hosts + list(self.departed.values())
+
+
+@dataclass
+class UpPlan:
+    """What `up` does: each host's plan, the removals on the hosts that left, and what they share."""
+
+    address: str  # of the master's published ports
+    identity: ServerIdentity | None  # the master's certificate (None with `tls: false`)
+    plans: dict[str, HostPlan]
+    retirements: dict[str, CleanPlan]
+    local: Connection | None  # this machine's engine, where shipped images come from
+    local_ids: dict[str, str | None]  # the images built here for shipping
+
+    @property
+    def ca_fingerprint(self) -> str | None:
+        return self.identity and ca_fingerprint(self.identity.ca_certificate)
 
 
 @dataclass
@@ -179,92 +209,93 @@ def _up(cluster: Cluster, reporter: Reporter, *, dry_run: bool) -> UpResult:
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     hosts = [cluster.hosts[name] for name in cluster.used_hosts()]
     departed = departed_hosts(cluster, manifest)
-    everyone = hosts + list(departed.values())
-    master_name = cluster.master_host.name
 
     with ConnectionPool.for_cluster(cluster) as pool:
-        # A worker host that cannot be reached, or whose engine does not answer in time, is left
-        # out and named at the end; the rest of the cluster comes up. Without the master, nothing can.
-        opened = pool.open(everyone)
-        gathered = gather_facts(pool, cluster, [h for h in everyone if h.name in opened.succeeded])
-        failed: dict[str, BaseException] = {**opened.failed, **gathered.failed}
-        if master_name in failed:
-            raise HostsFailedError("reading host state", {master_name: failed[master_name]})
-        facts = gathered.succeeded
-        hosts = [h for h in hosts if h.name in facts]
-        departed = {name: host for name, host in departed.items() if name in facts}
-        for name, err in sorted(failed.items()):
-            reporter.host(name, f"left out: {without_host(name, one_line(err))}", style="red")
-        require_docker(facts, hosts + list(departed.values()), cluster.source)
-        check_architectures(cluster, facts, [h for h in hosts if not h.is_local])
-        address = resolve_master_address(cluster, pool, [h.name for h in hosts])
-        # Only now, with every host reachable and ready, is anything written.
-        secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run \
-            else load_or_create_secrets(cluster.secrets_path)
-        identity = master_identity(cluster, address, save=not dry_run)
-        context = prepare_build_context(cluster)
-        digest = context_digest(context)
-        local_ids: dict[str, str | None] = {}
-        local = None  # this machine's engine, where shipped images come from
-        if cluster.spec.images.source == "ship":
-            local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
-            here = facts.get("local") or read_host_facts(local, cluster)  # read once when local is a host too
-            local_ids = build_images_here(cluster, local, here, str(context), digest, reporter, dry_run=dry_run)
-            if "local" in facts and not dry_run:
-                facts["local"] = read_host_facts(local, cluster)  # now with the images just built
-        syncs = project_sync_plans(cluster, pool, hosts, facts)
-        plans = {h.name: plan_host(cluster, h, facts[h.name], secrets, address, local_image_ids=local_ids,
-                                   context_dir=str(context), context_digest=digest, sync=syncs.get(h.name),
-                                   identity=identity)
-                 for h in hosts}
-        retirements = {name: plan_clean(name, manifest.hosts.get(name),
-                                        containers=[c.name for c in facts[name].containers],
-                                        networks=list(facts[name].networks), volumes=[], files=False,
-                                        remove_volumes=False, cluster=cluster.name, state_dir=str(cluster.state_dir))
-                       for name in departed}
+        reached = reach_hosts(cluster, pool, hosts, departed, reporter)
+        planned = plan_up(cluster, pool, reached, manifest, reporter, dry_run=dry_run)
         if dry_run:
-            return UpResult(plans, {}, address, expected_worker_nodes(cluster),
-                            {name: plan.planned() for name, plan in retirements.items()}, dry_run=True,
-                            ca_fingerprint=identity and ca_fingerprint(identity.ca_certificate))
-
-        def apply(host: Host) -> HostOutcome:
-            conn = pool[host.name]
-            if host.name in departed:
-                execute_steps(conn, retirements[host.name].steps, manifest)
-                folders = remove_folders(conn, retirements[host.name], manifest)
-                manifest.drop_host_if_empty(host.name)
-                if folders.refused:
-                    reporter.host(host.name, f"refused to delete {', '.join(folders.refused)}", style="yellow")
-                return HostOutcome(host.name, retirements[host.name].removed()
-                                   + [f"folder {folder}" for folder in folders.removed])
-            return apply_host_plan(cluster, plans[host.name], conn, facts[host.name], manifest, reporter, sender)
-
-        with image_sender(cluster, plans, local, local_ids, reporter) as sender:
-            applied = run_concurrently(hosts + list(departed.values()), apply, key=lambda h: h.name)
-        for name, err in sorted(applied.failed.items()):
-            reporter.host(name, f"failed: {without_host(name, one_line(err))}", style="red")
-        if master_name in applied.failed:
-            raise HostsFailedError("bringing the cluster up", {**failed, **applied.failed})
-        failed.update(applied.failed)
-        outcomes: dict[str, HostOutcome] = applied.succeeded
-        master = pool[master_name]
-        nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
-        readiness = Readiness(cluster, master, nodes)  # one wait for the broker, then the workers
-        readiness.broker()
-        reporter.host(master_name, "broker accepts connections")
-        if any(c.role == "results" and c.action != "keep" for c in plans[master_name].containers):
-            restore_results_users(cluster, master, reporter)
-        readiness.workers()
-        reporter.info(f"all {len(nodes)} workers answer")
+            return UpResult(planned.plans, {}, planned.address, expected_worker_nodes(cluster),
+                            {name: plan.planned() for name, plan in planned.retirements.items()}, dry_run=True,
+                            ca_fingerprint=planned.ca_fingerprint)
+        outcomes = bring_hosts_up(cluster, pool, reached, planned, manifest, reporter)
+        wait_until_ready(cluster, pool[cluster.master_host.name], planned.plans, outcomes, reporter)
         for name, outcome in outcomes.items():
             if not outcome.changes:
                 reporter.host(name, "nothing to do: already up to date", style="dim")
-    if failed:
-        raise HostsFailedError("up", failed, note="the rest of the cluster is up; run `infra up` again once "
-                                                  "they answer")
+    if reached.failed:
+        raise HostsFailedError("up", reached.failed, note="the rest of the cluster is up; run `infra up` again once "
+                                                          "they answer")
     reporter.info(f"cluster {cluster.name} is up ({time.monotonic() - started:.1f} s)")
-    return UpResult(plans, outcomes, address, expected_worker_nodes(cluster),
-                    ca_fingerprint=identity and ca_fingerprint(identity.ca_certificate))
+    return UpResult(planned.plans, outcomes, planned.address, expected_worker_nodes(cluster),
+                    ca_fingerprint=planned.ca_fingerprint)
+
+
+def reach_hosts(cluster: Cluster, pool: ConnectionPool, hosts: list[Host], departed: dict[str, Host],
+                reporter: Reporter) -> ReachedHosts:
+    """Connect to every host and read its facts, all at once; check they can take the cluster.
+
+    A worker host that cannot be reached, or whose engine does not answer in time, is left
+    out and named at the end; the rest of the cluster comes up. Without the master, nothing can.
+    """
+    everyone = hosts + list(departed.values())
+    master_name = cluster.master_host.name
+    opened = pool.open(everyone)
+    gathered = gather_facts(pool, cluster, [h for h in everyone if h.name in opened.succeeded])
+    failed: dict[str, BaseException] = {**opened.failed, **gathered.failed}
+    if master_name in failed:
+        raise HostsFailedError("reading host state", {master_name: failed[master_name]})
+    facts = gathered.succeeded
+    reached = ReachedHosts(hosts=[h for h in hosts if h.name in facts],
+                           departed={name: host for name, host in departed.items() if name in facts},
+                           facts=facts, failed=failed)
+    for name, err in sorted(failed.items()):
+        reporter.host(name, f"left out: {without_host(name, one_line(err))}", style="red")
+    require_docker(facts, reached.everyone, cluster.source)
+    check_architectures(cluster, facts, [h for h in reached.hosts if not h.is_local])
+    return reached
+
+
+def plan_up(cluster: Cluster, pool: ConnectionPool, reached: ReachedHosts, manifest: Manifest, reporter: Reporter,
+            *, dry_run: bool) -> UpPlan:
+    """The secrets, the master's certificate and the images built here (none written on a dry run),
+    then each host's plan and the removals on the hosts that left the cluster file."""
+    facts = reached.facts
+    address = resolve_master_address(cluster, pool, [h.name for h in reached.hosts])
+    # Only now, with every host reachable and ready, is anything written.
+    secrets = (load_secrets(cluster.secrets_path) or Secrets.generate()) if dry_run \
+        else load_or_create_secrets(cluster.secrets_path)
+    identity = master_identity(cluster, address, save=not dry_run)
+    context = prepare_build_context(cluster)
+    digest = context_digest(context)
+    local, local_ids = images_for_shipping(cluster, pool, facts, str(context), digest, reporter, dry_run=dry_run)
+    syncs = project_sync_plans(cluster, pool, reached.hosts, facts)
+    plans = {h.name: plan_host(cluster, h, facts[h.name], secrets, address, local_image_ids=local_ids,
+                               context_dir=str(context), context_digest=digest, sync=syncs.get(h.name),
+                               identity=identity)
+             for h in reached.hosts}
+    retirements = {name: plan_clean(name, manifest.hosts.get(name),
+                                    containers=[c.name for c in facts[name].containers],
+                                    networks=list(facts[name].networks), volumes=[], files=False,
+                                    remove_volumes=False, cluster=cluster.name, state_dir=str(cluster.state_dir))
+                   for name in reached.departed}
+    return UpPlan(address, identity, plans, retirements, local, local_ids)
+
+
+def images_for_shipping(cluster: Cluster, pool: ConnectionPool, facts: dict[str, HostFacts], context_dir: str,
+                        digest: str, reporter: Reporter, *, dry_run: bool,
+                        ) -> tuple[Connection | None, dict[str, str | None]]:
+    """`images.source: ship`: this machine's engine and the ids of the images built on it (none otherwise).
+
+    When this machine is one of the hosts its facts (in `facts`) are read again, with the images just built.
+    """
+    if cluster.spec.images.source != "ship":
+        return None, {}
+    local = pool.connections.get("local") or LocalConnection(cluster.hosts["local"], pool.limits)
+    here = facts.get("local") or read_host_facts(local, cluster)  # read once when local is a host too
+    local_ids = build_images_here(cluster, local, here, context_dir, digest, reporter, dry_run=dry_run)
+    if "local" in facts and not dry_run:
+        facts["local"] = read_host_facts(local, cluster)  # now with the images just built
+    return local, local_ids
 
 
 def master_identity(cluster: Cluster, address: str, *, save: bool) -> ServerIdentity | None:
@@ -276,6 +307,41 @@ def master_identity(cluster: Cluster, address: str, *, save: bool) -> ServerIden
     names = server_names(address, None if master.is_local else master.address,
                          cluster.spec.roles.master.advertise_address, cluster.spec.roles.master.bind_address)
     return load_or_create_identity(cluster.tls_dir, cluster.name, names, save=save)
+
+
+def bring_hosts_up(cluster: Cluster, pool: ConnectionPool, reached: ReachedHosts, planned: UpPlan,
+                   manifest: Manifest, reporter: Reporter) -> dict[str, HostOutcome]:
+    """Every host at once: its plan, or its removals when it left the cluster file.
+
+    A host that fails does not stop the others; it joins `reached.failed`, the master excepted:
+    without it, the cluster is not up.
+    """
+    def apply(host: Host) -> HostOutcome:
+        conn = pool[host.name]
+        if host.name in reached.departed:
+            return retire_host(conn, planned.retirements[host.name], manifest, reporter)
+        return apply_host_plan(cluster, planned.plans[host.name], conn, reached.facts[host.name], manifest, reporter,
+                               sender)
+
+    with image_sender(cluster, planned.plans, planned.local, planned.local_ids, reporter) as sender:
+        applied = run_concurrently(reached.everyone, apply, key=lambda h: h.name)
+    for name, err in sorted(applied.failed.items()):
+        reporter.host(name, f"failed: {without_host(name, one_line(err))}", style="red")
+    if cluster.master_host.name in applied.failed:
+        raise HostsFailedError("bringing the cluster up", {**reached.failed, **applied.failed})
+    reached.failed.update(applied.failed)
+    return applied.succeeded
+
+
+def retire_host(conn: Connection, retirement: CleanPlan, manifest: Manifest, reporter: Reporter) -> HostOutcome:
+    """A host the cluster file no longer uses: the cluster's containers and networks go, then its folders."""
+    name = retirement.host
+    execute_steps(conn, retirement.steps, manifest)
+    folders = remove_folders(conn, retirement, manifest)
+    manifest.drop_host_if_empty(name)
+    if folders.refused:
+        reporter.host(name, f"refused to delete {', '.join(folders.refused)}", style="yellow")
+    return HostOutcome(name, retirement.removed() + [f"folder {folder}" for folder in folders.removed])
 
 
 def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: HostFacts, manifest: Manifest,
@@ -316,3 +382,20 @@ def apply_host_plan(cluster: Cluster, plan: HostPlan, conn: Connection, facts: H
             reporter.host(host.name, step.description)
             outcome.changes.append(step.description)
     return outcome
+
+
+def wait_until_ready(cluster: Cluster, master: Connection, plans: dict[str, HostPlan],
+                     outcomes: dict[str, HostOutcome], reporter: Reporter) -> None:
+    """Wait for the broker, then for every worker of the hosts brought up.
+
+    A results container just (re)started gets the volunteers' users back in between.
+    """
+    master_name = cluster.master_host.name
+    nodes = [node for node in expected_worker_nodes(cluster) if node.rpartition("@")[2] in outcomes]
+    readiness = Readiness(cluster, master, nodes)  # one wait for the broker, then the workers
+    readiness.broker()
+    reporter.host(master_name, "broker accepts connections")
+    if any(c.role == "results" and c.action != "keep" for c in plans[master_name].containers):
+        restore_results_users(cluster, master, reporter)
+    readiness.workers()
+    reporter.info(f"all {len(nodes)} workers answer")
