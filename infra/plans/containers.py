@@ -3,6 +3,7 @@
 `desired_containers` is the full spec of every container the cluster file asks for on a host;
 `fingerprint` hashes a spec with its image id and secret files, and `container_changes` compares
 those with what runs there: create, replace, start, remove or keep, each a pure decision.
+`change_steps` turns the changes into steps, each start right after the secret files it mounts.
 """
 
 from __future__ import annotations
@@ -39,7 +40,7 @@ from .addresses import (
     RESULTS_TLS_PORT,
 )
 from .layout import HostLayout
-from .secret_files import SecretFile, _in_secrets, secrets_digest, secrets_dir
+from .secret_files import SecretFile, secret_in_container, secrets_digest, secrets_dir
 from .steps import ENGINE_TIMEOUT, Record, Step, engine_step
 
 
@@ -76,9 +77,9 @@ def celery_environment(cluster: Cluster, *, verify_with_ca: bool) -> tuple[tuple
     infra_runtime.boot (run by every Python of the image) reads INFRA_ENV_FILE into the
     environment of the process; INFRA_CA_FILE makes Celery's TLS to the broker trust that CA alone.
     """
-    env = [("INFRA_CLUSTER", cluster.name), ("INFRA_ENV_FILE", _in_secrets("celery.env"))]
+    env = [("INFRA_CLUSTER", cluster.name), ("INFRA_ENV_FILE", secret_in_container("celery.env"))]
     if verify_with_ca:
-        env.append(("INFRA_CA_FILE", _in_secrets("ca.crt")))
+        env.append(("INFRA_CA_FILE", secret_in_container("ca.crt")))
     return tuple(env)
 
 
@@ -114,7 +115,7 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
                     volumes=(project, (layout.output_dir, CONTAINER_OUTPUT, "rw")), workdir=CONTAINER_PROJECT),
             service("flower", image=master_image,
                     command=("celery", "--app", app, "flower", f"--port={FLOWER_INTERNAL_PORT}",
-                             f"--conf={_in_secrets('flowerconfig.py')}"),
+                             f"--conf={secret_in_container('flowerconfig.py')}"),
                     environment=celery_environment(cluster, verify_with_ca=False),
                     ports=((ports.flower, FLOWER_INTERNAL_PORT),), bind_address=bind,
                     volumes=(project,), workdir=CONTAINER_PROJECT),

@@ -40,7 +40,7 @@ class HostLayout:
         return posixpath.join(self.project_dir, OUTPUT_FOLDER)
 
 
-# The cluster folder's own entries: a project folder of one of these names is copied to `project`.
+# The cluster folder's own entries: a project folder named like one of them goes to `project` instead.
 _CLUSTER_FOLDER_ENTRIES = (OUTPUT_FOLDER, ".infra", file_commands.MARKER_FILE)
 
 

@@ -52,7 +52,8 @@ def secrets_dir(layout: HostLayout, role: str) -> str:
     return posixpath.join(layout.env_dir, role)
 
 
-def _in_secrets(name: str) -> str:
+def secret_in_container(name: str) -> str:
+    """Where a container sees the file `name` of its role's secrets folder."""
     return posixpath.join(SECRETS_MOUNT, name)
 
 
@@ -102,7 +103,7 @@ def broker_config(cluster: Cluster) -> str:
         "# Written by infra up.",
         f"listeners.tcp.default = {BROKER_INTERNAL_PORT}",
         f"management.tcp.port = {MANAGEMENT_INTERNAL_PORT}",
-        f"load_definitions = {_in_secrets('definitions.json')}",
+        f"load_definitions = {secret_in_container('definitions.json')}",
         # With definitions to import the broker makes no default user; `guest` would be loopback-only.
         "loopback_users.guest = true",
         # Logs go to the container's output (docker logs), not to files.
@@ -117,9 +118,9 @@ def broker_config(cluster: Cluster) -> str:
     if cluster.spec.tls:
         lines += [
             f"listeners.ssl.default = {BROKER_TLS_PORT}",
-            f"ssl_options.cacertfile = {_in_secrets('ca.crt')}",
-            f"ssl_options.certfile = {_in_secrets('server.crt')}",
-            f"ssl_options.keyfile = {_in_secrets('server.key')}",
+            f"ssl_options.cacertfile = {secret_in_container('ca.crt')}",
+            f"ssl_options.certfile = {secret_in_container('server.crt')}",
+            f"ssl_options.keyfile = {secret_in_container('server.key')}",
             # Clients prove who they are with a password; the server proves itself with the certificate.
             "ssl_options.verify = verify_none",
             "ssl_options.fail_if_no_peer_cert = false",
@@ -152,9 +153,9 @@ def results_config(cluster: Cluster, secrets: Secrets) -> str:
     if cluster.spec.tls:
         lines += [
             f"tls-port {RESULTS_TLS_PORT}",
-            f"tls-cert-file {_in_secrets('server.crt')}",
-            f"tls-key-file {_in_secrets('server.key')}",
-            f"tls-ca-cert-file {_in_secrets('ca.crt')}",
+            f"tls-cert-file {secret_in_container('server.crt')}",
+            f"tls-key-file {secret_in_container('server.key')}",
+            f"tls-ca-cert-file {secret_in_container('ca.crt')}",
             "tls-auth-clients no",
             "tls-protocols \"TLSv1.2 TLSv1.3\"",
         ]
@@ -169,8 +170,8 @@ def flower_config(cluster: Cluster, secrets: Secrets) -> str:
                        f"@broker:{MANAGEMENT_INTERNAL_PORT}/api/"),
     }
     if cluster.spec.tls:
-        settings["certfile"] = _in_secrets("server.crt")
-        settings["keyfile"] = _in_secrets("server.key")
+        settings["certfile"] = secret_in_container("server.crt")
+        settings["keyfile"] = secret_in_container("server.key")
     # repr() of str and list values is Python literal syntax: the file cannot run anything else.
     return "# Written by infra up.\n" + "".join(f"{key} = {value!r}\n" for key, value in settings.items())
 
@@ -191,7 +192,7 @@ def celery_urls(cluster: Cluster, secrets: Secrets, address: str, *, internal: b
             "CELERY_BROKER_URL": f"amqp://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
             "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0",
         }
-    ca = _in_secrets("ca.crt")
+    ca = secret_in_container("ca.crt")
     return {
         "CELERY_BROKER_URL": f"amqps://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
         "CELERY_RESULT_BACKEND": (f"rediss://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0"

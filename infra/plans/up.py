@@ -1,8 +1,8 @@
 """What `infra up` does on each host, decided from the cluster file and the host's facts alone.
 
-`plan_host` returns the host's whole plan: the project files to send and delete, the secret files,
-the images to build, ship or pull, the network and volumes — as ordered steps — and the
-container changes expected with the image ids known now. Containers depend on the ids of the
+`plan_host` returns the host's whole plan: the project files to send and delete, the images to
+build, ship or pull, the network and volumes — as ordered steps — the secret files to write, and
+the container changes expected with the image ids known now. Containers depend on the ids of the
 images they run, which a build only tells at the end: `container_steps` is the pure function
 of those ids that the workflow calls once the images are there. Nothing here talks to a host.
 """
@@ -32,11 +32,6 @@ from .layout import HostLayout, host_layout
 from .secret_files import SecretFile, secret_files_for
 from .steps import ENGINE_TIMEOUT, FILE_TIMEOUT, Record, Step, engine_step, shell_step
 from .sync import SyncPlan, sync_steps
-
-# --------------------------------------------------------------------------- secret files
-
-
-# --------------------------------------------------------------------------- images
 
 
 @dataclass
