@@ -113,7 +113,7 @@ def celery_probe(cluster: str, app: str, expected: list[str], reply_timeout: flo
 
 
 def list_queues(cluster: str) -> Exec:
-    """The queues of the cluster's vhost (named after the cluster: see `plans.up.broker_vhost`)."""
+    """The queues of the cluster's vhost (named after the cluster: see `plans.secret_files.broker_vhost`)."""
     return Exec(container_name(cluster, "broker"), (
         "rabbitmqctl", "list_queues", "--quiet", "--vhost", cluster, "--formatter", "json",
         "name", "messages", "messages_ready", "messages_unacknowledged", "consumers"))
