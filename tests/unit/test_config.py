@@ -15,9 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from infra import config
 from infra.cli import main
-from infra.config import Cluster, cluster_json_schema, load_cluster, parse_cluster
+from infra.config import Cluster, cluster_json_schema, load_cluster, loader, parse_cluster
 from infra.errors import ConfigError, InfraError
 
 REPO = Path(__file__).resolve().parents[2]
@@ -476,13 +475,13 @@ def test_nesting_up_to_the_limit_is_only_an_unknown_key(workdir):
 
 def test_more_values_than_the_limit_are_refused(workdir, monkeypatch):
     # The real limit (100,000) takes seconds of pure-Python parsing to reach; the rule is the same.
-    monkeypatch.setattr(config, "MAX_NODES", 50)
+    monkeypatch.setattr(loader, "MAX_NODES", 50)
     text = BASE + "many: [" + ", ".join(["1"] * 40) + "]\n"
     assert error_of(workdir, text) == "cluster.yaml:20: more than 50 values are not allowed in a cluster file"
 
 
 def test_a_file_over_the_size_limit_is_refused_without_parsing(workdir):
-    text = BASE + "# " + "x" * config.MAX_FILE_BYTES + "\n"
+    text = BASE + "# " + "x" * loader.MAX_FILE_BYTES + "\n"
     started = time.perf_counter()
     assert error_of(workdir, text) == (
         "cluster.yaml: files over 1,000,000 bytes are not allowed as cluster files (is this the right file?)")
