@@ -10,6 +10,8 @@ lacks, several at once, and a layer that several images share once.
 Nothing listens on an address other than loopback, on either side, and layers cross the network
 inside SSH only. Docker treats registries on 127.0.0.0/8 as local: plain HTTP is allowed there
 without any setting of the engine.
+
+What is written and run, and which tags a prune forgets, is decided in `infra.commands.registry`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,6 @@ import ctypes
 import http.client
 import json
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -26,9 +27,18 @@ import subprocess
 import time
 from pathlib import Path
 
+from ..commands.registry import (
+    REGISTRY_PROGRAM,
+    HeldTag,
+    config_path,
+    config_text,
+    garbage_collect_argv,
+    serve_argv,
+    tags_folder,
+    tags_to_forget,
+)
 from ..errors import InfraError
 
-REGISTRY_PROGRAM = "docker-registry"  # Debian's package of the same name
 START_TIMEOUT = 15.0  # seconds for the registry to answer after it starts
 STOP_TIMEOUT = 5.0
 GC_TIMEOUT = 300.0  # seconds for garbage-collect to walk the store
@@ -39,18 +49,6 @@ MANIFEST_TYPES = ("application/vnd.docker.distribution.manifest.v2+json, "
 
 class RegistryUnavailable(InfraError):
     """The registry cannot run here; the images are then sent whole."""
-
-
-def _config_text(storage: Path, port: int) -> str:
-    # JSON is valid YAML: no second serialiser needed for a file only the registry reads.
-    config = {
-        "version": 0.1,
-        "log": {"level": "warn", "accesslog": {"disabled": True}},
-        "storage": {"filesystem": {"rootdirectory": str(storage / "data")},
-                    "delete": {"enabled": True}},
-        "http": {"addr": f"127.0.0.1:{port}", "secret": secrets.token_hex(16)},
-    }
-    return json.dumps(config, indent=2) + "\n"
 
 
 def _free_loopback_port() -> int:
@@ -83,15 +81,15 @@ class LocalRegistry:
                                       f"installs it), so images are sent whole")
         self.storage.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.port = _free_loopback_port()
-        config = self.storage / "config.yml"
+        config = config_path(self.storage)
         fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
         with os.fdopen(fd, "w") as handle:
-            handle.write(_config_text(self.storage, self.port))
+            handle.write(config_text(self.storage, self.port))
         log = self.storage / "registry.log"
         with open(log, "wb") as sink:  # one run's log: what went wrong is quoted when it fails to start
             # Started from the thread that lives as long as infra: Linux signals the child when the
             # thread that forked it ends.
-            self._process = subprocess.Popen([program, "serve", str(config)], stdin=subprocess.DEVNULL,
+            self._process = subprocess.Popen(serve_argv(program, config), stdin=subprocess.DEVNULL,
                                              stdout=sink, stderr=subprocess.STDOUT, close_fds=True,
                                              preexec_fn=_end_with_parent)
         deadline = time.monotonic() + START_TIMEOUT
@@ -142,21 +140,23 @@ class LocalRegistry:
         image uses any more (`docker-registry garbage-collect`). Only while stopped. Returns the
         number of tags forgotten; the store then holds the current images and nothing else."""
         program = shutil.which(REGISTRY_PROGRAM)
-        tags_root = self.storage / "data" / "docker" / "registry" / "v2" / "repositories"
-        forgotten = 0
-        for repository, tags in keep.items():
-            folder = tags_root / repository / "_manifests" / "tags"
-            if not folder.is_dir():
-                continue
-            for tag in folder.iterdir():
-                if tag.name not in tags and not tag.is_symlink():
-                    shutil.rmtree(tag)
-                    forgotten += 1
+        forgotten = tags_to_forget(self._held_tags(keep), keep)
+        for repository, tag in forgotten:
+            shutil.rmtree(tags_folder(self.storage, repository) / tag)
         if forgotten and program is not None:
-            subprocess.run([program, "garbage-collect", "--delete-untagged", str(self.storage / "config.yml")],
+            subprocess.run(garbage_collect_argv(program, config_path(self.storage)),
                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                            timeout=GC_TIMEOUT, check=True)
-        return forgotten
+        return len(forgotten)
+
+    def _held_tags(self, repositories) -> dict[str, list[HeldTag]]:
+        """The entries of these repositories' tags folders (a repository never pushed has none)."""
+        held = {}
+        for repository in repositories:
+            folder = tags_folder(self.storage, repository)
+            if folder.is_dir():
+                held[repository] = [HeldTag(entry.name, entry.is_symlink()) for entry in folder.iterdir()]
+        return held
 
     def stop(self) -> None:
         process, self._process = self._process, None

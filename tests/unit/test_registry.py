@@ -7,16 +7,56 @@ import os
 
 import pytest
 
-from infra.transport.registry import LocalRegistry, RegistryUnavailable, _config_text
+from infra.commands.registry import (
+    HeldTag,
+    config_text,
+    garbage_collect_argv,
+    serve_argv,
+    tags_folder,
+    tags_to_forget,
+)
+from infra.transport.registry import LocalRegistry, RegistryUnavailable
 from infra.workflows.ship import ShippedImage, _registry_tag
 
 
 def test_the_registry_listens_on_loopback_and_keeps_its_layers_under_its_folder(tmp_path):
-    config = json.loads(_config_text(tmp_path, 40123))  # JSON is the YAML the registry reads
+    config = json.loads(config_text(tmp_path, 40123))  # JSON is the YAML the registry reads
     assert config["http"]["addr"] == "127.0.0.1:40123"
     assert config["storage"]["filesystem"]["rootdirectory"] == str(tmp_path / "data")
     assert len(config["http"]["secret"]) == 32
-    assert json.loads(_config_text(tmp_path, 40123))["http"]["secret"] != config["http"]["secret"]
+    assert json.loads(config_text(tmp_path, 40123))["http"]["secret"] != config["http"]["secret"]
+
+
+def test_the_registry_serves_and_collects_garbage_with_its_config_file(tmp_path):
+    config = tmp_path / "config.yml"
+    assert serve_argv("/usr/bin/docker-registry", config) == ["/usr/bin/docker-registry", "serve", str(config)]
+    assert garbage_collect_argv("/usr/bin/docker-registry", config) == [
+        "/usr/bin/docker-registry", "garbage-collect", "--delete-untagged", str(config)]
+
+
+def test_a_prune_forgets_the_tags_not_kept_in_the_repositories_it_is_given():
+    held = {"infra/lab-worker": [HeldTag("old", False), HeldTag("current", False)],
+            "infra/lab-master": [HeldTag("older", False), HeldTag("current", False)],
+            "infra/other": [HeldTag("stale", False)]}
+    keep = {"infra/lab-worker": {"current"}, "infra/lab-master": {"current"}}
+    assert tags_to_forget(held, keep) == [("infra/lab-worker", "old"), ("infra/lab-master", "older")]
+
+
+def test_a_prune_leaves_symbolic_links_and_repositories_the_store_lacks_alone():
+    held = {"infra/lab-worker": [HeldTag("planted", True), HeldTag("old", False)]}
+    keep = {"infra/lab-worker": set(), "infra/lab-master": {"current"}}
+    assert tags_to_forget(held, keep) == [("infra/lab-worker", "old")]
+    assert tags_to_forget({}, keep) == []
+
+
+def test_a_prune_deletes_the_tag_folders_chosen_and_counts_them(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "bin"))  # no docker-registry: no garbage collection
+    folder = tags_folder(tmp_path, "infra/lab-worker")
+    for tag in ("old", "current"):
+        (folder / tag / "current").mkdir(parents=True)
+    (folder / "planted").symlink_to(tmp_path)
+    assert LocalRegistry(tmp_path).prune({"infra/lab-worker": {"current"}, "infra/lab-master": {"x"}}) == 1
+    assert sorted(entry.name for entry in folder.iterdir()) == ["current", "planted"]
 
 
 def test_images_are_named_by_their_id_in_the_registry():
