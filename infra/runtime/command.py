@@ -176,41 +176,82 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
         process = subprocess.Popen(
             list(request.argv), cwd=request.cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
-    except FileNotFoundError:
-        return _not_started(request, channel, base, host, f"infra: no such command: {request.argv[0]}",
-                            protocol.COMMAND_NOT_FOUND_EXIT_CODE)
-    except PermissionError:
-        return _not_started(request, channel, base, host, f"infra: not executable: {request.argv[0]}",
-                            protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE)
-    except OSError as exc:  # a missing working folder, an exec format error...
-        return _not_started(request, channel, base, host, f"infra: cannot run {request.argv[0]}: {exc.strerror or exc}",
-                            protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE)
+    except OSError as exc:
+        return _not_started(request, channel, base, host, *_why_not_started(request.argv[0], exc))
 
     lines: "queue.Queue[str | None]" = queue.Queue()
-    reader = threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True)
-    reader.start()
+    threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
     batcher = _Batcher(channel, base)
-    deadline = started + request.timeout if request.timeout else None
-    stopped_for: str | None = None  # "timeout" or "cancelled"
+    stopper = _Stopper(process, channel, deadline=started + request.timeout if request.timeout else None,
+                       next_check=started + CHECK_SECONDS)
+    _follow(process, lines, batcher, stopper)
+    seconds = round(time.monotonic() - started, 3)
+    batcher.flush()
+    status, exit_code = _ending(request, batcher, stopper.reason, process.wait())
+    batcher.flush()
+    end = {**base, "event": "end", "status": status, "exit_code": exit_code, "seconds": seconds, "host": host}
+    channel.finish(request.submission, end)
+    return end
+
+
+def _why_not_started(program: str, exc: OSError) -> tuple[str, int]:
+    """The line a run that could not start reports, and its exit code (as a shell's)."""
+    if isinstance(exc, FileNotFoundError):
+        return f"infra: no such command: {program}", protocol.COMMAND_NOT_FOUND_EXIT_CODE
+    if isinstance(exc, PermissionError):
+        return f"infra: not executable: {program}", protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE
+    # A missing working folder, an exec format error...
+    return f"infra: cannot run {program}: {exc.strerror or exc}", protocol.COMMAND_NOT_EXECUTABLE_EXIT_CODE
+
+
+@dataclass
+class _Stopper:
+    """Stops a run at its timeout or when the sweep is cancelled: SIGTERM to its process group,
+    then SIGKILL if it is still there `STOP_GRACE_SECONDS` later."""
+
+    process: subprocess.Popen
+    channel: Channel
+    deadline: float | None
+    next_check: float  # the channel is asked every CHECK_SECONDS, not at every turn
+    reason: str | None = None  # protocol.TIMEOUT or protocol.CANCELLED, once stopped
     kill_at: float | None = None
-    next_check = started + CHECK_SECONDS
-    exited_at: float | None = None
+
+    def check(self, now: float) -> None:
+        if self.reason is None:
+            if self.deadline is not None and now >= self.deadline:
+                self.reason = protocol.TIMEOUT
+            elif now >= self.next_check:
+                self.next_check = now + CHECK_SECONDS
+                if self.channel.should_stop():
+                    self.reason = protocol.CANCELLED
+            if self.reason is not None:
+                _signal_group(self.process, signal.SIGTERM)
+                self.kill_at = now + STOP_GRACE_SECONDS
+        elif self.kill_at is not None and now >= self.kill_at:
+            _signal_group(self.process, signal.SIGKILL)
+            self.kill_at = None
+
+
+def _take_lines(lines: "queue.Queue[str | None]", batcher: _Batcher) -> bool:
+    """Batch the lines read so far, waiting up to BATCH_SECONDS for the first; False once the output is closed."""
+    try:
+        line = lines.get(timeout=BATCH_SECONDS)
+        while line is not None:
+            batcher.add(line)
+            line = lines.get_nowait()  # whatever else is already there, without waiting
+        return False
+    except queue.Empty:
+        return True
+
+
+def _follow(process: subprocess.Popen, lines: "queue.Queue[str | None]", batcher: _Batcher,
+            stopper: _Stopper) -> None:
+    """Pass the output on and stop the run when it must, until the process ended and its output is read."""
     reading = True
+    exited_at: float | None = None
     while reading or process.poll() is None:
-        try:
-            line = lines.get(timeout=BATCH_SECONDS) if reading else None
-            if reading and line is None:
-                reading = False
-            elif line is not None:
-                batcher.add(line)
-                while True:  # whatever else is already there, without waiting
-                    more = lines.get_nowait()
-                    if more is None:
-                        reading = False
-                        break
-                    batcher.add(more)
-        except queue.Empty:
-            pass
+        if reading:
+            reading = _take_lines(lines, batcher)
         if not reading and process.poll() is None:
             # Output closed, the process not reaped yet (or still running): wait for it, not the
             # pipe, returning the moment it ends.
@@ -221,19 +262,7 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
         if batcher.due():
             batcher.flush()
         now = time.monotonic()
-        if stopped_for is None:
-            if deadline is not None and now >= deadline:
-                stopped_for = protocol.TIMEOUT
-            elif now >= next_check:
-                next_check = now + CHECK_SECONDS
-                if channel.should_stop():
-                    stopped_for = protocol.CANCELLED
-            if stopped_for is not None:
-                _signal_group(process, signal.SIGTERM)
-                kill_at = now + STOP_GRACE_SECONDS
-        elif kill_at is not None and now >= kill_at:
-            _signal_group(process, signal.SIGKILL)
-            kill_at = None
+        stopper.check(now)
         if process.poll() is not None and reading:
             # The process ended but something it started still holds the pipe: read a little
             # more, then stop the whole group so the run can end.
@@ -241,22 +270,18 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
             if now - exited_at > EXIT_GRACE_SECONDS:
                 _signal_group(process, signal.SIGKILL)
                 reading = False  # a process of another session may keep it: the reader is left to it
-    seconds = round(time.monotonic() - started, 3)
-    batcher.flush()
-    returncode = process.wait()
+
+
+def _ending(request: RunRequest, batcher: _Batcher, stopped_for: str | None, returncode: int) -> tuple[str, int]:
+    """The run's status and exit code; why infra stopped it, if it did, goes to its output."""
     if stopped_for == protocol.TIMEOUT:
         batcher.add(f"infra: stopped after the run's timeout of {request.timeout:g} s")
-        status, exit_code = protocol.TIMEOUT, protocol.TIMEOUT_EXIT_CODE
-    elif stopped_for == protocol.CANCELLED:
+        return protocol.TIMEOUT, protocol.TIMEOUT_EXIT_CODE
+    if stopped_for == protocol.CANCELLED:
         batcher.add("infra: stopped: the sweep was interrupted")
-        status, exit_code = protocol.CANCELLED, _exit_code(returncode)
-    else:
-        exit_code = _exit_code(returncode)
-        status = protocol.OK if exit_code == 0 else protocol.FAILED
-    batcher.flush()
-    end = {**base, "event": "end", "status": status, "exit_code": exit_code, "seconds": seconds, "host": host}
-    channel.finish(request.submission, end)
-    return end
+        return protocol.CANCELLED, _exit_code(returncode)
+    exit_code = _exit_code(returncode)
+    return (protocol.OK if exit_code == 0 else protocol.FAILED), exit_code
 
 
 def _not_started(request: RunRequest, channel: Channel, base: dict, host: str, message: str, exit_code: int) -> dict:
