@@ -14,7 +14,7 @@ from datetime import datetime, timezone
 from typing import Callable
 
 from ..commands.engine import ListContainers, Logs
-from ..config import Cluster
+from ..config import Cluster, Host
 from ..errors import ConfigError, InfraError, one_line, without_host
 from ..facts.containers import parse_container_list
 from ..facts.status import expected_containers
@@ -160,72 +160,90 @@ def show_logs(
     departed = departed_hosts(cluster, manifest)
     selection = log_target(cluster, target, list(departed))
     hosts = [cluster.hosts.get(name) or departed[name] for name in selection.hosts]
-    all_ok = True
 
     with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts)
         for name, err in sorted(opened.failed.items()):
             warn(f"{name}: unreachable, its logs are left out ({without_host(name, one_line(err))})")
-            all_ok = False
-
-        def find(host) -> list[tuple[str, str]]:
-            listed = parse_container_list(pool[host.name].engine.query(ListContainers(cluster.name)))
-            return [(host.name, c.name) for c in listed if selection.matches(c.name, c.role, host.name)]
-
-        listed = run_concurrently([h for h in hosts if h.name in opened.succeeded], find, key=lambda h: h.name)
-        for name, err in sorted(listed.failed.items()):
-            warn(f"{name}: cannot list containers ({without_host(name, one_line(err))})")
-            all_ok = False
-        chosen = [pair for host in hosts for pair in listed.succeeded.get(host.name, [])]
+        reachable = [h for h in hosts if h.name in opened.succeeded]
+        chosen, all_listed = _find_containers(pool, cluster, reachable, selection, warn)
         if not chosen:
             what = f"matching {target!r} " if target else ""
             raise InfraError(f"no container {what}of cluster {cluster.name} found on the hosts that answered")
         host_width = max(len(h) for h, _ in chosen)
         container_width = max(len(c) for _, c in chosen)
+
+        def shown(line: LogLine) -> str:
+            return format_log_line(line, host_width, container_width, timestamps)
+
         ops = {pair: Logs(pair[1], tail=tail, since=since_time, follow=follow) for pair in chosen}
+        if follow:
+            _stream_logs(pool, ops, shown, emit)
+            all_read = True
+        else:
+            all_read = _print_merged_logs(pool, ops, shown, emit, warn)
+    return not opened.failed and all_listed and all_read
 
-        if not follow:
-            def read(pair: tuple[str, str]) -> list[str]:
-                lines: list[str] = []
-                pool[pair[0]].engine.logs(ops[pair], lines.append)
-                return lines
 
-            got = run_concurrently(chosen, read, key=lambda pair: pair)
-            for (host, container), err in got.failed.items():
-                warn(f"{host}: logs of {container}: {without_host(host, one_line(err))}")
-                all_ok = False
-            for line in merge_logs(got.succeeded):
-                emit(format_log_line(line, host_width, container_width, timestamps))
-            return all_ok
+def _find_containers(pool: ConnectionPool, cluster: Cluster, hosts: list[Host], selection: LogTarget,
+                     warn: Callable[[str], None]) -> tuple[list[tuple[str, str]], bool]:
+    """The (host, container) pairs the selection means, in the hosts' order; True if every host listed its own."""
+    def find(host: Host) -> list[tuple[str, str]]:
+        listed = parse_container_list(pool[host.name].engine.query(ListContainers(cluster.name)))
+        return [(host.name, c.name) for c in listed if selection.matches(c.name, c.role, host.name)]
 
-        lock = threading.Lock()
-        stop = threading.Event()
+    listed = run_concurrently(hosts, find, key=lambda h: h.name)
+    for name, err in sorted(listed.failed.items()):
+        warn(f"{name}: cannot list containers ({without_host(name, one_line(err))})")
+    return [pair for host in hosts for pair in listed.succeeded.get(host.name, [])], not listed.failed
 
-        def stream(pair: tuple[str, str]) -> None:
-            host, container = pair
 
-            def printer(raw: str) -> None:
-                _, stamp, text = split_timestamp(raw)
-                with lock:
-                    emit(format_log_line(LogLine(host, container, text, stamp), host_width, container_width, timestamps))
+def _print_merged_logs(pool: ConnectionPool, ops: dict[tuple[str, str], Logs], shown: Callable[[LogLine], str],
+                       emit: Callable[[str], None], warn: Callable[[str], None]) -> bool:
+    """Read every container's logs to their end, then print them merged in time order; True if all were read."""
+    def read(pair: tuple[str, str]) -> list[str]:
+        lines: list[str] = []
+        pool[pair[0]].engine.logs(ops[pair], lines.append)
+        return lines
 
-            try:
-                pool[host].engine.logs(ops[pair], printer, stop)
-            except (InfraError, OSError, EOFError):
-                pass  # the connection went away (host lost)
+    got = run_concurrently(list(ops), read, key=lambda pair: pair)
+    for (host, container), err in got.failed.items():
+        warn(f"{host}: logs of {container}: {without_host(host, one_line(err))}")
+    for line in merge_logs(got.succeeded):
+        emit(shown(line))
+    return not got.failed
 
-        threads = [threading.Thread(target=stream, args=(pair,), daemon=True) for pair in chosen]
-        for thread in threads:
-            thread.start()
+
+def _stream_logs(pool: ConnectionPool, ops: dict[tuple[str, str], Logs], shown: Callable[[LogLine], str],
+                 emit: Callable[[str], None]) -> None:
+    """Print every container's lines as they come, until all streams end or Ctrl-C."""
+    lock = threading.Lock()
+    stop = threading.Event()
+
+    def stream(pair: tuple[str, str]) -> None:
+        host, container = pair
+
+        def printer(raw: str) -> None:
+            _, stamp, text = split_timestamp(raw)
+            with lock:
+                emit(shown(LogLine(host, container, text, stamp)))
+
         try:
-            while any(thread.is_alive() for thread in threads):
-                for thread in threads:
-                    thread.join(0.2)
-        except KeyboardInterrupt:
-            pass  # Ctrl-C is how `logs -f` ends
-        finally:
-            stop.set()  # every stream closes, and the engines stop sending
-            deadline = time.monotonic() + 5
+            pool[host].engine.logs(ops[pair], printer, stop)
+        except (InfraError, OSError, EOFError):
+            pass  # the connection went away (host lost)
+
+    threads = [threading.Thread(target=stream, args=(pair,), daemon=True) for pair in ops]
+    for thread in threads:
+        thread.start()
+    try:
+        while any(thread.is_alive() for thread in threads):
             for thread in threads:
-                thread.join(max(0.0, deadline - time.monotonic()))
-    return all_ok
+                thread.join(0.2)
+    except KeyboardInterrupt:
+        pass  # Ctrl-C is how `logs -f` ends
+    finally:
+        stop.set()  # every stream closes, and the engines stop sending
+        deadline = time.monotonic() + 5
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
