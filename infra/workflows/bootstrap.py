@@ -30,7 +30,7 @@ from ..plans.bootstrap import (
     step_result,
 )
 from ..transport.connection import Connection
-from ..transport.pool import ConnectionPool, run_concurrently
+from ..transport.pool import ConnectionPool, GroupResult, run_concurrently
 from ..transport.result import CommandResult
 from ..ui.reporter import Reporter
 
@@ -128,61 +128,23 @@ def bootstrap_hosts(
     """Probe, plan and (unless dry_run) bootstrap every host at once; failures are outcomes.
 
     `nvidia_hosts` also get the NVIDIA container toolkit (`bootstrap --nvidia`)."""
-    source = cluster.spec.docker.source
-    # `up` sends shipped images through a registry it runs here: this machine gets docker-registry.
-    shipping = cluster.spec.images.source == "ship"
     outcomes: dict[str, BootstrapOutcome] = {}
     with ConnectionPool.for_cluster(cluster) as pool:
         opened = pool.open(hosts)
         for name, err in opened.failed.items():
             outcomes[name] = _failed(name, err)
         reachable = [h for h in hosts if h.name in opened.succeeded]
-
-        def probe(host: Host) -> Plan:
-            result = pool[host.name].run(probe_argv(), timeout=PROBE_TIMEOUT, check=False)
-            try:
-                state = parse_probe(result.stdout)
-            except ValueError as exc:
-                raise InfraError(f"could not read the host's state ({exc}): {last_line(result.output)}") from None
-            return plan_bootstrap(host.name, state, source, nvidia=host.name in nvidia_hosts,
-                                  registry=host.is_local and shipping)
-
-        probed = run_concurrently(reachable, probe, key=lambda h: h.name)
+        probed = _probe_and_plan(pool, cluster, reachable, nvidia_hosts)
         for name, err in probed.failed.items():
             outcomes[name] = _failed(name, err)
         plans: dict[str, Plan] = probed.succeeded
-        for name, plan in plans.items():
-            if plan.error:
-                outcomes[name] = BootstrapOutcome(name, "failed", error=plan.error)
-            elif plan.nothing_to_do:
-                outcomes[name] = BootstrapOutcome(name, "already there", plan.state.engine_version,
-                                                  note=_group_note(pool[name].host, plan))
-            elif dry_run:
-                outcomes[name] = BootstrapOutcome(name, "would change", plan.state.engine_version,
-                                                  [s.title for s in plan.steps if s.key != "sudo-check"])
+        outcomes.update(_settled_by_plans(pool, plans, dry_run))
         todo = [plan for name, plan in plans.items() if name not in outcomes]
-
-        password = None
-        # A sudo password goes only to a host whose key was known before this run: one learned
-        # just now (first use) may belong to whoever answered for the address.
-        for plan in [p for p in todo if p.needs_password]:
-            learned = getattr(pool[plan.host], "learned_host_key", None)
-            if learned:
-                outcomes[plan.host] = BootstrapOutcome(plan.host, "failed", error=(
-                    f"its host key ({learned}) was first seen in this run: a sudo password is only sent to a "
-                    f"host whose key was known before; check the key (now in your known hosts file) and run "
-                    f"bootstrap again (nothing was changed)"))
+        outcomes.update(_refused_a_password(pool, todo))
         todo = [p for p in todo if p.host not in outcomes]
-        needing = [p for p in todo if p.needs_password]
-        if needing:
-            who = [f"{p.state.user}@{p.host}" for p in needing]
-            password = ask_password(who)
-            if password is None:
-                for plan in needing:
-                    outcomes[plan.host] = BootstrapOutcome(plan.host, "failed", error=(
-                        f"{plan.state.user} needs a sudo password: run bootstrap in a terminal to be asked "
-                        f"for it, or pass --sudo-password-stdin (nothing was changed)"))
-                todo = [p for p in todo if not p.needs_password]
+        password, unasked = _sudo_password(todo, ask_password)
+        outcomes.update(unasked)
+        todo = [p for p in todo if p.host not in outcomes]
 
         done = run_concurrently(todo, lambda plan: execute_plan(pool[plan.host], plan, password, reporter),
                                 key=lambda plan: plan.host)
@@ -190,6 +152,67 @@ def bootstrap_hosts(
         for name, err in done.failed.items():
             outcomes[name] = _failed(name, err)
     return {h.name: outcomes[h.name] for h in hosts}
+
+
+def _probe_and_plan(pool: ConnectionPool, cluster: Cluster, hosts: list[Host],
+                    nvidia_hosts: frozenset[str]) -> GroupResult:
+    """Each host's plan, from its probe (read-only, as the SSH user), all hosts at once."""
+    source = cluster.spec.docker.source
+    # `up` sends shipped images through a registry it runs here: this machine gets docker-registry.
+    shipping = cluster.spec.images.source == "ship"
+
+    def probe(host: Host) -> Plan:
+        result = pool[host.name].run(probe_argv(), timeout=PROBE_TIMEOUT, check=False)
+        try:
+            state = parse_probe(result.stdout)
+        except ValueError as exc:
+            raise InfraError(f"could not read the host's state ({exc}): {last_line(result.output)}") from None
+        return plan_bootstrap(host.name, state, source, nvidia=host.name in nvidia_hosts,
+                              registry=host.is_local and shipping)
+
+    return run_concurrently(hosts, probe, key=lambda h: h.name)
+
+
+def _settled_by_plans(pool: ConnectionPool, plans: dict[str, Plan], dry_run: bool) -> dict[str, BootstrapOutcome]:
+    """The outcomes known without running a step: a plan that failed, nothing to do, or a dry run."""
+    outcomes = {}
+    for name, plan in plans.items():
+        if plan.error:
+            outcomes[name] = BootstrapOutcome(name, "failed", error=plan.error)
+        elif plan.nothing_to_do:
+            outcomes[name] = BootstrapOutcome(name, "already there", plan.state.engine_version,
+                                              note=_group_note(pool[name].host, plan))
+        elif dry_run:
+            outcomes[name] = BootstrapOutcome(name, "would change", plan.state.engine_version,
+                                              [s.title for s in plan.steps if s.key != "sudo-check"])
+    return outcomes
+
+
+def _refused_a_password(pool: ConnectionPool, todo: list[Plan]) -> dict[str, BootstrapOutcome]:
+    """A sudo password goes only to a host whose key was known before this run: one learned just
+    now (first use) may belong to whoever answered for the address."""
+    outcomes = {}
+    for plan in [p for p in todo if p.needs_password]:
+        learned = getattr(pool[plan.host], "learned_host_key", None)
+        if learned:
+            outcomes[plan.host] = BootstrapOutcome(plan.host, "failed", error=(
+                f"its host key ({learned}) was first seen in this run: a sudo password is only sent to a "
+                f"host whose key was known before; check the key (now in your known hosts file) and run "
+                f"bootstrap again (nothing was changed)"))
+    return outcomes
+
+
+def _sudo_password(todo: list[Plan], ask_password: PasswordSource) -> tuple[str | None, dict[str, BootstrapOutcome]]:
+    """The sudo password, asked once if a host needs one; without it, those hosts fail unchanged."""
+    needing = [p for p in todo if p.needs_password]
+    if not needing:
+        return None, {}
+    password = ask_password([f"{p.state.user}@{p.host}" for p in needing])
+    if password is not None:
+        return password, {}
+    return None, {plan.host: BootstrapOutcome(plan.host, "failed", error=(
+        f"{plan.state.user} needs a sudo password: run bootstrap in a terminal to be asked "
+        f"for it, or pass --sudo-password-stdin (nothing was changed)")) for plan in needing}
 
 
 def password_source(from_stdin: bool) -> PasswordSource:
