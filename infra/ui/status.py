@@ -91,18 +91,34 @@ def _yes_no(value: bool | None) -> str:
 
 def render_table(status: ClusterStatus) -> str:
     """The people's view: hosts, containers, workers, queues, then the problems and the verdict."""
+    lines = [_headline(status), f"flower: {status.flower_url}"]
+    lines += ["", "HOSTS", *_host_table(status)]
+    lines += ["", "CONTAINERS", *_container_table(status)]
+    lines += ["", "WORKERS" + ("" if status.celery_error is None else f" (celery: {status.celery_error})")]
+    lines += _table(["worker", "online", "active", "processed"],
+                    [[w.name, _yes_no(w.online), _count(w.active), _count(w.processed)] for w in status.workers])
+    lines += ["", "QUEUES" + ("" if status.broker_error is None else f" (rabbitmq: {status.broker_error})")]
+    lines += _queue_table(status)
+    if status.volunteers:
+        lines += ["", "VOLUNTEERS"]
+        lines += _table(["volunteer", "state", "joined", "last seen", "arch", "workers", "tasks done"],
+                        [[v.name, v.state, v.joined or "-", v.last_seen or "-", v.arch or "-", str(len(v.workers)),
+                          _count(v.tasks_done)] for v in status.volunteers])
+    lines += ["", *_verdict(status)]
+    return "\n".join(lines)
+
+
+def _headline(status: ClusterStatus) -> str:
     reachable = sum(1 for h in status.hosts if h.reachable)
     expected = [c for c in status.containers if c.expected]
     up = sum(1 for c in expected if c.state == "running")
     expected_workers = [w for w in status.workers if w.expected]
     online = sum(1 for w in expected_workers if w.online)
-    lines = [
-        f"cluster {status.cluster}: {reachable}/{len(status.hosts)} hosts reachable, "
-        f"{up}/{len(expected)} containers running, {online}/{len(expected_workers)} workers online",
-        f"flower: {status.flower_url}",
-        "",
-        "HOSTS",
-    ]
+    return (f"cluster {status.cluster}: {reachable}/{len(status.hosts)} hosts reachable, "
+            f"{up}/{len(expected)} containers running, {online}/{len(expected_workers)} workers online")
+
+
+def _host_table(status: ClusterStatus) -> list[str]:
     host_rows = []
     for h in status.hosts:
         roles = ", ".join(h.roles) if h.in_cluster_file else "(left the cluster file)"
@@ -118,9 +134,10 @@ def render_table(status: ClusterStatus) -> str:
         host_headers.append("gpus")
         for row, h in zip(host_rows, status.hosts):
             row.append(summarize_gpus(h.gpus or []))
-    lines += _table(host_headers, host_rows)
+    return _table(host_headers, host_rows)
 
-    lines += ["", "CONTAINERS"]
+
+def _container_table(status: ClusterStatus) -> list[str]:
     container_rows = []
     for c in status.containers:
         state = c.state if c.state == "running" else c.state.upper()
@@ -130,32 +147,20 @@ def render_table(status: ClusterStatus) -> str:
             state += " (not in the cluster file)"
         container_rows.append([c.name, c.host, c.role, state, c.health or "-",
                                format_duration(c.uptime_seconds), c.image or "-"])
-    lines += _table(["container", "host", "role", "state", "health", "uptime", "image"], container_rows)
+    return _table(["container", "host", "role", "state", "health", "uptime", "image"], container_rows)
 
-    lines += ["", "WORKERS" + ("" if status.celery_error is None else f" (celery: {status.celery_error})")]
-    worker_rows = [[w.name, _yes_no(w.online), "-" if w.active is None else str(w.active),
-                    "-" if w.processed is None else str(w.processed)] for w in status.workers]
-    lines += _table(["worker", "online", "active", "processed"], worker_rows)
 
-    lines += ["", "QUEUES" + ("" if status.broker_error is None else f" (rabbitmq: {status.broker_error})")]
+def _queue_table(status: ClusterStatus) -> list[str]:
+    """The work queues (Celery's own are left out); a note when there is none yet."""
     work_queues = [q for q in status.queues if not q.internal]
     if work_queues:
-        lines += _table(["queue", "messages", "ready", "unacked", "consumers"],
-                        [[q.name, str(q.messages), _count(q.ready), _count(q.unacked), str(q.consumers)]
-                         for q in work_queues])
-    elif status.broker_error is None:
-        lines.append("  (no queue yet)")
+        return _table(["queue", "messages", "ready", "unacked", "consumers"],
+                      [[q.name, str(q.messages), _count(q.ready), _count(q.unacked), str(q.consumers)]
+                       for q in work_queues])
+    return ["  (no queue yet)"] if status.broker_error is None else []
 
-    if status.volunteers:
-        lines += ["", "VOLUNTEERS"]
-        lines += _table(["volunteer", "state", "joined", "last seen", "arch", "workers", "tasks done"],
-                        [[v.name, v.state, v.joined or "-", v.last_seen or "-", v.arch or "-", str(len(v.workers)),
-                          _count(v.tasks_done)] for v in status.volunteers])
 
-    lines.append("")
+def _verdict(status: ClusterStatus) -> list[str]:
     if status.ok:
-        lines.append("all running")
-    else:
-        lines.append(f"{len(status.problems)} problem(s):")
-        lines += [f"  - {p}" for p in status.problems]
-    return "\n".join(lines)
+        return ["all running"]
+    return [f"{len(status.problems)} problem(s):", *(f"  - {p}" for p in status.problems)]
