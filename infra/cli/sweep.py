@@ -5,11 +5,16 @@ from __future__ import annotations
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from ..errors import ConfigError
 from .options import cluster_file_option, handle_errors, load_cluster_file
+
+if TYPE_CHECKING:
+    from ..config import Cluster
+    from ..workflows.sweep import SweepOptions, SweepPlan
 
 PROGRESS_EVERY = 10.0  # seconds between progress lines when stderr is not a terminal
 
@@ -82,7 +87,7 @@ def sweep(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: 
       infra sweep -f cluster.yaml parameters.yml --resume --retries 1 -q -- python train.py
     """
     from ..sweep.results import SortSpec
-    from ..workflows.sweep import SweepOptions, dry_run_lines, prepare_sweep, run_sweep, summary_lines
+    from ..workflows.sweep import SweepOptions, dry_run_lines, prepare_sweep
 
     try:
         sort = SortSpec.parse(sort_by) if sort_by is not None else None
@@ -96,16 +101,20 @@ def sweep(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: 
         for line in dry_run_lines(plan):
             click.echo(line)
         return
+    sys.exit(_run_sweep(cluster, plan, options, quiet))
+
+
+def _run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, quiet: bool) -> int:
+    """Run the sweep, its output (or a progress line) on the terminal, then its summary; its exit code."""
+    from ..workflows.sweep import resume_note, run_sweep, summary_lines
 
     def note(message: str) -> None:
         click.echo(f"infra: {message}", err=True)
 
     progress = _Progress() if quiet else None
-    if plan.selection.done and plan.selection.to_run:
-        note(f"--resume: {len(plan.selection.done)} of {len(plan.runs)} combinations finished ok earlier; "
-             f"running the other {len(plan.selection.to_run)}")
-    elif plan.selection.done:
-        note(f"--resume: all {len(plan.runs)} combinations finished ok earlier: nothing to run")
+    resumed = resume_note(plan)
+    if resumed is not None:
+        note(resumed)
     summary = run_sweep(cluster, plan, options, out=click.echo, err=lambda line: click.echo(line, err=True),
                         note=note if progress is None else progress.wrap(note),
                         status=progress.show if progress else None, quiet=quiet)
@@ -113,7 +122,7 @@ def sweep(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: 
         progress.done()
     for line in summary_lines(plan, summary):
         click.echo(line)
-    sys.exit(summary.exit_code)
+    return summary.exit_code
 
 
 class _Progress:

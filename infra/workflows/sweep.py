@@ -157,6 +157,17 @@ def dry_run_lines(plan: SweepPlan) -> list[str]:
     return lines
 
 
+def resume_note(plan: SweepPlan) -> str | None:
+    """What `--resume` found of an earlier sweep, said before this one starts; None without it."""
+    done, to_run = plan.selection.done, plan.selection.to_run
+    if done and to_run:
+        return (f"--resume: {len(done)} of {len(plan.runs)} combinations finished ok earlier; "
+                f"running the other {len(to_run)}")
+    if done:
+        return f"--resume: all {len(plan.runs)} combinations finished ok earlier: nothing to run"
+    return None
+
+
 # --------------------------------------------------------------------------- the recorder
 
 

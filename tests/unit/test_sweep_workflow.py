@@ -33,6 +33,7 @@ from infra.workflows.sweep import (
     SweepRecorder,
     dry_run_lines,
     prepare_sweep,
+    resume_note,
     run_sweep,
     summary_lines,
 )
@@ -119,6 +120,8 @@ def test_resume_reads_the_earlier_csv_and_lists_only_what_is_left(cluster):
     assert [r.index for r in again.selection.done] == [1, 4]
     assert [r.index for r in again.selection.to_run] == [2, 3]
     assert dry_run_lines(again)[1] == "--resume: 2 of 4 finished ok earlier (output/sweep-parameters.csv); 2 to run"
+    assert resume_note(again) == "--resume: 2 of 4 combinations finished ok earlier; running the other 2"
+    assert resume_note(plan) is None
 
 
 def test_bad_options_are_one_line_each(cluster):
