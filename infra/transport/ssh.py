@@ -135,45 +135,17 @@ class SSHConnection(Connection):
         if stdin is not None:
             writer = threading.Thread(target=_feed_channel, args=(channel, stdin), daemon=True)
             writer.start()
-        deadline = time.monotonic() + timeout if timeout else None
-        timed_out = False
-        exited_at = 0.0
-        while True:
-            got = False
-            while channel.recv_ready():
-                chunk = channel.recv(65536)
-                out.extend(chunk)
-                out_lines.feed(chunk)
-                got = True
-            while channel.recv_stderr_ready():
-                chunk = channel.recv_stderr(65536)
-                err.extend(chunk)
-                err_lines.feed(chunk)
-                got = True
-            drained = not channel.recv_ready() and not channel.recv_stderr_ready()
-            # The exit status may arrive before the last output (sshd sends it when the
-            # command exits, not when its pipes are drained): read on until EOF. A command
-            # that leaves a background process holding its output gets a short grace instead.
-            if drained and (channel.eof_received or channel.closed):
-                break
-            if channel.exit_status_ready():
-                exited_at = exited_at or time.monotonic()
-                if drained and time.monotonic() - exited_at > EOF_GRACE_AFTER_EXIT:
-                    break
-            if deadline and time.monotonic() > deadline:
-                timed_out = True
-                break
-            if not got:
-                select.select([channel], [], [], 0.05)
+        ended = _read_until_done(channel, (out, out_lines), (err, err_lines),
+                                 deadline=time.monotonic() + timeout if timeout else None)
         out_lines.close()
         err_lines.close()
-        if timed_out:
+        if ended:
+            code = channel.recv_exit_status()
+            channel.close()
+        else:
             channel.close()
             code = 124
             err.extend(f"timed out after {timeout:g} s".encode())
-        else:
-            code = channel.recv_exit_status()
-            channel.close()
         if writer:
             writer.join(timeout=5)
         result = CommandResult(code, out.decode(errors="replace"), err.decode(errors="replace"))
@@ -223,6 +195,40 @@ def _nodelay_socket(host: str, port: int, timeout: float) -> socket.socket:
         sock = _QuickAckSocket(sock.family, sock.type, sock.proto, fileno=sock.detach())
         sock.settimeout(timeout)
     return sock
+
+
+def _read_until_done(channel, stdout: tuple[bytearray, LineBuffer], stderr: tuple[bytearray, LineBuffer],
+                     deadline: float | None) -> bool:
+    """Collect a command's output until it ended; False if `deadline` came first."""
+    exited_at = 0.0
+    while True:
+        got_out = _take_ready(channel.recv_ready, channel.recv, *stdout)
+        got_err = _take_ready(channel.recv_stderr_ready, channel.recv_stderr, *stderr)
+        drained = not channel.recv_ready() and not channel.recv_stderr_ready()
+        # The exit status may arrive before the last output (sshd sends it when the
+        # command exits, not when its pipes are drained): read on until EOF. A command
+        # that leaves a background process holding its output gets a short grace instead.
+        if drained and (channel.eof_received or channel.closed):
+            return True
+        if channel.exit_status_ready():
+            exited_at = exited_at or time.monotonic()
+            if drained and time.monotonic() - exited_at > EOF_GRACE_AFTER_EXIT:
+                return True
+        if deadline and time.monotonic() > deadline:
+            return False
+        if not (got_out or got_err):
+            select.select([channel], [], [], 0.05)
+
+
+def _take_ready(ready, receive, collected: bytearray, lines: LineBuffer) -> bool:
+    """Take what one of the channel's streams holds now, without waiting; True if it held anything."""
+    got = False
+    while ready():
+        chunk = receive(65536)
+        collected.extend(chunk)
+        lines.feed(chunk)
+        got = True
+    return got
 
 
 def _feed_channel(channel, stdin: bytes | IO[bytes]) -> None:
