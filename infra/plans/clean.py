@@ -85,20 +85,34 @@ def plan_clean(
                                           timeout=CLEAN_TIMEOUT))
     if record is None:
         return plan
-    # (folder deleted, the folder whose marker must name the cluster or None, the record it settles)
+    for folder, (owner, entries) in _folders_to_remove(plan, record, files=files, state_dir=state_dir).items():
+        command = (file_commands.remove_owned_folder(folder, owner, cluster) if owner is not None
+                   else file_commands.remove_folder(folder))
+        plan.folders.append(FolderRemoval(folder, shell_step(f"folder {folder}", command, *entries,
+                                                             timeout=CLEAN_TIMEOUT)))
+    return plan
+
+
+def _folders_to_remove(plan: CleanPlan, record: HostRecord, *, files: bool,
+                       state_dir: str) -> dict[str, tuple[str | None, list[Record]]]:
+    """{folder to delete: (the folder whose marker must name the cluster, or None; the records it
+    settles)}. A recorded folder that may not be deleted is refused in `plan`, and only forgotten."""
+    host = plan.host
     targets: dict[str, tuple[str | None, list[Record]]] = {}
 
     def target(folder: str, owner: str | None, entry: Record) -> None:
         targets.setdefault(folder, (owner, []))[1].append(entry)
 
+    def refuse(folder: str, why: str, entry: Record) -> None:
+        plan.refused.append(f"{folder} ({why})")
+        plan.steps.append(Step(f"forget {folder}", records=(entry,)))
+
     for folder in record.secret_dirs:
         entry = Record("remove_secret_dir", folder)
         if not safe_to_delete(folder):
-            plan.refused.append(f"{folder} (not an absolute path two levels deep)")
-            plan.steps.append(Step(f"forget {folder}", records=(entry,)))
+            refuse(folder, "not an absolute path two levels deep", entry)
         elif host == LOCAL and not _inside(folder, state_dir):
-            plan.refused.append(f"{folder} (not inside the state dir {state_dir})")
-            plan.steps.append(Step(f"forget {folder}", records=(entry,)))
+            refuse(folder, f"not inside the state dir {state_dir}", entry)
         else:
             target(folder, None if host == LOCAL else posixpath.dirname(folder.rstrip("/")), entry)
     if files:
@@ -107,13 +121,7 @@ def plan_clean(
             owner = posixpath.dirname(copy.rstrip("/"))
             if host == LOCAL or not safe_to_delete(copy) or not safe_to_delete(owner):
                 why = "the project is used in place here" if host == LOCAL else "not an absolute path two levels deep"
-                plan.refused.append(f"{copy} ({why})")
-                plan.steps.append(Step(f"forget {copy}", records=(entry,)))
+                refuse(copy, why, entry)
             else:
                 target(owner, owner, entry)
-    for folder, (owner, entries) in targets.items():
-        command = (file_commands.remove_owned_folder(folder, owner, cluster) if owner is not None
-                   else file_commands.remove_folder(folder))
-        plan.folders.append(FolderRemoval(folder, shell_step(f"folder {folder}", command, *entries,
-                                                             timeout=CLEAN_TIMEOUT)))
-    return plan
+    return targets
