@@ -8,7 +8,6 @@ from __future__ import annotations
 
 LABEL_CLUSTER = "infra.cluster"
 LABEL_ROLE = "infra.role"
-LABEL_HOST = "infra.host"
 LABEL_SPEC = "infra.spec"  # hash of a container's full settings and image id
 LABEL_CONTEXT = "infra.context"  # on built images: hash of the build context and arguments
 

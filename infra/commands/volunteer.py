@@ -45,10 +45,6 @@ def close_user_connections(cluster: str, user: str) -> Exec:
                 ("rabbitmqctl", "close_all_user_connections", user, "revoked by the cluster"))
 
 
-def list_broker_users(cluster: str) -> Exec:
-    return Exec(container_name(cluster, "broker"), ("rabbitmqctl", "list_users", "--quiet", "--formatter", "json"))
-
-
 def results_users(cluster: str, want: dict[str, list[str]], drop: list[str]) -> Exec:
     return Exec(container_name(cluster, "master"),
                 ("python", "-c", RESULTS_USERS, json.dumps(want, sort_keys=True), json.dumps(sorted(drop))))

@@ -93,11 +93,6 @@ def parse_celery_probe(output: str) -> CeleryView:
     return CeleryView(active_counts(data.get("active")), processed_counts(data.get("stats")))
 
 
-def parse_celery_cli(active_output: str, stats_output: str) -> CeleryView:
-    """The same view from `celery inspect active --json` and `celery inspect stats --json` outputs."""
-    return CeleryView(active_counts(last_json_line(active_output)), processed_counts(last_json_line(stats_output)))
-
-
 @dataclass(frozen=True)
 class QueueStatus:
     name: str

@@ -1,7 +1,7 @@
 """Why a host's Docker does not answer, told from what the `docker` command printed.
 
-The same words come from `docker version` in a shell probe and from `docker system dial-stdio`,
-the command that carries infra's Engine API requests over SSH. Pure: text in, a reason out.
+Read from what `docker system dial-stdio` printed, the command that carries infra's Engine API
+requests over SSH (`docker version` says the same words). Pure: text in, a reason out.
 """
 
 from __future__ import annotations
@@ -43,16 +43,3 @@ def docker_problem(text: str, exit_code: int | None = None) -> str:
         return NOT_INSTALLED
     return lines[-1] if lines else NO_ANSWER
 
-
-def parse_docker_version(text: str) -> tuple[str | None, str]:
-    """`docker version --format '{{.Server.Version}}' 2>&1; echo exit=$?` output: (version or None, problem).
-
-    Without a final `exit=0` line the output is not trusted as a version.
-    """
-    lines = [line for line in text.strip().splitlines() if line.strip()]
-    exit_line = lines[-1] if lines and lines[-1].startswith("exit=") else "exit=1"
-    body = [line for line in lines if not line.startswith("exit=")]
-    if exit_line == "exit=0" and body:
-        return body[-1].strip(), ""
-    code = exit_line[len("exit="):].strip()
-    return None, docker_problem("\n".join(body), int(code) if code.isdigit() else None)

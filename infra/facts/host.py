@@ -60,10 +60,6 @@ class HostFacts:
         image = self.images.get(ref)
         return image.id if image else None
 
-    def image_label(self, ref: str, key: str) -> str | None:
-        image = self.images.get(ref)
-        return image.labels.get(key) if image else None
-
     @property
     def image_ids(self) -> dict[str, str | None]:
         return {ref: self.image_id(ref) for ref in self.images}

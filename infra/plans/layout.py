@@ -34,11 +34,6 @@ class HostLayout:
         """The file naming the cluster that owns `root` (remote hosts)."""
         return posixpath.join(self.root, file_commands.MARKER_FILE)
 
-    @property
-    def mount_point(self) -> str:
-        """`output` in the project: where the output folder is mounted, so it must exist."""
-        return posixpath.join(self.project_dir, OUTPUT_FOLDER)
-
 
 # The cluster folder's own entries: a project folder named like one of them goes to `project` instead.
 _CLUSTER_FOLDER_ENTRIES = (OUTPUT_FOLDER, ".infra", file_commands.MARKER_FILE)

@@ -34,7 +34,6 @@ KEYS_EXPIRE_SECONDS = 7 * 24 * 3600  # a sweep's leftovers in Redis go away on t
 
 # Statuses of a finished run, as the CSV shows them.
 OK, FAILED, TIMEOUT, CANCELLED = "ok", "failed", "timeout", "cancelled"
-FINAL_STATUSES = (OK, FAILED, TIMEOUT)
 TIMEOUT_EXIT_CODE = 124  # as timeout(1)
 COMMAND_NOT_FOUND_EXIT_CODE = 127  # as a shell says
 COMMAND_NOT_EXECUTABLE_EXIT_CODE = 126

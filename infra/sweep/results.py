@@ -74,13 +74,6 @@ class MetricsReader:
         return dict(self.last_json) if self.last_json is not None else dict(self.pairs)
 
 
-def parse_metrics(lines: Iterable[str]) -> dict[str, Any]:
-    reader = MetricsReader()
-    for line in lines:
-        reader.feed(line)
-    return reader.metrics
-
-
 def metric_text(value: Any) -> str:
     """A metric as a CSV cell: numbers as Python writes them, text as is, anything else as JSON."""
     if isinstance(value, bool):

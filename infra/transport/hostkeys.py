@@ -31,11 +31,6 @@ def fingerprint(key: paramiko.PKey) -> str:
     return "SHA256:" + base64.b64encode(hashlib.sha256(key.asbytes()).digest()).decode().rstrip("=")
 
 
-def known_hosts_entry(address: str, port: int) -> str:
-    """The name a host's keys are filed under: `address`, or `[address]:port` off port 22."""
-    return address if port == 22 else f"[{address}]:{port}"
-
-
 def policy_from_ssh_config(value: str | None) -> str | None:
     """`StrictHostKeyChecking` of ~/.ssh/config as infra's rule (infra never asks, never accepts a change)."""
     if value is None:

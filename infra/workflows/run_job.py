@@ -262,7 +262,7 @@ def run_job(
     local_output = cluster.project_dir / OUTPUT_FOLDER
     with ConnectionPool.for_cluster(cluster) as pool:
         conn = pool.get(master)
-        layout = master_ready(conn, cluster, note)
+        master_ready(conn, cluster, note)
         code = exec_job(conn, cluster, job_op(cluster.name, python_args, args), out=out, err=err, note=note)
         result = RunResult(code, output_dir=local_output)
         if master.is_local:

@@ -56,7 +56,6 @@ from infra.facts.docker import (
     NOT_INSTALLED,
     NOT_RUNNING,
     docker_problem,
-    parse_docker_version,
 )
 from infra.transport.result import LineBuffer
 from infra.workflows.ship import ship_images
@@ -95,14 +94,6 @@ def test_an_unknown_failure_is_reported_by_its_last_line():
     assert docker_problem("Error response from daemon: client version 1.52 is too new\n") == (
         "Error response from daemon: client version 1.52 is too new")
     assert docker_problem("  \n") == "Docker does not answer"
-
-
-def test_parse_docker_version_uses_the_same_diagnosis():
-    assert parse_docker_version("20.10.24+dfsg1\nexit=0\n") == ("20.10.24+dfsg1", "")
-    assert parse_docker_version("sh: 1: docker: not found\nexit=127") == (None, NOT_INSTALLED)
-    assert parse_docker_version(DIAL_NO_PERMISSION + "\nexit=1") == (None, NO_PERMISSION)
-    assert parse_docker_version("27.3.1") == (None, "27.3.1")  # no exit line: not trusted
-    assert parse_docker_version("") == (None, "Docker does not answer")
 
 
 # --------------------------------------------------------------------------- API version

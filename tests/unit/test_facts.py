@@ -27,7 +27,7 @@ from infra.facts.containers import (
     parse_container_list,
     parse_image_inspect,
 )
-from infra.facts.docker import parse_docker_version
+from infra.facts.docker import docker_problem
 from infra.facts.files import parse_sha256_list
 from infra.facts.host import HostFacts, Identity, host_facts, parse_host_probe
 from infra.facts.sections import split_sections
@@ -224,9 +224,9 @@ def test_image_ids_and_labels_are_read_and_a_missing_image_has_none(master_facts
         "infra-lab-broker:latest": None,
     }
     assert master_facts.image_id("infra-lab-other:latest") is None
-    assert master_facts.image_label("infra-lab-master:latest", "infra.context") == "ba5eba11ba5eba11ba5e"
-    assert master_facts.image_label("infra-lab-master:latest", "infra.nothing") is None
-    assert master_facts.image_label("infra-lab-broker:latest", "infra.context") is None
+    assert master_facts.images["infra-lab-master:latest"].labels.get("infra.context") == "ba5eba11ba5eba11ba5e"
+    assert master_facts.images["infra-lab-master:latest"].labels.get("infra.nothing") is None
+    assert master_facts.images["infra-lab-broker:latest"] is None
 
 
 def test_running_workers_leave_out_services_and_workers_that_do_not_run(master_facts):
@@ -247,46 +247,36 @@ def test_a_host_whose_engine_does_not_answer_has_no_version_a_reason_and_nothing
     assert facts.arch == "aarch64" and docker_arch(facts.arch) == "arm64"
 
 
-# --------------------------------------------------------------------------- docker version (shell probe)
-
-
-def test_docker_version_ok():
-    assert parse_docker_version("27.3.1\nexit=0\n") == ("27.3.1", "")
+# --------------------------------------------------------------------------- why Docker does not answer
 
 
 def test_docker_not_installed():
-    assert parse_docker_version("sh: 1: docker: not found\nexit=127") == (None, "Docker is not installed")
-    assert parse_docker_version("bash: line 1: docker: command not found\nexit=127") == (
-        None, "Docker is not installed")
+    assert docker_problem("sh: 1: docker: not found", 127) == "Docker is not installed"
+    assert docker_problem("bash: line 1: docker: command not found", 127) == "Docker is not installed"
 
 
 def test_docker_permission_denied():
     text = ("permission denied while trying to connect to the Docker daemon socket at "
             "unix:///var/run/docker.sock: Get \"http://%2Fvar%2Frun%2Fdocker.sock/v1.24/version\": "
-            "dial unix /var/run/docker.sock: connect: permission denied\nexit=1")
-    assert parse_docker_version(text) == (None, "the SSH user may not use Docker (not in the 'docker' group)")
+            "dial unix /var/run/docker.sock: connect: permission denied")
+    assert docker_problem(text, 1) == "the SSH user may not use Docker (not in the 'docker' group)"
 
 
 def test_docker_daemon_not_running():
-    text = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?\nexit=1"
-    assert parse_docker_version(text) == (None, "the Docker engine is not running")
+    text = "Cannot connect to the Docker daemon at unix:///var/run/docker.sock. Is the docker daemon running?"
+    assert docker_problem(text, 1) == "the Docker engine is not running"
 
 
 def test_docker_daemon_not_running_as_docker_28_says_it_is_not_mistaken_for_missing_docker():
     text = ("failed to connect to the docker API at unix:///var/run/docker.sock; check if the path is "
             "correct and if the daemon is running: dial unix /var/run/docker.sock: connect: "
-            "no such file or directory\nexit=1")
-    assert parse_docker_version(text) == (None, "the Docker engine is not running")
+            "no such file or directory")
+    assert docker_problem(text, 1) == "the Docker engine is not running"
 
 
 def test_an_unknown_docker_failure_is_reported_with_its_last_line():
-    assert parse_docker_version("Error response from daemon: client version 1.52 is too new\nexit=1") == (
-        None, "Error response from daemon: client version 1.52 is too new")
-
-
-def test_a_version_without_exit_line_is_not_trusted():
-    assert parse_docker_version("27.3.1") == (None, "27.3.1")
-    assert parse_docker_version("") == (None, "Docker does not answer")
+    assert docker_problem("Error response from daemon: client version 1.52 is too new", 1) == (
+        "Error response from daemon: client version 1.52 is too new")
 
 
 # --------------------------------------------------------------------------- sha256 lists and arch

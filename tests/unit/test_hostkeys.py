@@ -21,11 +21,6 @@ def test_a_fingerprint_reads_as_ssh_keygen_prints_it():
     assert "=" not in hostkeys.fingerprint(KEY)
 
 
-def test_keys_are_filed_under_the_address_with_the_port_when_it_is_not_22():
-    assert hostkeys.known_hosts_entry("10.0.0.5", 22) == "10.0.0.5"
-    assert hostkeys.known_hosts_entry("pi1.local", 2222) == "[pi1.local]:2222"
-
-
 @pytest.mark.parametrize(("value", "rule"), [
     ("yes", STRICT), ("ask", STRICT), ("accept-new", ACCEPT_NEW), ("no", ACCEPT_NEW), ("off", ACCEPT_NEW),
     ("Yes", STRICT), (None, None)])

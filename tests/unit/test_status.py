@@ -20,7 +20,6 @@ from infra.errors import redact
 from infra.facts.celery import (
     CeleryView,
     QueueStatus,
-    parse_celery_cli,
     parse_celery_probe,
     parse_list_queues,
 )
@@ -158,14 +157,6 @@ def test_busy_workers_report_their_running_tasks():
 def test_workers_that_did_not_answer_are_not_online():
     view = parse_celery_probe(fixture("celery_probe_two_missing.txt"))
     assert view.online == {"livem-worker-h2-1@h2", "livem-worker-local-1@local"}
-
-
-def test_the_celery_cli_outputs_give_the_same_view_as_the_probe():
-    cli = parse_celery_cli(fixture("celery_inspect_active.txt"), fixture("celery_inspect_stats.txt"))
-    assert cli.online == set(NODES) and set(cli.active.values()) == {0}
-    assert sum(cli.processed.values()) == 21
-    busy = parse_celery_cli(fixture("celery_inspect_active_busy.txt"), "")
-    assert sum(busy.active.values()) == 7
 
 
 @pytest.mark.parametrize("output, expected", [

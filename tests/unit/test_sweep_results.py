@@ -20,7 +20,6 @@ from infra.sweep.results import (
     format_duration,
     metric_text,
     outcome_row,
-    parse_metrics,
     progress_line,
     read_csv_rows,
     table_lines,
@@ -30,8 +29,15 @@ from infra.sweep.results import (
 # --------------------------------------------------------------------------- metrics
 
 
+def metrics_of(lines: list[str]) -> dict:
+    reader = MetricsReader()
+    for line in lines:
+        reader.feed(line)
+    return reader.metrics
+
+
 def test_the_last_json_object_line_is_the_metrics():
-    assert parse_metrics([
+    assert metrics_of([
         "epoch=1 loss=0.9",
         '{"accuracy": 0.5}',
         "some text {not json}",
@@ -41,7 +47,7 @@ def test_the_last_json_object_line_is_the_metrics():
 
 
 def test_without_a_json_line_key_value_lines_are_the_metrics_later_ones_winning():
-    assert parse_metrics([
+    assert metrics_of([
         "training on 1000 samples",  # not only key=value words: ignored
         "epoch=1 loss=0.9",
         "epoch=2, loss=0.41, note=good",
@@ -51,7 +57,7 @@ def test_without_a_json_line_key_value_lines_are_the_metrics_later_ones_winning(
 
 
 def test_json_that_is_not_an_object_is_not_metrics():
-    assert parse_metrics(["[1, 2]", '"text"', "{broken", "{}"]) == {}
+    assert metrics_of(["[1, 2]", '"text"', "{broken", "{}"]) == {}
     reader = MetricsReader()
     reader.feed('{"a": 1}')
     reader.feed("a=2")
