@@ -34,7 +34,7 @@ NVIDIA_ARCHES = ("amd64", "arm64")  # those NVIDIA's apt repository has the tool
 
 
 @dataclass(frozen=True)
-class Step:
+class BootstrapStep:
     """One thing to do on a host: a POSIX sh script, and the argv that runs it."""
 
     key: str  # "sudo-check", "install", "group", "start", "verify", "verify-user", "nvidia-install"...
@@ -51,7 +51,7 @@ class Plan:
 
     host: str
     state: HostState | None
-    steps: tuple[Step, ...] = ()
+    steps: tuple[BootstrapStep, ...] = ()
     error: str | None = None  # why nothing will be done (unsupported OS, no privilege)
     summary: str = ""  # "install docker.io from Debian's packages" / "start the engine"
 
@@ -93,13 +93,13 @@ def plan_bootstrap(host: str, state: HostState, source: Source = "distro", nvidi
     return plan
 
 
-def _privileged(state: HostState, key: str, title: str, script: str, timeout: float) -> Step:
+def _privileged(state: HostState, key: str, title: str, script: str, timeout: float) -> BootstrapStep:
     """A step run as root: directly, or through sudo (with the password on stdin when it asks one)."""
     argv, password = privileged_argv(script, state.privilege)
-    return Step(key, title, script, argv, password, timeout)
+    return BootstrapStep(key, title, script, argv, password, timeout)
 
 
-def _steps_then_privileged(plan: Plan, state: HostState) -> list[Step]:
+def _steps_then_privileged(plan: Plan, state: HostState) -> list[BootstrapStep]:
     """The plan's steps so far, ready for privileged ones: the sudo password is checked first, once."""
     steps = list(plan.steps)
     if state.privilege == "sudo-password" and not any(step.key == "sudo-check" for step in steps):
@@ -140,8 +140,8 @@ def _docker_plan(host: str, state: HostState, source: Source) -> Plan:
         start_script(state.systemd), START_WAIT + 60)
     add("verify", "check that the engine answers", VERIFY_SCRIPT, 60)
     if not state.is_root:
-        steps.append(Step("verify-user", f"check that {state.user} can use docker", VERIFY_USER_SCRIPT,
-                          user_argv(VERIFY_USER_SCRIPT), False, 60))
+        steps.append(BootstrapStep("verify-user", f"check that {state.user} can use docker", VERIFY_USER_SCRIPT,
+                                   user_argv(VERIFY_USER_SCRIPT), False, 60))
     if not summary:
         summary.append("start the engine" if state.engine_version is None else "configure the engine")
     return Plan(host, state, tuple(steps), summary="; ".join(summary))
@@ -206,7 +206,7 @@ def step_result(output: str, default: str = "no output") -> str:
     return last_line("\n".join(line for line in output.splitlines() if not line.startswith(CHANGE)), default)
 
 
-def explain_failure(step: Step, exit_code: int, output: str, state: HostState) -> str:
+def explain_failure(step: BootstrapStep, exit_code: int, output: str, state: HostState) -> str:
     """One line saying why a step failed, with a hint where the cause is a common one."""
     tail = step_result(output)
     user = state.user

@@ -22,8 +22,8 @@ from ..errors import InfraError, one_line, without_host
 from ..facts.os import parse_probe
 from ..facts.sections import last_line
 from ..plans.bootstrap import (
+    BootstrapStep,
     Plan,
-    Step,
     changes_in,
     explain_failure,
     plan_bootstrap,
@@ -77,7 +77,7 @@ def _failed(name: str, err: BaseException) -> BootstrapOutcome:
     return BootstrapOutcome(name, "failed", error=without_host(name, one_line(err)))
 
 
-def _run_step(conn: Connection, step: Step, password: str | None) -> CommandResult:
+def _run_step(conn: Connection, step: BootstrapStep, password: str | None) -> CommandResult:
     stdin = ((password or "") + "\n").encode() if step.password_on_stdin else None
     return conn.run(list(step.argv), stdin=stdin, timeout=step.timeout, check=False)
 
