@@ -51,7 +51,7 @@ def gpu_query() -> list[str]:
     return ["sh", "-c", GPU_QUERY]
 
 
-def write_private_file(path: str) -> list[str]:
+def write_secret_file(path: str) -> list[str]:
     """Write stdin to `path`, readable by the SSH user only (folder 0700, file 0400), atomically."""
     folder = posixpath.dirname(path)
     quoted, tmp = shlex.quote(path), shlex.quote(path + ".tmp")

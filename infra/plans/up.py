@@ -91,7 +91,7 @@ def plan_host(
         folder = posixpath.dirname(secret_file.path)
         if folder in stale:
             plan.secret_writes.setdefault(folder, []).append(
-                shell_step(f"write {secret_file.path} (mode 0400)", file_commands.write_private_file(secret_file.path),
+                shell_step(f"write {secret_file.path} (mode 0400)", file_commands.write_secret_file(secret_file.path),
                            Record("add_secret_dir", layout.env_dir), stdin=secret_file.content.encode(),
                            timeout=FILE_TIMEOUT))
     plan.steps += image_steps(cluster, images, context_dir, build_fingerprints(cluster, context_digest))

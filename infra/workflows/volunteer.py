@@ -209,9 +209,9 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
     there = conn.run(join_commands.read_small_file(posixpath.join(join.files_dir, "context.digest")),
                      timeout=FILE_TIMEOUT).stdout.strip()
     if there != digest:
-        conn.run(file_commands.write_private_file(posixpath.join(join.files_dir, "context.tar.gz")),
+        conn.run(file_commands.write_secret_file(posixpath.join(join.files_dir, "context.tar.gz")),
                  stdin=_context_tarball(context), timeout=FILE_TIMEOUT)
-        conn.run(file_commands.write_private_file(posixpath.join(join.files_dir, "context.digest")),
+        conn.run(file_commands.write_secret_file(posixpath.join(join.files_dir, "context.digest")),
                  stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT)
 
     script = join_plan.render_join_script(join_plan.load_template(assets_dir()), cluster.name, url, pin)
@@ -227,7 +227,7 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
         manifest.apply(host, "add_container", spec.name, spec.role, existing.id)
         return url, pin
     for file in files:
-        conn.run(file_commands.write_private_file(file.path), stdin=file.content.encode(), timeout=FILE_TIMEOUT)
+        conn.run(file_commands.write_secret_file(file.path), stdin=file.content.encode(), timeout=FILE_TIMEOUT)
     if existing is not None:
         execute_step(conn, engine_step(f"remove the old {spec.name}", RemoveContainers((spec.name,)),
                                        Record("remove_container", spec.name), timeout=ENGINE_TIMEOUT), manifest)
@@ -239,7 +239,7 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
 
 
 def write_registry(conn: Connection, join: join_plan.JoinLayout, store: VolunteerStore) -> None:
-    conn.run(file_commands.write_private_file(join.registry), stdin=endpoint_registry(store.active()).encode(),
+    conn.run(file_commands.write_secret_file(join.registry), stdin=endpoint_registry(store.active()).encode(),
              timeout=FILE_TIMEOUT)
 
 
@@ -283,7 +283,7 @@ def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volu
     folder = posixpath.join(layout.env_dir, "broker")
     path = posixpath.join(folder, BROKER_FILE)
     definitions = join_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
-    conn.run(file_commands.write_private_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
+    conn.run(file_commands.write_secret_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
     try:
         _exec(conn, join_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
               "adding the volunteer's broker user")

@@ -83,7 +83,7 @@ from infra.commands.files import (
     remove_owned_folder,
     tar_of,
     write_file,
-    write_private_file,
+    write_secret_file,
 )
 from infra.config import parse_cluster
 from infra.facts.containers import ImageInfo
@@ -252,7 +252,7 @@ def test_the_host_probe():
 
 
 def test_write_a_private_file_from_stdin_atomically():
-    assert write_private_file("/home/pi/infra/.infra-lab/worker.env") == ["sh", "-c", (
+    assert write_secret_file("/home/pi/infra/.infra-lab/worker.env") == ["sh", "-c", (
         "umask 077 && mkdir -p /home/pi/infra/.infra-lab && chmod 700 /home/pi/infra/.infra-lab && "
         "rm -f /home/pi/infra/.infra-lab/worker.env.tmp && cat > /home/pi/infra/.infra-lab/worker.env.tmp && "
         "chmod 400 /home/pi/infra/.infra-lab/worker.env.tmp && "
@@ -510,7 +510,7 @@ def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
 
 def test_a_step_without_a_command_reads_as_nothing_and_a_fed_one_hides_what_it_is_fed():
     assert Step("keep lab-broker (up to date)", records=(Record("add_container", "lab-broker", "broker"),)).text() == ""
-    fed = shell_step("write", write_private_file("/srv/a.env"), stdin=b"PASSWORD=s3cret\n")
+    fed = shell_step("write", write_secret_file("/srv/a.env"), stdin=b"PASSWORD=s3cret\n")
     assert "s3cret" not in fed.text() and "s3cret" not in repr(fed)
     assert engine_step("net", CreateNetwork("lab-net", "lab")).text() == \
         "docker network create --label infra.cluster=lab lab-net"
@@ -636,9 +636,9 @@ def find_pattern(rel: str) -> str:
 
 
 SHELL_BUILDERS = {
-    "write_private_file": (lambda v: write_private_file(f"/srv/{v}/.infra-lab/worker.env"),
-                           lambda v: [f"/srv/{v}/.infra-lab", f"/srv/{v}/.infra-lab/worker.env.tmp",
-                                      f"/srv/{v}/.infra-lab/worker.env"]),
+    "write_secret_file": (lambda v: write_secret_file(f"/srv/{v}/.infra-lab/worker.env"),
+                          lambda v: [f"/srv/{v}/.infra-lab", f"/srv/{v}/.infra-lab/worker.env.tmp",
+                                     f"/srv/{v}/.infra-lab/worker.env"]),
     "list_project": (lambda v: list_project(f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/output", "lab"),
                      lambda v: [f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/wc/output", f"/srv/{v}/output"]),
     "prepare_project": (lambda v: prepare_project(f"/srv/{v}", f"/srv/{v}/wc", f"/srv/{v}/output", "lab"),
@@ -744,12 +744,12 @@ def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_s
 
     sh(prepare_project(root, project_dir, output_dir, "lab"))
     assert Path(root, MARKER_FILE).read_text() == "lab\n" and Path(project_dir, "output").is_dir()
-    sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=s3cret\n")
+    sh(write_secret_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=s3cret\n")
     sh(write_file(f"{output_dir}/sweep/plan.json"), b"{}")
     assert Path(output_dir, "sweep", "plan.json").read_bytes() == b"{}"
     env_file = Path(root, ".infra-lab", "worker.env")
     assert env_file.read_bytes() == b"PASSWORD=s3cret\n" and (env_file.stat().st_mode & 0o777) == 0o400
-    sh(write_private_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=new\n")  # a 0400 file is replaced
+    sh(write_secret_file(f"{root}/.infra-lab/worker.env"), b"PASSWORD=new\n")  # a 0400 file is replaced
     assert env_file.read_bytes() == b"PASSWORD=new\n"
     sh(extract_files(project_dir), tar_of(project, ["data/it's a file.txt"]))
     listing = parse_project_listing(sh(list_project(root, project_dir, output_dir, "lab")).decode(), no_ignores())
@@ -774,9 +774,9 @@ def test_the_file_commands_run_by_sh_on_hostile_folder_names_do_only_what_they_s
 
 
 def test_writing_a_private_file_right_under_the_root_never_changes_the_roots_mode():
-    assert "chmod 700 / " not in write_private_file("/infra.env")[2]
+    assert "chmod 700 / " not in write_secret_file("/infra.env")[2]
 
 
 def test_writing_a_private_file_by_a_bare_name_writes_that_file(tmp_path):
-    subprocess.run(write_private_file("worker.env"), input=b"A=1\n", cwd=tmp_path, check=True)
+    subprocess.run(write_secret_file("worker.env"), input=b"A=1\n", cwd=tmp_path, check=True)
     assert (tmp_path / "worker.env").read_bytes() == b"A=1\n"
