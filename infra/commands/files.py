@@ -12,17 +12,18 @@ when it carries the marker naming the cluster (see `list_project`, `prepare_proj
 
 from __future__ import annotations
 
-import io
 import json
 import posixpath
 import shlex
-import tarfile
 from datetime import datetime
+from itertools import chain
 from pathlib import Path
+from typing import Iterator
 
 from .. import confined
 from ..errors import InfraError
 from ..names import container_name
+from ..runtime.tarball import Member, folder, pack
 from .celery import CONTAINER_OUTPUT
 from .engine import Exec
 
@@ -247,23 +248,18 @@ def tar_of(root: Path, paths: list[str]) -> bytes:
     Owner-neutral; each file is read through `confined` (no link followed, a file that became a
     link since the scan is refused). Folders come first, each before what it holds.
     """
-    folders = _folders_above(paths)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for folder in folders:
-            info = tarfile.TarInfo(folder)
-            info.type, info.mode = tarfile.DIRTYPE, 0o755
-            tar.addfile(info)
-        for rel in paths:
-            try:
-                data, stat = confined.read_file(root, rel)
-            except (OSError, confined.ConfinementError) as exc:  # removed, or replaced by a link, since the scan
-                why = getattr(exc, "strerror", None) or exc
-                raise InfraError(f"{root / rel}: not sent ({why}): run the command again") from None
-            info = tarfile.TarInfo(rel)
-            info.size, info.mode, info.mtime = len(data), stat.st_mode & 0o777, int(stat.st_mtime)
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    return pack(chain((folder(name) for name in _folders_above(paths)), _confined_members(root, paths)))
+
+
+def _confined_members(root: Path, paths: list[str]) -> Iterator[Member]:
+    """Each file as read through `confined`, with its mode and mtime; read one at a time, as the tar is made."""
+    for rel in paths:
+        try:
+            data, stat = confined.read_file(root, rel)
+        except (OSError, confined.ConfinementError) as exc:  # removed, or replaced by a link, since the scan
+            why = getattr(exc, "strerror", None) or exc
+            raise InfraError(f"{root / rel}: not sent ({why}): run the command again") from None
+        yield Member(rel, data, stat.st_mode & 0o777, int(stat.st_mtime))
 
 
 # --------------------------------------------------------------------------- the output folder, read in the master container

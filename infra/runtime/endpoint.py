@@ -29,7 +29,6 @@ import base64
 import hashlib
 import hmac
 import http.server
-import io
 import json
 import os
 import re
@@ -37,9 +36,10 @@ import signal
 import ssl
 import stat
 import sys
-import tarfile
 import threading
 import time
+
+from .tarball import Member, pack
 
 CONFIG_DIR = "/run/infra"  # the endpoint's folder on the master host, read-only
 FILES_DIR = "/srv/infra-join"  # the worker image and the build context, read-only
@@ -107,31 +107,21 @@ def project_files(root: str) -> list[tuple[str, str]]:
 
 def project_tar(root: str) -> tuple[bytes, str]:
     """The project as a tar (fixed owners and times: the same content gives the same bytes) and its digest."""
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for rel, path in project_files(root):
-            with open(path, "rb") as handle:
-                data = handle.read()
-            info = tarfile.TarInfo(rel)
-            info.size = len(data)
-            info.mode = 0o755 if os.stat(path).st_mode & 0o111 else 0o644
-            info.mtime = 0
-            tar.addfile(info, io.BytesIO(data))
-    data = buffer.getvalue()
+    data = pack(_project_member(rel, path) for rel, path in project_files(root))
     return data, hashlib.sha256(data).hexdigest()
 
 
+def _project_member(rel: str, path: str) -> Member:
+    """A project file as a volunteer gets it: executable or not, and no time (a touched file is no change)."""
+    with open(path, "rb") as handle:
+        data = handle.read()
+    return Member(rel, data, 0o755 if os.stat(path).st_mode & 0o111 else 0o644)
+
+
 def bundle_tar(files: dict[str, str]) -> bytes:
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as tar:
-        for name, content in sorted(files.items()):
-            data = content.encode()
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            info.mode = 0o600
-            info.mtime = int(time.time())
-            tar.addfile(info, io.BytesIO(data))
-    return buffer.getvalue()
+    """A volunteer's settings and credentials, readable by their owner alone, stamped with the time they were made."""
+    now = int(time.time())
+    return pack(Member(name, content.encode(), 0o600, now) for name, content in sorted(files.items()))
 
 
 # --------------------------------------------------------------------------- who may ask
