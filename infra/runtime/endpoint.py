@@ -43,6 +43,7 @@ from .tarball import Member, pack
 
 CONFIG_DIR = "/run/infra"  # the endpoint's folder on the master host, read-only
 FILES_DIR = "/srv/infra-join"  # the worker image and the build context, read-only
+CONTEXT_FILE = "context.tar.gz"  # the build context in FILES_DIR, for volunteers of other architectures
 PROJECT_DIR = "/project"  # the project as synced to the master host, read-only
 PORT = 8443
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{32,128}")
@@ -127,7 +128,7 @@ def bundle_tar(files: dict[str, str]) -> bytes:
 # --------------------------------------------------------------------------- who may ask
 
 
-class Registry:
+class TokenTable:
     """volunteers.json (written by infra, re-read when it changes): token and key digests → volunteer."""
 
     def __init__(self, path: str):
@@ -177,7 +178,7 @@ class Endpoint:
             self.script = handle.read()
         with open(os.path.join(config_dir, "ca.crt"), encoding="utf-8") as handle:
             self.ca = handle.read()
-        self.registry = Registry(os.path.join(config_dir, "volunteers.json"))
+        self.tokens = TokenTable(os.path.join(config_dir, "volunteers.json"))
         self._project_cache: tuple | None = None
         self._project_lock = threading.Lock()
 
@@ -223,88 +224,111 @@ def log(event: dict) -> None:
     sys.stdout.flush()
 
 
-def make_handler(endpoint: Endpoint):
-    class Handler(http.server.BaseHTTPRequestHandler):
-        server_version = "infra-join"
-        sys_version = ""
-        protocol_version = "HTTP/1.1"
+TOKEN_ROUTES = ("script", "settings", "image", "context", "bundle")  # what a valid token gets: /v1/TOKEN/WHAT
 
-        def log_message(self, *args) -> None:  # our own log lines instead (no token in them)
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    """One request to `endpoint` (see `make_handler`): routed by its path, one method per route."""
+
+    server_version = "infra-join"
+    sys_version = ""
+    protocol_version = "HTTP/1.1"
+    endpoint: Endpoint
+
+    def log_message(self, *args) -> None:  # our own log lines instead (no token in them)
+        pass
+
+    def _header_value(self, name: str) -> str:
+        value = self.headers.get(name, "")[:64]
+        return value if re.fullmatch(r"[A-Za-z0-9_.-]*", value) else "?"
+
+    def _refuse(self, what: str) -> None:
+        self.send_response(403)
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+        log({"volunteer": None, "what": what, "status": 403, "remote": self.client_address[0]})
+
+    def _send(self, name: str, what: str, body: bytes | None = None, path: str | None = None,
+              content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
+        size = len(body) if body is not None else os.path.getsize(path)
+        self.send_response(200)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(size))
+        for key, value in (headers or {}).items():
+            self.send_header(key, value)
+        self.end_headers()
+        if body is not None:
+            self.wfile.write(body)
+        else:
+            with open(path, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    self.wfile.write(chunk)
+        log({"volunteer": name, "what": what, "status": 200, "bytes": size, "remote": self.client_address[0],
+             "arch": self._header_value("X-Infra-Arch") or None})
+
+    def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
+        try:
+            self._route()
+        except (BrokenPipeError, ConnectionResetError):
             pass
 
-        def _header_value(self, name: str) -> str:
-            value = self.headers.get(name, "")[:64]
-            return value if re.fullmatch(r"[A-Za-z0-9_.-]*", value) else "?"
+    def _route(self) -> None:
+        parts = self.path.split("?", 1)[0].strip("/").split("/")
+        if parts[:2] == ["v1", "project"] and len(parts) <= 3:
+            return self._serve_project(parts[2:])
+        if len(parts) == 2 and parts[0] == "join":
+            token, what = parts[1], "script"
+        elif len(parts) == 3 and parts[0] == "v1":
+            token, what = parts[1], parts[2]
+        else:
+            return self._refuse("?")
+        name = self.endpoint.tokens.by_token(token, time.time())
+        if name is None or what not in TOKEN_ROUTES:
+            return self._refuse(what if what in TOKEN_ROUTES else "?")
+        return getattr(self, f"_serve_{what}")(name, token)
 
-        def _refuse(self, what: str) -> None:
-            self.send_response(403)
-            self.send_header("Content-Length", "0")
-            self.send_header("Connection", "close")
-            self.end_headers()
-            log({"volunteer": None, "what": what, "status": 403, "remote": self.client_address[0]})
+    def _serve_project(self, rest: list[str]) -> None:
+        """/v1/project and /v1/project/digest, to the update key (not the token: it does not expire)."""
+        auth = self.headers.get("Authorization", "")
+        name = self.endpoint.tokens.by_key(auth[7:] if auth.startswith("Bearer ") else "")
+        what = "project-digest" if rest == ["digest"] else "project" if not rest else "?"
+        if name is None or what == "?":
+            return self._refuse(what)
+        data, digest = self.endpoint.project()
+        if what == "project-digest":
+            return self._send(name, what, (digest + "\n").encode(), content_type="text/plain")
+        return self._send(name, what, data, content_type="application/x-tar", headers={"X-Infra-Digest": digest})
 
-        def _send(self, name: str, what: str, body: bytes | None = None, path: str | None = None,
-                  content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
-            size = len(body) if body is not None else os.path.getsize(path)
-            self.send_response(200)
-            self.send_header("Content-Type", content_type)
-            self.send_header("Content-Length", str(size))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            if body is not None:
-                self.wfile.write(body)
-            else:
-                with open(path, "rb") as handle:
-                    while chunk := handle.read(CHUNK):
-                        self.wfile.write(chunk)
-            log({"volunteer": name, "what": what, "status": 200, "bytes": size, "remote": self.client_address[0],
-                 "arch": self._header_value("X-Infra-Arch") or None})
+    def _serve_script(self, name: str, token: str) -> None:
+        self._send(name, "script", self.endpoint.script.replace("@TOKEN@", token).encode(),
+                   content_type="text/x-shellscript")
 
-        def do_GET(self) -> None:  # noqa: N802 (the stdlib's name)
-            try:
-                self._route()
-            except (BrokenPipeError, ConnectionResetError):
-                pass
+    def _serve_settings(self, name: str, token: str) -> None:
+        values = {**self.endpoint.file_settings(), "VOLUNTEER": name}
+        text = "".join(f"{key}={value}\n" for key, value in sorted(values.items()))
+        self._send(name, "settings", text.encode(), content_type="text/plain")
 
-        def _route(self) -> None:
-            parts = self.path.split("?", 1)[0].strip("/").split("/")
-            now = time.time()
-            if parts[:2] == ["v1", "project"] and len(parts) <= 3:
-                auth = self.headers.get("Authorization", "")
-                name = endpoint.registry.by_key(auth[7:] if auth.startswith("Bearer ") else "")
-                what = "project-digest" if parts[2:] == ["digest"] else "project" if len(parts) == 2 else "?"
-                if name is None or what == "?":
-                    return self._refuse(what)
-                data, digest = endpoint.project()
-                if what == "project-digest":
-                    return self._send(name, what, (digest + "\n").encode(), content_type="text/plain")
-                return self._send(name, what, data, content_type="application/x-tar",
-                                  headers={"X-Infra-Digest": digest})
-            if len(parts) == 2 and parts[0] == "join":
-                token, what = parts[1], "script"
-            elif len(parts) == 3 and parts[0] == "v1":
-                token, what = parts[1], parts[2]
-            else:
-                return self._refuse("?")
-            name = endpoint.registry.by_token(token, now)
-            if name is None or what not in ("script", "settings", "image", "context", "bundle"):
-                return self._refuse(what if what in ("script", "settings", "image", "context", "bundle") else "?")
-            if what == "script":
-                return self._send(name, what, endpoint.script.replace("@TOKEN@", token).encode(),
-                                  content_type="text/x-shellscript")
-            if what == "settings":
-                values = {**endpoint.file_settings(), "VOLUNTEER": name}
-                text = "".join(f"{key}={value}\n" for key, value in sorted(values.items()))
-                return self._send(name, what, text.encode(), content_type="text/plain")
-            if what == "bundle":
-                return self._send(name, what, endpoint.bundle(name, token), content_type="application/x-tar")
-            path = os.path.join(endpoint.files_dir, "image.tar.gz" if what == "image" else "context.tar.gz")
-            if not os.path.isfile(path):
-                return self._refuse(what)
-            return self._send(name, what, path=path, content_type="application/gzip")
+    def _serve_bundle(self, name: str, token: str) -> None:
+        self._send(name, "bundle", self.endpoint.bundle(name, token), content_type="application/x-tar")
 
-    return Handler
+    def _serve_image(self, name: str, token: str) -> None:
+        self._serve_file(name, "image", "image.tar.gz")
+
+    def _serve_context(self, name: str, token: str) -> None:
+        self._serve_file(name, "context", CONTEXT_FILE)
+
+    def _serve_file(self, name: str, what: str, file_name: str) -> None:
+        """A file infra put beside the endpoint (streamed), or 403 when there is none."""
+        path = os.path.join(self.endpoint.files_dir, file_name)
+        if not os.path.isfile(path):
+            return self._refuse(what)
+        self._send(name, what, path=path, content_type="application/gzip")
+
+
+def make_handler(endpoint: Endpoint) -> type[Handler]:
+    """The handler class http.server makes one object of per request, serving `endpoint`."""
+    return type("EndpointHandler", (Handler,), {"endpoint": endpoint})
 
 
 class _Server(http.server.ThreadingHTTPServer):
