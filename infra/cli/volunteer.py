@@ -68,21 +68,21 @@ def add(cluster_file: Path, name: str, expires: str, port: int | None, cpus: str
     options = " ".join(part for part in (
         f"--cpus {cpus}" if cpus else "", f"--memory {memory}" if memory else "",
         f"--concurrency {concurrency}" if concurrency else "") if part)
-    joining = run_add(cluster, reporter, name, expires=expires, port=port, wait=wait, line_options=options)
-    line = joining.line
+    added = run_add(cluster, reporter, name, expires=expires, port=port, wait=wait, line_options=options)
+    line = added.line
     if as_json:
-        click.echo(json.dumps({"name": joining.name, "line": line, "leave": joining.leave,
-                               "expires": joining.expires, "url": joining.url, "pin": joining.pin}, indent=2))
+        click.echo(json.dumps({"name": added.name, "line": line, "leave": added.leave,
+                               "expires": added.expires, "url": added.url, "pin": added.pin}, indent=2))
         return
     click.echo("")
-    click.echo(f"{name} joins a machine with Docker and curl by running (until {joining.expires}):")
+    click.echo(f"{name} joins a machine with Docker and curl by running (until {added.expires}):")
     click.echo("")
     click.echo(f"  {line}")
     click.echo("")
     click.echo("Options at the end of the line: --cpus N, --memory SIZE, --concurrency N.")
     click.echo("To leave, on that machine:")
     click.echo("")
-    click.echo(f"  {joining.leave}")
+    click.echo(f"  {added.leave}")
     click.echo("")
     click.echo("The line holds the only copy of the token: send it to them privately.")
 

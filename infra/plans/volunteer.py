@@ -3,7 +3,7 @@
 - the join endpoint: a container of the cluster (`NAME-join`, role `join`) in the master image,
   HTTPS with the master's certificate on `port`, its files in its own folder of the cluster
   (`ENV_DIR/join`, mounted read-only at /run/infra: certificate, settings, the join script,
-  the registry of token digests) and the worker image and build context beside it
+  the table of token digests) and the worker image and build context beside it
   (`ENV_DIR/join-files`, read-only at /srv/infra-join); the project, read-only at /project;
 - a volunteer's broker user (its rights: the cluster's vhost alone) and its Redis ACL user
   (result keys and channels only, no administrative command);
@@ -54,18 +54,18 @@ def endpoint_name(cluster: str) -> str:
 
 
 @dataclass(frozen=True)
-class JoinLayout:
+class EndpointLayout:
     config_dir: str  # the endpoint's own folder: mounted read-only at CONFIG_DIR
     files_dir: str  # the worker image and the build context: read-only at FILES_DIR
 
     @property
-    def registry(self) -> str:
+    def token_table(self) -> str:
         return posixpath.join(self.config_dir, "volunteers.json")
 
 
-def join_layout(layout: HostLayout) -> JoinLayout:
+def endpoint_layout(layout: HostLayout) -> EndpointLayout:
     """Inside the cluster's secret folder, so `infra clean` removes it with the rest."""
-    return JoinLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"))
+    return EndpointLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"))
 
 
 def endpoint_url(address: str, port: int) -> str:
@@ -95,11 +95,11 @@ def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[st
     }
 
 
-def endpoint_files(cluster: Cluster, join: JoinLayout, identity: ServerIdentity, settings: dict,
+def endpoint_files(cluster: Cluster, folders: EndpointLayout, identity: ServerIdentity, settings: dict,
                    script: str) -> list[SecretFile]:
-    """The endpoint's folder, but for the registry (rewritten by every add and revoke, re-read live)."""
+    """The endpoint's folder, but for the token table (rewritten by every add and revoke, re-read live)."""
     def file(name: str, content: str) -> SecretFile:
-        return SecretFile(ROLE, name, posixpath.join(join.config_dir, name), content)
+        return SecretFile(ROLE, name, posixpath.join(folders.config_dir, name), content)
 
     return [
         file("server.crt", identity.certificate + identity.ca_certificate),
@@ -113,13 +113,13 @@ def endpoint_files(cluster: Cluster, join: JoinLayout, identity: ServerIdentity,
 def endpoint_container(cluster: Cluster, layout: HostLayout, facts: HostFacts, port: int) -> ContainerSpec:
     """The join endpoint: the master image, as the SSH user, on Docker's default bridge (it needs
     no other container of the cluster), publishing `port` only."""
-    join = join_layout(layout)
+    folders = endpoint_layout(layout)
     return ContainerSpec(
         name=endpoint_name(cluster.name), role=ROLE, host=cluster.master_host.name,
         image=cluster.image_tag("master"), command=("python", "-m", ENDPOINT_MODULE),
-        environment=(("INFRA_CLUSTER", cluster.name),), secrets=join.config_dir,
+        environment=(("INFRA_CLUSTER", cluster.name),), secrets=folders.config_dir,
         ports=((port, PORT),), bind_address=cluster.spec.roles.master.bind_address,
-        volumes=((join.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro")),
+        volumes=((folders.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro")),
         network="bridge", user=f"{facts.uid}:{facts.gid}",
     )
 

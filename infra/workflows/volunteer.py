@@ -22,7 +22,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from ..commands import files as file_commands
-from ..commands import volunteer as join_commands
+from ..commands import volunteer as volunteer_commands
 from ..commands.celery import celery_probe
 from ..commands.engine import (
     InspectImages,
@@ -39,7 +39,7 @@ from ..facts.celery import CeleryView, parse_celery_probe
 from ..facts.containers import parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts
 from ..names import registry_repository
-from ..plans import volunteer as join_plan
+from ..plans import volunteer as volunteer_plan
 from ..plans.addresses import master_address
 from ..plans.layout import host_layout
 from ..plans.steps import Record, engine_step
@@ -75,7 +75,7 @@ BROKER_FILE = "volunteer-definitions.json"  # written into the broker's folder j
 
 
 @dataclass
-class Joining:
+class AddedVolunteer:
     """What `add` prints: the line, its expiry, the leave line."""
 
     name: str
@@ -144,9 +144,9 @@ def sync_results_users(cluster: Cluster, conn: Connection, store: VolunteerStore
     forgotten them, so every `infra volunteer` command sets them again (ACL SETUSER with the same
     rules changes nothing when they are there).
     """
-    want = {v.user: join_plan.results_acl_rules(v.results_password_sha256) for v in store.active()}
+    want = {v.user: volunteer_plan.results_acl_rules(v.results_password_sha256) for v in store.active()}
     gone = sorted({v.user for v in store.volunteers.values() if v.revoked} | set(drop))
-    out = _exec(conn, join_commands.results_users(cluster.name, want, gone), "setting the result backend's users")
+    out = _exec(conn, volunteer_commands.results_users(cluster.name, want, gone), "setting the result backend's users")
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line).get("users", [])
@@ -193,34 +193,34 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
     """The endpoint runs, serves the current image, context and certificate, and knows the tokens. (url, pin)"""
     host = conn.host
     layout = host_layout(cluster, host, facts)
-    join = join_plan.join_layout(layout)
+    folders = volunteer_plan.endpoint_layout(layout)
     identity = _identity(cluster)
-    url = join_plan.endpoint_url(address, port)
+    url = volunteer_plan.endpoint_url(address, port)
     pin = public_key_pin(identity.certificate)
 
     image_id = _worker_image_on_master(cluster, conn, pool, reporter)
     manifest.apply(host, "add_secret_dir", layout.env_dir)
-    saved = conn.run(join_commands.save_worker_image(image_id, join.files_dir, docker_arch(facts.arch),
+    saved = conn.run(volunteer_commands.save_worker_image(image_id, folders.files_dir, docker_arch(facts.arch),
                                                      cluster.spec.images.base), timeout=IMAGE_TIMEOUT)
     if "saved" in saved.stdout:
         reporter.host(host.name, "worker image saved for volunteers")
     context = prepare_build_context(cluster)
     digest = context_digest(context)
-    there = conn.run(join_commands.read_small_file(posixpath.join(join.files_dir, "context.digest")),
+    there = conn.run(volunteer_commands.read_small_file(posixpath.join(folders.files_dir, "context.digest")),
                      timeout=FILE_TIMEOUT).stdout.strip()
     if there != digest:
-        conn.run(file_commands.write_secret_file(posixpath.join(join.files_dir, "context.tar.gz")),
+        conn.run(file_commands.write_private_file(posixpath.join(folders.files_dir, "context.tar.gz")),
                  stdin=_context_tarball(context), timeout=FILE_TIMEOUT)
-        conn.run(file_commands.write_secret_file(posixpath.join(join.files_dir, "context.digest")),
+        conn.run(file_commands.write_private_file(posixpath.join(folders.files_dir, "context.digest")),
                  stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT)
 
-    script = join_plan.render_join_script(join_plan.load_template(assets_dir()), cluster.name, url, pin)
-    files = join_plan.endpoint_files(cluster, join, identity, join_plan.endpoint_settings(cluster, address, port),
+    script = volunteer_plan.render_join_script(volunteer_plan.load_template(assets_dir()), cluster.name, url, pin)
+    files = volunteer_plan.endpoint_files(cluster, folders, identity, volunteer_plan.endpoint_settings(cluster, address, port),
                                      script)
-    write_registry(conn, join, store)
-    spec = join_plan.endpoint_container(cluster, layout, facts, port)
+    write_token_table(conn, folders, store)
+    spec = volunteer_plan.endpoint_container(cluster, layout, facts, port)
     master_image = parse_image_inspect(conn.engine.query(InspectImages((spec.image,)))).get(spec.image)
-    print_ = join_plan.endpoint_fingerprint(spec, master_image.id if master_image else None, files)
+    print_ = volunteer_plan.endpoint_fingerprint(spec, master_image.id if master_image else None, files)
     existing = next((c for c in parse_container_list(conn.engine.query(ListContainers(cluster.name)))
                      if c.name == spec.name), None)
     if existing is not None and existing.fingerprint == print_ and existing.state == "running":
@@ -238,8 +238,8 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
     return url, pin
 
 
-def write_registry(conn: Connection, join: join_plan.JoinLayout, store: VolunteerStore) -> None:
-    conn.run(file_commands.write_secret_file(join.registry), stdin=endpoint_registry(store.active()).encode(),
+def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, store: VolunteerStore) -> None:
+    conn.run(file_commands.write_private_file(folders.token_table), stdin=endpoint_registry(store.active()).encode(),
              timeout=FILE_TIMEOUT)
 
 
@@ -247,7 +247,7 @@ def write_registry(conn: Connection, join: join_plan.JoinLayout, store: Voluntee
 
 
 def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAULT_EXPIRES, port: int | None = None,
-        wait: bool = False, line_options: str = "") -> Joining:
+        wait: bool = False, line_options: str = "") -> AddedVolunteer:
     """Credentials for NAME alone, the endpoint up to date, and the line (with `line_options` at its end)."""
     check_name(name)
     lifetime = parse_duration(expires)
@@ -258,7 +258,7 @@ def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAU
         if existing is not None and not existing.revoked:
             raise ConfigError(f"{name} is a volunteer already (its token {existing.state(_now())}): "
                               f"`infra volunteer revoke {name}` first to give it a new line")
-        port = port or store.port or join_plan.DEFAULT_PORT
+        port = port or store.port or volunteer_plan.DEFAULT_PORT
         with ConnectionPool.for_cluster(cluster) as pool:
             conn = _master(pool, cluster)
             facts = read_host_facts(conn, cluster)
@@ -273,7 +273,7 @@ def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAU
             store.save()
             url, pin = ensure_endpoint(cluster, conn, facts, manifest, store, address, port, pool, reporter)
         reporter.host(cluster.master_host.name, f"volunteer {name} may join until {volunteer.expires}")
-        return Joining(name, join_plan.join_line(url, pin, token, line_options), join_plan.leave_line(cluster.name),
+        return AddedVolunteer(name, volunteer_plan.join_line(url, pin, token, line_options), volunteer_plan.leave_line(cluster.name),
                        volunteer.expires, url, pin)
 
 
@@ -282,13 +282,13 @@ def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volu
     layout = host_layout(cluster, conn.host, facts)
     folder = posixpath.join(layout.env_dir, "broker")
     path = posixpath.join(folder, BROKER_FILE)
-    definitions = join_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
-    conn.run(file_commands.write_secret_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
+    definitions = volunteer_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
+    conn.run(file_commands.write_private_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
     try:
-        _exec(conn, join_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
+        _exec(conn, volunteer_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
               "adding the volunteer's broker user")
     finally:
-        conn.run(join_commands.remove_file(path), timeout=FILE_TIMEOUT, check=False)
+        conn.run(volunteer_commands.remove_file(path), timeout=FILE_TIMEOUT, check=False)
 
 
 # --------------------------------------------------------------------------- revoke
@@ -300,13 +300,13 @@ def revoke_access(cluster: Cluster, conn: Connection, facts: HostFacts, store: V
     now = _iso(_now())
     for name in names:
         store.volunteers[name].revoked = now
-    join = join_plan.join_layout(host_layout(cluster, conn.host, facts))
-    write_registry(conn, join, store)
+    folders = volunteer_plan.endpoint_layout(host_layout(cluster, conn.host, facts))
+    write_token_table(conn, folders, store)
     for name in names:
         user = store.volunteers[name].user
-        _exec(conn, join_commands.delete_broker_user(cluster.name, user), f"deleting broker user {user}",
+        _exec(conn, volunteer_commands.delete_broker_user(cluster.name, user), f"deleting broker user {user}",
               ok_if=("does not exist", "no_such_user"))
-        _exec(conn, join_commands.close_user_connections(cluster.name, user), f"closing {user}'s connections")
+        _exec(conn, volunteer_commands.close_user_connections(cluster.name, user), f"closing {user}'s connections")
     sync_results_users(cluster, conn, store, drop=[store.volunteers[n].user for n in names])
     store.save()
 
@@ -421,7 +421,7 @@ def list_volunteers(cluster: Cluster) -> tuple[list[VolunteerRow], str | None]:
                 sync_results_users(cluster, conn, store)
             lines: list[str] = []
             try:
-                conn.engine.logs(Logs(join_plan.endpoint_name(cluster.name)), lines.append)
+                conn.engine.logs(Logs(volunteer_plan.endpoint_name(cluster.name)), lines.append)
             except InfraError:
                 pass  # no endpoint (any more): what was learnt before stays
             for name, learnt in parse_endpoint_log(lines).items():

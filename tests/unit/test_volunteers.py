@@ -20,7 +20,7 @@ from infra.config import Cluster, parse_cluster
 from infra.errors import ConfigError
 from infra.facts.celery import CeleryView
 from infra.facts.host import HostFacts
-from infra.plans import volunteer as join_plan
+from infra.plans import volunteer as volunteer_plan
 from infra.plans.layout import host_layout
 from infra.plans.secret_files import rabbitmq_password_hash
 from infra.runtime.endpoint import derive_secret, token_digest, worker_env
@@ -139,7 +139,7 @@ def test_a_volunteers_worker_logs_in_as_itself_over_tls_to_the_published_ports()
 
 def test_the_broker_user_has_the_clusters_vhost_only_and_is_stored_as_a_salted_hash(tmp_path):
     cluster = make_cluster(tmp_path)
-    definitions = json.loads(join_plan.broker_user_definitions(cluster, "volunteer-alice", "s3cret-pw"))
+    definitions = json.loads(volunteer_plan.broker_user_definitions(cluster, "volunteer-alice", "s3cret-pw"))
     assert definitions["users"] == [{"name": "volunteer-alice", "password_hash": rabbitmq_password_hash("s3cret-pw"),
                                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}]
     assert definitions["permissions"] == [{"user": "volunteer-alice", "vhost": "lab", "configure": ".*",
@@ -148,7 +148,7 @@ def test_the_broker_user_has_the_clusters_vhost_only_and_is_stored_as_a_salted_h
 
 
 def test_the_result_backend_user_reaches_result_keys_only_and_no_administration():
-    rules = join_plan.results_acl_rules("ab" * 32)
+    rules = volunteer_plan.results_acl_rules("ab" * 32)
     assert rules[:2] == ["on", "#" + "ab" * 32]
     assert "~celery-task-meta-*" in rules and "&celery-task-meta-*" in rules
     assert "~*" not in rules and "&*" not in rules and "allkeys" not in rules
@@ -163,7 +163,7 @@ def test_the_endpoint_is_a_container_of_the_cluster_publishing_its_port_only(tmp
     cluster = make_cluster(tmp_path)
     facts = master_facts()
     layout = host_layout(cluster, cluster.master_host, facts)
-    spec = join_plan.endpoint_container(cluster, layout, facts, 5443)
+    spec = volunteer_plan.endpoint_container(cluster, layout, facts, 5443)
     assert spec.name == "lab-join" and spec.role == "join" and spec.host == "gpu-box"
     assert spec.image == cluster.image_tag("master")
     assert spec.command == ("python", "-m", "infra_runtime.endpoint")
@@ -179,11 +179,11 @@ def test_the_endpoint_is_a_container_of_the_cluster_publishing_its_port_only(tmp
 def test_the_endpoint_files_live_in_the_clusters_secret_folder_so_clean_removes_them(tmp_path):
     cluster = make_cluster(tmp_path)
     layout = host_layout(cluster, cluster.master_host, master_facts())
-    join = join_plan.join_layout(layout)
-    assert join.config_dir.startswith(layout.env_dir + "/") and join.files_dir.startswith(layout.env_dir + "/")
+    folders = volunteer_plan.endpoint_layout(layout)
+    assert folders.config_dir.startswith(layout.env_dir + "/") and folders.files_dir.startswith(layout.env_dir + "/")
     identity = load_or_create(tmp_path / "tls", "lab", server_names("192.168.1.20"))
-    settings = join_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
-    files = {f.name: f for f in join_plan.endpoint_files(cluster, join, identity, settings, "#!/bin/sh\n")}
+    settings = volunteer_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
+    files = {f.name: f for f in volunteer_plan.endpoint_files(cluster, folders, identity, settings, "#!/bin/sh\n")}
     assert sorted(files) == ["ca.crt", "endpoint.json", "join.sh", "server.crt", "server.key"]
     assert files["server.crt"].content == identity.certificate + identity.ca_certificate
     assert json.loads(files["endpoint.json"].content) == {
@@ -197,18 +197,18 @@ def test_the_endpoint_fingerprint_changes_with_its_certificate_but_not_with_the_
     cluster = make_cluster(tmp_path)
     facts = master_facts()
     layout = host_layout(cluster, cluster.master_host, facts)
-    join = join_plan.join_layout(layout)
-    spec = join_plan.endpoint_container(cluster, layout, facts, 5443)
-    settings = join_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
+    folders = volunteer_plan.endpoint_layout(layout)
+    spec = volunteer_plan.endpoint_container(cluster, layout, facts, 5443)
+    settings = volunteer_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
     one = load_or_create(tmp_path / "a", "lab", server_names("192.168.1.20"))
     two = load_or_create(tmp_path / "b", "lab", server_names("192.168.1.20"))
-    files_one = join_plan.endpoint_files(cluster, join, one, settings, "x")
-    assert (join_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
-            == join_plan.endpoint_fingerprint(spec, "sha256:1", list(files_one)))
-    assert (join_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
-            != join_plan.endpoint_fingerprint(spec, "sha256:1", join_plan.endpoint_files(cluster, join, two, settings, "x")))
-    assert (join_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
-            != join_plan.endpoint_fingerprint(spec, "sha256:2", files_one))
+    files_one = volunteer_plan.endpoint_files(cluster, folders, one, settings, "x")
+    assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
+            == volunteer_plan.endpoint_fingerprint(spec, "sha256:1", list(files_one)))
+    assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
+            != volunteer_plan.endpoint_fingerprint(spec, "sha256:1", volunteer_plan.endpoint_files(cluster, folders, two, settings, "x")))
+    assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
+            != volunteer_plan.endpoint_fingerprint(spec, "sha256:2", files_one))
 
 
 # --------------------------------------------------------------------------- the lines and the script
@@ -217,7 +217,7 @@ PIN = "sha256//" + base64.b64encode(b"k" * 32).decode()
 
 
 def test_the_join_line_pins_the_master_and_fails_loudly_when_curl_fails():
-    line = join_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN, "--cpus 2 --memory 2g")
+    line = volunteer_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN, "--cpus 2 --memory 2g")
     assert line.startswith(f"(curl -fsS --proto =https -k --pinnedpubkey '{PIN}' "
                            f"'https://192.168.1.20:5443/join/{TOKEN}' || echo ")
     assert line.endswith(") | sh -s -- --cpus 2 --memory 2g")
@@ -232,7 +232,7 @@ def test_a_failing_curl_makes_the_whole_line_fail_with_a_message(tmp_path):
     fake.mkdir()
     (fake / "curl").write_text("#!/bin/sh\necho 'curl: (22) The requested URL returned error: 403' >&2\nexit 22\n")
     (fake / "curl").chmod(0o755)
-    line = join_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN)
+    line = volunteer_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN)
     result = subprocess.run(["sh", "-c", line], capture_output=True, text=True,
                             env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
     assert result.returncode == 1
@@ -240,13 +240,13 @@ def test_a_failing_curl_makes_the_whole_line_fail_with_a_message(tmp_path):
 
 
 def test_the_leave_line_removes_exactly_what_the_join_line_made():
-    assert join_plan.leave_line("lab") == (
+    assert volunteer_plan.leave_line("lab") == (
         "docker rm -f infra-lab-volunteer; docker volume rm infra-lab-volunteer; "
         "docker image rm infra-lab-volunteer:latest")
 
 
 def render_script(cluster="lab") -> str:
-    return join_plan.render_join_script(join_plan.load_template(assets_dir()), cluster,
+    return volunteer_plan.render_join_script(volunteer_plan.load_template(assets_dir()), cluster,
                                         "https://192.168.1.20:5443", PIN)
 
 
@@ -298,7 +298,7 @@ def test_the_script_stops_at_once_without_a_working_docker(tmp_path):
 
 def test_a_value_with_a_quote_never_reaches_the_script():
     with pytest.raises(ValueError):
-        join_plan.render_join_script(join_plan.load_template(assets_dir()), "lab", "https://x'y:5443", PIN)
+        volunteer_plan.render_join_script(volunteer_plan.load_template(assets_dir()), "lab", "https://x'y:5443", PIN)
 
 
 # --------------------------------------------------------------------------- list
