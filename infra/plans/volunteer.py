@@ -17,16 +17,19 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
+from ..commands import files as file_commands
 from ..commands.engine import ContainerSpec
 from ..config import Cluster
+from ..facts.containers import Container
 from ..facts.host import HostFacts
 from ..names import container_name
 from ..runtime import ENDPOINT_MODULE, IMAGE_PACKAGE
-from ..runtime.endpoint import FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
+from ..runtime.endpoint import CONTEXT_FILE, FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
 from ..state.tls import ServerIdentity
 from .addresses import in_url
-from .containers import fingerprint, worker_app_args
+from .containers import ContainerChange, change_steps, fingerprint, worker_app_args
 from .layout import HostLayout
 from .secret_files import (
     SecretFile,
@@ -34,6 +37,7 @@ from .secret_files import (
     rabbitmq_password_hash,
     secrets_digest,
 )
+from .steps import FILE_TIMEOUT, Step, shell_step
 
 DEFAULT_PORT = 5443
 ROLE = "join"
@@ -61,6 +65,15 @@ class EndpointLayout:
     @property
     def token_table(self) -> str:
         return posixpath.join(self.config_dir, "volunteers.json")
+
+    @property
+    def context_tarball(self) -> str:
+        return posixpath.join(self.files_dir, CONTEXT_FILE)
+
+    @property
+    def context_digest(self) -> str:
+        """The digest of the build context the tarball holds (`state.build_context.context_digest`)."""
+        return posixpath.join(self.files_dir, "context.digest")
 
 
 def endpoint_layout(layout: HostLayout) -> EndpointLayout:
@@ -126,6 +139,59 @@ def endpoint_container(cluster: Cluster, layout: HostLayout, facts: HostFacts, p
 
 def endpoint_fingerprint(spec: ContainerSpec, image_id: str | None, files: list[SecretFile]) -> str:
     return fingerprint(spec, image_id, secrets_digest(files, spec.secrets))
+
+
+def context_steps(folders: EndpointLayout, digest: str, digest_there: str,
+                  make_tarball: Callable[[], bytes]) -> list[Step]:
+    """The build context beside the worker image, sent only when the host holds another digest (or none).
+
+    `make_tarball` is called only then: a context with wheels takes a while to pack.
+    """
+    if digest_there == digest:
+        return []
+    return [
+        shell_step(f"write {folders.context_tarball}", file_commands.write_private_file(folders.context_tarball),
+                   stdin=make_tarball(), timeout=FILE_TIMEOUT),
+        shell_step(f"write {folders.context_digest}", file_commands.write_private_file(folders.context_digest),
+                   stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT),
+    ]
+
+
+@dataclass(frozen=True)
+class EndpointPlan:
+    change: ContainerChange  # keep, create or replace
+    steps: list[Step]
+
+
+def endpoint_change(spec: ContainerSpec, wanted: str, existing: Container | None) -> ContainerChange:
+    """Keep the endpoint only when it runs with the `wanted` fingerprint, else make it anew.
+
+    Unlike `up`'s containers (`containers.diff_containers`), one that stopped is replaced rather than
+    started again: it keeps no state, so a new one costs no more and leaves no doubt about its settings.
+    """
+    if existing is None:
+        return ContainerChange("create", spec.name, spec.role, "new", spec, wanted)
+    if existing.fingerprint != wanted:
+        return ContainerChange("replace", spec.name, spec.role, "settings or image changed", spec, wanted, existing)
+    if existing.state != "running":
+        return ContainerChange("replace", spec.name, spec.role, f"was {existing.state}", spec, wanted, existing)
+    return ContainerChange("keep", spec.name, spec.role, "up to date", spec, wanted, existing)
+
+
+def plan_endpoint(cluster: Cluster, spec: ContainerSpec, files: list[SecretFile], image_id: str | None,
+                  containers: tuple[Container, ...]) -> EndpointPlan:
+    """The endpoint's files and container, given the id of its image and the cluster's containers on its host.
+
+    The files are written before the old endpoint is removed: it read them when it started, so it
+    serves until the new one takes over.
+    """
+    wanted = endpoint_fingerprint(spec, image_id, files)
+    change = endpoint_change(spec, wanted, next((c for c in containers if c.name == spec.name), None))
+    writes = [] if change.action == "keep" else [
+        shell_step(f"write {file.path} (mode 0400)", file_commands.write_private_file(file.path),
+                   stdin=file.content.encode(), timeout=FILE_TIMEOUT)
+        for file in files]
+    return EndpointPlan(change, writes + change_steps(cluster, [change]))
 
 
 # --------------------------------------------------------------------------- a volunteer's access

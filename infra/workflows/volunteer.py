@@ -11,39 +11,31 @@ connections, so that its unacknowledged tasks go back to the queue for the other
 
 from __future__ import annotations
 
-import gzip
-import io
 import json
 import posixpath
-import tarfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterator
 
 from ..commands import files as file_commands
 from ..commands import volunteer as volunteer_commands
 from ..commands.celery import celery_probe
-from ..commands.engine import (
-    InspectImages,
-    ListContainers,
-    Logs,
-    RemoveContainers,
-    RunContainer,
-    cluster_labels,
-)
+from ..commands.engine import ContainerSpec, InspectImages, ListContainers, Logs
 from ..config import Cluster
 from ..errors import ConfigError, InfraError, StateError, one_line, redact
 from ..facts.arch import docker_arch
 from ..facts.celery import CeleryView, parse_celery_probe
-from ..facts.containers import parse_container_list, parse_image_inspect
+from ..facts.containers import Container, parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts
 from ..names import registry_repository
 from ..plans import volunteer as volunteer_plan
 from ..plans.addresses import master_address
 from ..plans.layout import host_layout
-from ..plans.steps import Record, engine_step
+from ..plans.steps import FILE_TIMEOUT, IMAGE_TIMEOUT
 from ..runtime.endpoint import derive_secret
+from ..runtime.tarball import Member, pack_gzip
 from ..state.build_context import assets_dir, context_digest, prepare_build_context
 from ..state.lock import cluster_lock
 from ..state.manifest import Manifest
@@ -63,13 +55,10 @@ from ..state.volunteers import (
 from ..transport.connection import Connection, LocalConnection
 from ..transport.pool import ConnectionPool
 from ..ui.reporter import Reporter
-from .execute import execute_step
+from .execute import execute_steps
 from .gather import read_host_facts
 from .ship import ImageSender, ShippedImage
 
-ENGINE_TIMEOUT = 120
-FILE_TIMEOUT = 600
-IMAGE_TIMEOUT = 3600
 PROBE_TIMEOUT = 25.0
 BROKER_FILE = "volunteer-definitions.json"  # written into the broker's folder just for the import
 
@@ -156,18 +145,11 @@ def sync_results_users(cluster: Cluster, conn: Connection, store: VolunteerStore
 # --------------------------------------------------------------------------- the endpoint
 
 
-def _context_tarball(context: Path) -> bytes:
-    """The build context as a tar.gz with fixed times and owners (the same context, the same bytes)."""
-    raw = io.BytesIO()
-    with tarfile.open(fileobj=raw, mode="w") as tar:
-        for item in sorted(context.rglob("*")):
-            if item.is_file():
-                info = tarfile.TarInfo(item.relative_to(context).as_posix())
-                info.size = item.stat().st_size
-                info.mode = item.stat().st_mode & 0o755
-                with item.open("rb") as handle:
-                    tar.addfile(info, handle)
-    return gzip.compress(raw.getvalue(), compresslevel=6, mtime=0)
+def _context_members(context: Path) -> Iterator[Member]:
+    """The build context's files in path order, with their modes (no write bit for others) and no time."""
+    for item in sorted(context.rglob("*")):
+        if item.is_file():
+            yield Member(item.relative_to(context).as_posix(), item.read_bytes(), item.stat().st_mode & 0o755)
 
 
 def _worker_image_on_master(cluster: Cluster, conn: Connection, pool: ConnectionPool, reporter: Reporter) -> str:
@@ -200,45 +182,48 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
 
     image_id = _worker_image_on_master(cluster, conn, pool, reporter)
     manifest.apply(host, "add_secret_dir", layout.env_dir)
-    saved = conn.run(volunteer_commands.save_worker_image(image_id, folders.files_dir, docker_arch(facts.arch),
-                                                     cluster.spec.images.base), timeout=IMAGE_TIMEOUT)
-    if "saved" in saved.stdout:
-        reporter.host(host.name, "worker image saved for volunteers")
-    context = prepare_build_context(cluster)
-    digest = context_digest(context)
-    there = conn.run(volunteer_commands.read_small_file(posixpath.join(folders.files_dir, "context.digest")),
-                     timeout=FILE_TIMEOUT).stdout.strip()
-    if there != digest:
-        conn.run(file_commands.write_private_file(posixpath.join(folders.files_dir, "context.tar.gz")),
-                 stdin=_context_tarball(context), timeout=FILE_TIMEOUT)
-        conn.run(file_commands.write_private_file(posixpath.join(folders.files_dir, "context.digest")),
-                 stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT)
-
+    _save_worker_image(cluster, conn, facts, folders, image_id, reporter)
+    _send_build_context(cluster, conn, folders, manifest)
     script = volunteer_plan.render_join_script(volunteer_plan.load_template(assets_dir()), cluster.name, url, pin)
-    files = volunteer_plan.endpoint_files(cluster, folders, identity, volunteer_plan.endpoint_settings(cluster, address, port),
-                                     script)
-    write_token_table(conn, folders, store)
+    files = volunteer_plan.endpoint_files(cluster, folders, identity,
+                                          volunteer_plan.endpoint_settings(cluster, address, port), script)
+    write_token_table(conn, folders, store)  # whether or not the endpoint is replaced: it re-reads the table
     spec = volunteer_plan.endpoint_container(cluster, layout, facts, port)
-    master_image = parse_image_inspect(conn.engine.query(InspectImages((spec.image,)))).get(spec.image)
-    print_ = volunteer_plan.endpoint_fingerprint(spec, master_image.id if master_image else None, files)
-    existing = next((c for c in parse_container_list(conn.engine.query(ListContainers(cluster.name)))
-                     if c.name == spec.name), None)
-    if existing is not None and existing.fingerprint == print_ and existing.state == "running":
-        manifest.apply(host, "add_container", spec.name, spec.role, existing.id)
-        return url, pin
-    for file in files:
-        conn.run(file_commands.write_secret_file(file.path), stdin=file.content.encode(), timeout=FILE_TIMEOUT)
-    if existing is not None:
-        execute_step(conn, engine_step(f"remove the old {spec.name}", RemoveContainers((spec.name,)),
-                                       Record("remove_container", spec.name), timeout=ENGINE_TIMEOUT), manifest)
-    labels = cluster_labels(cluster.name, role=spec.role, host=spec.host, spec=print_)
-    execute_step(conn, engine_step(f"start {spec.name}", RunContainer(spec, labels),
-                                   Record("add_container", spec.name, spec.role), timeout=ENGINE_TIMEOUT), manifest)
-    reporter.host(host.name, f"join endpoint {spec.name} listens on {url}")
+    plan = volunteer_plan.plan_endpoint(cluster, spec, files, *_endpoint_facts(cluster, conn, spec))
+    execute_steps(conn, plan.steps, manifest)
+    if plan.change.action != "keep":
+        reporter.host(host.name, f"join endpoint {spec.name} listens on {url}")
     return url, pin
 
 
+def _save_worker_image(cluster: Cluster, conn: Connection, facts: HostFacts, folders: volunteer_plan.EndpointLayout,
+                       image_id: str, reporter: Reporter) -> None:
+    """The worker image, saved beside the endpoint; the host itself tells whether that image is there already."""
+    saved = conn.run(volunteer_commands.save_worker_image(image_id, folders.files_dir, docker_arch(facts.arch),
+                                                          cluster.spec.images.base), timeout=IMAGE_TIMEOUT)
+    if "saved" in saved.stdout:
+        reporter.host(conn.host.name, "worker image saved for volunteers")
+
+
+def _send_build_context(cluster: Cluster, conn: Connection, folders: volunteer_plan.EndpointLayout,
+                        manifest: Manifest) -> None:
+    """The build context beside the image, for volunteers of other architectures, when the host's copy is not it."""
+    context = prepare_build_context(cluster)
+    digest = context_digest(context)
+    there = conn.run(volunteer_commands.read_small_file(folders.context_digest), timeout=FILE_TIMEOUT).stdout.strip()
+    steps = volunteer_plan.context_steps(folders, digest, there, lambda: pack_gzip(_context_members(context)))
+    execute_steps(conn, steps, manifest)
+
+
+def _endpoint_facts(cluster: Cluster, conn: Connection,
+                    spec: ContainerSpec) -> tuple[str | None, tuple[Container, ...]]:
+    """What `plan_endpoint` compares with: the id of the endpoint's image on the host, and the cluster's containers."""
+    image = parse_image_inspect(conn.engine.query(InspectImages((spec.image,)))).get(spec.image)
+    return (image.id if image else None), parse_container_list(conn.engine.query(ListContainers(cluster.name)))
+
+
 def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, store: VolunteerStore) -> None:
+    """The digests of the active volunteers' tokens and keys: the running endpoint goes by them at its next request."""
     conn.run(file_commands.write_private_file(folders.token_table), stdin=endpoint_registry(store.active()).encode(),
              timeout=FILE_TIMEOUT)
 
@@ -273,8 +258,8 @@ def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAU
             store.save()
             url, pin = ensure_endpoint(cluster, conn, facts, manifest, store, address, port, pool, reporter)
         reporter.host(cluster.master_host.name, f"volunteer {name} may join until {volunteer.expires}")
-        return AddedVolunteer(name, volunteer_plan.join_line(url, pin, token, line_options), volunteer_plan.leave_line(cluster.name),
-                       volunteer.expires, url, pin)
+        return AddedVolunteer(name, volunteer_plan.join_line(url, pin, token, line_options),
+                              volunteer_plan.leave_line(cluster.name), volunteer.expires, url, pin)
 
 
 def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volunteer: Volunteer, token: str) -> None:
