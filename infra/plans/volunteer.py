@@ -150,9 +150,9 @@ def context_steps(folders: EndpointLayout, digest: str, digest_there: str,
     if digest_there == digest:
         return []
     return [
-        shell_step(f"write {folders.context_tarball}", file_commands.write_private_file(folders.context_tarball),
+        shell_step(f"write {folders.context_tarball}", file_commands.write_secret_file(folders.context_tarball),
                    stdin=make_tarball(), timeout=FILE_TIMEOUT),
-        shell_step(f"write {folders.context_digest}", file_commands.write_private_file(folders.context_digest),
+        shell_step(f"write {folders.context_digest}", file_commands.write_secret_file(folders.context_digest),
                    stdin=(digest + "\n").encode(), timeout=FILE_TIMEOUT),
     ]
 
@@ -188,7 +188,7 @@ def plan_endpoint(cluster: Cluster, spec: ContainerSpec, files: list[SecretFile]
     wanted = endpoint_fingerprint(spec, image_id, files)
     change = endpoint_change(spec, wanted, next((c for c in containers if c.name == spec.name), None))
     writes = [] if change.action == "keep" else [
-        shell_step(f"write {file.path} (mode 0400)", file_commands.write_private_file(file.path),
+        shell_step(f"write {file.path} (mode 0400)", file_commands.write_secret_file(file.path),
                    stdin=file.content.encode(), timeout=FILE_TIMEOUT)
         for file in files]
     return EndpointPlan(change, writes + change_steps(cluster, [change]))

@@ -224,7 +224,7 @@ def _endpoint_facts(cluster: Cluster, conn: Connection,
 
 def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, store: VolunteerStore) -> None:
     """The digests of the active volunteers' tokens and keys: the running endpoint goes by them at its next request."""
-    conn.run(file_commands.write_private_file(folders.token_table), stdin=endpoint_registry(store.active()).encode(),
+    conn.run(file_commands.write_secret_file(folders.token_table), stdin=endpoint_registry(store.active()).encode(),
              timeout=FILE_TIMEOUT)
 
 
@@ -268,7 +268,7 @@ def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volu
     folder = posixpath.join(layout.env_dir, "broker")
     path = posixpath.join(folder, BROKER_FILE)
     definitions = volunteer_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
-    conn.run(file_commands.write_private_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
+    conn.run(file_commands.write_secret_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
     try:
         _exec(conn, volunteer_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
               "adding the volunteer's broker user")

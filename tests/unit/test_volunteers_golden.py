@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.commands.files import write_private_file
+from infra.commands.files import write_secret_file
 from infra.commands.volunteer import read_small_file
 from infra.config import parse_cluster
 from infra.facts.host import HostFacts
@@ -50,7 +50,7 @@ IMAGES = {"infra-lab-worker:latest": {"Id": "sha256:worker1", "Labels": {}},
 
 
 class MasterHost(RecordingConnection):
-    """The recording fake, plus: files written with `write_private_file` are read back by `read_small_file`,
+    """The recording fake, plus: files written with `write_secret_file` are read back by `read_small_file`,
     and the image save says `saved` once, then `unchanged`."""
 
     def __init__(self, cluster, state: FakeHost):
@@ -113,7 +113,7 @@ def ensure(cluster, conn, tmp_path, *, port=5443) -> tuple[tuple[str, str], str,
 
 def write(path: str, fed: str) -> str:
     """A private file written from stdin (the script is spelled out in test_commands.py), and what it was fed."""
-    return f"{shlex.join(write_private_file(path))} <{fed} [600 s]"
+    return f"{shlex.join(write_secret_file(path))} <{fed} [600 s]"
 
 
 SAVE = ("sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/join-files && chmod 700 "
