@@ -106,6 +106,19 @@ def _stray_character(text: str, allowed: str) -> str | None:
     return None
 
 
+def _word_problem(text: str, *, empty: str, program: str, allowed: str) -> str | None:
+    """What names and references passed to a program share: not empty, no leading '-' that the
+    program would read as an option, only ASCII letters, digits and `allowed`."""
+    if not text:
+        return empty
+    if text.startswith("-"):
+        return f"it starts with '-', which {program} would take for an option"
+    stray = _stray_character(text, allowed)
+    if stray is not None:
+        return f"it contains {_character(stray)}"
+    return None
+
+
 def control_character_problem(text: str) -> str | None:
     found = _CONTROL_CHARACTER.search(text)
     return f"contains a control character (U+{ord(found.group()):04X})" if found else None
@@ -126,13 +139,9 @@ def strings_in(value: Any, path: tuple) -> Iterator[tuple[tuple, str]]:
 
 
 def image_reference_problem(reference: str) -> str | None:
-    if not reference:
-        return "it is empty"
-    if reference.startswith("-"):
-        return "it starts with '-', which docker would take for an option"
-    stray = _stray_character(reference, "._-:/@[]")
-    if stray is not None:
-        return f"it contains {_character(stray)}"
+    problem = _word_problem(reference, empty="it is empty", program="docker", allowed="._-:/@[]")
+    if problem:
+        return problem
     if _IMAGE_ID.fullmatch(reference):
         return "64 hex digits are an image id, not a name"
     rest, at, digest = reference.partition("@")
@@ -232,13 +241,10 @@ def host_address_problem(address: str) -> str | None:
 
 
 def ssh_user_problem(user: str) -> str | None:
-    if not user:
-        return "it is empty; leave the key out for the default"
-    if user.startswith("-"):
-        return "it starts with '-', which ssh would take for an option"
-    stray = _stray_character(user, "_.-$")
-    if stray is not None:
-        return f"it contains {_character(stray)}"
+    problem = _word_problem(user, empty="it is empty; leave the key out for the default", program="ssh",
+                            allowed="_.-$")
+    if problem:
+        return problem
     if len(user) > SSH_USER_MAX:
         return f"user names are at most {SSH_USER_MAX} characters"
     if not _SSH_USER.fullmatch(user):

@@ -299,7 +299,7 @@ def _container_status(found: Container, host: str, expected: bool, now: datetime
         uptime = max(0, int((now - started).total_seconds()))
     return ContainerStatus(
         name=found.name, host=host, role=found.role or "?", expected=expected, state=found.state,
-        health=found.health, started_at=_iso(started) if started else None,
+        health=found.health, started_at=iso_utc(started) if started else None,
         uptime_seconds=uptime, image=found.image or None, restarts=found.restarts, exit_code=found.exit_code,
     )
 
@@ -307,5 +307,5 @@ def _container_status(found: Container, host: str, expected: bool, now: datetime
 # --------------------------------------------------------------------------- renderings
 
 
-def _iso(moment: datetime) -> str:
+def iso_utc(moment: datetime) -> str:
     return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")

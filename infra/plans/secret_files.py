@@ -13,6 +13,7 @@ import json
 import posixpath
 from dataclasses import dataclass
 
+from ..commands import files as file_commands
 from ..commands.engine import SECRETS_MOUNT
 from ..config import Cluster, Host
 from ..state.credentials import Secrets
@@ -27,6 +28,7 @@ from .addresses import (
     in_url,
 )
 from .layout import HostLayout
+from .steps import FILE_TIMEOUT, Record, Step, shell_step
 
 
 @dataclass(frozen=True)
@@ -242,3 +244,9 @@ def secrets_digest(files: list[SecretFile], folder: str | None) -> str:
         return ""
     inside = sorted((f.name, f.digest) for f in files if posixpath.dirname(f.path) == folder)
     return hashlib.sha256(json.dumps(inside).encode()).hexdigest()[:16]
+
+
+def secret_file_step(secret_file: SecretFile, *records: Record) -> Step:
+    """The step that writes one secret file on the host: 0400, its content on stdin, never in argv."""
+    return shell_step(f"write {secret_file.path} (mode 0400)", file_commands.write_secret_file(secret_file.path),
+                      *records, stdin=secret_file.content.encode(), timeout=FILE_TIMEOUT)

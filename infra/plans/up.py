@@ -12,7 +12,6 @@ from __future__ import annotations
 import posixpath
 from dataclasses import dataclass, field
 
-from ..commands import files as file_commands
 from ..commands.engine import (
     CreateNetwork,
     CreateVolume,
@@ -29,8 +28,8 @@ from ..state.tls import ServerIdentity
 from .containers import ContainerChange, change_steps, container_changes
 from .images import ImagePlan, build_fingerprints, image_steps, plan_images
 from .layout import HostLayout, host_layout
-from .secret_files import SecretFile, secret_files_for
-from .steps import ENGINE_TIMEOUT, FILE_TIMEOUT, Record, Step, engine_step, shell_step
+from .secret_files import SecretFile, secret_file_step, secret_files_for
+from .steps import ENGINE_TIMEOUT, Record, Step, engine_step
 from .sync import SyncPlan, sync_steps
 
 
@@ -91,9 +90,7 @@ def plan_host(
         folder = posixpath.dirname(secret_file.path)
         if folder in stale:
             plan.secret_writes.setdefault(folder, []).append(
-                shell_step(f"write {secret_file.path} (mode 0400)", file_commands.write_secret_file(secret_file.path),
-                           Record("add_secret_dir", layout.env_dir), stdin=secret_file.content.encode(),
-                           timeout=FILE_TIMEOUT))
+                secret_file_step(secret_file, Record("add_secret_dir", layout.env_dir)))
     plan.steps += image_steps(cluster, images, context_dir, build_fingerprints(cluster, context_digest))
 
     if host.name == cluster.master_host.name:

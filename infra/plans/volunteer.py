@@ -26,7 +26,13 @@ from ..facts.containers import Container
 from ..facts.host import HostFacts
 from ..names import container_name
 from ..runtime import ENDPOINT_MODULE, IMAGE_PACKAGE
-from ..runtime.endpoint import CONTEXT_FILE, FILES_DIR, PORT, PROJECT_DIR, VOLUNTEER_STATE
+from ..runtime.endpoint import (
+    CONTEXT_FILE,
+    FILES_DIR,
+    PORT,
+    PROJECT_DIR,
+    VOLUNTEER_STATE,
+)
 from ..state.tls import ServerIdentity
 from .addresses import in_url
 from .containers import ContainerChange, change_steps, fingerprint, worker_app_args
@@ -35,6 +41,7 @@ from .secret_files import (
     SecretFile,
     broker_vhost,
     rabbitmq_password_hash,
+    secret_file_step,
     secrets_digest,
 )
 from .steps import FILE_TIMEOUT, Step, shell_step
@@ -187,10 +194,7 @@ def plan_endpoint(cluster: Cluster, spec: ContainerSpec, files: list[SecretFile]
     """
     wanted = endpoint_fingerprint(spec, image_id, files)
     change = endpoint_change(spec, wanted, next((c for c in containers if c.name == spec.name), None))
-    writes = [] if change.action == "keep" else [
-        shell_step(f"write {file.path} (mode 0400)", file_commands.write_secret_file(file.path),
-                   stdin=file.content.encode(), timeout=FILE_TIMEOUT)
-        for file in files]
+    writes = [] if change.action == "keep" else [secret_file_step(file) for file in files]
     return EndpointPlan(change, writes + change_steps(cluster, [change]))
 
 

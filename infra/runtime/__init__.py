@@ -9,6 +9,7 @@ same files are `infra.runtime.*` here (unit tests, the protocol the CLI reads) a
 - `app`: the built-in Celery app, which workers run when the cluster file names no `project.app`;
 - `command`: one command line run for `infra.run_command`, its output batched to Redis;
 - `endpoint`: the join endpoint volunteers fetch their worker from; `volunteer`: the volunteer's worker side;
+- `tarball`: the one tar builder (fixed owners, so the same content gives the same bytes), used on both sides;
 - `tasks`: the `infra.run_command` task (one command line, its output streamed back through
   Redis), registered on the built-in app and, with `celery worker --include`, on a project's own;
 - `driver`: `infra sweep`'s side in the master container: sends the runs, relays their events;

@@ -146,7 +146,7 @@ def store_path(state_dir: Path) -> Path:
     return state_dir / "volunteers.json"
 
 
-def endpoint_registry(volunteers: list[Volunteer]) -> str:
+def token_table_json(volunteers: list[Volunteer]) -> str:
     """volunteers.json of the join endpoint: token digests (with expiry) and update-key digests → name."""
     tokens, keys = {}, {}
     for v in volunteers:

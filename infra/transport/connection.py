@@ -167,6 +167,12 @@ def _kill_group(proc: subprocess.Popen) -> None:
     proc.wait()
 
 
+def kill_local_commands() -> None:
+    """End every local command still running, with its process group (Ctrl-C)."""
+    for proc in list(_running):
+        _kill_group(proc)
+
+
 def local_address_towards(address: str) -> str:
     """The address of this machine on the route to `address` (no packet is sent)."""
     probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, TypeVar
 
 from ..config import Host
 from ..errors import InfraError
-from .connection import Connection, LocalConnection, _kill_group, _running
+from .connection import Connection, LocalConnection, kill_local_commands
 from .result import Limits, check_interrupted, interrupted
 from .ssh import SSHConnection
 
@@ -102,8 +102,7 @@ def abort_everything() -> None:
     """Close every open connection and kill every local command: the steps under way end now."""
     for pool in list(_live_pools):
         pool.close()
-    for proc in list(_running):
-        _kill_group(proc)
+    kill_local_commands()
 
 
 class ConnectionPool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 
 from ..facts.gpu import summarize as summarize_gpus
-from ..facts.status import SCHEMA, ClusterStatus, _iso
+from ..facts.status import SCHEMA, ClusterStatus, iso_utc
 
 
 def to_json(status: ClusterStatus) -> dict:
@@ -13,7 +13,7 @@ def to_json(status: ClusterStatus) -> dict:
     return {
         "schema": SCHEMA,
         "cluster": status.cluster,
-        "checked_at": _iso(status.checked_at),
+        "checked_at": iso_utc(status.checked_at),
         "ok": status.ok,
         "exit_code": status.exit_code,
         "problems": list(status.problems),

@@ -45,12 +45,12 @@ from ..state.volunteers import (
     Volunteer,
     VolunteerStore,
     check_name,
-    endpoint_registry,
     make_volunteer,
     new_token,
     parse_duration,
     public_key_pin,
     store_path,
+    token_table_json,
 )
 from ..transport.connection import Connection, LocalConnection
 from ..transport.pool import ConnectionPool
@@ -224,7 +224,7 @@ def _endpoint_facts(cluster: Cluster, conn: Connection,
 
 def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, store: VolunteerStore) -> None:
     """The digests of the active volunteers' tokens and keys: the running endpoint goes by them at its next request."""
-    conn.run(file_commands.write_secret_file(folders.token_table), stdin=endpoint_registry(store.active()).encode(),
+    conn.run(file_commands.write_secret_file(folders.token_table), stdin=token_table_json(store.active()).encode(),
              timeout=FILE_TIMEOUT)
 
 

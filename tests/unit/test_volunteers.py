@@ -30,7 +30,7 @@ from infra.state.volunteers import (
     Volunteer,
     VolunteerStore,
     check_name,
-    endpoint_registry,
+    token_table_json,
     make_volunteer,
     new_token,
     parse_duration,
@@ -107,7 +107,7 @@ def test_the_endpoint_registry_lists_tokens_with_expiry_and_keys_but_not_revoked
     alice = make_volunteer("alice", TOKEN, NOW, timedelta(days=1))
     bob = make_volunteer("bob", TOKEN[::-1], NOW, timedelta(days=1))
     bob.revoked = "2025-01-31T13:00:00Z"
-    registry = json.loads(endpoint_registry([alice, bob]))
+    registry = json.loads(token_table_json([alice, bob]))
     assert registry["tokens"] == {alice.token_sha256: {"name": "alice", "expires": (NOW + timedelta(days=1)).timestamp()}}
     assert registry["keys"] == {alice.key_sha256: {"name": "alice"}}
 

@@ -20,7 +20,7 @@ from infra.runtime import endpoint
 from infra.runtime import volunteer as worker_side
 from infra.runtime.endpoint import derive_secret
 from infra.state.tls import load_or_create, server_names
-from infra.state.volunteers import endpoint_registry, make_volunteer
+from infra.state.volunteers import token_table_json, make_volunteer
 
 TOKEN = "T" * 43
 OTHER = "O" * 43
@@ -43,7 +43,7 @@ def served(tmp_path, capsys):
         "results_port": 6379, "vhost": "lab", "app_args": ["--app", "x", "worker"], "queues": ["celery"]}))
     alice = make_volunteer("alice", TOKEN, NOW, timedelta(hours=1))
     old = make_volunteer("old", OTHER, NOW - timedelta(days=2), timedelta(days=1))
-    (config / "volunteers.json").write_text(endpoint_registry([alice, old]))
+    (config / "volunteers.json").write_text(token_table_json([alice, old]))
     (files / "image.tar.gz").write_bytes(b"IMAGE" * 1000)
     (files / "image.env").write_text("IMAGE_ID=sha256:abc\nIMAGE_ARCH=amd64\nBASE_IMAGE=debian\n")
     (project / "pkg" / "tasks.py").write_text("X = 1\n")
@@ -145,7 +145,7 @@ def test_a_changed_project_has_a_new_digest(served):
 
 def test_revocation_takes_effect_at_the_next_request(served):
     assert served["get"](f"/join/{TOKEN}")[0] == 200
-    (served["config"] / "volunteers.json.new").write_text(endpoint_registry([]))
+    (served["config"] / "volunteers.json.new").write_text(token_table_json([]))
     (served["config"] / "volunteers.json.new").replace(served["config"] / "volunteers.json")
     assert served["get"](f"/join/{TOKEN}")[0] == 403
     key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
