@@ -7,6 +7,7 @@ OpenSSH does (`infra.transport.hostkeys`).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import select
 import shlex
@@ -26,6 +27,13 @@ from .result import CommandResult, Limits, LineBuffer
 if TYPE_CHECKING:
     from ..engine.api import Engine
 
+
+# paramiko logs a failed connection itself, from its transport's thread, with tracebacks (the
+# banner not read, a socket closed under it); infra says the same in one line per host, so
+# paramiko's log reaches no terminal.
+_PARAMIKO_LOG = logging.getLogger("paramiko")
+_PARAMIKO_LOG.addHandler(logging.NullHandler())
+_PARAMIKO_LOG.propagate = False
 
 # Fabric (and paramiko) are imported by the first SSH connection, so that pure modules and
 # `--help` never pay for them; connections open from many threads at once.
@@ -61,6 +69,10 @@ class SSHConnection(Connection):
                 self._fabric.connect_kwargs["sock"] = sock
             self._fabric.open()
         except Exception as exc:  # paramiko and socket errors of every kind
+            # A server that accepted but never spoke SSH (a frozen host) fails later as "No
+            # existing session"; what it did not send says more.
+            transport = self._fabric.client.get_transport()
+            silent = transport is not None and not transport.remote_version
             # The client's transport first (its thread reads the socket until stopped; Fabric
             # leaves it running when the connection never opened), then the socket under it.
             self._fabric.client.close()
@@ -70,7 +82,9 @@ class SSHConnection(Connection):
             refusal = hostkeys.explain(host.name, exc, self._known_hosts[0])
             if refusal:
                 raise ConnectError(refusal) from None
-            raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {_describe_connect_error(exc)}") from None
+            why = f"no SSH banner within {connect_timeout:g} s (host hung or not an SSH server)" if silent \
+                else _describe_connect_error(exc)
+            raise ConnectError(f"{host.name}: cannot connect to {host.describe()}: {why}") from None
         transport = self._fabric.client.get_transport()
         transport.set_keepalive(15)
         # The same for a gateway's socket, when it is one (a ProxyCommand's has no such option).

@@ -249,6 +249,29 @@ def test_a_frozen_engine_is_named_and_up_status_and_clean_finish_the_rest(flt):
     expect_clean(flt)
 
 
+PARAMIKO_NOISE = ("Exception", "Traceback", "paramiko", "Errno", "protocol banner")
+
+
+def test_a_paused_worker_host_is_one_line_of_infra_on_stderr_and_no_noise(flt):
+    # docker pause freezes the whole host: TCP still connects, sshd never sends its banner.
+    testbed = flt["testbed"]
+    h3 = flt["hosts"][2]
+    expect_up(flt)
+    testbed.pause(h3)
+    try:
+        for command, exit_code in (("status", 3), ("up", 1), ("clean", 1)):
+            result = infra(command, "-f", flt["file"], timeout=300)
+            assert result.returncode == exit_code, result.stdout + result.stderr
+            assert f"{h3}: cannot connect" in result.stdout + result.stderr
+            assert "no SSH banner within 5 s" in result.stdout + result.stderr
+            for noise in PARAMIKO_NOISE:
+                assert noise not in result.stderr, f"{command}: {result.stderr}"
+            assert all(line.startswith("error: ") for line in result.stderr.splitlines()), result.stderr
+    finally:
+        testbed.unpause(h3)
+    expect_clean(flt)
+
+
 def _client(flt):
     address = flt["testbed"].host(flt["hosts"][0]).address
     return celery_client(flt["state"], address, CLUSTER)
