@@ -9,26 +9,45 @@ Exit codes: 0 success, 1 a host or command failed, 2 bad input (cluster file, op
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
 import click
 
-from .bootstrap import bootstrap
-from .check import check
-from .clean import clean
-from .logs import logs
 from .options import ending_at_once
-from .run import run
-from .schema import schema
-from .status import status
-from .sweep import sweep
-from .sync_files import sync_files
-from .up import up
-from .volunteer import volunteer
+
+# Each command's module, imported only when that command runs (or when --help lists them all):
+# `infra status` pays for status's imports alone, not for sweep's, bootstrap's or volunteer's.
+COMMAND_MODULES = {
+    "up": ".up",
+    "clean": ".clean",
+    "status": ".status",
+    "sync-files": ".sync_files",
+    "logs": ".logs",
+    "run": ".run",
+    "sweep": ".sweep",
+    "bootstrap": ".bootstrap",
+    "check": ".check",
+    "schema": ".schema",
+    "volunteer": ".volunteer",
+}
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+class CommandsOnDemand(click.Group):
+    """A group whose commands are imported by name, the first time they are asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMAND_MODULES)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        module = COMMAND_MODULES.get(name)
+        if module is None:
+            return None
+        return getattr(importlib.import_module(module, __name__), name.replace("-", "_"))
+
+
+@click.group(cls=CommandsOnDemand, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(package_name="infra-celery", prog_name="infra")
 def main() -> None:
     """Turn machines you can SSH into into a Celery cluster, and take it down again.
@@ -43,19 +62,6 @@ def main() -> None:
       infra up -f cluster.yaml      # start or update everything, on all hosts at once
       infra clean -f cluster.yaml   # remove what `up` started
     """
-
-
-main.add_command(up)
-main.add_command(clean)
-main.add_command(status)
-main.add_command(sync_files)
-main.add_command(logs)
-main.add_command(run)
-main.add_command(sweep)
-main.add_command(bootstrap)
-main.add_command(check)
-main.add_command(schema)
-main.add_command(volunteer)
 
 
 def program() -> None:

@@ -5,13 +5,14 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from infra.cli import main
 from tests.unit.package_imports import PACKAGE, REPO, imported_modules, module_name
 
-COMMANDS = sorted(main.commands)
+COMMANDS = main.list_commands(click.Context(main))
 
 
 def test_the_core_commands_exist():
@@ -28,7 +29,7 @@ def test_the_group_help_has_an_example():
 
 @pytest.mark.parametrize("name", COMMANDS)
 def test_every_command_help_text_has_an_example(name):
-    command = main.commands[name]
+    command = main.get_command(click.Context(main), name)
     assert command.help and "Example" in command.help, f"`infra {name} --help` shows no example"
 
 
@@ -77,3 +78,13 @@ def test_command_modules_import_only_the_shared_options_from_the_cli(module):
     # `from .options import handle_errors` also lists infra.cli.options.handle_errors: a name, not a module.
     modules = {imported for imported in cli_imports if not imported.startswith("infra.cli.options.")}
     assert modules <= allowed, f"{module} imports {sorted(modules - allowed)}"
+
+
+def test_a_command_imports_its_own_module_of_the_command_line_and_no_other():
+    program = ("import sys\n"
+               "from infra.cli import main\n"
+               "main(['status', '--help'], standalone_mode=False)\n"
+               "print(' '.join(sorted(m for m in sys.modules if m.startswith('infra.cli.'))))\n")
+    result = subprocess.run([sys.executable, "-c", program], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1].split() == ["infra.cli.options", "infra.cli.status"]
