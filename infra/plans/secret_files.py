@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from ..commands import files as file_commands
 from ..commands.engine import SECRETS_MOUNT
 from ..config import Cluster, Host
+from ..runtime.signing import SIGNING_KEY_FILE, VERIFY_KEY_FILE
 from ..state.credentials import Secrets
 from ..state.tls import ServerIdentity
 from .addresses import (
@@ -227,6 +228,8 @@ def secret_files_for(cluster: Cluster, host: Host, layout: HostLayout, secrets: 
         add("results", "redis.conf", results_config(cluster, secrets))
         add_identity("results")
         add("master", "celery.env", internal)
+        if secrets.run_signing_key:  # the sweep driver signs runs in the master container: nowhere else
+            add("master", SIGNING_KEY_FILE, secrets.run_signing_key)
         add("flower", "celery.env", internal)
         add("flower", "flowerconfig.py", flower_config(cluster, secrets))
         add_identity("flower")
@@ -235,6 +238,8 @@ def secret_files_for(cluster: Cluster, host: Host, layout: HostLayout, secrets: 
         add("worker", "celery.env", _render_env({**common, **celery_urls(cluster, secrets, address, internal=False)}))
         if identity is not None:
             add("worker", "ca.crt", identity.ca_certificate)
+        if secrets.run_signing_key:  # the public half: workers check runs with it and cannot sign
+            add("worker", VERIFY_KEY_FILE, secrets.run_verify_key)
     return files
 
 

@@ -55,18 +55,41 @@ class RunRequest:
     gpus_per_task: int = 1
 
     @classmethod
-    def from_message(cls, message: dict[str, Any], submission: str) -> "RunRequest":
-        timeout = message.get("timeout")
+    def from_payload(cls, payload: dict[str, Any]) -> "RunRequest":
+        """A request from a payload `signing.verify_message` accepted (its fields and types are checked there)."""
+        timeout = payload.get("timeout")
         return cls(
-            sweep_id=str(message["sweep_id"]),
-            run=str(message["run"]),
-            submission=submission,
-            argv=tuple(str(word) for word in message["argv"]),
-            cwd=str(message.get("cwd") or "/project"),
-            env={str(k): str(v) for k, v in (message.get("env") or {}).items()},
+            sweep_id=payload["sweep_id"],
+            run=payload["run"],
+            submission=payload["submission"],
+            argv=tuple(payload["argv"]),
+            cwd=payload.get("cwd") or "/project",
+            env=dict(payload.get("env") or {}),
             timeout=float(timeout) if timeout else None,
-            gpus_per_task=int(message.get("gpus_per_task", 1)),
+            gpus_per_task=int(payload.get("gpus_per_task", 1)),
         )
+
+
+# What a run gets of its worker's environment: the names below and those that start with a
+# prefix below, nothing else. The worker's own environment holds the broker and Redis URLs with
+# their passwords (from celery.env) and the paths of its secret files; a run's output travels to
+# Redis, the log files and the CSV, so a run that prints its environment must show none of them.
+PASSED_NAMES = frozenset({
+    "PATH", "HOME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TERM", "HOSTNAME", "USER", "LOGNAME",
+    "VIRTUAL_ENV", "PYTHONPATH", "PYTHONDONTWRITEBYTECODE", "PYTHONIOENCODING", "INFRA_CLUSTER",
+})
+PASSED_PREFIXES = ("LC_", "NVIDIA_")  # locales; the GPUs the container was given (docker --gpus)
+
+
+def run_environment(worker_env: dict[str, str], request: RunRequest, cuda_devices: str | None = None) -> dict[str, str]:
+    """The environment of a run: the allowed part of the worker's, the message's, then infra's own values."""
+    env = {name: value for name, value in worker_env.items()
+           if name in PASSED_NAMES or name.startswith(PASSED_PREFIXES)}
+    env.update(request.env)
+    env.update({"PYTHONUNBUFFERED": "1", "INFRA_RUN": request.run})
+    if cuda_devices is not None:
+        env["CUDA_VISIBLE_DEVICES"] = cuda_devices
+    return env
 
 
 def _split_long(line: str) -> list[str]:
@@ -134,7 +157,6 @@ def execute(request: RunRequest, channel: Channel, *, host: str, worker: str, re
     if channel.should_stop():
         return {**base, "event": "skip", "reason": "the sweep was stopped"}
 
-    env = {**os.environ, **request.env, "PYTHONUNBUFFERED": "1", "INFRA_RUN": request.run}
     held = None
     notes: list[str] = []
     try:
@@ -146,10 +168,11 @@ def execute(request: RunRequest, channel: Channel, *, host: str, worker: str, re
             channel.should_stop, on_wait=lambda: notes.append("infra: waiting for a free GPU"))
         if held is None:
             return {**base, "event": "skip", "reason": "the sweep was stopped"}
-        env["CUDA_VISIBLE_DEVICES"] = cuda_visible_devices(held.devices)
+    gpus = cuda_visible_devices(held.devices) if held is not None else None
+    env = run_environment(dict(os.environ), request, gpus)
     try:
         return _run(request, channel, base, env, notes, host=host, worker=worker, redelivered=redelivered,
-                    gpus=env.get("CUDA_VISIBLE_DEVICES", "") if held else "")
+                    gpus=gpus or "")
     finally:
         if held is not None:
             held.release()

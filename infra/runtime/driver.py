@@ -2,8 +2,9 @@
 
     python -m infra_runtime.driver PLAN.json
 
-Sends one `infra.run_command` task per combination of the plan, then relays what the runs
-report (see `protocol`) as lines on stdout, which `infra sweep` reads through the engine's exec
+Sends one `infra.run_command` task per combination of the plan, each signed with the master's
+run key (`signing`: workers run nothing else), then relays what the runs report (see
+`protocol`) as lines on stdout, which `infra sweep` reads through the engine's exec
 and turns into live output, log files and the CSV. It decides only what needs the cluster:
 resubmitting a failed run while it has retries left, and, on SIGINT or SIGTERM, stopping the
 sweep: the cancel flag makes queued runs skip and running ones stop, queued tasks are also
@@ -24,7 +25,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from . import protocol
+from . import protocol, signing
 
 ALIVE_REFRESH_SECONDS = 10.0
 NO_START_WARNING_SECONDS = 60.0
@@ -102,7 +103,9 @@ class Driver:
     redis: Any
     sender: Sender
     output: Output
+    signing_key: bytes  # the master's run signing key (PEM): workers run only what it signed
     clock: Callable[[], float] = time.monotonic
+    wall_clock: Callable[[], float] = time.time  # issue and expiry of the signed messages
     runs: dict[str, RunState] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -110,14 +113,21 @@ class Driver:
     def sweep_id(self) -> str:
         return self.plan["sweep_id"]
 
-    def _message(self, run: dict) -> dict:
-        return {**self.plan.get("message", {}), "sweep_id": self.sweep_id, "run": run["run"], "argv": run["argv"]}
+    def _message(self, run: str, submission: str, argv: list[str]) -> dict:
+        """The signed message of one attempt: every field that decides what runs is in its payload."""
+        settings = self.plan.get("message", {})
+        payload = signing.new_payload({
+            "sweep_id": self.sweep_id, "run": run, "submission": submission, "argv": list(argv),
+            "cwd": settings.get("cwd") or "/project", "env": dict(settings.get("env") or {}),
+            "timeout": settings.get("timeout"), "gpus_per_task": int(settings.get("gpus_per_task", 1)),
+        }, now=self.wall_clock())
+        return signing.sign_message(payload, self.signing_key)
 
     def _submit(self, state: RunState, argv: list[str]) -> None:
         state.attempts += 1
         state.submission = protocol.submission_id(self.sweep_id, state.run, state.attempts)
         state.started = False
-        self.sender.send(state.submission, self._message({"run": state.run, "argv": argv}), self.plan["queue"])
+        self.sender.send(state.submission, self._message(state.run, state.submission, argv), self.plan["queue"])
 
     def _refresh_alive(self) -> None:
         self.redis.set(protocol.alive_key(self.sweep_id), "1", ex=protocol.ALIVE_SECONDS)
@@ -158,7 +168,8 @@ class Driver:
                 self.output.event({"event": "warning", "text": (
                     f"no run has started within {NO_START_WARNING_SECONDS:g} s: does a worker consume the queue "
                     f"'{self.plan['queue']}'? (`infra status` lists the workers and queues; workers started "
-                    "before `infra sweep` existed need `infra up`)")})
+                    "before `infra sweep` existed need `infra up`; a worker without the cluster's run key "
+                    "refuses every run: `infra logs` shows 'refused')")})
 
     def _pop(self) -> list[dict]:
         key = protocol.events_key(self.sweep_id)
@@ -244,6 +255,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"cannot read the sweep plan: {exc}", file=sys.stderr)
         return 2
 
+    try:
+        signing_key = signing.load_signing_key()
+    except signing.RunRefused as exc:
+        print(f"the sweep cannot sign its runs: {exc}", file=sys.stderr)
+        return 2
+
     import redis
 
     from .app import app
@@ -258,7 +275,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             os._exit(3)
 
-    driver = Driver(plan, client, CelerySender(app), Output(on_stalled=stalled))
+    driver = Driver(plan, client, CelerySender(app), Output(on_stalled=stalled), signing_key)
 
     def interrupt(signum, frame) -> None:
         if driver.interrupted:

@@ -10,6 +10,7 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from ..errors import StateError
+from ..runtime.signing import key_pair_pem, public_pem_of
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class Secrets:
     flower_password: str
     worker_user: str = "worker"
     worker_password: str = ""
+    # The Ed25519 key the sweep driver signs runs with (PEM): on the master host alone; workers and
+    # volunteers get its public half (`run_verify_key`), which checks runs and cannot sign them.
+    run_signing_key: str = ""
 
     @classmethod
     def generate(cls) -> "Secrets":
@@ -37,11 +41,24 @@ class Secrets:
             flower_password=random_source.token_urlsafe(18),
             worker_user="worker",
             worker_password=random_source.token_urlsafe(24),
+            run_signing_key=key_pair_pem()[0],
         )
+
+    @property
+    def run_verify_key(self) -> str:
+        """The public half of the run signing key (PEM; not a secret), "" when there is none."""
+        return public_pem_of(self.run_signing_key) if self.run_signing_key else ""
 
     def values(self) -> list[str]:
         """The secret strings themselves (used to check that nothing prints them)."""
-        return [self.broker_password, self.results_password, self.flower_password, self.worker_password]
+        found = [self.broker_password, self.results_password, self.flower_password, self.worker_password]
+        if self.run_signing_key:  # the whole PEM and its base64 line, which a command could hold alone
+            found += [self.run_signing_key, *_pem_body_lines(self.run_signing_key)]
+        return found
+
+
+def _pem_body_lines(pem: str) -> list[str]:
+    return [line for line in pem.splitlines() if line and not line.startswith("-----")]
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -68,15 +85,25 @@ def load_secrets(path: Path) -> Secrets | None:
         raise StateError(f"{path}: unreadable secrets file ({exc}); remove it to generate new ones") from None
 
 
+def _missing_secrets(existing: Secrets) -> dict[str, str]:
+    missing = {}
+    if not existing.worker_password:
+        missing["worker_password"] = random_source.token_urlsafe(24)
+    if not existing.run_signing_key:
+        missing["run_signing_key"] = key_pair_pem()[0]
+    return missing
+
+
 def load_or_create_secrets(path: Path) -> Secrets:
     existing = load_secrets(path)
     if existing:
         if path.stat().st_mode & 0o077:
             os.chmod(path, 0o600)
-        if not existing.worker_password:
-            # A secrets file from before the broker had a user of its own for workers: that user
-            # gets a new password, the others keep theirs. Callers hold the cluster lock.
-            existing = replace(existing, worker_password=random_source.token_urlsafe(24))
+        missing = _missing_secrets(existing)
+        if missing:
+            # A secrets file from before some secret existed (the workers' broker user, the run
+            # signing key): those are made, the others kept. Callers hold the cluster lock.
+            existing = replace(existing, **missing)
             write_private_file(path, json.dumps(asdict(existing), indent=2).encode() + b"\n")
         return existing
     created = Secrets.generate()

@@ -183,10 +183,12 @@ def test_secrets_are_created_private_and_reused(tmp_path):
 def test_generated_secrets_are_long_distinct_and_url_safe():
     one, two = Secrets.generate(), Secrets.generate()
     assert one.values() != two.values()
-    assert len(set(one.values())) == 4
-    for value in one.values():
+    passwords = [one.broker_password, one.results_password, one.flower_password, one.worker_password]
+    assert len(set(passwords)) == 4 and set(passwords) < set(one.values())
+    for value in passwords:
         assert len(value) >= 24
         assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")
+    assert one.run_signing_key in one.values() and one.run_signing_key != two.run_signing_key
 
 
 def test_a_secrets_file_from_before_the_workers_broker_user_gets_one_and_keeps_the_rest(tmp_path):

@@ -416,7 +416,7 @@ def files_of(plan: HostPlan, role: str) -> dict[str, str]:
 def test_no_command_on_any_host_contains_a_secret(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
     secrets = Secrets.generate()
-    assert len(secrets.values()) == 4 and all(len(v) >= 20 for v in secrets.values())
+    assert len(secrets.values()) == 6 and all(len(v) >= 20 for v in secrets.values())  # 4 passwords, the run key
     texts: list[str] = []
     fed: list[bytes] = []
     for host in ("gpu-box", "pi1", "local"):

@@ -15,7 +15,7 @@ from collections import defaultdict
 
 import pytest
 
-from infra.runtime import protocol
+from infra.runtime import protocol, signing
 from infra.runtime.command import MAX_LINE_CHARS, RedisChannel, RunRequest, execute
 from infra.runtime.driver import Driver, Output, load_plan
 from infra.runtime.gpu import (
@@ -27,6 +27,7 @@ from infra.runtime.gpu import (
 )
 
 PY = sys.executable
+SIGNING_KEY, VERIFY_KEY = signing.key_pair_pem()  # made for these tests alone
 
 
 # --------------------------------------------------------------------------- GPU slots
@@ -285,12 +286,12 @@ def test_a_worker_without_gpus_sets_no_cuda_devices(tmp_path):
     assert channel.lines() == ["unset"]
 
 
-def test_a_message_from_the_driver_becomes_a_request():
-    message = {"sweep_id": "s", "run": "r", "argv": ["python", "t.py", 1], "cwd": "/project",
+def test_a_signed_payload_from_the_driver_becomes_a_request():
+    payload = {"sweep_id": "s", "run": "r", "submission": "s.r.1", "argv": ["python", "t.py", "1"], "cwd": "/project",
                "timeout": 30, "gpus_per_task": 2, "env": {"INFRA_SWEEP": "x"}}
-    req = RunRequest.from_message(message, submission="s.r.1")
+    req = RunRequest.from_payload(payload)
     assert req == RunRequest("s", "r", "s.r.1", ("python", "t.py", "1"), "/project", {"INFRA_SWEEP": "x"}, 30.0, 2)
-    assert RunRequest.from_message({"sweep_id": "s", "run": "r", "argv": ["x"]}, "id").timeout is None
+    assert RunRequest.from_payload({**payload, "timeout": None}).timeout is None
 
 
 # --------------------------------------------------------------------------- the driver
@@ -366,7 +367,9 @@ class FakeSender:
         self.revoked: list[str] = []
 
     def send(self, submission, message, queue):
-        self.sent.append((submission, message, queue))
+        """Kept as the payload a worker would accept: the driver's signature is checked here."""
+        payload = signing.verify_message(message, VERIFY_KEY.encode(), submission=submission, now=time.time())
+        self.sent.append((submission, payload, queue))
 
     def revoke(self, submissions):
         self.revoked += submissions
@@ -391,7 +394,7 @@ def make_driver(runs=2, retries=0):
             "message": {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {}},
             "runs": [{"run": f"r{i}", "argv": ["job", str(i)]} for i in range(1, runs + 1)]}
     redis, sender, out = FakeRedis(), FakeSender(), Lines()
-    return Driver(plan, redis, sender, Output(out)), redis, sender, out
+    return Driver(plan, redis, sender, Output(out), SIGNING_KEY.encode()), redis, sender, out
 
 
 def worker_reports(redis, sender, outcome):
@@ -419,8 +422,12 @@ def test_the_driver_sends_every_run_relays_its_events_and_cleans_up():
     assert driver.run() == 0
     assert [(s, m["argv"], q) for s, m, q in sender.sent] == [("sw.r1.1", ["job", "1"], "celery"),
                                                                ("sw.r2.1", ["job", "2"], "celery")]
-    assert sender.sent[0][1] == {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {},
-                                 "sweep_id": "sw", "run": "r1", "argv": ["job", "1"]}
+    first = dict(sender.sent[0][1])
+    issued, expires = first.pop("issued"), first.pop("expires")
+    assert first == {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {}, "format": signing.FORMAT,
+                     "task": protocol.TASK_NAME, "sweep_id": "sw", "run": "r1", "submission": "sw.r1.1",
+                     "argv": ["job", "1"]}
+    assert abs(issued - time.time()) < 60 and expires == pytest.approx(issued + signing.LIFETIME_SECONDS)
     kinds = [(e["event"], e.get("run")) for e in out.events()]
     assert kinds == [("submitted", None), ("start", "r1"), ("lines", "r1"), ("end", "r1"),
                      ("start", "r2"), ("lines", "r2"), ("end", "r2"), ("finished", None)]
@@ -508,7 +515,8 @@ def test_the_driver_warns_when_no_run_starts():
     warnings = [e["text"] for e in out.events() if e["event"] == "warning"]
     assert warnings == ["no run has started within 60 s: does a worker consume the queue 'celery'? "
                         "(`infra status` lists the workers and queues; workers started before `infra sweep` "
-                        "existed need `infra up`)"]
+                        "existed need `infra up`; a worker without the cluster's run key refuses every run: "
+                        "`infra logs` shows 'refused')"]
 
 
 def test_the_driver_refuses_a_plan_of_another_version(tmp_path):
