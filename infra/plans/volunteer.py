@@ -31,6 +31,7 @@ from ..runtime.endpoint import (
     FILES_DIR,
     PORT,
     PROJECT_DIR,
+    RUN_VERIFY_KEY_FILE,
     VOLUNTEER_STATE,
 )
 from ..state.tls import ServerIdentity
@@ -116,8 +117,10 @@ def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[st
 
 
 def endpoint_files(cluster: Cluster, folders: EndpointLayout, identity: ServerIdentity, settings: dict,
-                   script: str) -> list[SecretFile]:
-    """The endpoint's folder, but for the token table (rewritten by every add and revoke, re-read live)."""
+                   script: str, run_verify_key: str) -> list[SecretFile]:
+    """The endpoint's folder, but for the token table (rewritten by every add and revoke, re-read live).
+
+    `run_verify_key`: the public key volunteers check runs with (never the signing key)."""
     def file(name: str, content: str) -> SecretFile:
         return SecretFile(ROLE, name, posixpath.join(folders.config_dir, name), content)
 
@@ -127,6 +130,7 @@ def endpoint_files(cluster: Cluster, folders: EndpointLayout, identity: ServerId
         file("ca.crt", identity.ca_certificate),
         file("endpoint.json", json.dumps(settings, indent=2, sort_keys=True) + "\n"),
         file("join.sh", script),
+        file(RUN_VERIFY_KEY_FILE, run_verify_key),
     ]
 
 

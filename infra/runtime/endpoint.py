@@ -53,6 +53,7 @@ CHUNK = 1 << 16
 
 # In the bundle: where the volunteer's container keeps its state (a docker volume).
 VOLUNTEER_STATE = "/var/lib/infra-volunteer"
+RUN_VERIFY_KEY_FILE = "run-signing.pub"  # signing.VERIFY_KEY_FILE, in the endpoint's folder and the bundle
 
 
 # --------------------------------------------------------------------------- shared with infra itself
@@ -178,6 +179,9 @@ class Endpoint:
             self.script = handle.read()
         with open(os.path.join(config_dir, "ca.crt"), encoding="utf-8") as handle:
             self.ca = handle.read()
+        # The public key runs are checked with (a volunteer checks, it cannot sign): not a secret.
+        with open(os.path.join(config_dir, RUN_VERIFY_KEY_FILE), encoding="utf-8") as handle:
+            self.run_verify_key = handle.read()
         self.tokens = TokenTable(os.path.join(config_dir, "volunteers.json"))
         self._project_cache: tuple | None = None
         self._project_lock = threading.Lock()
@@ -215,6 +219,7 @@ class Endpoint:
             "node_prefix": f"{settings['cluster']}-volunteer-{name}",
         }
         return bundle_tar({"celery.env": worker_env(settings, name, token), "ca.crt": self.ca,
+                           RUN_VERIFY_KEY_FILE: self.run_verify_key,
                            "volunteer.json": json.dumps(volunteer, indent=2) + "\n"})
 
 

@@ -37,6 +37,7 @@ from ..plans.steps import FILE_TIMEOUT, IMAGE_TIMEOUT
 from ..runtime.endpoint import derive_secret
 from ..runtime.tarball import Member, pack_gzip
 from ..state.build_context import assets_dir, context_digest, prepare_build_context
+from ..state.credentials import load_secrets
 from ..state.lock import cluster_lock
 from ..state.manifest import Manifest
 from ..state.tls import ServerIdentity
@@ -103,6 +104,14 @@ def _identity(cluster: Cluster) -> ServerIdentity:
                               (tls / "ca.crt").read_text())
     except FileNotFoundError:
         raise StateError(f"no certificate of the master in {tls}: run `infra up` first") from None
+
+
+def _run_verify_key(cluster: Cluster) -> str:
+    """The public key volunteers check runs with, from the secrets `infra up` made (never the signing key)."""
+    secrets = load_secrets(cluster.secrets_path)
+    if secrets is None or not secrets.run_signing_key:
+        raise StateError(f"no run signing key in {cluster.secrets_path}: run `infra up` first")
+    return secrets.run_verify_key
 
 
 def _require_started(cluster: Cluster) -> None:
@@ -186,7 +195,8 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
     _send_build_context(cluster, conn, folders, manifest)
     script = volunteer_plan.render_join_script(volunteer_plan.load_template(assets_dir()), cluster.name, url, pin)
     files = volunteer_plan.endpoint_files(cluster, folders, identity,
-                                          volunteer_plan.endpoint_settings(cluster, address, port), script)
+                                          volunteer_plan.endpoint_settings(cluster, address, port), script,
+                                          _run_verify_key(cluster))
     write_token_table(conn, folders, store)  # whether or not the endpoint is replaced: it re-reads the table
     spec = volunteer_plan.endpoint_container(cluster, layout, facts, port)
     plan = volunteer_plan.plan_endpoint(cluster, spec, files, *_endpoint_facts(cluster, conn, spec))

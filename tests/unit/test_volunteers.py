@@ -183,8 +183,10 @@ def test_the_endpoint_files_live_in_the_clusters_secret_folder_so_clean_removes_
     assert folders.config_dir.startswith(layout.env_dir + "/") and folders.files_dir.startswith(layout.env_dir + "/")
     identity = load_or_create(tmp_path / "tls", "lab", server_names("192.168.1.20"))
     settings = volunteer_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
-    files = {f.name: f for f in volunteer_plan.endpoint_files(cluster, folders, identity, settings, "#!/bin/sh\n")}
-    assert sorted(files) == ["ca.crt", "endpoint.json", "join.sh", "server.crt", "server.key"]
+    files = {f.name: f for f in volunteer_plan.endpoint_files(cluster, folders, identity, settings, "#!/bin/sh\n",
+                                                              "PUBLIC KEY")}
+    assert sorted(files) == ["ca.crt", "endpoint.json", "join.sh", "run-signing.pub", "server.crt", "server.key"]
+    assert files["run-signing.pub"].content == "PUBLIC KEY"
     assert files["server.crt"].content == identity.certificate + identity.ca_certificate
     assert json.loads(files["endpoint.json"].content) == {
         "cluster": "lab", "url": "https://192.168.1.20:5443", "address": "192.168.1.20", "broker_port": 5671,
@@ -202,11 +204,11 @@ def test_the_endpoint_fingerprint_changes_with_its_certificate_but_not_with_the_
     settings = volunteer_plan.endpoint_settings(cluster, "192.168.1.20", 5443)
     one = load_or_create(tmp_path / "a", "lab", server_names("192.168.1.20"))
     two = load_or_create(tmp_path / "b", "lab", server_names("192.168.1.20"))
-    files_one = volunteer_plan.endpoint_files(cluster, folders, one, settings, "x")
+    files_one = volunteer_plan.endpoint_files(cluster, folders, one, settings, "x", "k")
     assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
             == volunteer_plan.endpoint_fingerprint(spec, "sha256:1", list(files_one)))
     assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
-            != volunteer_plan.endpoint_fingerprint(spec, "sha256:1", volunteer_plan.endpoint_files(cluster, folders, two, settings, "x")))
+            != volunteer_plan.endpoint_fingerprint(spec, "sha256:1", volunteer_plan.endpoint_files(cluster, folders, two, settings, "x", "k")))
     assert (volunteer_plan.endpoint_fingerprint(spec, "sha256:1", files_one)
             != volunteer_plan.endpoint_fingerprint(spec, "sha256:2", files_one))
 

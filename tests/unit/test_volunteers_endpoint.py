@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from infra.runtime import endpoint
+from infra.runtime import endpoint, signing
 from infra.runtime import volunteer as worker_side
 from infra.runtime.endpoint import derive_secret
 from infra.state.tls import load_or_create, server_names
@@ -25,6 +25,7 @@ from infra.state.volunteers import token_table_json, make_volunteer
 TOKEN = "T" * 43
 OTHER = "O" * 43
 NOW = datetime.now(timezone.utc)
+RUN_VERIFY_KEY = signing.key_pair_pem()[1]
 
 
 @pytest.fixture
@@ -38,6 +39,7 @@ def served(tmp_path, capsys):
     (config / "server.key").write_text(identity.key)
     (config / "ca.crt").write_text(identity.ca_certificate)
     (config / "join.sh").write_text("#!/bin/sh\nTOKEN='@TOKEN@'\n")
+    (config / "run-signing.pub").write_text(RUN_VERIFY_KEY)
     (config / "endpoint.json").write_text(json.dumps({
         "cluster": "lab", "url": "https://127.0.0.1:1", "address": "127.0.0.1", "broker_port": 5671,
         "results_port": 6379, "vhost": "lab", "app_args": ["--app", "x", "worker"], "queues": ["celery"]}))
@@ -116,7 +118,8 @@ def test_the_bundle_holds_the_workers_own_credentials_derived_from_the_token(ser
     assert status == 200
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
         files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
-    assert sorted(files) == ["ca.crt", "celery.env", "volunteer.json"]
+    assert sorted(files) == ["ca.crt", "celery.env", "run-signing.pub", "volunteer.json"]
+    assert files["run-signing.pub"] == RUN_VERIFY_KEY and "PRIVATE KEY" not in json.dumps(files)  # checks, never signs
     assert f"volunteer-alice:{derive_secret(TOKEN, 'broker')}@127.0.0.1:5671/lab" in files["celery.env"]
     settings = json.loads(files["volunteer.json"])
     assert settings["update_key"] == derive_secret(TOKEN, "update-key")
