@@ -76,7 +76,9 @@ def _checked_signature(message: Any, public_key_pem: bytes) -> str:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
     if not isinstance(message, dict) or set(message) != {"payload", "signature"}:
-        fields = ", ".join(sorted(map(str, message))) if isinstance(message, dict) else type(message).__name__
+        # repr, cut short: the names are the sender's, and the reason must stay one line.
+        fields = (", ".join(sorted(repr(name)[:40] for name in message)[:12]) if isinstance(message, dict)
+                  else type(message).__name__)
         raise RunRefused(f"not a signed run (expected payload and signature, got: {fields or 'nothing'})")
     text, signature = message["payload"], message["signature"]
     if not isinstance(text, str) or not isinstance(signature, str):

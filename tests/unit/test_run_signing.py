@@ -89,6 +89,7 @@ def hostile_messages(marker: str) -> dict[str, tuple[dict, str]]:
         "a signature of the right size but zeros": ({**good, "signature": base64.b64encode(bytes(64)).decode()},
                                                     "bad signature"),
         "not an object": (["sh", "-c", f"touch {marker}"], "not a signed run"),
+        "a field name that would forge a log line": ({"argv\nrefused: nothing": 1}, "\\n"),
     }
 
 
