@@ -26,6 +26,7 @@ import yaml
 from infra.runtime import protocol, signing
 from tests.e2e.clients import celery_client, secrets_in
 from tests.e2e.test_cluster import TEST_IMAGES, WHEELHOUSE
+from tests.e2e.test_volunteers import give_curl
 
 pytestmark = pytest.mark.e2e
 
@@ -33,6 +34,7 @@ REPO = Path(__file__).resolve().parents[2]
 CLUSTER = "signed"
 PORTS = {"broker": 5699, "results": 6399, "flower": 5599}  # not those of the other e2e clusters
 RESULT_TIMEOUT = 90
+VOLUNTEER = f"infra-{CLUSTER}-volunteer"  # the container, volume and image tag a join line makes
 
 
 def infra(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -72,6 +74,9 @@ def signed_cluster(testbed, tmp_path_factory):
         yield {"file": str(cluster_file), "project": project, "state": state, "app": app, "hosts": [h1, h2]}
     finally:
         testbed.heal()
+        volunteer_host = testbed.docker_hosts[2]
+        testbed.exec_result(volunteer_host, f"docker rm -f {VOLUNTEER}; docker volume rm {VOLUNTEER}; "
+                                            f"docker image rm {VOLUNTEER}")
         infra("clean", "-f", str(cluster_file), "--files", "--volumes")
 
 
@@ -79,10 +84,10 @@ def workers(cluster) -> list[tuple[object, str]]:
     return [(h, f"{CLUSTER}-worker-{h.name}-1") for h in cluster["hosts"]]
 
 
-def markers_on_workers(testbed, cluster, marker: str) -> list[str]:
+def markers_on_workers(testbed, cluster, marker: str, among=None) -> list[str]:
     """The worker containers in which the file `marker` exists."""
     found = []
-    for host, container in workers(cluster):
+    for host, container in among or workers(cluster):
         done = testbed.exec_result(host, ["docker", "exec", container, "test", "-e", marker])
         if done.returncode == 0:
             found.append(container)
@@ -107,14 +112,15 @@ def stored_result(app, task_id: str, timeout: float = RESULT_TIMEOUT) -> dict | 
     return None
 
 
-def test_unsigned_tampered_or_foreign_runs_are_refused_by_every_worker_and_nothing_runs(signed_cluster, testbed):
-    app, state = signed_cluster["app"], signed_cluster["state"]
+def publish_hostile_runs(cluster, copies: int) -> tuple[str, str, dict[str, str]]:
+    """Unsigned, tampered and foreign-key messages of a touch command; (sweep id, marker, task id → kind)."""
+    app, state = cluster["app"], cluster["state"]
     key = secrets_in(state)["run_signing_key"].encode()  # what the operator holds, as the master does
     other_key = signing.key_pair_pem()[0].encode()
     sweep_id = uuid.uuid4().hex[:12]
     marker = f"/tmp/signed-e2e-{sweep_id}"
     sent: dict[str, str] = {}
-    for copy in range(4):  # several of each: both workers (concurrency 1, prefetch 1) get some
+    for copy in range(copies):  # several of each: every worker (concurrency 1, prefetch 1) gets some
         for kind in ("unsigned", "tampered", "foreign"):
             task_id = protocol.submission_id(sweep_id, f"{kind}{copy}", 1)
             good = signing.sign_message(payload(sweep_id, task_id, marker), key)
@@ -128,15 +134,26 @@ def test_unsigned_tampered_or_foreign_runs_are_refused_by_every_worker_and_nothi
                 message = signing.sign_message(payload(sweep_id, task_id, marker), other_key)
             app.send_task(protocol.TASK_NAME, args=[message], task_id=task_id, queue="celery")
             sent[task_id] = kind
+    return sweep_id, marker, sent
+
+
+def assert_all_refused(app, sent: dict[str, str]) -> set[str]:
+    reasons = set()
     for task_id, kind in sent.items():
         meta = stored_result(app, task_id)
         assert meta is not None, f"no result for the {kind} message {task_id}"
         assert meta["status"] == "FAILURE" and meta["result"]["exc_type"] == "RunRefused", (kind, meta)
+        reasons.add(meta["result"]["exc_message"][0])
+    return reasons
+
+
+def test_unsigned_tampered_or_foreign_runs_are_refused_by_every_worker_and_nothing_runs(signed_cluster, testbed):
+    sweep_id, marker, sent = publish_hostile_runs(signed_cluster, copies=4)
+    reasons = assert_all_refused(signed_cluster["app"], sent)
     assert markers_on_workers(testbed, signed_cluster, marker) == []
     for host, container in workers(signed_cluster):
         log = testbed.exec(host, f"docker logs {container} 2>&1")
         assert f"{sweep_id}" in log and "refused" in log, f"{container} refused none of them:\n{log[-2000:]}"
-    reasons = {stored_result(app, t)["result"]["exc_message"][0] for t in sent}
     assert any("not a signed run" in r for r in reasons) and any("bad signature" in r for r in reasons)
 
 
@@ -178,3 +195,45 @@ def test_a_real_sweep_runs_and_a_run_printing_its_environment_shows_no_secret(si
         assert value not in printed and value not in result.stdout
     for word in ("CELERY_", "/run/infra", "INFRA_ENV_FILE", "INFRA_CA_FILE"):
         assert word not in printed, word
+
+
+def test_a_volunteer_gets_the_public_key_alone_refuses_hostile_runs_and_runs_signed_ones(signed_cluster, testbed):
+    volunteer_host = testbed.docker_hosts[2]
+    give_curl(testbed, volunteer_host)
+    added = infra("volunteer", "add", "vera", "-f", signed_cluster["file"], "--json", "--concurrency", "1")
+    assert added.returncode == 0, added.stdout + added.stderr
+    joined = testbed.exec_result(volunteer_host, json.loads(added.stdout)["line"], timeout=600)
+    assert joined.returncode == 0, (joined.stdout + joined.stderr).decode()
+    held = testbed.exec(volunteer_host, f"docker exec {VOLUNTEER} ls /var/lib/infra-volunteer")
+    assert "run-signing.pub" in held.split() and "run-signing.key" not in held
+    key_body = [line for line in secrets_in(signed_cluster["state"])["run_signing_key"].splitlines()
+                if not line.startswith("-----")]
+    grep = testbed.exec_result(volunteer_host, ["docker", "exec", VOLUNTEER, "grep", "-rlF", key_body[0],
+                                                "/var/lib/infra-volunteer"])
+    assert grep.stdout.strip() == b""  # the signing key is nowhere on the volunteer's machine
+    everyone = workers(signed_cluster) + [(volunteer_host, VOLUNTEER)]
+    sweep_id, marker, sent = publish_hostile_runs(signed_cluster, copies=5)
+    assert_all_refused(signed_cluster["app"], sent)
+    assert markers_on_workers(testbed, signed_cluster, marker, among=everyone) == []
+    log = testbed.exec(volunteer_host, f"docker logs {VOLUNTEER} 2>&1")
+    assert sweep_id in log and "refused" in log, log[-2000:]
+    # Signed runs: some reach the volunteer (three workers, one process each) and run there.
+    app, key = signed_cluster["app"], secrets_in(signed_cluster["state"])["run_signing_key"].encode()
+    good_id = uuid.uuid4().hex[:12]
+    good_marker = f"/tmp/signed-e2e-{good_id}"
+    app.backend.client.set(protocol.alive_key(good_id), "1", ex=300)
+    for n in range(9):
+        task_id = protocol.submission_id(good_id, f"r{n}", 1)
+        app.send_task(protocol.TASK_NAME, args=[signing.sign_message(payload(good_id, task_id, good_marker), key)],
+                      task_id=task_id, queue="celery")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        events = [json.loads(e) for e in app.backend.client.lrange(protocol.events_key(good_id), 0, -1)]
+        if sum(e.get("event") == "end" for e in events) == 9:
+            break
+        time.sleep(1)
+    ends = [e for e in events if e.get("event") == "end"]
+    assert len(ends) == 9 and all(e["status"] == "ok" for e in ends), ends
+    ran_on = markers_on_workers(testbed, signed_cluster, good_marker, among=everyone)
+    print(f"9 signed runs ended ok; markers in {ran_on}")
+    assert VOLUNTEER in ran_on
