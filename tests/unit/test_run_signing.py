@@ -16,6 +16,7 @@ import time
 from dataclasses import asdict
 
 import pytest
+from celery.backends.cache import CacheBackend
 
 from infra.plans.volunteer import endpoint_files, endpoint_layout, endpoint_settings
 from infra.runtime import driver as driver_module
@@ -123,7 +124,12 @@ def worker(monkeypatch, tmp_path):
 
     monkeypatch.setattr(tasks, "execute", run_for_real)
     monkeypatch.setattr(tasks, "_redis", lambda: None)
-    return executed
+    # Results in memory, whatever app an earlier test made current: a refusal is stored there.
+    task = tasks.run_command._get_current_object()
+    kept = task.backend
+    task.backend = CacheBackend(app=task.app, backend="memory")
+    yield executed
+    task.backend = kept
 
 
 @pytest.mark.parametrize("case", list(hostile_messages("/m")))
@@ -134,6 +140,7 @@ def test_the_worker_runs_nothing_for_a_hostile_message(worker, tmp_path, case):
     assert result.state == "FAILURE" and isinstance(result.result, RunRefused)
     assert reason in str(result.result)
     assert worker == [] and not marker.exists()
+    assert tasks.run_command.backend.get_task_meta(SUBMISSION)["status"] == "FAILURE"  # kept, though results are not
 
 
 def test_the_worker_runs_a_signed_message_and_only_under_its_own_task_id(worker, tmp_path):
@@ -252,3 +259,14 @@ def test_volunteers_are_handed_the_public_key_alone(tmp_path):
     body = [line for line in secrets.run_signing_key.splitlines() if not line.startswith("-----")]
     assert body and not any(line in f.content for f in files for line in body)
 
+
+
+def test_volunteer_add_before_up_made_the_key_says_so_in_one_line(tmp_path):
+    from infra.errors import StateError
+    from infra.workflows.volunteer import _run_verify_key
+
+    cluster = make_cluster(tmp_path)
+    with pytest.raises(StateError, match=r"no run signing key in .*secrets.json: run `infra up` first"):
+        _run_verify_key(cluster)
+    load_or_create_secrets(cluster.secrets_path)
+    assert "BEGIN PUBLIC KEY" in _run_verify_key(cluster)

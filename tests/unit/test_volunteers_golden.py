@@ -8,9 +8,11 @@ Each line carries the time bound the command was given.
 from __future__ import annotations
 
 import io
+import json
 import shlex
 import shutil
 import threading
+from dataclasses import asdict
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -21,6 +23,7 @@ from infra.commands.volunteer import read_small_file
 from infra.config import parse_cluster
 from infra.facts.host import HostFacts
 from infra.plans import volunteer as volunteer_plan
+from infra.state.credentials import Secrets, write_private_file
 from infra.state.manifest import Manifest
 from infra.state.volunteers import VolunteerStore, make_volunteer
 from infra.transport.result import CommandResult
@@ -79,6 +82,9 @@ def cluster(tmp_path, monkeypatch):
     cluster.tls_dir.mkdir(parents=True)
     for name in ("server.crt", "server.key", "ca.crt"):
         shutil.copy(FIXTURES / "tls" / name, cluster.tls_dir / name)
+    # The secrets `up` made: the endpoint hands volunteers the public half of their run key.
+    secrets = Secrets("infra", "b", "r", "admin", "f", "worker", "w", (FIXTURES / "run-signing.key").read_text())
+    write_private_file(cluster.secrets_path, json.dumps(asdict(secrets)).encode())
     # A build context of fixed content, modes and times: the tarball sent is the same in every run.
     context = tmp_path / "context"
     (context / "templates").mkdir(parents=True)
@@ -140,6 +146,7 @@ CERTIFICATE = [write(JOIN + "/server.crt", "1396 bytes sha256:d2e3b188"),
                write(JOIN + "/server.key", "241 bytes sha256:b5b95d08"),
                write(JOIN + "/ca.crt", "631 bytes sha256:4567799c")]
 SCRIPT = write(JOIN + "/join.sh", "54 bytes sha256:4edc8c56")  # the URL is written in
+RUN_VERIFY_KEY = write(JOIN + "/run-signing.pub", "113 bytes sha256:6e9e7a5c")  # public: volunteers check runs with it
 
 
 def run(spec: str, port: int) -> str:
@@ -153,8 +160,8 @@ def run(spec: str, port: int) -> str:
 
 FRESH = [
     *GATHER_IMAGE, *CONTEXT, TOKENS, *GATHER_ENDPOINT,
-    *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:d045b094"), SCRIPT,
-    run("7d3fdad34620908eca13", 5443),
+    *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:d045b094"), SCRIPT, RUN_VERIFY_KEY,
+    run("74af66150d988ea6be7a", 5443),
 ]
 
 
@@ -189,9 +196,9 @@ def test_a_new_port_writes_the_files_again_and_replaces_the_endpoint(cluster, ma
     assert master.log == [
         *GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT,
         *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:871436d1"),
-        write(JOIN + "/join.sh", "54 bytes sha256:23f4443a"),
+        write(JOIN + "/join.sh", "54 bytes sha256:23f4443a"), RUN_VERIFY_KEY,
         "docker rm --force lab-join",
-        run("a623751841cf33de3031", 6443),
+        run("232c6c8d9e79525f3d92", 6443),
     ]
     assert said.splitlines() == [f"m1           join endpoint lab-join listens on {url}"]
     assert manifest.hosts["m1"].containers == {"lab-join": {"id": "id-lab-join", "role": "join"}}
@@ -203,5 +210,5 @@ def test_an_endpoint_that_does_not_run_is_made_anew_never_started(cluster, maste
     master.state.containers[0]["State"] = state
     master.log.clear()
     ensure(cluster, master, tmp_path)
-    assert master.log == [*GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT, *FRESH[-6:-1], "docker rm --force lab-join",
+    assert master.log == [*GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT, *FRESH[-7:-1], "docker rm --force lab-join",
                           FRESH[-1]]
