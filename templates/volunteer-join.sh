@@ -27,6 +27,57 @@ STATE='@STATE@'
 say() { printf 'infra-join: %s\n' "$*" >&2; }
 die() { say "$*"; exit 1; }
 valid() { [ -z "$1" ] || printf '%s\n' "$1" | grep -Eqx "$2"; }  # empty: not given
+curl_failed() { e=$1; @CURL_FAILURES@; die "$m"; }  # why, by curl's exit code
+
+# The names an image archive would give on `docker load` (manifest.json's RepoTags, the OCI
+# index's name annotations), one a line. Read as Docker reads them: keys in any case. An archive
+# without exactly one plain manifest.json, or with an escape or a byte outside printable ASCII
+# in those files (Docker's own never have), prints "?" so that it is refused.
+archive_names() {
+    members=$(gzip -dc < "$1" | tar -tf - 2>/dev/null) || { echo '?'; return 0; }
+    manifests=$(printf '%s\n' "$members" | grep -c '^manifest\.json$' || true)
+    indexes=$(printf '%s\n' "$members" | grep -c '^index\.json$' || true)
+    others=$(printf '%s\n' "$members" | grep -Ec '^(\./)+(manifest\.json|index\.json|repositories)$' || true)
+    if [ "$manifests" != 1 ] || [ "$indexes" -gt 1 ] || [ "$others" != 0 ]; then echo '?'; return 0; fi
+    { gzip -dc < "$1" | tar -xOf - manifest.json; echo
+      if [ "$indexes" = 1 ]; then gzip -dc < "$1" | tar -xOf - index.json; fi; } | LC_ALL=C awk '
+        { text = text $0 }
+        END {
+            gsub(/[ \t\r]/, "", text)
+            if (text ~ /[^ -~]/ || index(text, "\\")) { print "?"; exit }
+            low = tolower(text)
+            while (match(low, /"(repotags|io\.containerd\.image\.name|org\.opencontainers\.image\.ref\.name)":/)) {
+                text = substr(text, RSTART + RLENGTH); low = substr(low, RSTART + RLENGTH)
+                if (text ~ /^null/ || text ~ /^\[\]/) continue
+                list = text
+                if (list ~ /^\[/) { list = substr(list, 2); sub(/\].*/, "", list) } else sub(/[,}].*/, "", list)
+                if (list !~ /^"[^"]*"(,"[^"]*")*$/) { print "?"; exit }
+                n = split(list, names, ",")
+                for (i = 1; i <= n; i++) { gsub(/"/, "", names[i]); print names[i] }
+            }
+        }'
+}
+
+# The worker image from the endpoint, loaded only when it names nothing but infra's own tag
+# ($IMAGE): `docker load` would otherwise set any tag it carries on this machine's engine.
+load_worker_image() {
+    saved=$(mktemp "${TMPDIR:-/tmp}/infra-join.XXXXXX") || die "no room for the worker image in ${TMPDIR:-/tmp}"
+    trap 'rm -f "$saved"' EXIT
+    trap 'rm -f "$saved"; exit 1' HUP INT TERM
+    fetch image > "$saved" || curl_failed $?
+    names=$(archive_names "$saved")
+    foreign=$(printf '%s\n' "$names" | grep -vxF -e "$IMAGE" -e "docker.io/library/$IMAGE" -e '' | head -n 1 || true)
+    case "$foreign" in
+        "") ;;
+        "?") die "the worker image is not an archive as docker save makes it: not loaded" ;;
+        *) die "the worker image would set the tag '$foreign' on this machine, not $IMAGE: not loaded" ;;
+    esac
+    loaded=$(docker load < "$saved" | sed -n 's/^Loaded image ID: //p' | tail -n 1)
+    rm -f "$saved"
+    [ -n "$loaded" ] || die "the worker image did not load"
+    [ "$loaded" = "$image_id" ] || die "the worker image loaded as $loaded, not the $image_id the cluster named"
+    docker tag "$loaded" "$IMAGE"
+}
 
 fetch() {
     curl -fsS --proto '=https' -k --pinnedpubkey "$PIN" -H "X-Infra-Arch: $arch" "$ENDPOINT/v1/$TOKEN/$1"
@@ -57,7 +108,7 @@ main() {
     docker info >/dev/null 2>&1 || die "docker does not answer (is it running, and may this user use it?)"
     arch=$(docker version --format '{{.Server.Arch}}')
 
-    settings=$(fetch settings) || die "the cluster refused (see above)"
+    settings=$(fetch settings) || curl_failed $?
     value() { printf '%s\n' "$settings" | sed -n "s/^$1=//p" | head -n 1; }
     image_id=$(value IMAGE_ID); image_arch=$(value IMAGE_ARCH); base=$(value BASE_IMAGE); name=$(value VOLUNTEER)
     say "joining cluster $CLUSTER as volunteer $name (this machine: $arch)"
@@ -66,9 +117,7 @@ main() {
     if [ "$arch" = "$image_arch" ] && [ -n "$image_id" ]; then
         if [ "$have" != "$image_id" ]; then
             say "loading the worker image"
-            loaded=$(fetch image | docker load | sed -n 's/^Loaded image ID: //p' | tail -n 1)
-            [ -n "$loaded" ] || die "the worker image did not load"
-            docker tag "$loaded" "$IMAGE"
+            load_worker_image
         fi
     else
         say "the cluster's image is for ${image_arch:-another CPU}: building the worker image for $arch"

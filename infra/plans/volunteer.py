@@ -241,23 +241,47 @@ def render_join_script(template: str, cluster: str, url: str, pin: str) -> str:
         if "'" in value:  # every value is written inside single quotes
             raise ValueError(f"{key} holds a quote")
         template = template.replace(f"@{key}@", value)
+    template = template.replace("@CURL_FAILURES@", curl_failure_cases())
     leftover = re.findall(r"@[A-Z]+@", template)
     if set(leftover) - {"@TOKEN@"}:
         raise ValueError(f"unfilled placeholders in the join script: {sorted(set(leftover))}")
     return template
 
 
+# Why curl failed, by its exit code: the join line and the join script say which it is, since
+# only curl's own line above tells a refused token from a master that is not the pinned one.
+CURL_FAILURES = {
+    "22": "the master refused the token: it is wrong, expired or revoked (ask for a new line)",
+    "90": "the server is not the pinned master (its public key differs from the line): nothing was sent to it",
+    "6": "the address of the master does not resolve here",
+    "7": "the master does not take connections on its join port (is the cluster running, the port open?)",
+    "28": "the master did not answer in time",
+    "35|60": "no TLS connection could be made with the master",
+    "127": "curl is not installed on this machine",
+}
+CURL_FAILED = "curl failed (exit $e, see its error above)"
+
+
+def curl_failure_cases() -> str:
+    """The `case "$e" in ... esac` that sets `m` to why curl failed with exit code `e`: POSIX sh, one line."""
+    for reason in CURL_FAILURES.values():
+        if any(char in reason for char in "'\\\"$`!"):  # written inside single quotes, pasted into any shell
+            raise ValueError(f"a character the shell would read in {reason!r}")
+    cases = " ".join(f"{code}) m='{reason}';;" for code, reason in CURL_FAILURES.items())
+    return f'case "$e" in {cases} *) m="{CURL_FAILED}";; esac'
+
+
 def join_line(url: str, pin: str, token: str, options: str = "") -> str:
     """The one line a volunteer runs. curl checks the master's key against the pin before it sends
-    anything (the token included); when curl fails (403, pin mismatch, no answer), the line says so
-    and exits 1 instead of running an empty script."""
+    anything (the token included); when curl fails, the line says why (a refused token, another
+    key than the pin, no answer...), by curl's exit code, and exits 1 instead of running an empty
+    script. POSIX sh, and the same in bash, zsh and dash."""
     for value in (url, pin, token):
         if "'" in value or "\\" in value:
             raise ValueError("a quote in the join line")
     # Quoted even where the shell would not need it: the line is pasted into shells of all kinds.
     fetch = f"curl -fsS --proto =https -k --pinnedpubkey '{pin}' '{url}/join/{token}'"
-    refuse = ("echo 'echo \"infra-join: the cluster did not give the join script (see the error above): "
-              "the token is wrong, expired or revoked, or this is not the pinned master\" >&2; exit 1'")
+    refuse = f"{{ e=$?; {curl_failure_cases()}; echo \"infra-join: $m\" >&2; echo 'exit 1'; }}"
     return f"({fetch} || {refuse}) | sh -s --" + (f" {options}" if options else "")
 
 

@@ -216,7 +216,8 @@ def test_the_same_line_after_revocation_fails_with_a_clear_message(cluster, test
     result = run_line(testbed, cluster["volunteer"], cluster["lines"]["alice"]["line"])
     assert result.returncode == 1
     err = result.stderr.decode()
-    assert "403" in err and "token is wrong, expired or revoked" in err
+    assert "403" in err and "infra-join: the master refused the token: it is wrong, expired or revoked" in err
+    assert "pinned" not in err
 
 
 def test_an_expired_line_fails_the_same_way(cluster, testbed):
@@ -224,7 +225,7 @@ def test_an_expired_line_fails_the_same_way(cluster, testbed):
     time.sleep(3)
     result = run_line(testbed, cluster["volunteer"], joining["line"])
     assert result.returncode == 1
-    assert "token is wrong, expired or revoked" in result.stderr.decode()
+    assert "infra-join: the master refused the token: it is wrong, expired or revoked" in result.stderr.decode()
     assert not any(e.get("volunteer") == "bob" for e in endpoint_log(testbed, cluster["master"]))
 
 
@@ -236,7 +237,9 @@ def test_a_line_whose_pin_does_not_match_the_master_runs_nothing_and_sends_no_to
     before = inventory(testbed, cluster["volunteer"])
     result = run_line(testbed, cluster["volunteer"], line)
     assert result.returncode == 1
-    assert "pinned public key" in result.stderr.decode()
+    err = result.stderr.decode()
+    assert "pinned public key" in err and "infra-join: the server is not the pinned master" in err
+    assert "refused the token" not in err
     assert inventory(testbed, cluster["volunteer"]) == before
     assert not any(e.get("volunteer") == "carol" for e in endpoint_log(testbed, cluster["master"]))
 

@@ -221,24 +221,55 @@ PIN = "sha256//" + base64.b64encode(b"k" * 32).decode()
 def test_the_join_line_pins_the_master_and_fails_loudly_when_curl_fails():
     line = volunteer_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN, "--cpus 2 --memory 2g")
     assert line.startswith(f"(curl -fsS --proto =https -k --pinnedpubkey '{PIN}' "
-                           f"'https://192.168.1.20:5443/join/{TOKEN}' || echo ")
+                           f"'https://192.168.1.20:5443/join/{TOKEN}' || {{ e=$?; ")
     assert line.endswith(") | sh -s -- --cpus 2 --memory 2g")
-    # What sh runs when curl fails: a message and exit 1, never an empty script that "succeeds".
-    fallback = shlex.split(line.split("|| ", 1)[1].split(") | sh", 1)[0])[1]
-    result = subprocess.run(["sh", "-c", fallback], capture_output=True, text=True)
-    assert result.returncode == 1 and "token is wrong, expired or revoked" in result.stderr
+    assert "\n" not in line
 
 
-def test_a_failing_curl_makes_the_whole_line_fail_with_a_message(tmp_path):
+def fake_curl(tmp_path: Path, exit_code: int, message: str = "curl: (N) what curl says") -> dict:
+    """PATH with a curl that prints its error line and exits with `exit_code`, as the real one fails."""
     fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "curl").write_text("#!/bin/sh\necho 'curl: (22) The requested URL returned error: 403' >&2\nexit 22\n")
+    fake.mkdir(exist_ok=True)
+    (fake / "curl").write_text(f"#!/bin/sh\necho '{message}' >&2\nexit {exit_code}\n")
     (fake / "curl").chmod(0o755)
-    line = volunteer_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN)
-    result = subprocess.run(["sh", "-c", line], capture_output=True, text=True,
-                            env={**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"})
+    return {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}"}
+
+
+SHELLS = ["sh", "dash", "bash"]
+
+
+@pytest.mark.parametrize("shell", SHELLS)
+@pytest.mark.parametrize("exit_code, reason", [
+    (22, "the master refused the token: it is wrong, expired or revoked"),
+    (90, "the server is not the pinned master"),
+    (6, "the address of the master does not resolve here"),
+    (7, "the master does not take connections on its join port"),
+    (28, "the master did not answer in time"),
+    (35, "no TLS connection could be made with the master"),
+    (60, "no TLS connection could be made with the master"),
+    (56, "curl failed (exit 56, see its error above)"),
+])
+def test_a_failing_curl_makes_the_line_say_why_and_exit_1_in_every_shell(tmp_path, shell, exit_code, reason):
+    line = volunteer_plan.join_line("https://192.168.1.20:5443", PIN, TOKEN, "--cpus 2")
+    result = subprocess.run([shell, "-c", line], capture_output=True, text=True, env=fake_curl(tmp_path, exit_code))
     assert result.returncode == 1
-    assert "403" in result.stderr and "infra-join: the cluster did not give the join script" in result.stderr
+    assert "what curl says" in result.stderr  # curl's own line stays above
+    said = [text for text in result.stderr.splitlines() if text.startswith("infra-join:")]
+    assert len(said) == 1 and said[0].startswith(f"infra-join: {reason}")
+    others = {r for r in volunteer_plan.CURL_FAILURES.values() if reason not in r}
+    assert not any(other in result.stderr for other in others)
+
+
+def test_every_reason_of_the_line_is_safe_inside_single_quotes_of_any_shell():
+    for reason in volunteer_plan.CURL_FAILURES.values():
+        assert not set(reason) & set("'\\\"$`!")
+
+
+def test_the_join_script_says_why_a_download_failed_in_the_same_words(tmp_path):
+    script = render_script().replace("@TOKEN@", TOKEN).rsplit('main "$@"', 1)[0]
+    for code, reason in [(22, "wrong, expired or revoked"), (90, "not the pinned master")]:
+        result = subprocess.run(["sh", "-c", script + f"curl_failed {code}"], capture_output=True, text=True)
+        assert result.returncode == 1 and result.stderr.startswith("infra-join: ") and reason in result.stderr
 
 
 def test_the_leave_line_removes_exactly_what_the_join_line_made():
@@ -296,6 +327,75 @@ def test_the_script_stops_at_once_without_a_working_docker(tmp_path):
                             capture_output=True, text=True, env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin"})
     assert result.returncode == 1 and "docker does not answer" in result.stderr
     assert "curl" not in (tmp_path / "calls").read_text()
+
+
+IMAGE_ID = "sha256:" + "ab" * 32
+
+
+def image_archive(path: Path, manifest: object | bytes, extra: dict[str, bytes] | None = None) -> Path:
+    """A gzipped archive as `docker save` makes it, with the manifest.json (and members) given."""
+    import gzip
+    import io
+    import tarfile
+
+    text = manifest if isinstance(manifest, bytes) else json.dumps(manifest).encode()
+    members = {"manifest.json": text, f"{IMAGE_ID[7:]}.json": b"{}", **(extra or {})}
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for name, data in members.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    path.write_bytes(gzip.compress(buffer.getvalue()))
+    return path
+
+
+def join_with_image(tmp_path: Path, archive: Path) -> tuple[subprocess.CompletedProcess, str]:
+    """The whole join script against a curl that serves settings and `archive`, and a docker that records."""
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "curl").write_text(
+        "#!/bin/sh\nfor url; do :; done\ncase \"$url\" in\n"
+        f"  */settings) printf 'IMAGE_ID={IMAGE_ID}\\nIMAGE_ARCH=amd64\\nVOLUNTEER=alice\\n' ;;\n"
+        f"  */image) cat {archive} ;;\n  *) exit 22 ;;\nesac\n")
+    (fake / "docker").write_text(
+        f"#!/bin/sh\necho docker \"$@\" >> {tmp_path}/calls\ncase \"$1\" in\n"
+        "  info) exit 0 ;;\n  version) echo amd64 ;;\n  image) exit 1 ;;\n"
+        f"  load) cat > /dev/null; echo 'Loaded image ID: {IMAGE_ID}' ;;\n  tag) exit 0 ;;\n  *) exit 1 ;;\nesac\n")
+    for tool in ("curl", "docker"):
+        (fake / tool).chmod(0o755)
+    result = subprocess.run(["sh", "-s"], input=render_script().replace("@TOKEN@", TOKEN), capture_output=True,
+                            text=True, env={**os.environ, "PATH": f"{fake}:/usr/bin:/bin", "TMPDIR": str(tmp_path)})
+    return result, (tmp_path / "calls").read_text()
+
+
+@pytest.mark.parametrize("manifest, extra, refusal", [
+    ([{"Config": "x.json", "RepoTags": ["ubuntu:latest"], "Layers": []}], None, "'ubuntu:latest'"),
+    ([{"Config": "x.json", "RepoTags": ["infra-lab-volunteer:latest", "debian:12"], "Layers": []}], None,
+     "'debian:12'"),
+    ([{"Config": "x.json", "repotags": ["ubuntu:latest"], "Layers": []}], None, "'ubuntu:latest'"),  # Go: any case
+    ([{"Config": "x.json", "RepoTags": None}, {"Config": "y.json", "RepoTags": ["evil:1"]}], None, "'evil:1'"),
+    ([{"Config": "x.json", "RepoTags": None}],
+     {"index.json": b'{"manifests": [{"annotations": {"io.containerd.image.name": "docker.io/library/nginx:1"}}]}'},
+     "'docker.io/library/nginx:1'"),
+    (b'[{"Config": "x.json", "Repo\\u0054ags": ["ubuntu:latest"]}]', None, "not an archive as docker save makes it"),
+    ([{"Config": "x.json", "RepoTags": None}], {"./manifest.json": b"[]"}, "not an archive as docker save makes it"),
+])
+def test_the_script_loads_no_image_that_would_set_another_tag_than_its_own(tmp_path, manifest, extra, refusal):
+    result, calls = join_with_image(tmp_path, image_archive(tmp_path / "image.tar.gz", manifest, extra))
+    assert result.returncode == 1
+    said = [line for line in result.stderr.splitlines() if line.startswith("infra-join:")]
+    assert refusal in said[-1] and "not loaded" in said[-1]
+    assert "docker load" not in calls and "docker tag" not in calls
+    assert list(tmp_path.glob("infra-join.*")) == []  # the downloaded archive is gone
+
+
+@pytest.mark.parametrize("tags", [None, [], ["infra-lab-volunteer:latest"]])
+def test_the_script_loads_an_image_with_no_tag_or_its_own_and_tags_it_itself(tmp_path, tags):
+    archive = image_archive(tmp_path / "image.tar.gz", [{"Config": "x.json", "RepoTags": tags, "Layers": []}])
+    result, calls = join_with_image(tmp_path, archive)
+    assert "docker load" in calls and f"docker tag {IMAGE_ID} infra-lab-volunteer:latest" in calls, result.stderr
+    assert list(tmp_path.glob("infra-join.*")) == []
 
 
 def test_a_value_with_a_quote_never_reaches_the_script():
