@@ -89,7 +89,10 @@ def add(cluster_file: Path, name: str, expires: str, port: int | None, cpus: str
 
 @volunteer.command("list")
 @cluster_file_option
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON list of volunteers.")
+@click.option("--json", "as_json", is_flag=True,
+              help='Print one JSON object: {"schema": "infra.volunteers/1", "volunteers": [{name, state, added, '
+                   'expires, joined, last_seen, arch, workers, tasks_done}], "error": why the master could not '
+                   'be asked, or null}.')
 @handle_errors
 def list_command(cluster_file: Path, as_json: bool) -> None:
     """Show the volunteers: joined, last seen, CPU, workers online and tasks done.
@@ -98,14 +101,12 @@ def list_command(cluster_file: Path, as_json: bool) -> None:
     Example:
       infra volunteer list
     """
-    from dataclasses import asdict
-
-    from ..workflows.volunteer import list_volunteers
+    from ..workflows.volunteer import list_json, list_volunteers
 
     cluster = load_cluster_file(cluster_file)
     rows, problem = list_volunteers(cluster)
     if as_json:
-        click.echo(json.dumps({"volunteers": [asdict(r) for r in rows], "error": problem}, indent=2))
+        click.echo(json.dumps(list_json(rows, problem), indent=2))
         return
     if not rows:
         click.echo("no volunteers (add one with `infra volunteer add NAME`)")

@@ -88,6 +88,11 @@ def parse_container_inspect(items: list[dict]) -> tuple[Container, ...]:
     return tuple(sorted(found, key=lambda c: c.name))
 
 
+def is_running(containers: tuple[Container, ...] | list[Container], name: str) -> bool:
+    """Whether the container `name` is among `containers` and running."""
+    return any(c.name == name and c.running for c in containers)
+
+
 def parse_docker_time(text: str | None) -> datetime | None:
     """Docker's RFC 3339 times with nanoseconds (`2025-01-31T12:00:00.123456789Z`); None for its zero time."""
     if not text or text.startswith("0001-01-01"):

@@ -27,7 +27,7 @@ from ..state.manifest import Manifest
 from ..transport.connection import Connection
 from ..transport.pool import ConnectionPool, run_concurrently
 from .up import departed_hosts
-from .volunteer import volunteer_rows
+from .volunteer import endpoint_log_lines, volunteer_rows, wants_endpoint_log
 
 CELERY_REPLY_TIMEOUT = 2.0  # how long workers are given to answer a broadcast
 PROBE_TIMEOUT = 25.0  # the whole Celery probe or rabbitmqctl call
@@ -69,6 +69,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
     departed = departed_hosts(cluster, manifest)
     everyone = [cluster.hosts[name] for name in cluster.used_hosts()] + list(departed.values())
     master = cluster.master_host
+    read_join_log = wants_endpoint_log(cluster)
 
     with ConnectionPool.for_cluster(cluster) as pool:
 
@@ -82,6 +83,8 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
             if host.name == master.name:
                 asks["celery"] = lambda: ask_celery(cluster, conn)
                 asks["rabbitmq"] = lambda: ask_rabbitmq(cluster, conn)
+                if read_join_log:  # joins are recorded there, as `volunteer list` reads them
+                    asks["join-log"] = lambda: endpoint_log_lines(cluster, conn)
             answers = run_concurrently(list(asks), lambda key: asks[key]())
             found = dict(answers.succeeded)
             found.update({f"{key}-error": without_host(host.name, one_line(err)) for key, err in answers.failed.items()})
@@ -108,5 +111,5 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
         queues=at_master.get("rabbitmq"),
         queue_error=queue_error,
     )
-    status.volunteers = volunteer_rows(cluster, at_master.get("celery"))  # their own section (workflows/volunteer.py)
+    status.volunteers = volunteer_rows(cluster, at_master.get("celery"), at_master.get("join-log", []))
     return status

@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import posixpath
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -27,9 +27,9 @@ from ..config import Cluster
 from ..errors import ConfigError, InfraError, StateError, one_line, redact
 from ..facts.arch import docker_arch
 from ..facts.celery import CeleryView, parse_celery_probe
-from ..facts.containers import Container, parse_container_list, parse_image_inspect
+from ..facts.containers import Container, is_running, parse_container_list, parse_image_inspect
 from ..facts.host import HostFacts
-from ..names import registry_repository
+from ..names import container_name, registry_repository
 from ..plans import volunteer as volunteer_plan
 from ..plans.addresses import master_address
 from ..plans.layout import host_layout
@@ -396,10 +396,68 @@ def rows_of(cluster: Cluster, store: VolunteerStore, celery: CeleryView | None, 
     return rows
 
 
-def volunteer_rows(cluster: Cluster, celery: CeleryView | None) -> list:
-    """For `infra status`: the volunteers as kept here, their workers and tasks as Celery told (no extra call)."""
+def volunteer_rows(cluster: Cluster, celery: CeleryView | None, endpoint_lines: list[str] = ()) -> list:
+    """For `infra status`: the volunteers as kept here and as the endpoint's log tells (the same source as
+    `volunteer list`), their workers and tasks as Celery told (no extra call)."""
     store = _store(cluster)
-    return rows_of(cluster, store, celery, _now()) if store.volunteers else []
+    if not store.volunteers:
+        return []
+    learn_from_endpoint_log(store, list(endpoint_lines))
+    return rows_of(cluster, store, celery, _now())
+
+
+def wants_endpoint_log(cluster: Cluster) -> bool:
+    """Whether `status` should read the endpoint's log: only for a cluster that ever had volunteers."""
+    return bool(_store(cluster).volunteers)
+
+
+def endpoint_log_lines(cluster: Cluster, conn: Connection) -> list[str]:
+    """The join endpoint's log, where it records each volunteer's requests; none without an endpoint."""
+    lines: list[str] = []
+    try:
+        conn.engine.logs(Logs(volunteer_plan.endpoint_name(cluster.name)), lines.append)
+    except InfraError:
+        pass  # no endpoint (any more): what was learnt before stays
+    return lines
+
+
+def learn_from_endpoint_log(store: VolunteerStore, lines: list[str]) -> None:
+    """Each volunteer's joined, last seen and arch as the endpoint's log tells, into `store` (not saved)."""
+    for name, learnt in parse_endpoint_log(lines).items():
+        if name in store.volunteers:
+            v = store.volunteers[name]
+            v.joined = v.joined or learnt["joined"]
+            v.last_seen = max(filter(None, (v.last_seen, learnt["last_seen"])), default=None)
+            v.arch = learnt["arch"] or v.arch
+
+
+LIST_SCHEMA = "infra.volunteers/1"
+MASTER_NOT_RUNNING = "the master is not running (`infra up` starts it)"
+
+
+def list_json(rows: list[VolunteerRow], problem: str | None) -> dict:
+    """`volunteer list --json`: {"schema": "infra.volunteers/1", "volunteers": [row...], "error": str|null}.
+
+    Stable within one schema: keys may be added, never renamed or removed. A row has name, state,
+    added, expires, joined, last_seen, arch, workers (Celery nodes online) and tasks_done (null when
+    Celery could not be asked); `error` says why the master could not be asked, null when it was.
+    """
+    return {"schema": LIST_SCHEMA, "volunteers": [asdict(row) for row in rows], "error": problem}
+
+
+def _ask_master(cluster: Cluster, store: VolunteerStore) -> tuple[CeleryView | None, str | None]:
+    """Learn from the endpoint's log and ask Celery in the master container: (Celery's view, why not)."""
+    with ConnectionPool.for_cluster(cluster) as pool:
+        conn = _master(pool, cluster)
+        learn_from_endpoint_log(store, endpoint_log_lines(cluster, conn))
+        containers = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
+        if not is_running(containers, container_name(cluster.name, "master")):
+            return None, MASTER_NOT_RUNNING
+        if store.active():
+            sync_results_users(cluster, conn, store)
+        result = conn.engine.exec(celery_probe(cluster.name, cluster.celery_app, [], 2.0), timeout=PROBE_TIMEOUT)
+        celery = parse_celery_probe(result.stdout if result.stdout.strip() else result.output)
+        return celery, None if celery.answered else f"celery: {celery.error}"
 
 
 def list_volunteers(cluster: Cluster) -> tuple[list[VolunteerRow], str | None]:
@@ -407,30 +465,11 @@ def list_volunteers(cluster: Cluster) -> tuple[list[VolunteerRow], str | None]:
     store = _store(cluster)
     if not store.volunteers:
         return [], None
-    problem = None
-    celery = None
     try:
-        with ConnectionPool.for_cluster(cluster) as pool:
-            conn = _master(pool, cluster)
-            if store.active():
-                sync_results_users(cluster, conn, store)
-            lines: list[str] = []
-            try:
-                conn.engine.logs(Logs(volunteer_plan.endpoint_name(cluster.name)), lines.append)
-            except InfraError:
-                pass  # no endpoint (any more): what was learnt before stays
-            for name, learnt in parse_endpoint_log(lines).items():
-                if name in store.volunteers:
-                    v = store.volunteers[name]
-                    v.joined = v.joined or learnt["joined"]
-                    v.last_seen = max(filter(None, (v.last_seen, learnt["last_seen"])), default=None)
-                    v.arch = learnt["arch"] or v.arch
-            result = conn.engine.exec(celery_probe(cluster.name, cluster.celery_app, [], 2.0), timeout=PROBE_TIMEOUT)
-            celery = parse_celery_probe(result.stdout if result.stdout.strip() else result.output)
+        celery, problem = _ask_master(cluster, store)
     except InfraError as exc:
-        problem = one_line(exc)
-    now = _now()
-    rows = rows_of(cluster, store, celery, now)
+        celery, problem = None, one_line(exc)
+    rows = rows_of(cluster, store, celery, _now())
     for row in rows:
         if row.workers:
             store.volunteers[row.name].last_seen = row.last_seen
@@ -444,8 +483,6 @@ def list_volunteers(cluster: Cluster) -> tuple[list[VolunteerRow], str | None]:
             fresh.save()
     except StateError:
         pass  # another command holds the lock: what was learnt is shown, and learnt again next time
-    if celery is not None and not celery.answered and problem is None:
-        problem = f"celery: {celery.error}"
     return rows, problem
 
 
