@@ -17,7 +17,9 @@ import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterable
+
+import pathspec
 
 from ..commands import files as file_commands
 from ..commands.engine import ContainerSpec
@@ -32,6 +34,7 @@ from ..runtime.endpoint import (
     PORT,
     PROJECT_DIR,
     RUN_VERIFY_KEY_FILE,
+    SERVED_FILES,
     VOLUNTEER_STATE,
 )
 from ..state.tls import ServerIdentity
@@ -75,6 +78,11 @@ class EndpointLayout:
         return posixpath.join(self.config_dir, "volunteers.json")
 
     @property
+    def served_files(self) -> str:
+        """The project files the endpoint serves (`served_files_json`), rewritten live like the token table."""
+        return posixpath.join(self.config_dir, SERVED_FILES)
+
+    @property
     def context_tarball(self) -> str:
         return posixpath.join(self.files_dir, CONTEXT_FILE)
 
@@ -87,6 +95,19 @@ class EndpointLayout:
 def endpoint_layout(layout: HostLayout) -> EndpointLayout:
     """Inside the cluster's secret folder, so `infra clean` removes it with the rest."""
     return EndpointLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"))
+
+
+# What `sync-files` sends to the cluster's own hosts but a volunteer never gets: environment files,
+# where projects keep their secrets (gitignore patterns, in any folder).
+NEVER_TO_VOLUNTEERS = (".env", ".env.*")
+
+
+def served_files_json(project_files: Iterable[str]) -> str:
+    """project-files.json: the project files volunteers get. `project_files` are those `sync-files`
+    sends (its scan, by `.infraignore` and the default ignores: no virtual environment, no output);
+    of them, environment files are left out too."""
+    never = pathspec.GitIgnoreSpec.from_lines(NEVER_TO_VOLUNTEERS)
+    return json.dumps({"files": sorted(rel for rel in project_files if not never.match_file(rel))}, indent=0) + "\n"
 
 
 def endpoint_url(address: str, port: int) -> str:

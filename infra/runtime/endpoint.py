@@ -17,7 +17,8 @@ once, when it printed the line) made the broker and Redis users from the same de
     GET /v1/TOKEN/image           the worker image (`docker save`, gzip) for the master's architecture
     GET /v1/TOKEN/context         the build context (tar.gz) for other architectures
     GET /v1/TOKEN/bundle          a tar of the worker's settings and credentials
-    GET /v1/project[/digest]      the project (tar) or its digest; `Authorization: Bearer KEY`
+    GET /v1/project[/digest]      the project (tar) or its digest; `Authorization: Bearer KEY`;
+                                  only the files project-files.json names (what sync-files sends)
 
 The update key (in the bundle) does not expire with the token: a worker that joined fetches
 project updates until the volunteer is revoked. Standard library only.
@@ -45,6 +46,10 @@ CONFIG_DIR = "/run/infra"  # the endpoint's folder on the master host, read-only
 FILES_DIR = "/srv/infra-join"  # the worker image and the build context, read-only
 CONTEXT_FILE = "context.tar.gz"  # the build context in FILES_DIR, for volunteers of other architectures
 PROJECT_DIR = "/project"  # the project as synced to the master host, read-only
+# In CONFIG_DIR: the project files volunteers may get, as `infra` decided them with the rules
+# `sync-files` applies (`.infraignore` and its defaults). On a master on `local` /project is the
+# operator's working folder, so the endpoint serves only what this list names.
+SERVED_FILES = "project-files.json"
 PORT = 8443
 TOKEN_PATTERN = re.compile(r"[A-Za-z0-9_-]{32,128}")
 # What a volunteer's worker never needs of the project folder.
@@ -90,26 +95,28 @@ def worker_env(settings: dict, name: str, token: str) -> str:
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
 
-def project_files(root: str) -> list[tuple[str, str]]:
-    """(relative path, absolute path) of the project's regular files, sorted; links are never followed."""
+def project_files(root: str, served: frozenset[str]) -> list[tuple[str, str]]:
+    """(relative path, absolute path) of the project's regular files that `served` names, sorted;
+    links are never followed, folders holding no served file never entered."""
+    folders = {"/".join(rel.split("/")[:depth]) for rel in served for depth in range(1, rel.count("/") + 1)}
     found = []
     for folder, dirs, files in os.walk(root):
         rel_folder = os.path.relpath(folder, root)
-        dirs[:] = sorted(d for d in dirs if not (rel_folder == "." and d in PROJECT_SKIP) and d != "__pycache__"
+        prefix = "" if rel_folder == "." else rel_folder + "/"
+        dirs[:] = sorted(d for d in dirs if prefix + d in folders and not (prefix == "" and d in PROJECT_SKIP)
                          and not os.path.islink(os.path.join(folder, d)))
         for name in files:
-            path = os.path.join(folder, name)
-            rel = os.path.normpath(os.path.join(rel_folder, name))
-            if rel in PROJECT_SKIP or name.endswith(".pyc"):
+            path, rel = os.path.join(folder, name), prefix + name
+            if rel not in served or rel in PROJECT_SKIP or name.endswith(".pyc"):
                 continue
             if stat.S_ISREG(os.lstat(path).st_mode):
                 found.append((rel, path))
     return sorted(found)
 
 
-def project_tar(root: str) -> tuple[bytes, str]:
+def project_tar(root: str, served: frozenset[str]) -> tuple[bytes, str]:
     """The project as a tar (fixed owners and times: the same content gives the same bytes) and its digest."""
-    data = pack(_project_member(rel, path) for rel, path in project_files(root))
+    data = pack(_project_member(rel, path) for rel, path in project_files(root, served))
     return data, hashlib.sha256(data).hexdigest()
 
 
@@ -167,6 +174,33 @@ class TokenTable:
         return entry.get("name") if entry else None
 
 
+class ServedFiles:
+    """project-files.json (written by infra, re-read when it changes): the project files to serve.
+
+    None while there is no readable list: then the project is not served at all, rather than
+    all of /project.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._seen: tuple | None = None
+        self._files: frozenset[str] | None = None
+        self._lock = threading.Lock()
+
+    def current(self) -> frozenset[str] | None:
+        with self._lock:
+            try:
+                info = os.stat(self.path)
+                seen = (info.st_ino, info.st_mtime_ns, info.st_size)
+                if seen != self._seen:
+                    with open(self.path, encoding="utf-8") as handle:
+                        self._files = frozenset(str(rel) for rel in json.load(handle)["files"])
+                    self._seen = seen
+            except (OSError, ValueError, KeyError, TypeError):
+                self._files, self._seen = None, None
+            return self._files
+
+
 # --------------------------------------------------------------------------- the server
 
 
@@ -183,18 +217,23 @@ class Endpoint:
         with open(os.path.join(config_dir, RUN_VERIFY_KEY_FILE), encoding="utf-8") as handle:
             self.run_verify_key = handle.read()
         self.tokens = TokenTable(os.path.join(config_dir, "volunteers.json"))
+        self.served = ServedFiles(os.path.join(config_dir, SERVED_FILES))
         self._project_cache: tuple | None = None
         self._project_lock = threading.Lock()
 
-    def project(self) -> tuple[bytes, str]:
-        """The project tar and digest, made again only when a file changed (listing: path, size, mtime)."""
+    def project(self) -> tuple[bytes, str] | None:
+        """The project tar and digest, made again only when a file or the list changed (path, size, mtime);
+        None without a list of the files to serve."""
+        served = self.served.current()
+        if served is None:
+            return None
         listing = []
-        for rel, path in project_files(self.project_dir):
+        for rel, path in project_files(self.project_dir, served):
             info = os.stat(path)
             listing.append((rel, info.st_size, info.st_mtime_ns, info.st_mode))
         with self._project_lock:
             if self._project_cache is None or self._project_cache[0] != listing:
-                self._project_cache = (listing, *project_tar(self.project_dir))
+                self._project_cache = (listing, *project_tar(self.project_dir, served))
             return self._project_cache[1], self._project_cache[2]
 
     def file_settings(self) -> dict:
@@ -298,9 +337,10 @@ class Handler(http.server.BaseHTTPRequestHandler):
         auth = self.headers.get("Authorization", "")
         name = self.endpoint.tokens.by_key(auth[7:] if auth.startswith("Bearer ") else "")
         what = "project-digest" if rest == ["digest"] else "project" if not rest else "?"
-        if name is None or what == "?":
+        project = self.endpoint.project() if name is not None and what != "?" else None
+        if project is None:
             return self._refuse(what)
-        data, digest = self.endpoint.project()
+        data, digest = project
         if what == "project-digest":
             return self._send(name, what, (digest + "\n").encode(), content_type="text/plain")
         return self._send(name, what, data, content_type="application/x-tar", headers={"X-Infra-Digest": digest})

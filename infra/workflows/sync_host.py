@@ -44,6 +44,7 @@ from .sync_context import LISTING_TIMEOUT, RESTART_TIMEOUT, SyncOutcome
 
 if TYPE_CHECKING:
     from ..config import Cluster, Host
+    from ..facts.files import LocalFile
     from ..transport.connection import Connection
     from .sync_context import SyncContext
 
@@ -105,6 +106,23 @@ def layout_below(cluster: Cluster, host: Host, home: str) -> HostLayout:
     return host_layout(cluster, host, HostFacts(home=home, uid=-1, gid=-1, arch="", docker_version=None))
 
 
+def has_volunteers(cluster: Cluster) -> bool:
+    """Whether the join endpoint serves the project to anyone."""
+    from ..state.volunteers import VolunteerStore, store_path
+
+    path = store_path(cluster.state_dir)
+    return path.exists() and bool(VolunteerStore.load(path).active())
+
+
+def serve_to_volunteers(conn: Connection, layout: HostLayout, synced: dict[str, LocalFile]) -> None:
+    """The join endpoint serves volunteers the files just synced, and no other file of the folder."""
+    # Imported here: only clusters with volunteers load them, and sync-files stays quick for the others.
+    from ..plans.volunteer import endpoint_layout
+    from .volunteer import write_served_files
+
+    write_served_files(conn, endpoint_layout(layout), synced)
+
+
 def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
     """One host: send what differs, then restart its workers if they run older code.
 
@@ -130,6 +148,8 @@ def sync_host(ctx: SyncContext, conn: Connection) -> SyncOutcome:
         outcome.wire_bytes = execute_steps(conn, steps, ctx.manifest)
         outcome.sent, outcome.deleted = plan.upload, plan.delete
         outcome.bytes_sent, outcome.unchanged = plan.bytes_to_send, plan.unchanged
+    if host.name == cluster.master_host.name and has_volunteers(cluster):
+        serve_to_volunteers(conn, layout, ctx.local_files)
     if not ctx.restart:
         # The record of which code the workers run stays as it is: still true, they were not restarted.
         outcome.reason = "not restarted (--no-restart)"

@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from ..commands import files as file_commands
 from ..commands import volunteer as volunteer_commands
@@ -28,6 +28,7 @@ from ..errors import ConfigError, InfraError, StateError, one_line, redact
 from ..facts.arch import docker_arch
 from ..facts.celery import CeleryView, parse_celery_probe
 from ..facts.containers import Container, is_running, parse_container_list, parse_image_inspect
+from ..facts.files import scan_local
 from ..facts.host import HostFacts
 from ..names import container_name, registry_repository
 from ..plans import volunteer as volunteer_plan
@@ -198,6 +199,7 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
                                           volunteer_plan.endpoint_settings(cluster, address, port), script,
                                           _run_verify_key(cluster))
     write_token_table(conn, folders, store)  # whether or not the endpoint is replaced: it re-reads the table
+    write_served_files(conn, folders, scan_local(cluster.project_dir))  # re-read too
     spec = volunteer_plan.endpoint_container(cluster, layout, facts, port)
     plan = volunteer_plan.plan_endpoint(cluster, spec, files, *_endpoint_facts(cluster, conn, spec))
     execute_steps(conn, plan.steps, manifest)
@@ -236,6 +238,12 @@ def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, 
     """The digests of the active volunteers' tokens and keys: the running endpoint goes by them at its next request."""
     conn.run(file_commands.write_secret_file(folders.token_table), stdin=token_table_json(store.active()).encode(),
              timeout=FILE_TIMEOUT)
+
+
+def write_served_files(conn: Connection, folders: volunteer_plan.EndpointLayout, project_files: Iterable[str]) -> None:
+    """Which project files the endpoint serves: those of `sync-files`' scan of this machine's project."""
+    conn.run(file_commands.write_secret_file(folders.served_files),
+             stdin=volunteer_plan.served_files_json(project_files).encode(), timeout=FILE_TIMEOUT)
 
 
 # --------------------------------------------------------------------------- add

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from infra.commands.files import tar_of
+from infra.facts.files import scan_local
 from infra.runtime import endpoint
 
 LONG = "deep/" + "x" * 120 + ".py"  # a name over ustar's 100 characters: a PAX header of its own
@@ -52,7 +53,7 @@ def test_the_tar_for_extract_keeps_modes_and_times_with_folders_first(project):
 
 
 def test_the_project_tar_for_volunteers_has_fixed_times_and_two_modes(project):
-    data, sha = endpoint.project_tar(str(project))
+    data, sha = endpoint.project_tar(str(project), frozenset(scan_local(project)))
     with tarfile.open(fileobj=io.BytesIO(data)) as tar:
         assert [(m.name, oct(m.mode), m.mtime) for m in tar.getmembers()] == [
             (LONG, "0o644", 0), ("pkg/caf\u00e9.txt", "0o644", 0), ("pkg/tasks.py", "0o644", 0), ("run.sh", "0o755", 0)]

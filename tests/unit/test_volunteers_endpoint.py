@@ -16,6 +16,8 @@ from pathlib import Path
 
 import pytest
 
+from infra.facts.files import scan_local
+from infra.plans import volunteer as volunteer_plan
 from infra.runtime import endpoint, signing
 from infra.runtime import volunteer as worker_side
 from infra.runtime.endpoint import derive_secret
@@ -50,6 +52,7 @@ def served(tmp_path, capsys):
     (files / "image.env").write_text("IMAGE_ID=sha256:abc\nIMAGE_ARCH=amd64\nBASE_IMAGE=debian\n")
     (project / "pkg" / "tasks.py").write_text("X = 1\n")
     (project / "output" / "big.csv").write_text("not for volunteers\n")
+    (config / "project-files.json").write_text(volunteer_plan.served_files_json(scan_local(project)))
 
     server = endpoint._Server(("127.0.0.1", 0), endpoint.make_handler(endpoint.Endpoint(str(config), str(files),
                                                                                           str(project))))
@@ -168,7 +171,8 @@ def tar_of(entries: list[tuple[tarfile.TarInfo, bytes]]) -> bytes:
 
 
 def test_the_worker_unpacks_the_project_into_its_volume_and_replaces_the_old_one(tmp_path):
-    data, digest = endpoint.project_tar(str(Path(__file__).parent / "fixtures"))
+    fixtures = Path(__file__).parent / "fixtures"
+    data, digest = endpoint.project_tar(str(fixtures), frozenset(scan_local(fixtures)))
     (tmp_path / "project").mkdir()
     (tmp_path / "project" / "stale.py").write_text("")
     worker_side.unpack_project(data, digest, str(tmp_path))
@@ -201,7 +205,55 @@ def test_a_workers_node_name_names_the_volunteer_and_stays_the_same_across_resta
 
 def test_project_tars_are_the_same_bytes_for_the_same_content(tmp_path):
     (tmp_path / "a.py").write_text("1")
-    one = endpoint.project_tar(str(tmp_path))
+    one = endpoint.project_tar(str(tmp_path), frozenset({"a.py"}))
     with contextlib.suppress(Exception):
         (tmp_path / "a.py").touch()
-    assert endpoint.project_tar(str(tmp_path)) == one
+    assert endpoint.project_tar(str(tmp_path), frozenset({"a.py"})) == one
+
+
+# --------------------------------------------------------------------------- the files volunteers get
+
+
+def served_names(served) -> list[str]:
+    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    status, body, _ = served["get"]("/v1/project", key)
+    assert status == 200
+    with tarfile.open(fileobj=io.BytesIO(body)) as tar:
+        return tar.getnames()
+
+
+def test_the_endpoint_serves_what_sync_files_sends_and_no_env_venv_or_ignored_file(served):
+    project = served["project"]
+    (project / ".infraignore").write_text("secret.key\ndata/\n")
+    for rel in (".env", "pkg/.env.local", ".venv/lib/site.py", "secret.key", "data/big.bin", ".git/config",
+                "pkg/__pycache__/tasks.cpython-311.pyc", "pkg/helper.py"):
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("x\n")
+    synced = scan_local(project)  # what `sync-files` sends
+    assert {".env", "pkg/.env.local", "pkg/helper.py"} <= set(synced)
+    (served["config"] / "project-files.json").write_text(volunteer_plan.served_files_json(synced))
+    names = served_names(served)
+    assert names == [".infraignore", "pkg/helper.py", "pkg/tasks.py"]
+    assert set(names) == set(synced) - {".env", "pkg/.env.local"}
+
+
+def test_a_file_the_list_does_not_name_is_not_served_until_infra_lists_it(served):
+    (served["project"] / "pkg" / "new.py").write_text("Y = 1\n")
+    assert served_names(served) == ["pkg/tasks.py"]
+    (served["config"] / "project-files.json").write_text(volunteer_plan.served_files_json(["pkg/tasks.py", "pkg/new.py"]))
+    assert served_names(served) == ["pkg/new.py", "pkg/tasks.py"]
+
+
+def test_without_a_list_of_files_the_project_is_not_served_at_all(served):
+    (served["config"] / "project-files.json").unlink()
+    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    assert served["get"]("/v1/project", key)[0] == 403
+    assert served["get"]("/v1/project/digest", key)[0] == 403
+
+
+def test_a_listed_name_that_is_a_link_is_never_followed(served, tmp_path):
+    outside = tmp_path / "outside.txt"
+    outside.write_text("of this machine\n")
+    (served["project"] / "pkg" / "link.py").symlink_to(outside)
+    (served["config"] / "project-files.json").write_text(volunteer_plan.served_files_json(["pkg/tasks.py", "pkg/link.py"]))
+    assert served_names(served) == ["pkg/tasks.py"]

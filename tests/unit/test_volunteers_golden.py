@@ -7,6 +7,7 @@ Each line carries the time bound the command was given.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import shlex
@@ -78,6 +79,8 @@ class MasterHost(RecordingConnection):
 @pytest.fixture
 def cluster(tmp_path, monkeypatch):
     (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "tasks.py").write_text("X = 1\n")
+    (tmp_path / "proj" / ".env").write_text("API_KEY=not for volunteers\n")
     cluster = parse_cluster(CLUSTER, filename="cluster.yaml", base_dir=tmp_path)
     cluster.tls_dir.mkdir(parents=True)
     for name in ("server.crt", "server.key", "ca.crt"):
@@ -139,7 +142,10 @@ GATHER_IMAGE = [INSPECT + "infra-lab-worker:latest", SAVE,
                 f"{shlex.join(read_small_file(FILES + '/context.digest'))} [600 s]"]
 CONTEXT = [write(FILES + "/context.tar.gz", "221 bytes sha256:d0df0b24"),
            write(FILES + "/context.digest", "25 bytes sha256:ca527e87")]
-TOKENS = write(JOIN + "/volunteers.json", "274 bytes sha256:89187c8a")
+SERVED_LIST = volunteer_plan.served_files_json(["tasks.py"]).encode()  # the project's files but .env
+TOKENS = [write(JOIN + "/volunteers.json", "274 bytes sha256:89187c8a"),
+          write(JOIN + "/project-files.json",
+                f"{len(SERVED_LIST)} bytes sha256:{hashlib.sha256(SERVED_LIST).hexdigest()[:8]}")]
 GATHER_ENDPOINT = [INSPECT + "infra-lab-master:latest",
                    "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'"]
 CERTIFICATE = [write(JOIN + "/server.crt", "1396 bytes sha256:d2e3b188"),
@@ -159,7 +165,7 @@ def run(spec: str, port: int) -> str:
 
 
 FRESH = [
-    *GATHER_IMAGE, *CONTEXT, TOKENS, *GATHER_ENDPOINT,
+    *GATHER_IMAGE, *CONTEXT, *TOKENS, *GATHER_ENDPOINT,
     *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:d045b094"), SCRIPT, RUN_VERIFY_KEY,
     run("74af66150d988ea6be7a", 5443),
 ]
@@ -184,7 +190,7 @@ def test_an_endpoint_up_to_date_is_kept_and_only_the_tokens_are_written_again(cl
     ensure(cluster, master, tmp_path)
     master.log.clear()
     _, said, manifest = ensure(cluster, master, tmp_path)
-    assert master.log == [*GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT]
+    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT]
     assert said == ""
     assert manifest.hosts["m1"].containers == {"lab-join": {"id": "id-lab-join", "role": "join"}}
 
@@ -194,7 +200,7 @@ def test_a_new_port_writes_the_files_again_and_replaces_the_endpoint(cluster, ma
     master.log.clear()
     (url, _), said, manifest = ensure(cluster, master, tmp_path, port=6443)
     assert master.log == [
-        *GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT,
+        *GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT,
         *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:871436d1"),
         write(JOIN + "/join.sh", "54 bytes sha256:23f4443a"), RUN_VERIFY_KEY,
         "docker rm --force lab-join",
@@ -210,5 +216,5 @@ def test_an_endpoint_that_does_not_run_is_made_anew_never_started(cluster, maste
     master.state.containers[0]["State"] = state
     master.log.clear()
     ensure(cluster, master, tmp_path)
-    assert master.log == [*GATHER_IMAGE, TOKENS, *GATHER_ENDPOINT, *FRESH[-7:-1], "docker rm --force lab-join",
+    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT, *FRESH[-7:-1], "docker rm --force lab-join",
                           FRESH[-1]]

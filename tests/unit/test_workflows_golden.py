@@ -8,6 +8,7 @@ any host; the end-to-end tests check the same workflows on real hosts.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import os
@@ -341,6 +342,29 @@ def test_sync_files_without_restart_asks_no_engine_anything(cluster, hosts):
     assert sent(hosts, "w1", cluster) == SYNC_W1[:4]  # listing, claim, delete, send: not one docker command
     assert sent(hosts, "m1", cluster) == SYNC_M1[:4]
     assert result.outcomes["w1"].reason == "not restarted (--no-restart)" and result.answering is None
+
+
+def test_sync_files_with_volunteers_tells_the_join_endpoint_the_files_it_sent(cluster, hosts):
+    from datetime import datetime, timedelta, timezone
+
+    from infra.plans.volunteer import served_files_json
+    from infra.state.volunteers import VolunteerStore, make_volunteer, store_path
+
+    up(cluster, quiet())
+    store = VolunteerStore(store_path(cluster.state_dir))
+    store.volunteers["alice"] = make_volunteer("alice", "A" * 43, datetime.now(timezone.utc), timedelta(days=1))
+    store.save()
+    (cluster.project_dir / ".env").write_text("API_KEY=for the cluster's own hosts only\n")
+    forget(hosts)
+    sync_files(cluster, quiet(), restart=False)
+    listed = served_files_json(["README", "tasks.py"]).encode()
+    join = "/home/alice/infra/lab/.infra/join"
+    assert sent(hosts, "m1", cluster)[-1] == (
+        f"sh -c 'umask 077 && mkdir -p {join} && chmod 700 {join} && rm -f {join}/project-files.json.tmp && "
+        f"cat > {join}/project-files.json.tmp && chmod 400 {join}/project-files.json.tmp && "
+        f"mv -f {join}/project-files.json.tmp {join}/project-files.json' "
+        f"<{len(listed)} bytes sha256:{hashlib.sha256(listed).hexdigest()[:8]}")
+    assert not any("project-files" in line for line in sent(hosts, "w1", cluster))
 
 
 def test_sync_files_again_sends_nothing_and_restarts_nobody(cluster, hosts):
