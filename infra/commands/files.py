@@ -169,10 +169,14 @@ def remove_owned_folder(folder: str, owner: str, cluster: str) -> list[str]:
 
     Prints one verdict line, read by `facts.files.parse_removal`: `removed`, `absent`, or
     `refused: WHY`; exit code 0 for all three. `rm -rf` never follows a link inside the folder,
-    and a folder that is itself a link is refused.
+    and a folder that is itself a link is refused. An empty folder owned by the SSH user is
+    removed without a marker (`rmdir`).
     """
     f, o = shlex.quote(folder), shlex.quote(owner)
     nested = "" if folder == owner else f"elif [ -L {f} ]; then echo 'refused: a symbolic link'; "
+    # An empty folder of the SSH user's is what an `up` killed before it wrote the marker leaves:
+    # rmdir removes it only while it is empty, so nothing of anyone else's can go with it.
+    nested += f"elif [ ! -L {f} ] && [ -d {f} ] && [ -O {f} ] && rmdir -- {f} 2>/dev/null; then echo removed; "
     return ["sh", "-c", (
         f"{_read_marker(owner)}if [ ! -e {f} ] && [ ! -L {f} ]; then echo absent; "
         f"elif [ -L {o} ]; then echo 'refused: '{o}' is a symbolic link'; "

@@ -26,6 +26,7 @@ from .volunteer import revoke_everyone
 class CleanResult:
     cleaned: dict[str, list[str]]
     failed: dict[str, BaseException]
+    refused: dict[str, list[str]] = field(default_factory=dict)  # host -> folders not deleted, "FOLDER (why)"
 
 
 @dataclass
@@ -69,7 +70,8 @@ def plan_host_clean(cluster: Cluster, conn: Connection, manifest: Manifest, *, f
 
 
 def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter: Reporter, *,
-               files: bool, volumes: bool) -> list[str]:
+               files: bool, volumes: bool) -> tuple[list[str], list[str]]:
+    """What was removed from the host, and the folders it refused to delete (reported already)."""
     plan = plan_host_clean(cluster, conn, manifest, files=files, volumes=volumes)
     execute_steps(conn, plan.steps, manifest)
     folders = remove_folders(conn, plan, manifest)
@@ -88,7 +90,7 @@ def clean_host(cluster: Cluster, conn: Connection, manifest: Manifest, reporter:
     if folders.refused:
         line += f"; refused to delete {', '.join(folders.refused)}"
     reporter.host(conn.host.name, line, style="yellow" if folders.refused else "")
-    return plan.removed() + [f"folder {folder}" for folder in folders.removed]
+    return plan.removed() + [f"folder {folder}" for folder in folders.removed], folders.refused
 
 
 def clean(cluster: Cluster, reporter: Reporter, *, files: bool = False, volumes: bool = False,
@@ -122,4 +124,6 @@ def _clean(cluster: Cluster, reporter: Reporter, *, files: bool, volumes: bool) 
         shutil.rmtree(cluster.tls_dir, ignore_errors=True)
         # The layers kept for sending images by layers (workflows/ship.py): a cache, rebuilt on demand.
         shutil.rmtree(cluster.registry_dir, ignore_errors=True)
-    return CleanResult(done.succeeded, failed)
+    cleaned = {name: removed for name, (removed, _) in done.succeeded.items()}
+    refused = {name: why for name, (_, why) in done.succeeded.items() if why}
+    return CleanResult(cleaned, failed, refused)

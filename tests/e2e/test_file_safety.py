@@ -268,7 +268,9 @@ def test_clean_files_deletes_the_clusters_folder_without_following_links_and_rep
     local_project = local_files(safe["project"])
 
     result = infra("clean", "-f", safe["file"], "--files", "--volumes")
-    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.returncode == 1, result.stdout + result.stderr  # a refusal is a failure, named in one line
+    assert result.stderr.strip().splitlines()[-1].startswith(f"error: cluster {CLUSTER} removed, but a folder "
+                                                             f"was refused on h1")
     said = " ".join(result.stdout.split())
     assert f"folder(s) {ROOT}/.infra, {ROOT};" in said
     assert f"refused to delete {REMOTE}/other ({REMOTE}/other holds no marker of cluster {CLUSTER})" in said

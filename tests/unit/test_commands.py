@@ -302,6 +302,8 @@ def test_remove_a_folder_only_when_its_cluster_folder_holds_the_marker_saying_wh
         MARKER_LAB + "if [ ! -e /home/pi/infra/lab/.infra ] && [ ! -L /home/pi/infra/lab/.infra ]; then echo absent; "
         "elif [ -L /home/pi/infra/lab ]; then echo 'refused: '/home/pi/infra/lab' is a symbolic link'; "
         "elif [ -L /home/pi/infra/lab/.infra ]; then echo 'refused: a symbolic link'; "
+        "elif [ ! -L /home/pi/infra/lab/.infra ] && [ -d /home/pi/infra/lab/.infra ] && [ -O /home/pi/infra/lab/.infra ] "
+        "&& rmdir -- /home/pi/infra/lab/.infra 2>/dev/null; then echo removed; "
         "elif [ -d /home/pi/infra/lab ] && [ ! -L /home/pi/infra/lab ] && [ \"$marker\" = lab ]; "
         "then rm -rf -- /home/pi/infra/lab/.infra && echo removed; "
         "else echo 'refused: '/home/pi/infra/lab' holds no marker of cluster 'lab; fi")]
@@ -309,6 +311,31 @@ def test_remove_a_folder_only_when_its_cluster_folder_holds_the_marker_saying_wh
         "if [ -L /home/me/.infra/lab/env ]; then echo 'refused: a symbolic link'; "
         "elif [ ! -e /home/me/.infra/lab/env ]; then echo absent; "
         "else rm -rf -- /home/me/.infra/lab/env && echo removed; fi")]
+
+
+def removal_verdict(folder: Path) -> tuple[str, str]:
+    answer = subprocess.run(remove_owned_folder(str(folder), str(folder), "lab"), capture_output=True, text=True)
+    assert answer.returncode == 0, answer.stderr
+    return parse_removal(answer.stdout)
+
+
+def test_an_empty_folder_an_up_killed_before_its_marker_left_is_removed_and_nothing_else_without_one(tmp_path):
+    empty = tmp_path / "empty" / "lab"
+    empty.mkdir(parents=True)
+    assert removal_verdict(empty) == ("removed", "") and not empty.exists()
+    full = tmp_path / "full" / "lab"
+    full.mkdir(parents=True)
+    (full / "theirs.txt").write_text("not infra's\n")
+    assert removal_verdict(full)[0] == "refused" and (full / "theirs.txt").exists()
+    target = tmp_path / "target"
+    target.mkdir()
+    (tmp_path / "link").mkdir()
+    (tmp_path / "link" / "lab").symlink_to(target)
+    assert removal_verdict(tmp_path / "link" / "lab")[0] == "refused" and target.is_dir()
+    marked = tmp_path / "marked" / "lab"
+    (marked / "proj").mkdir(parents=True)
+    (marked / MARKER_FILE).write_text("lab\n")
+    assert removal_verdict(marked) == ("removed", "") and not marked.exists()
 
 
 def test_extract_a_tar_from_stdin_into_the_project_never_through_a_link():

@@ -428,5 +428,33 @@ def test_clean_reports_a_folder_the_host_refused_as_refused_never_as_removed_and
     assert "folder(s) /home/bob/infra/lab/.infra;" in said  # what was removed there, and only that
     assert "folder /home/bob/infra/lab" not in result.cleaned["w1"]
     assert "folder /home/alice/infra/lab" in result.cleaned["m1"]
+    assert result.refused == {"w1": ["/home/bob/infra/lab (/home/bob/infra/lab holds no marker of cluster lab)"]}
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     assert "w1" not in manifest.hosts  # not the cluster's: not infra's to delete, now or later
+
+
+def test_clean_files_that_refused_a_folder_exits_1_with_one_line_naming_the_host(cluster, hosts, tmp_path):
+    from click.testing import CliRunner
+
+    from infra.cli.clean import clean as clean_command
+
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    up(cluster, quiet())
+    hosts.hosts["w1"].refusals["/home/bob/infra/lab"] = "/home/bob/infra/lab is a symbolic link"
+    result = CliRunner().invoke(clean_command, ["-f", str(tmp_path / "cluster.yaml"), "--files"])
+    assert result.exit_code == 1, result.output
+    assert result.output.strip().splitlines()[-1] == (
+        "error: cluster lab removed, but a folder was refused on w1 (see above): it is not the cluster's, "
+        "so infra leaves it to you")
+    assert "Traceback" not in result.output
+
+
+def test_clean_files_with_nothing_refused_exits_0(cluster, hosts, tmp_path):
+    from click.testing import CliRunner
+
+    from infra.cli.clean import clean as clean_command
+
+    (tmp_path / "cluster.yaml").write_text(CLUSTER)
+    up(cluster, quiet())
+    result = CliRunner().invoke(clean_command, ["-f", str(tmp_path / "cluster.yaml"), "--files"])
+    assert result.exit_code == 0, result.output
