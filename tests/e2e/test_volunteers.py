@@ -35,6 +35,7 @@ TEST_IMAGES = {
     "worker": "infra-test-worker:latest", "master": "infra-test-master:latest", "broker": "infra-test-broker:latest",
 }
 OBJECT = f"infra-{CLUSTER}-volunteer"  # the container, volume and image tag the line makes
+NEVER_SERVED = (".env", ".venv/lib/site.py", "notes-private.txt")
 
 
 def infra(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
@@ -86,6 +87,12 @@ def cluster(testbed, tmp_path_factory):
     folder = tmp_path_factory.mktemp("volunteers")
     project = folder / "wordcount"
     shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("output", "__pycache__"))
+    # What sync-files sends to the cluster's hosts (.env) or never sends (.venv, .infraignore'd):
+    # a volunteer gets none of them.
+    (project / ".infraignore").write_text("notes-private.txt\n")
+    for rel in NEVER_SERVED:
+        (project / rel).parent.mkdir(parents=True, exist_ok=True)
+        (project / rel).write_text("not for volunteers\n")
     spec = {
         "name": CLUSTER,
         "hosts": testbed.cluster_hosts([h1]),
@@ -162,6 +169,17 @@ def test_the_line_joins_the_volunteers_machine_and_its_worker_shows_in_status(cl
     shown = infra("status", "-f", str(cluster["file"])).stdout
     assert "VOLUNTEERS" in shown and "alice" in shown
     cluster["node"] = alice["workers"][0]
+
+
+def test_the_volunteers_copy_of_the_project_is_what_sync_files_sends_without_env_files(cluster, testbed):
+    found = testbed.exec(cluster["volunteer"], f"docker exec {OBJECT} sh -c 'cd /var/lib/infra-volunteer/project "
+                                               "&& find . -type f | sort'")
+    names = {line[2:] for line in found.splitlines()}
+    assert "wordcount/tasks.py" in names and ".infraignore" in names
+    assert not names & set(NEVER_SERVED), names & set(NEVER_SERVED)
+    # The master host got .env from sync-files (a host of the cluster), not the ignored files.
+    copy = testbed.exec(cluster["master"], "find / -path '*/infra-e2e-vol/vol/wordcount/*' -type f 2>/dev/null")
+    assert "/.env" in copy and ".venv" not in copy and "notes-private.txt" not in copy
 
 
 def test_the_volunteer_takes_tasks_of_the_sample_job_and_results_come_back(cluster, testbed):
