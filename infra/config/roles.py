@@ -23,6 +23,11 @@ class MasterRole(StrictModel):
         default=None,
         description="IP address of the master host that the published ports listen on (e.g. its LAN "
                     "or VPN address); default: every address of the host.")
+    publish_flower: bool = Field(
+        default=False,
+        description="Publish Flower on `bind_address` (default: every address of the master host), read-only: "
+                    "its API can then apply no task and control no worker. Default false: Flower listens on the "
+                    "master host's loopback only, and `infra flower` forwards it here over SSH.")
 
     @field_validator("advertise_address")
     @classmethod

@@ -20,7 +20,9 @@ or removed, within one "schema"):
     "ok": true,                                     # no problem found
     "exit_code": 0,                                 # 0 or 3, as above
     "problems": ["h3: unreachable (timed out)"],    # one sentence each, empty when ok
-    "flower_url": "https://192.168.1.20:5555",     # http:// with `tls: false`
+    "flower_url": "https://192.168.1.20:5555",     # http:// with `tls: false`; on the master's
+                                                    # loopback (https://127.0.0.1:5555) unless published
+    "flower_published": false,                      # roles.master.publish_flower; false: `infra flower`
     "manifest": ".infra/lab/manifest.json",         # null when the cluster was never started
     "hosts": [{"name", "address", "roles": ["master", "worker"], "in_cluster_file": bool,
                "reachable": bool, "docker": bool, "error": str|null,
@@ -149,6 +151,7 @@ class ClusterStatus:
     broker_asked: bool = True
     problems: list[str] = field(default_factory=list)
     volunteers: list = field(default_factory=list)  # infra.workflows.volunteer.VolunteerRow, set by the workflow
+    flower_published: bool = True  # False: Flower listens on the master's loopback only (`infra flower`)
 
     @property
     def ok(self) -> bool:
@@ -177,6 +180,7 @@ def build_status(
     celery: CeleryView | None = None,
     queues: list[QueueStatus] | None = None,
     queue_error: str | None = None,
+    flower_published: bool = True,
 ) -> ClusterStatus:
     """Compare what the hosts answered with what the cluster file asks for.
 
@@ -208,6 +212,7 @@ def build_status(
         cluster=cluster.name,
         checked_at=now,
         flower_url=flower_url,
+        flower_published=flower_published,
         manifest=str(manifest_path) if manifest_path else None,
         hosts=hosts,
         containers=containers,

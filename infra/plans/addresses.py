@@ -45,14 +45,45 @@ def broker_address_for(cluster: Cluster, host: Host, address: str) -> str:
     return "127.0.0.1"
 
 
+LOOPBACK = "127.0.0.1"
+
+
+def flower_bind_address(cluster: Cluster) -> str | None:
+    """Where Flower's port is published on the master host: its loopback, unless the cluster file
+    publishes it on purpose (`roles.master.publish_flower`), then where the other ports are.
+
+    Docker's published ports bypass the host's firewall, and Flower's API can apply any task: on
+    loopback only the master host itself reaches it (`infra flower` forwards it over SSH)."""
+    master = cluster.spec.roles.master
+    return master.bind_address if master.publish_flower else LOOPBACK
+
+
+def flower_command_options(cluster: Cluster) -> tuple[str, ...]:
+    """Flower's options beyond its port and config file: read-only when published, so that its
+    password opens no way to run tasks. On the command line (not in the config file, where an
+    older Flower would ignore an option it lacks): a Flower without it then refuses to start."""
+    return ("--read_only=True",) if cluster.spec.roles.master.publish_flower else ()
+
+
 def in_url(address: str) -> str:
     """An address as the host part of a URL: an IPv6 address goes in brackets."""
     return f"[{address}]" if ":" in address else address
 
 
 def flower_url(cluster: Cluster, address: str) -> str:
-    scheme = "https" if cluster.spec.tls else "http"
-    return f"{scheme}://{in_url(address)}:{cluster.spec.ports.flower}"
+    """Flower's URL at the master's `address`, or on the master's loopback when it is not published."""
+    if not cluster.spec.roles.master.publish_flower:
+        address = LOOPBACK
+    return f"{_flower_scheme(cluster)}://{in_url(address)}:{cluster.spec.ports.flower}"
+
+
+def forwarded_flower_url(cluster: Cluster, local_port: int) -> str:
+    """Flower's URL here, through `infra flower`'s forward (the certificate names 127.0.0.1 too)."""
+    return f"{_flower_scheme(cluster)}://{LOOPBACK}:{local_port}"
+
+
+def _flower_scheme(cluster: Cluster) -> str:
+    return "https" if cluster.spec.tls else "http"
 
 
 def broker_url_hidden(cluster: Cluster, user: str, address: str) -> str:

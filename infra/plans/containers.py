@@ -38,6 +38,8 @@ from .addresses import (
     FLOWER_INTERNAL_PORT,
     RESULTS_INTERNAL_PORT,
     RESULTS_TLS_PORT,
+    flower_bind_address,
+    flower_command_options,
 )
 from .layout import HostLayout
 from .secret_files import SecretFile, secret_in_container, secrets_digest, secrets_dir
@@ -115,9 +117,9 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
                     volumes=(project, (layout.output_dir, CONTAINER_OUTPUT, "rw")), workdir=CONTAINER_PROJECT),
             service("flower", image=master_image,
                     command=("celery", "--app", app, "flower", f"--port={FLOWER_INTERNAL_PORT}",
-                             f"--conf={secret_in_container('flowerconfig.py')}"),
+                             f"--conf={secret_in_container('flowerconfig.py')}", *flower_command_options(cluster)),
                     environment=celery_environment(cluster, verify_with_ca=False),
-                    ports=((ports.flower, FLOWER_INTERNAL_PORT),), bind_address=bind,
+                    ports=((ports.flower, FLOWER_INTERNAL_PORT),), bind_address=flower_bind_address(cluster),
                     volumes=(project,), workdir=CONTAINER_PROJECT),
         ]
     index = 0

@@ -18,6 +18,7 @@ def to_json(status: ClusterStatus) -> dict:
         "exit_code": status.exit_code,
         "problems": list(status.problems),
         "flower_url": status.flower_url,
+        "flower_published": status.flower_published,
         "manifest": status.manifest,
         "hosts": [
             {"name": h.name, "address": h.address, "roles": h.roles, "in_cluster_file": h.in_cluster_file,
@@ -91,7 +92,9 @@ def _yes_no(value: bool | None) -> str:
 
 def render_table(status: ClusterStatus) -> str:
     """The people's view: hosts, containers, workers, queues, then the problems and the verdict."""
-    lines = [_headline(status), f"flower: {status.flower_url}"]
+    flower = status.flower_url if status.flower_published else (
+        f"{status.flower_url} on the master host only (`infra flower` opens it here)")
+    lines = [_headline(status), f"flower: {flower}"]
     lines += ["", "HOSTS", *_host_table(status)]
     lines += ["", "CONTAINERS", *_container_table(status)]
     lines += ["", "WORKERS" + ("" if status.celery_error is None else f" (celery: {status.celery_error})")]

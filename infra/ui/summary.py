@@ -48,7 +48,8 @@ def print_summary(cluster: Cluster, result, reporter: Reporter) -> None:
     reporter.info(f"  hosts:    {'; '.join(roles)}")
     reporter.info(f"  workers:  {len(result.workers)} answering")
     reporter.info(f"  broker:   {broker_url_hidden(cluster, 'worker', address)}")
-    reporter.info(f"  flower:   {flower_url(cluster, address)} (user admin, password in the secrets file)")
+    where = "" if cluster.spec.roles.master.publish_flower else " on the master host only: `infra flower` opens it here,"
+    reporter.info(f"  flower:   {flower_url(cluster, address)}{where} (user admin, password in the secrets file)")
     reporter.info(f"  secrets:  {cluster.secrets_path} (mode 0600)")
     if cluster.spec.tls:
         reporter.info(f"  TLS:      cluster CA {cluster.tls_dir / 'ca.crt'} ({result.ca_fingerprint})")

@@ -105,6 +105,7 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
         cluster, {name: found["engine"] for name, found in answers.items()},
         now=datetime.now(timezone.utc),
         flower_url=flower_url(cluster, master_address(cluster)),
+        flower_published=cluster.spec.roles.master.publish_flower,
         manifest_path=cluster.manifest_path if cluster.manifest_path.exists() else None,
         other_hosts={name: host.address for name, host in departed.items()},
         celery=at_master.get("celery"),

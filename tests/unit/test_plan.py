@@ -361,9 +361,10 @@ def test_a_bind_address_publishes_the_masters_ports_there_and_its_workers_use_it
     cluster = make_cluster(tmp_path, lambda t: t.replace("    host: gpu-box\n  workers:",
                                                          "    host: gpu-box\n    bind_address: 10.8.0.1\n  workers:"))
     specs = specs_by_name(cluster, "gpu-box")
-    for name in ("lab-broker", "lab-results", "lab-flower"):
+    for name in ("lab-broker", "lab-results"):
         assert specs[name].bind_address == "10.8.0.1"
         assert "--publish 10.8.0.1:" in RunContainer(specs[name], ()).text()
+    assert specs["lab-flower"].bind_address == "127.0.0.1"  # unless published on purpose: see test_flower.py
     assert specs["lab-worker-gpu-box-1"].bind_address is None
     assert broker_address_for(cluster, cluster.hosts["gpu-box"], MASTER_ADDRESS) == "10.8.0.1"
     worker_env = files_of(plan_for(cluster, "gpu-box"), "worker")["celery.env"]
@@ -1202,10 +1203,13 @@ def test_workers_on_the_master_host_use_loopback_and_the_others_the_master_addre
 
 
 def test_flower_and_broker_urls_for_people_use_the_published_ports_and_hide_the_password(tmp_path):
-    cluster = make_cluster(tmp_path, lambda t: t.replace("flower: 5555", "flower: 5600"))
+    published = "    host: gpu-box\n    publish_flower: true\n  workers:"
+    cluster = make_cluster(tmp_path, lambda t: t.replace("flower: 5555", "flower: 5600")
+                           .replace("    host: gpu-box\n  workers:", published))
     assert flower_url(cluster, "192.168.1.20") == "https://192.168.1.20:5600"
     assert broker_url_hidden(cluster, "worker", "192.168.1.20") == "amqps://worker:****@192.168.1.20:5671/lab"
-    plain = make_cluster(tmp_path, lambda t: t.replace("ports:\n  broker: 5671\n", "tls: false\nports:\n"))
+    plain = make_cluster(tmp_path, lambda t: t.replace("ports:\n  broker: 5671\n", "tls: false\nports:\n")
+                         .replace("    host: gpu-box\n  workers:", published))
     assert flower_url(plain, "192.168.1.20") == "http://192.168.1.20:5555"
     assert broker_url_hidden(plain, "worker", "192.168.1.20") == "amqp://worker:****@192.168.1.20:5672/lab"
 
@@ -1245,7 +1249,8 @@ def test_the_broker_password_hash_is_rabbitmqs_salted_sha256_and_stable():
 def test_an_ipv6_master_address_is_bracketed_in_every_url(tmp_path):
     from infra.plans.addresses import broker_url_hidden, flower_url
 
-    cluster = make_cluster(tmp_path)
+    cluster = make_cluster(tmp_path, lambda t: t.replace("    host: gpu-box\n  workers:",
+                                                         "    host: gpu-box\n    publish_flower: true\n  workers:"))
     pi1 = cluster.hosts["pi1"]
     worker_env, _ = secret_files_for(cluster, pi1, host_layout(cluster, pi1, host_facts("pi1")), SECRETS, "fd00::20",
                                      IDENTITY)

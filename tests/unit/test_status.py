@@ -335,8 +335,8 @@ def test_without_a_manifest_the_cluster_is_not_running(cluster, tmp_path):
 
 def test_json_has_the_documented_stable_shape(cluster, tmp_path):
     data = json.loads(render_json(healthy_status(cluster, tmp_path)))
-    assert list(data) == ["schema", "cluster", "checked_at", "ok", "exit_code", "problems", "flower_url", "manifest",
-                          "hosts", "containers", "workers", "queues", "celery", "broker", "volunteers"]
+    assert list(data) == ["schema", "cluster", "checked_at", "ok", "exit_code", "problems", "flower_url",
+                          "flower_published", "manifest", "hosts", "containers", "workers", "queues", "celery", "broker", "volunteers"]
     assert data["schema"] == SCHEMA == "infra.status/1"
     assert (data["cluster"], data["ok"], data["exit_code"], data["problems"]) == ("livem", True, 0, [])
     assert data["checked_at"] == "2026-11-22T02:45:00Z" and data["flower_url"] == FLOWER
