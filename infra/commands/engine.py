@@ -12,9 +12,13 @@ comes from (`--env-file PATH`), its values travel only inside the API call.
 from __future__ import annotations
 
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from ..names import LABEL_CLUSTER, cluster_label
+
+if TYPE_CHECKING:
+    from .registry import RegistryLogin
 
 # Where a container finds its secret files (read-only; each file 0400, owned by the container's user).
 SECRETS_MOUNT = "/run/infra"
@@ -283,6 +287,9 @@ class BuildImage(EngineOp):
 @dataclass(frozen=True)
 class PullImage(EngineOp):
     ref: str
+    # The registry's login for this pull alone: sent in the request (X-Registry-Auth), never stored
+    # by the engine nor on any command line (the argv below is what `docker login` + pull would show).
+    login: RegistryLogin | None = field(default=None, repr=False, compare=False)
 
     def argv(self) -> list[str]:
         return ["docker", "pull", self.ref]
@@ -293,6 +300,7 @@ class PushImage(EngineOp):
     """Push an image to the registry its reference names (answers: None)."""
 
     ref: str
+    login: RegistryLogin | None = field(default=None, repr=False, compare=False)  # as PullImage's
 
     def argv(self) -> list[str]:
         return ["docker", "push", self.ref]

@@ -258,7 +258,7 @@ class Engine:
 
     def _pull_image(self, op: PullImage, on_line: LineCallback | None) -> str:
         progress = Progress(on_line)
-        for message in self._api.pull(op.ref, stream=True, decode=True):
+        for message in self._api.pull(op.ref, stream=True, decode=True, auth_config=_auth_config(op.login)):
             progress.feed(message)
         progress.close()
         if progress.error:
@@ -268,7 +268,8 @@ class Engine:
     def _push_image(self, op: PushImage, on_line: LineCallback | None) -> None:
         repository, _, tag = op.ref.rpartition(":")
         progress = Progress(on_line)
-        for message in self._api.push(repository, tag=tag, stream=True, decode=True):
+        for message in self._api.push(repository, tag=tag, stream=True, decode=True,
+                                      auth_config=_auth_config(op.login)):
             progress.feed(message)
         progress.close()
         if progress.error:
@@ -500,6 +501,11 @@ _CHANGES: dict[type, Callable[[Engine, Any, LineCallback | None], Any]] = {
     TagImage: Engine._tag_image,
     UntagImage: Engine._untag_image,
 }
+
+
+def _auth_config(login) -> dict[str, str] | None:
+    """A registry login as the SDK sends it (the X-Registry-Auth header); None: the engine's own."""
+    return login.auth_config() if login is not None else None
 
 
 def api_message(exc: docker.errors.APIError) -> str:

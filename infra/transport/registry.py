@@ -9,13 +9,17 @@ lacks, several at once, and a layer that several images share once.
 
 Nothing listens on an address other than loopback, on either side, and layers cross the network
 inside SSH only. Docker treats registries on 127.0.0.0/8 as local: plain HTTP is allowed there
-without any setting of the engine.
+without any setting of the engine. Every local user of a host can reach its forwarded port, so
+each start makes a new login (`login`), which engines get with each push and pull only; the
+registry deletes nothing through its API; and its configuration and `htpasswd` are removed when
+it stops.
 
 What is written and run, and which tags a prune forgets, is decided in `infra.commands.registry`.
 """
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import http.client
 import json
@@ -30,9 +34,15 @@ from pathlib import Path
 from ..commands.registry import (
     REGISTRY_PROGRAM,
     HeldTag,
+    RegistryLogin,
     config_path,
     config_text,
     garbage_collect_argv,
+    gc_config_path,
+    gc_config_text,
+    htpasswd_line,
+    htpasswd_path,
+    new_login,
     serve_argv,
     tags_folder,
     tags_to_forget,
@@ -57,6 +67,20 @@ def _free_loopback_port() -> int:
         return probe.getsockname()[1]
 
 
+def _write_private(path: Path, text: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(text)
+
+
+def _remove(*paths: Path) -> None:
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+
+
 def _end_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """Ask Linux to stop the registry when infra ends, even by `kill -9`: no registry is left behind."""
     try:
@@ -72,6 +96,7 @@ class LocalRegistry:
     def __init__(self, storage: Path):
         self.storage = storage
         self.port = 0
+        self.login: RegistryLogin | None = None  # made anew by each start
         self._process: subprocess.Popen | None = None
 
     def start(self) -> "LocalRegistry":
@@ -81,10 +106,18 @@ class LocalRegistry:
                                       f"installs it), so images are sent whole")
         self.storage.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.port = _free_loopback_port()
+        self.login = new_login()
+        _write_private(htpasswd_path(self.storage), htpasswd_line(self.login))
         config = config_path(self.storage)
-        fd = os.open(config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(config_text(self.storage, self.port))
+        _write_private(config, config_text(self.storage, self.port))
+        try:
+            self._serve(program, config)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _serve(self, program: str, config: Path) -> None:
         log = self.storage / "registry.log"
         with open(log, "wb") as sink:  # one run's log: what went wrong is quoted when it fails to start
             # Started from the thread that lives as long as infra: Linux signals the child when the
@@ -99,9 +132,8 @@ class LocalRegistry:
                 raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} stopped at once "
                                           f"(exit {self._process.returncode}: {said or 'no output'})")
             if self._answers():
-                return self
+                return
             if time.monotonic() > deadline:
-                self.stop()
                 raise RegistryUnavailable(f"local: {REGISTRY_PROGRAM} did not answer on 127.0.0.1:{self.port} "
                                           f"within {START_TIMEOUT:g} s")
             time.sleep(0.05)
@@ -115,8 +147,12 @@ class LocalRegistry:
 
     def _get(self, path: str, accept: str | None = None) -> tuple[int, bytes]:
         connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=10)
+        login = f"{self.login.username}:{self.login.password}".encode()
+        headers = {"Authorization": "Basic " + base64.b64encode(login).decode()}
+        if accept:
+            headers["Accept"] = accept
         try:
-            connection.request("GET", path, headers={"Accept": accept} if accept else {})
+            connection.request("GET", path, headers=headers)
             response = connection.getresponse()
             return response.status, response.read()
         finally:
@@ -144,9 +180,14 @@ class LocalRegistry:
         for repository, tag in forgotten:
             shutil.rmtree(tags_folder(self.storage, repository) / tag)
         if forgotten and program is not None:
-            subprocess.run(garbage_collect_argv(program, config_path(self.storage)),
-                           stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                           timeout=GC_TIMEOUT, check=True)
+            config = gc_config_path(self.storage)
+            _write_private(config, gc_config_text(self.storage))
+            try:
+                subprocess.run(garbage_collect_argv(program, config),
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               timeout=GC_TIMEOUT, check=True)
+            finally:
+                _remove(config)
         return len(forgotten)
 
     def _held_tags(self, repositories) -> dict[str, list[HeldTag]]:
@@ -159,15 +200,16 @@ class LocalRegistry:
         return held
 
     def stop(self) -> None:
+        """Stop serving, and remove the login and the configuration: nothing of this run's is left."""
         process, self._process = self._process, None
-        if process is None or process.poll() is not None:
-            return
-        process.terminate()
-        try:
-            process.wait(STOP_TIMEOUT)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(STOP_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        _remove(htpasswd_path(self.storage), config_path(self.storage))
 
     def __enter__(self) -> "LocalRegistry":
         return self.start()

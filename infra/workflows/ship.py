@@ -165,7 +165,7 @@ class ImageSender:
             ref = self.registry.ref(image.repository, _registry_tag(image))
             engine.apply(TagImage(image.image_id, ref))
             try:
-                engine.apply(PushImage(ref))
+                engine.apply(PushImage(ref, login=self.registry.login))
             finally:
                 engine.apply(UntagImage(ref))
             self._layer_sizes[image.tag] = self.registry.layer_sizes(image.repository, _registry_tag(image))
@@ -210,7 +210,7 @@ class ImageSender:
             if status == "Pulling fs layer":  # one the host lacks ("Already exists" for the others)
                 transfer.expected += sizes.get(layer, 0)
 
-        answer = conn.engine.apply(PullImage(ref), on_line=on_line)
+        answer = conn.engine.apply(PullImage(ref, login=self.registry.login), on_line=on_line)
         if answer != image.image_id:
             raise InfraError(f"{conn.host.name}: the image pulled for {tag} is {answer}, not {image.image_id} "
                              f"as built here")

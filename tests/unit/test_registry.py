@@ -4,12 +4,19 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
+import bcrypt
 import pytest
 
+from infra.commands.engine import PullImage, PushImage
 from infra.commands.registry import (
     HeldTag,
+    RegistryLogin,
     config_text,
+    gc_config_text,
+    htpasswd_line,
+    new_login,
     garbage_collect_argv,
     serve_argv,
     tags_folder,
@@ -25,6 +32,59 @@ def test_the_registry_listens_on_loopback_and_keeps_its_layers_under_its_folder(
     assert config["storage"]["filesystem"]["rootdirectory"] == str(tmp_path / "data")
     assert len(config["http"]["secret"]) == 32
     assert json.loads(config_text(tmp_path, 40123))["http"]["secret"] != config["http"]["secret"]
+
+
+def test_the_serving_registrys_config_asks_for_its_login_and_deletes_nothing():
+    storage = Path("/state/lab/registry")
+    assert json.loads(config_text(storage, 40123, http_secret="f" * 32)) == {
+        "version": 0.1,
+        "log": {"level": "warn", "accesslog": {"disabled": True}},
+        "storage": {"filesystem": {"rootdirectory": "/state/lab/registry/data"}, "delete": {"enabled": False}},
+        "auth": {"htpasswd": {"realm": "infra", "path": "/state/lab/registry/htpasswd"}},
+        "http": {"addr": "127.0.0.1:40123", "secret": "f" * 32},
+    }
+
+
+def test_garbage_collection_reads_a_config_of_its_own_that_serves_nothing():
+    config = json.loads(gc_config_text(Path("/state/lab/registry")))
+    assert config["storage"] == {"filesystem": {"rootdirectory": "/state/lab/registry/data"},
+                                 "delete": {"enabled": True}}
+    assert "http" not in config and "auth" not in config
+
+
+def test_each_login_is_new_and_its_htpasswd_line_is_a_bcrypt_hash_of_it():
+    login = new_login()
+    assert login != new_login() and login.username == "infra" and len(login.password) >= 43
+    user, _, hashed = htpasswd_line(login).rstrip("\n").partition(":")
+    assert user == "infra" and hashed.startswith("$2b$04$")
+    assert bcrypt.checkpw(login.password.encode(), hashed.encode())
+    assert not bcrypt.checkpw(b"wrong", hashed.encode())
+    assert login.password not in htpasswd_line(login)
+
+
+def test_the_login_reaches_pulls_and_pushes_as_api_auth_never_as_text():
+    login = RegistryLogin("infra", "s3cret-registry-password")
+    for op in (PullImage("127.0.0.1:41000/infra/lab-worker:abc", login=login),
+               PushImage("127.0.0.1:5000/infra/lab-worker:abc", login=login)):
+        assert "s3cret" not in op.text() and "s3cret" not in repr(op)
+        assert op.login.auth_config() == {"username": "infra", "password": "s3cret-registry-password"}
+    assert "s3cret" not in repr(login)
+
+
+def test_the_engine_sends_the_login_with_the_pull_and_push_requests_only():
+    from infra.engine.api import _auth_config
+
+    assert _auth_config(RegistryLogin("infra", "pw")) == {"username": "infra", "password": "pw"}
+    assert _auth_config(None) is None  # other pulls: the engine's own credentials, as before
+
+
+def test_a_stopped_registry_leaves_neither_its_login_nor_its_config(tmp_path):
+    registry = LocalRegistry(tmp_path)
+    for path in (tmp_path / "config.yml", tmp_path / "htpasswd"):
+        path.write_text("x")
+    (tmp_path / "data").mkdir()
+    registry.stop()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["data"]
 
 
 def test_the_registry_serves_and_collects_garbage_with_its_config_file(tmp_path):
@@ -83,10 +143,14 @@ def test_a_registry_that_stops_at_once_is_reported_with_what_it_said(tmp_path, m
     # A program of that name that refuses to serve: the log's words reach the one-line error.
     program = tmp_path / "bin" / "docker-registry"
     program.parent.mkdir()
-    program.write_text("#!/bin/sh\necho 'configuration error: bad storage' >&2\nexit 3\n")
+    # It also says the modes of the files it was given while they existed: its config ($2) and htpasswd.
+    program.write_text("#!/bin/sh\necho \"configuration error: bad storage;"
+                       " modes $(stat -c %a \"$2\") $(stat -c %a \"$(dirname \"$2\")/htpasswd\")\" >&2\nexit 3\n")
     program.chmod(0o755)
     monkeypatch.setenv("PATH", f"{program.parent}:{os.environ['PATH']}")
     with pytest.raises(RegistryUnavailable) as raised:
         LocalRegistry(tmp_path / "registry").start()
     assert "exit 3" in str(raised.value) and "configuration error: bad storage" in str(raised.value)
-    assert (tmp_path / "registry" / "config.yml").stat().st_mode & 0o777 == 0o600
+    assert "modes 600 600" in str(raised.value)
+    # A registry that never served leaves no login nor configuration behind either.
+    assert sorted(p.name for p in (tmp_path / "registry").iterdir()) == ["registry.log"]
