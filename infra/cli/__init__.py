@@ -31,6 +31,7 @@ COMMAND_MODULES = {
     "check": ".check",
     "schema": ".schema",
     "volunteer": ".volunteer",
+    "flower": ".flower",
 }
 
 

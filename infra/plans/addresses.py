@@ -58,6 +58,14 @@ def flower_bind_address(cluster: Cluster) -> str | None:
     return master.bind_address if master.publish_flower else LOOPBACK
 
 
+def flower_address_on_master(cluster: Cluster) -> str:
+    """Where, on the master host itself, Flower's published port is reached (`infra flower`'s target)."""
+    bind = flower_bind_address(cluster)
+    if bind and not ipaddress.ip_address(bind).is_unspecified:
+        return bind
+    return LOOPBACK
+
+
 def flower_command_options(cluster: Cluster) -> tuple[str, ...]:
     """Flower's options beyond its port and config file: read-only when published, so that its
     password opens no way to run tasks. On the command line (not in the config file, where an

@@ -125,6 +125,13 @@ class SSHConnection(Connection):
 
         return RemoteForward(self._transport, target)
 
+    def forward_local_port(self, target: tuple[str, int], port: int = 0):
+        """A port on this machine's loopback that leads, through this connection, to `target` on
+        the host (as `ssh -L`). OSError when the port here is taken."""
+        from .forward import LocalForward
+
+        return LocalForward(self._transport, target, port)
+
     def peer_address(self) -> str | None:
         try:
             return self._transport.getpeername()[0]
