@@ -105,6 +105,68 @@ def test_only_the_layers_a_host_lacks_travel(tmp_path, images, h3, testbed):
     assert not [tag for tag in tags if tag.startswith("127.0.0.1:")], tags
 
 
+# Asked on the host, of the registry at its forwarded port: the status of each request (python3 is
+# there, curl is not). The login arrives on stdin inside the script, never on a command line.
+REGISTRY_PROBE = """
+import base64, json, urllib.error, urllib.request
+PORT, LOGIN, TAG = {port}, {login!r}, {tag!r}
+def status(method, path, login=None):
+    request = urllib.request.Request(f"http://127.0.0.1:{{PORT}}{{path}}", method=method)
+    request.add_header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+    if login:
+        request.add_header("Authorization", "Basic " + base64.b64encode(login.encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=10) as answer:
+            return answer.status, answer.headers.get("Docker-Content-Digest")
+    except urllib.error.HTTPError as refused:
+        return refused.code, None
+manifest = f"/v2/infra/layers/manifests/{{TAG}}"
+_, digest = status("GET", manifest, LOGIN)
+print(json.dumps({{
+    "catalog": status("GET", "/v2/_catalog")[0],
+    "manifest": status("GET", manifest)[0],
+    "manifest with the login": status("GET", manifest, LOGIN)[0],
+    "wrong login": status("GET", manifest, "infra:wrong")[0],
+    "delete": status("DELETE", f"/v2/infra/layers/manifests/{{digest}}")[0],
+    "delete with the login": status("DELETE", f"/v2/infra/layers/manifests/{{digest}}", LOGIN)[0],
+    "delete a layer with the login": status("DELETE", f"/v2/infra/layers/blobs/{{digest}}", LOGIN)[0],
+}}))
+"""
+
+
+def test_the_forwarded_registry_takes_only_this_ups_login_and_deletes_nothing(tmp_path, images, h3, testbed):
+    import json
+
+    from infra.workflows.ship import _registry_tag
+
+    host = testbed.docker_hosts[2]
+    shipped = ShippedImage(IMAGE_A, "infra/layers", images["a"])
+    with ImageSender(Cluster(tmp_path), images["local"], Reporter(quiet=True), [shipped]) as sender:
+        assert sender.registry is not None, "docker-registry must be installed here (scripts/run-tests.sh does)"
+        sender._pushed.wait()  # pushed with the login: the registry accepted it
+        assert sender._push_error is None, sender._push_error
+        forward = h3.forward_remote_port(("127.0.0.1", sender.registry.port))
+        try:
+            login = f"{sender.registry.login.username}:{sender.registry.login.password}"
+            script = REGISTRY_PROBE.format(port=forward.port, login=login, tag=_registry_tag(shipped))
+            answers = json.loads(testbed.exec(host, ["python3", "-"], input=script))
+            pulled = testbed.exec_result(host, ["docker", "pull", f"127.0.0.1:{forward.port}/infra/layers:"
+                                                f"{_registry_tag(shipped)}"])
+        finally:
+            forward.close()
+        assert answers == {"catalog": 401, "manifest": 401, "manifest with the login": 200, "wrong login": 401,
+                           "delete": 401, "delete with the login": 405, "delete a layer with the login": 405}
+        refusal = pulled.stderr.decode(errors="replace")
+        assert pulled.returncode != 0 and ("no basic auth credentials" in refusal or "unauthorized" in refusal), refusal
+        assert (tmp_path / "registry" / "htpasswd").stat().st_mode & 0o777 == 0o600
+        assert login.split(":", 1)[1] not in (tmp_path / "registry" / "htpasswd").read_text()
+        sent = sender.send(h3, [IMAGE_A])  # and infra's own pull, with the login, works
+        assert h3.engine.query(InspectImages((IMAGE_A,)))[IMAGE_A]["Id"] == images["a"] and sent >= 0
+    # When it stops, nothing of this run's login or configuration is left.
+    left = sorted(p.name for p in (tmp_path / "registry").iterdir())
+    assert "htpasswd" not in left and "config.yml" not in left and "gc-config.yml" not in left, left
+
+
 def test_the_registry_listens_on_loopback_only_and_keeps_its_config_private(tmp_path):
     with LocalRegistry(tmp_path / "registry") as registry:
         listening = subprocess.run(["ss", "-Hltnp"], capture_output=True, text=True).stdout
