@@ -88,3 +88,20 @@ def test_a_publish_flower_that_is_not_true_or_false_is_one_line_naming_key_and_l
 def test_the_example_file_documents_publish_flower_with_its_default():
     example = (Path(__file__).resolve().parents[2] / "config.example.yaml").read_text()
     assert "    publish_flower: false" in example
+
+
+def test_status_says_where_flower_is_and_how_to_reach_it_when_not_published(tmp_path):
+    import json as json_module
+
+    from infra.ui.status import render_json, render_table
+    from tests.unit.test_status import cluster as status_cluster_fixture
+    from tests.unit.test_status import healthy_status
+
+    cluster = status_cluster_fixture.__wrapped__(tmp_path)
+    loopback = healthy_status(cluster, tmp_path, flower_url="https://127.0.0.1:5555", flower_published=False)
+    assert "flower: https://127.0.0.1:5555 on the master host only (`infra flower` opens it here)" in (
+        render_table(loopback))
+    assert json_module.loads(render_json(loopback))["flower_published"] is False
+    published = healthy_status(cluster, tmp_path, flower_url="https://10.0.0.1:5555")
+    assert "flower: https://10.0.0.1:5555\n" in render_table(published)
+    assert json_module.loads(render_json(published))["flower_published"] is True
