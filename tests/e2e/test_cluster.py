@@ -55,7 +55,7 @@ def labelled_containers(testbed, host) -> list[str]:
     return sorted(line for line in out.splitlines() if line.strip())
 
 
-def write_cluster_file(path: Path, testbed, workers_on_h2: int = 2) -> Path:
+def write_cluster_file(path: Path, testbed, workers_on_h2: int = 2, publish_flower: bool = False) -> Path:
     h1, h2, h3 = testbed.docker_hosts[:3]
     project = path.parent / "wordcount"
     if not project.exists():  # a copy: the tests never depend on edits to the repo's project
@@ -65,7 +65,7 @@ def write_cluster_file(path: Path, testbed, workers_on_h2: int = 2) -> Path:
         "hosts": testbed.cluster_hosts([h1, h2, h3]),
         "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e"},
         "roles": {
-            "master": {"host": h1.name, "bind_address": h1.address},
+            "master": {"host": h1.name, "bind_address": h1.address, "publish_flower": publish_flower},
             "workers": [
                 {"host": h2.name, "containers": workers_on_h2, "concurrency": 2},
                 {"host": h3.name, "containers": 1, "concurrency": 2},
@@ -159,26 +159,74 @@ def test_tasks_come_back_correct_and_were_computed_on_several_hosts(cluster):
     assert len(hosts_used) >= 2, result["workers"]
 
 
-def test_flower_lists_every_worker_over_https_with_the_password_and_refuses_without(cluster):
-    state, address = cluster["state"], master_address(cluster)
-    expected = {f"{CLUSTER}-worker-h2-1@h2", f"{CLUSTER}-worker-h2-2@h2", f"{CLUSTER}-worker-h3-1@h3",
-                f"{CLUSTER}-worker-local-1@local"}
+def flower_lists_workers(state, address: str, expected: set[str], port: int = 5555) -> None:
+    """Flower at address:port answers the admin with every expected worker, and nobody else."""
     deadline = time.monotonic() + 60
     while True:
-        answer = flower_get(state, address, "/api/workers", auth=True, refresh="1")
+        answer = flower_get(state, address, "/api/workers", port=port, auth=True, refresh="1")
         assert answer.status_code == 200
         if expected <= set(answer.json()) or time.monotonic() > deadline:
             break
         time.sleep(2)
     assert expected <= set(answer.json())
-    assert flower_get(state, address, "/api/workers").status_code == 401
-    assert flower_get(state, address, "/api/workers", auth=("admin", "wrong")).status_code == 401
-    # Plain HTTP is not served on the published port.
+    assert flower_get(state, address, "/api/workers", port=port).status_code == 401
+    assert flower_get(state, address, "/api/workers", port=port, auth=("admin", "wrong")).status_code == 401
+    # Plain HTTP is not served on Flower's port.
     with pytest.raises(requests.exceptions.ConnectionError):
-        requests.get(f"http://{address}:5555/api/workers", timeout=10)
+        requests.get(f"http://{address}:{port}/api/workers", timeout=10)
 
 
-@pytest.mark.parametrize("port", [5671, 6379, 5555], ids=["amqps", "redis-tls", "flower-https"])
+FIRST_WORKERS = {f"{CLUSTER}-worker-h2-1@h2", f"{CLUSTER}-worker-h2-2@h2", f"{CLUSTER}-worker-h3-1@h3",
+                 f"{CLUSTER}-worker-local-1@local"}
+# Whether a TCP connection to HOST:PORT opens, asked from a testbed host (python3 is there, curl is not).
+CONNECTS = ("import socket, sys\ntry:\n    socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=5).close()\n"
+            "    print('open')\nexcept OSError as exc:\n    print('closed', exc)\n")
+
+
+def test_flower_listens_on_the_masters_loopback_only_by_default(cluster, testbed):
+    h1, h2, _ = cluster["hosts"]
+    assert testbed.exec(h1, f"docker port {CLUSTER}-flower").split() == ["5555/tcp", "->", "127.0.0.1:5555"]
+    from_h2 = testbed.exec(h2, ["python3", "-c", CONNECTS, master_address(cluster), "5555"])
+    assert from_h2.startswith("closed"), from_h2
+    with pytest.raises(requests.exceptions.ConnectionError):  # nor from here
+        flower_get(cluster["state"], master_address(cluster), "/api/workers", auth=True)
+    # The other published ports are still reached from h2, so the refusal is Flower's alone.
+    assert testbed.exec(h2, ["python3", "-c", CONNECTS, master_address(cluster), "5671"]).startswith("open")
+
+
+def test_infra_flower_forwards_it_here_until_ctrl_c_and_never_prints_the_password(cluster):
+    import signal
+
+    command = [sys.executable, "-m", "infra", "flower", "-f", str(cluster["file"]), "--no-browser"]
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        first = child.stdout.readline()
+        assert first.startswith("flower:   https://127.0.0.1:"), (first, child.poll() is not None and child.stderr.read())
+        port = int(first.split()[1].rsplit(":", 1)[1])
+        told = first + child.stdout.readline() + child.stdout.readline()
+        assert "user admin" in told and secrets_of(cluster)["flower_password"] not in told
+        flower_lists_workers(cluster["state"], "127.0.0.1", FIRST_WORKERS, port=port)
+        child.send_signal(signal.SIGINT)
+        assert child.wait(15) == 0, child.stderr.read()
+    finally:
+        if child.poll() is None:
+            child.kill()
+    with pytest.raises(requests.exceptions.ConnectionError):  # the forward ended with it
+        flower_get(cluster["state"], "127.0.0.1", "/api/workers", port=port, auth=True)
+
+
+def test_infra_flower_with_flower_stopped_is_one_line_and_exit_1(cluster, testbed):
+    h1 = cluster["hosts"][0]
+    testbed.exec(h1, f"docker stop {CLUSTER}-flower")
+    try:
+        result = infra("flower", "-f", str(cluster["file"]), "--no-browser", timeout=60)
+    finally:
+        testbed.exec(h1, f"docker start {CLUSTER}-flower")
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert result.stderr.strip() == f"error: {h1}: Flower is not running ({CLUSTER}-flower is exited): run `infra up`"
+
+
+@pytest.mark.parametrize("port", [5671, 6379], ids=["amqps", "redis-tls"])
 def test_each_published_port_presents_the_master_certificate_of_the_cluster_ca(cluster, port):
     address = master_address(cluster)
     shown = subprocess.run(
@@ -193,7 +241,7 @@ def test_each_published_port_presents_the_master_certificate_of_the_cluster_ca(c
 def test_the_published_ports_listen_on_the_bind_address_only(cluster, testbed):
     h1 = cluster["hosts"][0]
     address = master_address(cluster)
-    for role, port in (("broker", 5671), ("results", 6379), ("flower", 5555)):
+    for role, port in (("broker", 5671), ("results", 6379)):  # Flower: on loopback (see above)
         shown = testbed.exec(h1, f"docker port {CLUSTER}-{role}").split()
         assert f"{address}:{port}" in shown and f"0.0.0.0:{port}" not in shown, (role, shown)
 
@@ -305,6 +353,32 @@ def test_changing_one_hosts_worker_count_changes_only_that_host(cluster, testbed
     for host in (h1, h3, "local"):
         assert after[host] == before[host], f"{host} changed"
     assert result.stdout.count("nothing to do") == 3
+
+
+def test_flower_published_on_purpose_replaces_only_flower_and_its_api_applies_no_task(cluster, testbed):
+    h1 = cluster["hosts"][0]
+    address = master_address(cluster)
+    write_cluster_file(cluster["file"], testbed, workers_on_h2=3, publish_flower=True)
+    result = infra("up", "-f", str(cluster["file"]))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"replace {CLUSTER}-flower" in result.stdout and result.stdout.count("nothing to do") == 3
+    assert testbed.exec(h1, f"docker port {CLUSTER}-flower").split() == ["5555/tcp", "->", f"{address}:5555"]
+    state = cluster["state"]
+    flower_lists_workers(state, address, FIRST_WORKERS | {f"{CLUSTER}-worker-h2-3@h2"})
+    shown = subprocess.run(
+        ["openssl", "s_client", "-connect", f"{address}:5555", "-CAfile", str(state / "tls" / "ca.crt"),
+         "-verify_return_error", "-verify_ip", address, "-brief"], input="", capture_output=True, text=True, timeout=30)
+    assert shown.returncode == 0 and "Verification: OK" in shown.stderr, shown.stderr
+    secrets = secrets_of(cluster)
+    login = (secrets["flower_user"], secrets["flower_password"])
+    ca = str(state / "tls" / "ca.crt")
+    for path, body in (("/api/task/async-apply/infra.run_command", {"args": [["true"]]}),
+                       ("/api/task/apply/infra.run_command", {"args": [["true"]]}),
+                       ("/api/task/send-task/infra.run_command", {"args": [["true"]]}),
+                       (f"/api/worker/shutdown/{CLUSTER}-worker-h3-1@h3", None)):
+        refused = requests.post(f"https://{address}:5555{path}", json=body, auth=login, verify=ca, timeout=20)
+        assert refused.status_code == 403, (path, refused.status_code, refused.text)
+    assert "publish_flower" not in result.stderr
 
 
 def test_clean_leaves_no_container_of_the_cluster_anywhere(cluster, testbed):
