@@ -180,3 +180,18 @@ def test_the_flower_command_has_help_with_an_example():
 def test_a_bad_port_is_a_usage_error():
     result = CliRunner().invoke(main, ["flower", "--port", "70000"])
     assert result.exit_code == 2
+
+
+def test_a_master_that_cannot_be_reached_is_one_line_and_exit_1(tmp_path, monkeypatch):
+    from infra.transport.pool import ConnectionPool
+
+    cluster = make_cluster(tmp_path)
+
+    def unreachable(host, limits):
+        raise ConnectError(f"{host.name}: cannot connect to 192.168.1.20:22 (timed out)")
+
+    monkeypatch.setattr(ConnectionPool, "default_connector", staticmethod(unreachable))
+    monkeypatch.setattr("infra.cli.flower.load_cluster_file", lambda _: cluster)
+    result = CliRunner().invoke(main, ["flower", "--no-browser"])
+    assert result.exit_code == 1
+    assert result.output.strip() == "error: gpu-box: cannot connect to 192.168.1.20:22 (timed out)"
