@@ -128,10 +128,12 @@ main() {
     docker rm -f "$CONTAINER" >/dev/null 2>&1 || true
     docker volume create --label "infra.volunteer=$CLUSTER" "$VOLUME" >/dev/null
     # The settings and credentials go into the volume; a throwaway container without network
-    # unpacks them and gives the volume to the image's unprivileged user.
+    # unpacks them and gives the volume to the image's unprivileged user. Fetching them is the
+    # token's one exchange: from then on the cluster refuses this line, and the container
+    # restarts from what the volume holds.
     fetch bundle | docker run --rm -i --network none --user 0:0 --entrypoint sh -v "$VOLUME:$STATE" "$IMAGE" \
         -c 'umask 077 && tar -x -o -C "$1" && chown -R celery:celery "$1" && chmod 700 "$1"' sh "$STATE" \
-        || die "the worker's settings could not be stored"
+        || die "the worker's settings could not be stored (the cluster gives them once per line: ask for a new one)"
 
     set --
     if [ -n "$cpus" ]; then set -- --cpus "$cpus"; fi

@@ -33,7 +33,8 @@ def volunteer() -> None:
 @cluster_file_option
 @click.argument("name")
 @click.option("--expires", default="7d", show_default=True, metavar="DURATION",
-              help="How long the line joins (30m, 12h, 7d, 2w). A worker that joined keeps working until revoked.")
+              help="How long the line may join (30m, 12h, 7d, 2w); it joins one machine, once. A worker that "
+                   "joined keeps working until revoked.")
 @click.option("--port", type=click.IntRange(1, 65535), default=None,
               help="Port of the join endpoint on the master host (default 5443, or the one chosen before).")
 @click.option("--cpus", "cpus", default=None, metavar="N", help="Suggest --cpus N in the printed line.")
@@ -47,9 +48,10 @@ def add(cluster_file: Path, name: str, expires: str, port: int | None, cpus: str
         concurrency: int | None, as_json: bool, wait: bool) -> None:
     """Give NAME credentials of its own and print the one line that joins a machine.
 
-    Makes a broker user limited to the cluster's vhost and a result-backend user limited to
-    result keys, starts the join endpoint if it does not run, and prints the line: the
-    volunteer runs it on a machine with Docker and curl. The token in it is shown once and
+    Makes a broker user that may take the cluster's tasks but publish none, and a
+    result-backend user limited to result keys, starts the join endpoint and the relay of
+    volunteers' chains and chords if they do not run, and prints the line: the volunteer
+    runs it on a machine with Docker and curl. The token in it is shown once and
     kept nowhere in clear.
 
     \b

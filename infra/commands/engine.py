@@ -138,6 +138,13 @@ class ContainerSpec:
     workdir: str | None = None
     restart: str = "unless-stopped"
     gpus: str | None = None  # `docker run --gpus` text: all, a count, or device=ID[,ID...]
+    # Confinement (chosen per role in `plans.hardening`); the defaults are the engine's own.
+    cap_drop: tuple[str, ...] = ()
+    cap_add: tuple[str, ...] = ()
+    security_opt: tuple[str, ...] = ()  # e.g. no-new-privileges
+    read_only: bool = False  # the root filesystem; writes go to volumes and `tmpfs` only
+    tmpfs: tuple[tuple[str, str], ...] = ()  # (container path, mount options)
+    pids_limit: int | None = None
 
 
 def published(bind_address: str | None, host_port: int, container_port: int) -> str:
@@ -179,7 +186,20 @@ class RunContainer(EngineOp):
         if spec.gpus:
             # The docker CLI reads --gpus as CSV: a list of devices must be quoted to stay one field.
             argv += ["--gpus", f'"{spec.gpus}"' if "," in spec.gpus else spec.gpus]
-        return argv + [spec.image, *spec.command]
+        return argv + self.confinement_argv() + [spec.image, *spec.command]
+
+    def confinement_argv(self) -> list[str]:
+        """`docker run`'s words for the spec's capabilities, privileges, read-only root, tmpfs and pids limit."""
+        spec = self.spec
+        argv = [word for cap in spec.cap_drop for word in ("--cap-drop", cap)]
+        argv += [word for cap in spec.cap_add for word in ("--cap-add", cap)]
+        argv += [word for option in spec.security_opt for word in ("--security-opt", option)]
+        if spec.read_only:
+            argv.append("--read-only")
+        argv += [word for path, options in spec.tmpfs for word in ("--tmpfs", f"{path}:{options}")]
+        if spec.pids_limit is not None:
+            argv += ["--pids-limit", str(spec.pids_limit)]
+        return argv
 
     def mounts(self) -> tuple[tuple[str, str, str], ...]:
         """Its volumes, then its secrets folder (read-only)."""

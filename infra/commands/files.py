@@ -95,13 +95,33 @@ def _owner_test(folder: str, cluster: str) -> str:
     return f"[ -d {shlex.quote(folder)} ] && [ ! -L {shlex.quote(folder)} ] && [ \"$marker\" = {shlex.quote(cluster)} ]"
 
 
+def _path_owners(root: str) -> str:
+    """Shell: section `paths`, read by `facts.files.parse_path_owners`: the SSH user's uid, then one
+    line per path: `KIND UID USER HEXMODE PATH` (`stat`, links not followed), `KIND absent PATH` or
+    `KIND unknown PATH`. KIND `f` is the cluster folder, `p` each folder or link above it up to /:
+    first as written (a relative root is below the current folder), then as the links above it
+    resolve (the real parent of its deepest existing folder, up to /)."""
+    each = ('while :; do if [ ! -e "$p" ] && [ ! -L "$p" ]; then echo "$k absent $p"; '
+            'elif s=$(stat -c "%u %U %f" -- "$p" 2>/dev/null); then echo "$k $s $p"; else echo "$k unknown $p"; fi; '
+            '[ "$p" = / ] && break; p=$(dirname -- "$p"); k=p; done; ')
+    return (f"printf '{PROBE_MARKER}paths\\n'; id -u; r={shlex.quote(root)} ; case $r in /*) ;; *) r=$PWD/$r ;; esac; "
+            f"p=$r; k=f; {each}"
+            'q=$(dirname -- "$r"); while [ ! -d "$q" ]; do q=$(dirname -- "$q"); done; '
+            f'if p=$(cd -P -- "$q" 2>/dev/null && pwd -P); then k=p; {each}fi; ')
+
+
+def folder_owners(root: str) -> list[str]:
+    """Who owns the cluster folder and every folder above it, and their modes (`_path_owners`), alone."""
+    return ["sh", "-c", _path_owners(root) + f"printf '{PROBE_MARKER}end\\n'"]
+
+
 def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, from_home: bool = False,
                  with_stats: bool = False, hashed_since: int | None = None) -> list[str]:
     """What `sync-files` needs to know of a host, in one round trip (read by `facts.files.parse_project_listing`).
 
     `owner`: whose the cluster folder is (absent, empty, ours, other: a folder of something else,
-    link, file). `folders`: which of the project, its `output` mount point and the output folder
-    are real folders. `files`: `sha256sum` lines of the project's regular files (`find` lists no
+    link, file). `paths`: who owns it and each folder above it, and their modes (`_path_owners`).
+    `folders`: which of the project, its `output` mount point and the output folder are real folders. `files`: `sha256sum` lines of the project's regular files (`find` lists no
     link and enters none). `links`: the project's symbolic links, NUL-separated (last: a name
     may hold anything).
 
@@ -135,6 +155,7 @@ def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, 
         f"if [ -L {r} ]; then echo link; elif [ ! -e {r} ]; then echo absent; elif [ ! -d {r} ]; then echo file; "
         f"elif {_owner_test(root, cluster)}; then echo ours; "
         f"elif entries=$(ls -A {r}) && [ -z \"$entries\" ]; then echo empty; else echo other; fi; "
+        + _path_owners(root) +
         f"printf '{PROBE_MARKER}folders\\n'; "
         f"for d in {p} {mount} {o} ; do if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then echo yes; else echo no; fi; done; "
         f"printf '{PROBE_MARKER}files\\n'; "
@@ -142,25 +163,34 @@ def list_project(root: str, project_dir: str, output_dir: str, cluster: str, *, 
         f"printf '\\n{PROBE_MARKER}end\\n'")]
 
 
-def prepare_project(root: str, project_dir: str, output_dir: str, cluster: str) -> list[str]:
+def prepare_project(root: str, project_dir: str, output_dir: str, cluster: str, made: tuple[str, ...] = ()) -> list[str]:
     """Claim the cluster folder (or check it is ours), then make the project, its mount point and the output folder.
 
     A new or empty folder gets the marker first; one with the marker of this cluster is used;
     anything else (a link, a file, another cluster's marker, files without a marker) is refused
     with exit code 3. A link where one of the folders belongs is removed (the link, never its
     target) before the folder is made.
+
+    `made`: the folders the listing found absent (the cluster folder and those above it). Once
+    made, each must be a real folder of the SSH user's, else exit code 3 before the marker is
+    written: in a sticky world-writable folder (/tmp) another user may have made one in between.
     """
     r, m = shlex.quote(root), shlex.quote(posixpath.join(root, MARKER_FILE))
     # Written beside the folder, then moved in: a run cut short leaves the new folder empty (free
     # to claim again), never holding a stray file that would make it someone else's.
-    tmp = shlex.quote(posixpath.join(posixpath.dirname(root) or "/", f".{cluster}{MARKER_FILE}.tmp"))
+    # A fresh file (`mktemp`, never one already there): the folder above may be a sticky /tmp,
+    # where another user could have planted a link or a file of theirs at a fixed name.
+    template = shlex.quote(posixpath.join(posixpath.dirname(root) or "/", f".{cluster}{MARKER_FILE}.XXXXXX"))
     folders = " ".join(shlex.quote(d) for d in (project_dir, posixpath.join(project_dir, "output"), output_dir))
     refuse = f"echo {r}: not a folder of cluster {shlex.quote(cluster)}, left alone >&2; exit 3"
+    ours = "".join(f"{{ [ -d {d} ] && [ ! -L {d} ] && [ -O {d} ] || {{ echo {d}: made by another user meanwhile, "
+                   f"left alone >&2; exit 3; }}; }} && " for d in map(shlex.quote, made))
     return ["sh", "-c", (
         f"umask 022; {_read_marker(root)}if {_owner_test(root, cluster)}; then :; "
         f"elif [ -L {r} ] || {{ [ -e {r} ] && [ ! -d {r} ]; }}; then {refuse}; "
         f"elif [ -e {r} ] && {{ ! entries=$(ls -A {r}) || [ -n \"$entries\" ]; }}; then {refuse}; "
-        f"else mkdir -p {r} && printf '%s\\n' {shlex.quote(cluster)} > {tmp} && mv -f {tmp} {m} || exit 1; fi; "
+        f"else mkdir -p {r} && {ours}tmp=$(mktemp {template}) && printf '%s\\n' {shlex.quote(cluster)} > \"$tmp\" "
+        f"&& mv -f \"$tmp\" {m} || exit 1; fi; "
         f"for d in {folders} ; do if [ -L \"$d\" ]; then rm -f \"$d\" || exit 1; fi; mkdir -p \"$d\" || exit 1; done")]
 
 

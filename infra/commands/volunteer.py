@@ -2,8 +2,8 @@
 
 Broker users are made with `rabbitmqctl import_definitions` of a file holding the password's
 salted hash (rabbitmqctl takes a clear password only on its command line); Redis ACL users with
-the password's sha256 (`#HEX`), from the master container, whose environment has the result
-backend's administrative URL. No secret is ever on a command line.
+the password's sha256 (`#HEX`), from inside the results container, the one that holds the result
+backend's administrator's URL (a file of its secrets folder). No secret is ever on a command line.
 """
 
 from __future__ import annotations
@@ -15,14 +15,16 @@ import shlex
 from ..names import container_name
 from .engine import Exec
 
-# `python -c RESULTS_USERS WANT_JSON DROP_JSON` in the master container: sets the users of WANT
+# `python -c RESULTS_USERS URL_FILE WANT_JSON DROP_JSON` in the results container: sets the users of WANT
 # ({user: [rules]}, each reset first) and deletes those of DROP (Redis then closes their
 # connections). Prints one JSON line: the users Redis has now.
 RESULTS_USERS = r"""
 import json, os, sys
 import redis
-want, drop = json.loads(sys.argv[1]), json.loads(sys.argv[2])
-r = redis.Redis.from_url(os.environ["CELERY_RESULT_BACKEND"], socket_timeout=10, socket_connect_timeout=10)
+with open(sys.argv[1], encoding="utf-8") as handle:
+    url = handle.read().strip()
+want, drop = json.loads(sys.argv[2]), json.loads(sys.argv[3])
+r = redis.Redis.from_url(url, socket_timeout=10, socket_connect_timeout=10)
 for user, rules in want.items():
     r.execute_command("ACL", "SETUSER", user, "reset", *rules)
 for user in drop:
@@ -45,9 +47,11 @@ def close_user_connections(cluster: str, user: str) -> Exec:
                 ("rabbitmqctl", "close_all_user_connections", user, "revoked by the cluster"))
 
 
-def results_users(cluster: str, want: dict[str, list[str]], drop: list[str]) -> Exec:
-    return Exec(container_name(cluster, "master"),
-                ("python", "-c", RESULTS_USERS, json.dumps(want, sort_keys=True), json.dumps(sorted(drop))))
+def results_users(cluster: str, admin_url_file: str, want: dict[str, list[str]], drop: list[str]) -> Exec:
+    """Set and delete volunteers' Redis users, as the administrator whose URL is in `admin_url_file`."""
+    return Exec(container_name(cluster, "results"),
+                ("python", "-c", RESULTS_USERS, admin_url_file, json.dumps(want, sort_keys=True),
+                 json.dumps(sorted(drop))))
 
 
 def save_worker_image(image_id: str, folder: str, arch: str, base_image: str) -> list[str]:
@@ -77,3 +81,21 @@ def read_small_file(path: str) -> list[str]:
 
 def remove_file(path: str) -> list[str]:
     return ["rm", "-f", "--", path]
+
+
+def make_private_folder(path: str) -> list[str]:
+    """A folder only its owner (the SSH user, as whom the endpoint runs) may enter; its content is kept."""
+    q = shlex.quote(path)
+    return ["sh", "-c", f"mkdir -p {q} && chmod 700 {q}"]
+
+
+NODE_USERS_MARKER = "--- channels"  # between the two answers (`facts.status.parse_node_users`)
+
+
+def node_users(cluster: str) -> Exec:
+    """Who consumes each queue of the cluster's vhost, and each channel's user: with both, `status` tells
+    which broker user holds a Celery node's pidbox queue (the node's name is only the worker's claim)."""
+    script = (f"rabbitmqctl list_consumers --quiet --vhost {shlex.quote(cluster)} --formatter json queue_name "
+              f"channel_pid && echo && echo '{NODE_USERS_MARKER}' && "
+              "rabbitmqctl list_channels --quiet --formatter json pid user")
+    return Exec(container_name(cluster, "broker"), ("sh", "-c", script))

@@ -16,7 +16,7 @@ from ..commands.engine import LOG_DRIVER, LOG_OPTIONS
 from ..transport.result import LineCallback
 
 if TYPE_CHECKING:
-    from ..commands.engine import Logs, RunContainer
+    from ..commands.engine import ContainerSpec, Logs, RunContainer
 
 
 # Streams of a multiplexed (non-TTY) attach, exec or logs answer: an 8-byte header per frame,
@@ -95,6 +95,7 @@ def create_arguments(op: RunContainer) -> dict:
         host_config["Binds"] = [f"{source}:{target}:{mode}" for source, target, mode in op.mounts()]
     if spec.gpus:
         host_config["DeviceRequests"] = device_requests(spec.gpus)
+    host_config.update(confinement(spec))
     config: dict = {
         "Image": spec.image,
         "Labels": dict(op.labels),
@@ -115,6 +116,24 @@ def create_arguments(op: RunContainer) -> dict:
         # An alias belongs to the container's endpoint on its (user-defined) network.
         config["NetworkingConfig"] = {"EndpointsConfig": {spec.network: {"Aliases": [spec.network_alias]}}}
     return {"name": spec.name, "config": config}
+
+
+def confinement(spec: ContainerSpec) -> dict:
+    """The HostConfig keys of a spec's confinement (those `docker run` sets for the same words), unset ones left out."""
+    settings: dict = {}
+    if spec.cap_drop:
+        settings["CapDrop"] = list(spec.cap_drop)
+    if spec.cap_add:
+        settings["CapAdd"] = list(spec.cap_add)
+    if spec.security_opt:
+        settings["SecurityOpt"] = list(spec.security_opt)
+    if spec.read_only:
+        settings["ReadonlyRootfs"] = True
+    if spec.tmpfs:
+        settings["Tmpfs"] = dict(spec.tmpfs)
+    if spec.pids_limit is not None:
+        settings["PidsLimit"] = spec.pids_limit
+    return settings
 
 
 def logs_params(op: Logs) -> dict:

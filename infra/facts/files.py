@@ -191,6 +191,54 @@ _HEX = re.compile(r"[0-9a-f]{64}")
 
 
 @dataclass(frozen=True)
+class PathOwner:
+    """One path of the cluster folder's chain (`commands.files._path_owners`), as `stat` saw it (no link followed)."""
+
+    path: str
+    above: bool  # a folder or link above the cluster folder; False: the cluster folder itself
+    uid: int | None = None  # None: absent (or `unknown`)
+    user: str = ""
+    mode: int = 0  # st_mode, the file type included
+    unknown: bool = False  # there, but `stat` could not read it
+
+
+@dataclass(frozen=True)
+class FolderOwners:
+    """Who owns the cluster folder and every folder above it, and their modes, on one host."""
+
+    ssh_uid: int | None
+    paths: tuple[PathOwner, ...]
+
+
+def parse_path_owners(text: str) -> FolderOwners:
+    """The section `paths`: the SSH user's uid, then `KIND UID USER HEXMODE PATH`, `KIND absent PATH`
+    or `KIND unknown PATH` lines; a line that is none of these is kept as `unknown`."""
+    lines = text.splitlines()
+    uid = lines[0].strip() if lines else ""
+    paths: list[PathOwner] = []
+    for line in lines[1:]:
+        kind, _, rest = line.partition(" ")
+        state, _, path = rest.partition(" ")
+        above = kind != "f"
+        if state in ("absent", "unknown"):
+            paths.append(PathOwner(path, above, unknown=state == "unknown"))
+            continue
+        user, _, rest = path.partition(" ")
+        mode, _, path = rest.partition(" ")
+        try:
+            paths.append(PathOwner(path, above, int(state), user, int(mode, 16)))
+        except ValueError:
+            paths.append(PathOwner(line, above, unknown=True))
+    return FolderOwners(int(uid) if uid.isdigit() else None, tuple(paths))
+
+
+def parse_folder_owners(text: str) -> FolderOwners | None:
+    """The answer of `commands.files.folder_owners`; None when it is incomplete."""
+    sections = split_sections(text, PROBE_MARKER)
+    return parse_path_owners(sections["paths"]) if "paths" in sections and "end" in sections else None
+
+
+@dataclass(frozen=True)
 class ProjectListing:
     """A host's answer to `commands.files.list_project`."""
 
@@ -204,6 +252,7 @@ class ProjectListing:
     # `files` may then hold only the files hashed anew (see `complete_listing`).
     stats: dict[str, str] | None = None
     clock: int | None = None
+    owners: FolderOwners | None = None  # the cluster folder's and its parents' owners and modes
 
     @property
     def usable(self) -> bool:
@@ -260,7 +309,8 @@ def parse_project_listing(text: str, rules: pathspec.PathSpec) -> ProjectListing
             stats[name] = " ".join(status)
     clock = sections.get("clock", "").strip()
     return ProjectListing(owner, folders, parse_sha256_list(sections.get("files", ""), ".", rules), tuple(sorted(links)),
-                          sections.get("home", "").strip(), stats, int(clock) if clock.isdigit() else None)
+                          sections.get("home", "").strip(), stats, int(clock) if clock.isdigit() else None,
+                          parse_path_owners(sections["paths"]) if "paths" in sections else None)
 
 
 @dataclass(frozen=True)

@@ -33,7 +33,8 @@ or removed, within one "schema"):
                     "uptime_seconds": int|null, "image": str|null, "restarts": int|null,
                     "exit_code": int|null}],
     "workers": [{"name": "lab-worker-pi1-1@pi1", "host", "container", "expected": bool,
-                 "online": bool|null, "active": int|null, "processed": int|null}],
+                 "online": bool|null, "active": int|null, "processed": int|null,
+                 "kind": "cluster|volunteer|stranger", "volunteer": str|null, "broker_users": [str]|null}],
     "queues": [{"name", "messages": int, "ready": int|null, "unacked": int|null, "consumers": int,
                 "internal": bool}],
     "celery": {"answered": bool, "error": str|null},
@@ -42,12 +43,17 @@ or removed, within one "schema"):
   }
 
 `state` "missing" means the container does not exist; "unknown" that its host could not be
-asked. `online` is null when Celery could not be asked at all. `internal` queues are Celery's
+asked. A worker's `kind` is `cluster` for a node name the cluster file expects, `volunteer` for a
+node under an active volunteer's own prefix (`volunteer` names who), and `stranger` for anything
+else, including a node that answers under a name the file expects while the broker says it logs in
+as a volunteer (`broker_users`: who consumes its pidbox queue; null when the broker was not asked). `online` is null when Celery could not be asked at all. `internal` queues are Celery's
 own (events, broadcast replies); the table leaves them out.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -133,6 +139,9 @@ class WorkerStatus:
     online: bool | None
     active: int | None = None
     processed: int | None = None
+    kind: str = "cluster"  # cluster, volunteer or stranger (`mark_workers`)
+    volunteer: str | None = None
+    broker_users: list[str] | None = None  # who consumes the node's pidbox queue, as the broker says
 
 
 @dataclass
@@ -285,13 +294,14 @@ def _worker_statuses(cluster: Cluster, celery: CeleryView | None, running: set[s
     for node in nodes:
         container, _, host = node.rpartition("@")
         is_expected = container in expected_names
+        kind = "cluster" if is_expected else "stranger"  # by its name alone, until `mark_workers`
         if celery is None or not celery.answered:
-            workers.append(WorkerStatus(node, host, container, is_expected, None))
+            workers.append(WorkerStatus(node, host, container, is_expected, None, kind=kind))
             continue
         online = node in celery.online
         workers.append(WorkerStatus(node, host, container, is_expected, online,
                                     celery.active.get(node) if online else None,
-                                    celery.processed.get(node) if online else None))
+                                    celery.processed.get(node) if online else None, kind=kind))
         if is_expected and not online and container in running:
             problems.append(f"worker {node}: its container runs but it does not answer Celery (see `infra logs {container}`)")
     return workers
@@ -307,6 +317,64 @@ def _container_status(found: Container, host: str, expected: bool, now: datetime
         health=found.health, started_at=iso_utc(started) if started else None,
         uptime_seconds=uptime, image=found.image or None, restarts=found.restarts, exit_code=found.exit_code,
     )
+
+
+# --------------------------------------------------------------------------- who a worker is
+
+VOLUNTEER_USER_PREFIX = "volunteer-"  # `runtime.endpoint.volunteer_user`
+PIDBOX_SUFFIX = ".celery.pidbox"  # a Celery node NAME consumes its control queue NAME.celery.pidbox
+
+
+def parse_node_users(output: str) -> dict[str, list[str]]:
+    """Celery node -> the broker users consuming its pidbox queue, from `commands.volunteer.node_users`
+    (rabbitmqctl's consumers, a marker line, its channels; both JSON arrays)."""
+    consumers_text, _, channels_text = output.partition("\n--- channels\n")
+    consumers, channels = _json_rows(consumers_text), _json_rows(channels_text)
+    user_of = {row.get("pid"): row.get("user") for row in channels}
+    nodes: dict[str, set[str]] = {}
+    for row in consumers:
+        queue = str(row.get("queue_name", ""))
+        if queue.endswith(PIDBOX_SUFFIX) and not queue.endswith(".reply" + PIDBOX_SUFFIX):
+            nodes.setdefault(queue[:-len(PIDBOX_SUFFIX)], set()).add(str(user_of.get(row.get("channel_pid")) or "?"))
+    return {node: sorted(users) for node, users in nodes.items()}
+
+
+def _json_rows(text: str) -> list[dict]:
+    match = re.search(r"^\[", text, re.MULTILINE)  # rabbitmqctl may print lines before the array
+    if match is None:
+        raise ValueError(f"no JSON list in rabbitmqctl's answer: {text.strip()[-80:] or 'empty'}")
+    rows = json.loads(text[match.start():])
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []
+
+
+def worker_kind(node: str, expected: bool, volunteers: dict[str, str], users: list[str] | None) -> tuple[str, str | None]:
+    """(kind, volunteer) of a Celery node, from its name and, when the broker told, who logs in as it.
+
+    The name alone is the worker's own claim: a node the cluster file expects is the cluster's
+    unless a volunteer's broker user holds it; one under a volunteer's prefix (`volunteers`:
+    `CLUSTER-volunteer-NAME.` -> NAME) is that volunteer's unless another user holds it.
+    """
+    if expected:
+        forged = any(u.startswith(VOLUNTEER_USER_PREFIX) for u in users or [])
+        return ("stranger", None) if forged else ("cluster", None)
+    for prefix, name in volunteers.items():
+        if node.startswith(prefix):
+            if not users or set(users) <= {VOLUNTEER_USER_PREFIX + name, "?"}:  # "?": its channel closed meanwhile
+                return "volunteer", name
+            return "stranger", None
+    return "stranger", None
+
+
+def mark_workers(status: ClusterStatus, volunteers: dict[str, str], node_users: dict[str, list[str]] | None) -> None:
+    """Tell each worker's kind (`worker_kind`); a stranger under a name the file expects is a problem."""
+    for worker in status.workers:
+        users = None if node_users is None else node_users.get(worker.name, [])
+        worker.broker_users = users
+        worker.kind, worker.volunteer = worker_kind(worker.name, worker.expected, volunteers,
+                                                    users if worker.online else None)
+        if worker.expected and worker.kind == "stranger":
+            status.problems.append(f"worker {worker.name}: a stranger answers under this name of the cluster file "
+                                   f"(it logs in to the broker as {', '.join(users or ['?'])})")
 
 
 # --------------------------------------------------------------------------- renderings

@@ -4,7 +4,8 @@ The manifest knows what this machine started; the labels find what a run that di
 recording it left behind. Folders are deleted only when the path is absolute, at least two
 levels deep and without `..` — a damaged manifest can never make `clean` delete `/` or a home
 folder — and only when they are this cluster's: on a remote host the cluster folder that holds
-them must carry the marker naming the cluster (checked on the host, as the folder is deleted);
+them must carry the marker naming the cluster (checked on the host, as the folder is deleted)
+and be safe from other users (`ownership.folder_refusal`, asked just before);
 on `local`, a secret folder must be inside the cluster's state dir.
 """
 
@@ -17,6 +18,8 @@ from ..commands import files as file_commands
 from ..commands.engine import RemoveContainers, RemoveNetwork, RemoveVolume, UntagImage
 from ..config import LOCAL
 from ..state.manifest import HostRecord
+from ..facts.files import parse_folder_owners
+from .ownership import folder_refusal
 from .steps import Record, Step, engine_step, shell_step
 
 CLEAN_TIMEOUT = 120
@@ -28,6 +31,12 @@ class FolderRemoval:
 
     folder: str
     step: Step  # its records are the manifest entries it settles, whatever the verdict
+    # Asked first on a remote host: who owns the cluster folder holding it and the folders above.
+    owners_query: tuple[str, ...] | None = None
+
+    def refusal(self, owners_answer: str) -> str:
+        """Why the folder must stay, from the answer to `owners_query` ("" when it may go)."""
+        return folder_refusal(parse_folder_owners(owners_answer))
 
 
 @dataclass
@@ -88,8 +97,9 @@ def plan_clean(
     for folder, (owner, entries) in _folders_to_remove(plan, record, files=files, state_dir=state_dir).items():
         command = (file_commands.remove_owned_folder(folder, owner, cluster) if owner is not None
                    else file_commands.remove_folder(folder))
+        query = tuple(file_commands.folder_owners(owner)) if owner is not None else None
         plan.folders.append(FolderRemoval(folder, shell_step(f"folder {folder}", command, *entries,
-                                                             timeout=CLEAN_TIMEOUT)))
+                                                             timeout=CLEAN_TIMEOUT), query))
     return plan
 
 

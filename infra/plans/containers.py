@@ -41,6 +41,7 @@ from .addresses import (
     flower_bind_address,
     flower_command_options,
 )
+from .hardening import hardening
 from .layout import HostLayout
 from .secret_files import SecretFile, secret_in_container, secrets_digest, secrets_dir
 from .steps import ENGINE_TIMEOUT, Record, Step, engine_step
@@ -103,7 +104,7 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
         def service(role: str, **settings) -> ContainerSpec:
             name = container_name(cluster.name, role)
             return ContainerSpec(name=name, role=role, host=host.name, network=net, hostname=name, user=user,
-                                 secrets=secrets_dir(layout, role), **settings)
+                                 secrets=secrets_dir(layout, role), **hardening(role), **settings)
 
         specs += [
             service("broker", image=cluster.image_tag("broker"),
@@ -142,19 +143,22 @@ def desired_containers(cluster: Cluster, host: Host, facts: HostFacts, layout: H
                 image=cluster.image_tag("worker"), command=tuple(command),
                 environment=celery_environment(cluster, verify_with_ca=tls),
                 secrets=secrets_dir(layout, "worker"), volumes=(project,),
-                network="host", user=user, workdir=CONTAINER_PROJECT, gpus=gpus_option(group.gpus),
+                network="host", user=user, workdir=CONTAINER_PROJECT, gpus=gpus_option(group.gpus), **hardening("worker"),
             ))
     return specs
 
 
-# Settings added to ContainerSpec after containers were first fingerprinted: left out of the hash
-# while unset, so that a container which does not use them keeps its fingerprint (and is not replaced).
-_LATER_SETTINGS = ("gpus", "bind_address")
+# Settings added to ContainerSpec after containers were first fingerprinted, with their unset value:
+# left out of the hash while unset, so that a container which does not use them keeps its
+# fingerprint (and is not replaced).
+_LATER_SETTINGS = {"gpus": None, "bind_address": None, "cap_drop": (), "cap_add": (), "security_opt": (),
+                   "read_only": False, "tmpfs": (), "pids_limit": None}
 
 
 def fingerprint(spec: ContainerSpec, image_id: str | None, secrets_digest: str) -> str:
     """Hash of everything that, when changed, means the container must be replaced."""
-    settings = {key: value for key, value in spec.__dict__.items() if not (key in _LATER_SETTINGS and value is None)}
+    settings = {key: value for key, value in spec.__dict__.items()
+                if not (key in _LATER_SETTINGS and value == _LATER_SETTINGS[key])}
     payload = json.dumps(
         {"spec": settings, "image_id": image_id or spec.image, "secrets": secrets_digest},
         sort_keys=True,
@@ -215,8 +219,9 @@ def container_changes(
         (spec, fingerprint(spec, image_ids.get(spec.image), secrets_digest(secret_files, spec.secrets)))
         for spec in desired_containers(cluster, host, facts, layout)
     ]
-    # The join endpoint is `infra volunteer`'s (infra/plans/volunteer.py), not the cluster file's: up leaves it alone.
-    return diff_containers(desired, [c for c in facts.containers if c.role != "join"])
+    # The join endpoint and the relay are `infra volunteer`'s (plans/volunteer.py, plans/relay.py), not the
+    # cluster file's: up leaves them alone.
+    return diff_containers(desired, [c for c in facts.containers if c.role not in ("join", "relay")])
 
 
 def change_steps(cluster: Cluster, changes: list[ContainerChange],

@@ -28,6 +28,7 @@ from .addresses import (
     broker_address_for,
     in_url,
 )
+from .broker_rights import BrokerRights, celery_exchanges, cluster_queues, followup_definitions, worker_rights
 from .layout import HostLayout
 from .steps import FILE_TIMEOUT, Record, Step, shell_step
 
@@ -85,18 +86,24 @@ def broker_definitions(cluster: Cluster, secrets: Secrets) -> str:
     """RabbitMQ definitions imported at every start: the two users, the vhost, their rights.
 
     The administrator (Flower's queue view, on the master host only) and the workers' user, which
-    has no management tag and rights on the cluster's vhost alone. Passwords only as salted hashes.
+    has no management tag and, on the cluster's vhost alone, only Celery's objects of the cluster
+    (`broker_rights.worker_rights`). Passwords only as salted hashes. Celery's broadcast, reply and
+    event exchanges are made here, so volunteers, who may not declare them, find them.
     """
     vhost = broker_vhost(cluster)
     users = [(secrets.broker_user, secrets.broker_password, ["administrator"]),
              (secrets.worker_user, secrets.worker_password, [])]
+    administrator = BrokerRights(configure=".*", write=".*", read=".*")
+    workers = worker_rights(cluster.name, cluster_queues(cluster))
     return json.dumps({
         "users": [{"name": name, "password_hash": rabbitmq_password_hash(password),
                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": tags}
                   for name, password, tags in users],
         "vhosts": [{"name": vhost}],
-        "permissions": [{"user": name, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}
-                        for name, _, _ in users],
+        "permissions": [administrator.permission(secrets.broker_user, vhost),
+                        workers.permission(secrets.worker_user, vhost)],
+        "exchanges": celery_exchanges(vhost),
+        **followup_definitions(vhost, cluster_queues(cluster)),
     }, indent=2) + "\n"
 
 
@@ -133,20 +140,63 @@ def broker_config(cluster: Cluster) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _redis_quoted(text: str) -> str:
-    # Inside double quotes redis reads \\ and \" as escapes.
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+# The cluster's keys in Redis: Celery's results, groups and chords, infra's sweeps; and the channels
+# Celery publishes results on. No role has a key or channel outside these.
+RESULT_KEY_PATTERNS = ("celery-task-meta-*", "celery-taskset-meta-*", "chord-unlock-*", "infra:sweep:*")
+RESULT_CHANNEL_PATTERNS = ("celery-task-meta-*",)
+# What a trusted Celery process needs (results, chords' Lua scripts, pub/sub, MULTI): data commands,
+# no administration (ACL, CONFIG, FLUSH*, KEYS, DEBUG, SHUTDOWN, CLIENT KILL... are @admin or
+# @dangerous), and no FUNCTION (a library loaded there would outlive the task that loaded it).
+DATA_COMMANDS = ("-@all", "+@read", "+@write", "+@keyspace", "+@connection", "+@transaction", "+@pubsub",
+                 "+@scripting", "-@admin", "-@dangerous", "-function")
+# Flower reads results (its task API) and waits for them on their channels: no write at all.
+READ_COMMANDS = ("-@all", "+@connection", "+@read", "+subscribe", "+unsubscribe", "-@admin", "-@dangerous")
+RESULTS_ADMIN = "admin"
+RESULTS_ADMIN_FILE = "admin.url"  # in the results container's folder: the URL infra's ACL calls use
+
+
+def results_acl_key_rules() -> list[str]:
+    """The cluster's keys (read and write) and result channels, after forgetting any others."""
+    return (["resetkeys"] + [f"~{p}" for p in RESULT_KEY_PATTERNS]
+            + ["resetchannels"] + [f"&{p}" for p in RESULT_CHANNEL_PATTERNS])
+
+
+def results_users(secrets: Secrets) -> dict[str, tuple[str, list[str]]]:
+    """Redis's users by role: name -> (password, rules). `default` is off; volunteers are added at run time.
+
+    - admin: infra's `volunteer` commands (ACL SETUSER/DELUSER), from inside the results container only;
+    - master: the master container (job clients, the sweep driver) on the cluster's keys;
+    - worker: trusted workers, the same rights under their own password;
+    - flower: reads results and their channels.
+    """
+    return {
+        RESULTS_ADMIN: (secrets.results_password, ["allkeys", "allchannels", "+@all"]),
+        "master": (secrets.results_master_password, results_acl_key_rules() + list(DATA_COMMANDS)),
+        "worker": (secrets.results_worker_password, results_acl_key_rules() + list(DATA_COMMANDS)),
+        "flower": (secrets.results_flower_password,
+                   ["resetkeys", "%R~celery-task-meta-*", "resetchannels", "&celery-task-meta-*"]
+                   + list(READ_COMMANDS)),
+    }
+
+
+def results_user_line(name: str, password: str, rules: list[str]) -> str:
+    """A `user` line of redis.conf: on, the password's sha256 only (never the password), the rules."""
+    return " ".join(["user", name, "on", "#" + hashlib.sha256(password.encode()).hexdigest(), *rules])
 
 
 def results_config(cluster: Cluster, secrets: Secrets) -> str:
-    """redis.conf of the result backend: plain on the cluster's network, TLS on the published port."""
+    """redis.conf of the result backend: plain on the cluster's network, TLS on the published port.
+
+    Its users by role (`results_users`); the default user is off, so every client names its user.
+    """
     lines = [
         "# Written by infra up.",
         "bind 0.0.0.0",
         f"port {RESULTS_INTERNAL_PORT}",
-        # A password is always required; protected mode would only refuse the other containers.
+        # A login is always required; protected mode would only refuse the other containers.
         "protected-mode no",
-        f"requirepass {_redis_quoted(secrets.results_password)}",
+        "user default off resetpass resetkeys resetchannels -@all",
+        *(results_user_line(name, password, rules) for name, (password, rules) in results_users(secrets).items()),
         "dir /data",
         "appendonly yes",
         "save 60 1000",
@@ -165,6 +215,11 @@ def results_config(cluster: Cluster, secrets: Secrets) -> str:
     return "\n".join(lines) + "\n"
 
 
+def results_admin_url(secrets: Secrets) -> str:
+    """The administrator's URL, read inside the results container alone (plain: it never leaves it)."""
+    return f"redis://{RESULTS_ADMIN}:{secrets.results_password}@127.0.0.1:{RESULTS_INTERNAL_PORT}/0\n"
+
+
 def flower_config(cluster: Cluster, secrets: Secrets) -> str:
     """Flower's configuration file (Python, read with --conf): its login and the broker's API."""
     settings: dict[str, object] = {
@@ -179,26 +234,35 @@ def flower_config(cluster: Cluster, secrets: Secrets) -> str:
     return "# Written by infra up.\n" + "".join(f"{key} = {value!r}\n" for key, value in settings.items())
 
 
-def celery_urls(cluster: Cluster, secrets: Secrets, address: str, *, internal: bool) -> dict[str, str]:
-    """Broker and result backend URLs, with the workers' user: on the master's own network
-    (`internal`, plain: it never leaves the host) or at the published ports (TLS unless `tls: false`)."""
+def results_login(secrets: Secrets, role: str) -> str:
+    """`USER:PASSWORD` of a role (master, worker, flower) on the result backend, as a URL holds it."""
+    password, _ = results_users(secrets)[role]
+    return f"{role}:{password}"
+
+
+def celery_urls(cluster: Cluster, secrets: Secrets, address: str, *, internal: bool,
+                role: str = "worker") -> dict[str, str]:
+    """Broker and result backend URLs, with the workers' broker user and `role`'s Redis user: on the
+    master's own network (`internal`, plain: it never leaves the host) or at the published ports
+    (TLS unless `tls: false`)."""
     user = f"{secrets.worker_user}:{secrets.worker_password}"
+    results = results_login(secrets, role)
     vhost = broker_vhost(cluster)
     if internal:
         return {
             "CELERY_BROKER_URL": f"amqp://{user}@broker:{BROKER_INTERNAL_PORT}/{vhost}",
-            "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@results:{RESULTS_INTERNAL_PORT}/0",
+            "CELERY_RESULT_BACKEND": f"redis://{results}@results:{RESULTS_INTERNAL_PORT}/0",
         }
     host = in_url(address)
     if not cluster.spec.tls:
         return {
             "CELERY_BROKER_URL": f"amqp://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
-            "CELERY_RESULT_BACKEND": f"redis://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0",
+            "CELERY_RESULT_BACKEND": f"redis://{results}@{host}:{cluster.spec.ports.results}/0",
         }
     ca = secret_in_container("ca.crt")
     return {
         "CELERY_BROKER_URL": f"amqps://{user}@{host}:{cluster.spec.ports.broker}/{vhost}",
-        "CELERY_RESULT_BACKEND": (f"rediss://:{secrets.results_password}@{host}:{cluster.spec.ports.results}/0"
+        "CELERY_RESULT_BACKEND": (f"rediss://{results}@{host}:{cluster.spec.ports.results}/0"
                                   f"?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
     }
 
@@ -221,16 +285,19 @@ def secret_files_for(cluster: Cluster, host: Host, layout: HostLayout, secrets: 
 
     common = {"INFRA_CLUSTER": cluster.name}
     if host.name == cluster.master_host.name:
-        internal = _render_env({**common, **celery_urls(cluster, secrets, "", internal=True)})
+        def internal(role: str) -> str:
+            return _render_env({**common, **celery_urls(cluster, secrets, "", internal=True, role=role)})
+
         add("broker", "rabbitmq.conf", broker_config(cluster))
         add("broker", "definitions.json", broker_definitions(cluster, secrets))
         add_identity("broker")
         add("results", "redis.conf", results_config(cluster, secrets))
+        add("results", RESULTS_ADMIN_FILE, results_admin_url(secrets))
         add_identity("results")
-        add("master", "celery.env", internal)
+        add("master", "celery.env", internal("master"))
         if secrets.run_signing_key:  # the sweep driver signs runs in the master container: nowhere else
             add("master", SIGNING_KEY_FILE, secrets.run_signing_key)
-        add("flower", "celery.env", internal)
+        add("flower", "celery.env", internal("flower"))
         add("flower", "flowerconfig.py", flower_config(cluster, secrets))
         add_identity("flower")
     if host.name in cluster.worker_hosts():

@@ -19,6 +19,7 @@ from ..commands import files as file_commands
 from ..errors import InfraError
 from ..facts.containers import parse_docker_time
 from ..facts.files import LocalFile, ProjectListing
+from .ownership import absent_folders, folder_refusal
 from .steps import FilesTar, Record, Step, shell_step
 
 if TYPE_CHECKING:
@@ -39,6 +40,7 @@ class SyncPlan:
     bytes_to_send: int = 0
     claim: bool = False  # the cluster folder is new: its marker is written first
     make_folders: bool = False  # the project, its output mount point or the output folder is missing
+    made: tuple[str, ...] = ()  # the cluster folder and folders above it that the listing found absent
 
     @property
     def root(self) -> str:
@@ -66,13 +68,15 @@ def plan_sync(layout: HostLayout, cluster: str, local_root: Path, local: dict[st
     """Send what differs; delete what the host has and this machine not (ignored files stay).
 
     The host's symbolic links (not ignored) are deleted like files: infra never makes one, and
-    a file sent replaces a link at its name. A cluster folder that is not this cluster's is refused.
+    a file sent replaces a link at its name. A cluster folder that is not this cluster's, or that
+    another user could swap (`ownership.folder_refusal`), is refused.
     """
-    refusal = listing.refusal(layout.root, cluster)
+    refusal = listing.refusal(layout.root, cluster) or folder_refusal(listing.owners)
     if refusal:
         raise InfraError(refusal)
     plan = SyncPlan(layout=layout, cluster=cluster, local_root=local_root,
-                    claim=listing.owner != "ours", make_folders=not all(listing.folders))
+                    claim=listing.owner != "ours", make_folders=not all(listing.folders),
+                    made=absent_folders(listing.owners))
     remote = listing.files
     for rel, info in sorted(local.items()):
         if remote.get(rel) == info.digest:
@@ -108,7 +112,8 @@ def sync_steps(sync: SyncPlan, *records: Record) -> list[Step]:
     if not sync.changed:
         return [Step(f"project {layout.project_dir}: {sync.describe()}", records=tuple(records))]
     steps = [shell_step(f"cluster folder {layout.root}" + (" (new: marker first)" if sync.claim else ""),
-                        file_commands.prepare_project(layout.root, layout.project_dir, layout.output_dir, sync.cluster),
+                        file_commands.prepare_project(layout.root, layout.project_dir, layout.output_dir, sync.cluster,
+                                                      sync.made),
                         *records, timeout=SYNC_TIMEOUT)]
     for batch in _batches(sync.delete, DELETE_BATCH_BYTES):
         steps.append(shell_step(f"delete {len(batch)} file(s) from {layout.project_dir}",

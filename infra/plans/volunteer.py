@@ -4,9 +4,10 @@
   HTTPS with the master's certificate on `port`, its files in its own folder of the cluster
   (`ENV_DIR/join`, mounted read-only at /run/infra: certificate, settings, the join script,
   the table of token digests) and the worker image and build context beside it
-  (`ENV_DIR/join-files`, read-only at /srv/infra-join); the project, read-only at /project;
-- a volunteer's broker user (its rights: the cluster's vhost alone) and its Redis ACL user
-  (result keys and channels only, no administrative command);
+  (`ENV_DIR/join-files`, read-only at /srv/infra-join); the project, read-only at /project; the
+  tokens it exchanged (`ENV_DIR/join-state`, the one folder it writes, at /var/lib/infra-join);
+- a volunteer's broker user (its rights: a worker's least, `broker_rights`) and its Redis ACL user
+  (writes its tasks' results and its sweep runs' events, reads nothing else, no administration);
 - the join script, the one line that fetches it, and the leave line.
 """
 
@@ -35,11 +36,15 @@ from ..runtime.endpoint import (
     PROJECT_DIR,
     RUN_VERIFY_KEY_FILE,
     SERVED_FILES,
+    SPENT_FILE,
+    STATE_DIR,
     VOLUNTEER_STATE,
 )
 from ..state.tls import ServerIdentity
 from .addresses import in_url
+from .broker_rights import cluster_queues, volunteer_node_prefix, volunteer_rights, volunteer_topic_rights
 from .containers import ContainerChange, change_steps, fingerprint, worker_app_args
+from .hardening import hardening
 from .layout import HostLayout
 from .secret_files import (
     SecretFile,
@@ -55,14 +60,23 @@ ROLE = "join"
 CHECK_EVERY = 120  # seconds between a volunteer worker's checks for a new project
 TEMPLATE = "volunteer-join.sh"
 
-# What a volunteer's worker may do on the result backend: Celery's result and group keys, their
-# pub/sub channels, infra's sweep keys; reading and writing data, no administration (no KEYS,
-# FLUSHALL, CONFIG, ACL, CLIENT KILL, DEBUG...).
-RESULT_KEY_PATTERNS = ("celery-task-meta-*", "celery-taskset-meta-*", "chord-unlock-*", "infra:sweep:*")
+# What a volunteer's worker may do on the result backend: hand back the results of the tasks it
+# was given, and nothing else (Redis 7 key permissions and selectors, found by running a real
+# worker with the volunteer's settings against the results image's Redis 7.0):
+# - write, never read, a task's result (`%W~`: it cannot GET another task's result, and ids are
+#   uuid4) with SET/SETEX in MULTI/EXEC, and PUBLISH it on the task's channel; its worker's
+#   backend skips Celery's read before each write (`runtime.results`);
+# - a sweep's run (infra.run_command): append to the sweep's events, set their expiry; read the
+#   cancel and alive flags; check and add its submission in the done set;
+# - what redis-py sends at connect. No SCAN or KEYS, no DEL, no SUBSCRIBE, no chord bookkeeping
+#   (EVALSHA on celery-taskset-meta-*: the trusted side joins chords), no administration.
+RESULT_KEY_PATTERNS = ("celery-task-meta-*",)
 RESULT_CHANNEL_PATTERNS = ("celery-task-meta-*",)
-RESULT_COMMANDS = ("-@all", "+@read", "+@write", "+@keyspace", "+@connection", "+@transaction", "+@pubsub",
-                   "+@scripting", "-@dangerous", "-@admin")
-
+RESULT_COMMANDS = ("-@all", "+hello", "+auth", "+ping", "+select", "+client|setname",
+                   "+set", "+setex", "+multi", "+exec", "+discard", "+publish")
+SWEEP_SELECTORS = ("(%W~infra:sweep:*:events +rpush +expire)",
+                   "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive +mget)",
+                   "(~infra:sweep:*:done +sismember +sadd +expire)")
 
 def endpoint_name(cluster: str) -> str:
     return container_name(cluster, ROLE)
@@ -72,10 +86,16 @@ def endpoint_name(cluster: str) -> str:
 class EndpointLayout:
     config_dir: str  # the endpoint's own folder: mounted read-only at CONFIG_DIR
     files_dir: str  # the worker image and the build context: read-only at FILES_DIR
+    state_dir: str = ""  # the spent tokens, the one folder the endpoint writes: at STATE_DIR
 
     @property
     def token_table(self) -> str:
         return posixpath.join(self.config_dir, "volunteers.json")
+
+    @property
+    def spent_file(self) -> str:
+        """Where the endpoint records each token it exchanged (`runtime.endpoint.SpentTokens`)."""
+        return posixpath.join(self.state_dir, SPENT_FILE)
 
     @property
     def served_files(self) -> str:
@@ -94,7 +114,8 @@ class EndpointLayout:
 
 def endpoint_layout(layout: HostLayout) -> EndpointLayout:
     """Inside the cluster's secret folder, so `infra clean` removes it with the rest."""
-    return EndpointLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"))
+    return EndpointLayout(posixpath.join(layout.env_dir, "join"), posixpath.join(layout.env_dir, "join-files"),
+                          posixpath.join(layout.env_dir, "join-state"))
 
 
 # What `sync-files` sends to the cluster's own hosts but a volunteer never gets: environment files,
@@ -116,10 +137,7 @@ def endpoint_url(address: str, port: int) -> str:
 
 def worker_queues(cluster: Cluster) -> list[str]:
     """The queues volunteers consume: every queue the cluster's worker groups serve, in file order."""
-    queues: list[str] = []
-    for group in cluster.spec.roles.workers:
-        queues += [q for q in group.queues if q not in queues]
-    return queues or ["celery"]
+    return cluster_queues(cluster)
 
 
 def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[str] | None = None) -> dict:
@@ -164,8 +182,9 @@ def endpoint_container(cluster: Cluster, layout: HostLayout, facts: HostFacts, p
         image=cluster.image_tag("master"), command=("python", "-m", ENDPOINT_MODULE),
         environment=(("INFRA_CLUSTER", cluster.name),), secrets=folders.config_dir,
         ports=((port, PORT),), bind_address=cluster.spec.roles.master.bind_address,
-        volumes=((folders.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro")),
-        network="bridge", user=f"{facts.uid}:{facts.gid}",
+        volumes=((folders.files_dir, FILES_DIR, "ro"), (layout.project_dir, PROJECT_DIR, "ro"),
+                 (folders.state_dir, STATE_DIR, "rw")),
+        network="bridge", user=f"{facts.uid}:{facts.gid}", **hardening(ROLE),
     )
 
 
@@ -227,20 +246,25 @@ def plan_endpoint(cluster: Cluster, spec: ContainerSpec, files: list[SecretFile]
 
 
 def broker_user_definitions(cluster: Cluster, user: str, password: str) -> str:
-    """Definitions `rabbitmqctl import_definitions` adds: the user (salted hash only) and its rights
-    on the cluster's vhost alone; no tag, so no management API."""
+    """Definitions `rabbitmqctl import_definitions` adds: the user (salted hash only), no tag (so no
+    management API), and on the cluster's vhost alone a worker's least rights (`broker_rights`):
+    consume the cluster's queues, its own pidbox queue, replies and worker/task events, no publishing
+    of tasks, no broadcast, no reading of events."""
     vhost = broker_vhost(cluster)
+    rights = volunteer_rights(volunteer_node_prefix(cluster.name, user), worker_queues(cluster))
     return json.dumps({
         "users": [{"name": user, "password_hash": rabbitmq_password_hash(password),
                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
-        "permissions": [{"user": user, "vhost": vhost, "configure": ".*", "write": ".*", "read": ".*"}],
+        "permissions": [rights.permission(user, vhost)],
+        "topic_permissions": [volunteer_topic_rights(user, vhost)],
     }, indent=2) + "\n"
 
 
 def results_acl_rules(password_sha256: str) -> list[str]:
-    """`ACL SETUSER USER reset RULES...`: on, the password's sha256, result keys and channels, data commands."""
-    return (["on", f"#{password_sha256}"] + [f"~{p}" for p in RESULT_KEY_PATTERNS]
-            + [f"&{p}" for p in RESULT_CHANNEL_PATTERNS] + list(RESULT_COMMANDS))
+    """`ACL SETUSER USER reset RULES...`: on, the password's sha256, write-only result keys, their
+    channels (publish only), the connection and write commands, and the sweep selectors."""
+    return (["on", f"#{password_sha256}"] + [f"%W~{p}" for p in RESULT_KEY_PATTERNS]
+            + [f"&{p}" for p in RESULT_CHANNEL_PATTERNS] + list(RESULT_COMMANDS) + list(SWEEP_SELECTORS))
 
 
 # --------------------------------------------------------------------------- the lines and the script

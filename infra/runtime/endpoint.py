@@ -6,22 +6,27 @@ needs, and nothing to anyone else: a wrong, expired or revoked token, or any oth
 403 with an empty body. Every request is logged as one JSON line on stdout (`docker logs`) with
 the volunteer's name, never a token.
 
-The token is the volunteer's one secret. The master keeps only its sha256 (with the name and
-the expiry), and everything else a volunteer is given is derived from the token as it is
-presented (`derive_secret`): the broker and result-backend passwords and the update key. So
-the files on the master host hold no secret of a volunteer in clear; infra (which saw the token
-once, when it printed the line) made the broker and Redis users from the same derivation.
+The token is exchanged once for credentials. `infra volunteer add` draws the volunteer's broker
+and result-backend passwords and its update key at random (nothing about them follows from the
+token), makes the users from them, and leaves them here sealed under the token (`seal`): the
+table on the master holds the token's sha256, the expiry, the node name infra assigned and the
+sealed secrets, none of them usable without the token. The first bundle served to a valid
+token is the exchange: the endpoint unseals the secrets, records the token as spent in its own
+state file (STATE_DIR/spent.json, the one thing it writes) and from then on refuses the token.
+A token that expired, was revoked or was spent gets nothing; neither does one that was never
+issued. Why one is refused is logged and sent as the `X-Infra-Refused` header, never in a body.
 
     GET /join/TOKEN               the join script (the token written into it)
     GET /v1/TOKEN/settings        KEY=value lines the script reads (image id and architecture)
     GET /v1/TOKEN/image           the worker image (`docker save`, gzip) for the master's architecture
     GET /v1/TOKEN/context         the build context (tar.gz) for other architectures
-    GET /v1/TOKEN/bundle          a tar of the worker's settings and credentials
+    GET /v1/TOKEN/bundle          a tar of the worker's settings and credentials: the exchange, once
     GET /v1/project[/digest]      the project (tar) or its digest; `Authorization: Bearer KEY`;
                                   only the files project-files.json names (what sync-files sends)
 
 The update key (in the bundle) does not expire with the token: a worker that joined fetches
-project updates until the volunteer is revoked. Standard library only.
+project updates until the volunteer is revoked. Standard library only (the endpoint needs no
+package of the image), so a secret is sealed with the standard library's HMAC-SHA256 (see `seal`).
 """
 
 from __future__ import annotations
@@ -40,9 +45,13 @@ import sys
 import threading
 import time
 
+from . import IMAGE_PACKAGE
 from .tarball import Member, pack
 
 CONFIG_DIR = "/run/infra"  # the endpoint's folder on the master host, read-only
+STATE_DIR = "/var/lib/infra-join"  # the endpoint's own state (spent tokens), the one folder it writes
+SPENT_FILE = "spent.json"
+SECRETS = ("broker", "results", "update-key")  # what a token is exchanged for
 FILES_DIR = "/srv/infra-join"  # the worker image and the build context, read-only
 CONTEXT_FILE = "context.tar.gz"  # the build context in FILES_DIR, for volunteers of other architectures
 PROJECT_DIR = "/project"  # the project as synced to the master host, read-only
@@ -68,10 +77,36 @@ def token_digest(secret: str) -> str:
     return hashlib.sha256(secret.encode()).hexdigest()
 
 
-def derive_secret(token: str, purpose: str) -> str:
-    """A secret of the volunteer derived from its token: `broker`, `results` or `update-key`."""
-    mac = hmac.new(token.encode(), f"infra-volunteer:{purpose}".encode(), hashlib.sha256).digest()
-    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+def _keystream(token: str, salt: str, purpose: str) -> bytes:
+    """32 bytes only the token's holder can compute, one per volunteer (`salt`) and secret (`purpose`)."""
+    return hmac.new(token.encode(), f"infra-volunteer:seal:{salt}:{purpose}".encode(), hashlib.sha256).digest()
+
+
+def seal(token: str, salt: str, purpose: str, secret: bytes) -> str:
+    """A 32-byte random secret XOR a keystream used once (one HMAC-SHA256 block, a one-time pad):
+    without the token the sealed text says nothing of the secret, without it the token says nothing."""
+    if len(secret) != 32:
+        raise ValueError("a sealed secret is 32 bytes")
+    pad = _keystream(token, salt, purpose)
+    return base64.urlsafe_b64encode(bytes(a ^ b for a, b in zip(secret, pad))).decode()
+
+
+def unseal(token: str, salt: str, purpose: str, sealed: str) -> bytes:
+    pad = _keystream(token, salt, purpose)
+    return bytes(a ^ b for a, b in zip(base64.urlsafe_b64decode(sealed.encode()), pad))
+
+
+def secret_text(secret: bytes) -> str:
+    """A secret as the password (or update key) it is: URL-safe base64 without padding, 43 characters."""
+    return base64.urlsafe_b64encode(secret).decode().rstrip("=")
+
+
+def node_name(cluster: str, name: str, suffix: str) -> str:
+    """The whole Celery node name infra gives a volunteer's worker: `CLUSTER-volunteer-NAME.SUFFIX@volunteer-NAME`.
+
+    The prefix up to the dot is what the broker lets that volunteer's user name its queues after.
+    """
+    return f"{cluster}-volunteer-{name}.{suffix}@{volunteer_user(name)}"
 
 
 def volunteer_user(name: str) -> str:
@@ -79,7 +114,7 @@ def volunteer_user(name: str) -> str:
     return f"volunteer-{name}"
 
 
-def worker_env(settings: dict, name: str, token: str) -> str:
+def worker_env(settings: dict, name: str, broker_password: str, results_password: str) -> str:
     """celery.env of a volunteer's worker: its own users, TLS to the published ports, the CA alone trusted."""
     user = volunteer_user(name)
     host = settings["address"]
@@ -87,10 +122,13 @@ def worker_env(settings: dict, name: str, token: str) -> str:
     ca = f"{VOLUNTEER_STATE}/ca.crt"
     values = {
         "INFRA_CLUSTER": settings["cluster"],
-        "CELERY_BROKER_URL": (f"amqps://{user}:{derive_secret(token, 'broker')}@{host}:{settings['broker_port']}"
+        "CELERY_BROKER_URL": (f"amqps://{user}:{broker_password}@{host}:{settings['broker_port']}"
                               f"/{settings['vhost']}"),
-        "CELERY_RESULT_BACKEND": (f"rediss://{user}:{derive_secret(token, 'results')}@{host}:"
+        "CELERY_RESULT_BACKEND": (f"rediss://{user}:{results_password}@{host}:"
                                   f"{settings['results_port']}/0?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
+        # Its Redis user may write results, not read them: Celery's backend that reads before it writes
+        # would lose every result (`results.WriteOnlyRedisBackend`).
+        "CELERY_LOADER": f"{IMAGE_PACKAGE}.results:VolunteerLoader",
     }
     return "".join(f"{key}={value}\n" for key, value in values.items())
 
@@ -136,6 +174,27 @@ def bundle_tar(files: dict[str, str]) -> bytes:
 # --------------------------------------------------------------------------- who may ask
 
 
+def refusal(entry: dict | None, spent: dict | None, now: float) -> str | None:
+    """Why a token gets nothing (`unknown`, `revoked`, `spent`, `expired`), or None: it may still join."""
+    if not entry:
+        return "unknown"
+    if entry.get("revoked"):
+        return "revoked"
+    if spent:
+        return "spent"
+    if float(entry.get("expires", 0)) <= now:
+        return "expired"
+    if not entry.get("sealed"):
+        return "unknown"  # a table of an older infra, without credentials to hand out
+    return None
+
+
+def exchange(entry: dict, token: str) -> dict[str, str]:
+    """The credentials a valid token is exchanged for: each secret unsealed, as text."""
+    salt = entry["salt"]
+    return {purpose: secret_text(unseal(token, salt, purpose, entry["sealed"][purpose])) for purpose in SECRETS}
+
+
 class TokenTable:
     """volunteers.json (written by infra, re-read when it changes): token and key digests → volunteer."""
 
@@ -158,20 +217,63 @@ class TokenTable:
                 self._data, self._seen = {"tokens": {}, "keys": {}}, None
             return self._data
 
-    def by_token(self, token: str, now: float) -> str | None:
-        """The volunteer whose token this is, if it has not expired."""
+    def entry(self, token: str) -> dict | None:
+        """The table's entry of this token (name, expiry, node, sealed secrets), if it is one."""
         if not TOKEN_PATTERN.fullmatch(token or ""):
             return None
-        entry = self._current().get("tokens", {}).get(token_digest(token))
-        if not entry or float(entry.get("expires", 0)) <= now:
-            return None
-        return entry.get("name")
+        return self._current().get("tokens", {}).get(token_digest(token))
 
     def by_key(self, key: str) -> str | None:
         if not TOKEN_PATTERN.fullmatch(key or ""):
             return None
         entry = self._current().get("keys", {}).get(token_digest(key))
         return entry.get("name") if entry else None
+
+
+class SpentTokens:
+    """STATE_DIR/spent.json: token digest → {name, at}, for every token exchanged; written by this endpoint alone.
+
+    `spend` checks and records under one lock, and the file is replaced whole (0600), so two
+    requests with one token never both get credentials, and a restarted endpoint still knows.
+    """
+
+    def __init__(self, path: str):
+        self.path = path
+        self._lock = threading.Lock()
+
+    def _read(self) -> dict | None:
+        """The spent tokens; None when the file cannot be read (then no token is exchanged rather than one twice)."""
+        try:
+            with open(self.path, encoding="utf-8") as handle:
+                spent = json.load(handle).get("spent", {})
+            return spent if isinstance(spent, dict) else None
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError):
+            return None
+
+    def get(self, digest: str) -> dict | None:
+        spent = self._read()
+        return {"name": None, "at": None} if spent is None else spent.get(digest)
+
+    def spend(self, digest: str, name: str, now: float) -> bool:
+        """Record the token as spent; False when it was already (or the file cannot be read or written)."""
+        with self._lock:
+            spent = self._read()
+            if spent is None or digest in spent:
+                return False
+            spent[digest] = {"name": name, "at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now))}
+            temporary = f"{self.path}.tmp"
+            try:
+                descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                with os.fdopen(descriptor, "w", encoding="utf-8") as handle:
+                    json.dump({"spent": spent}, handle, indent=2, sort_keys=True)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(temporary, self.path)
+            except OSError:
+                return False
+            return True
 
 
 class ServedFiles:
@@ -205,7 +307,8 @@ class ServedFiles:
 
 
 class Endpoint:
-    def __init__(self, config_dir: str = CONFIG_DIR, files_dir: str = FILES_DIR, project_dir: str = PROJECT_DIR):
+    def __init__(self, config_dir: str = CONFIG_DIR, files_dir: str = FILES_DIR, project_dir: str = PROJECT_DIR,
+                 state_dir: str = STATE_DIR):
         self.config_dir, self.files_dir, self.project_dir = config_dir, files_dir, project_dir
         with open(os.path.join(config_dir, "endpoint.json"), encoding="utf-8") as handle:
             self.settings = json.load(handle)
@@ -217,6 +320,7 @@ class Endpoint:
         with open(os.path.join(config_dir, RUN_VERIFY_KEY_FILE), encoding="utf-8") as handle:
             self.run_verify_key = handle.read()
         self.tokens = TokenTable(os.path.join(config_dir, "volunteers.json"))
+        self.spent = SpentTokens(os.path.join(state_dir, SPENT_FILE))
         self.served = ServedFiles(os.path.join(config_dir, SERVED_FILES))
         self._project_cache: tuple | None = None
         self._project_lock = threading.Lock()
@@ -249,16 +353,18 @@ class Endpoint:
             pass
         return values
 
-    def bundle(self, name: str, token: str) -> bytes:
+    def bundle(self, name: str, token: str, entry: dict) -> bytes:
+        """The worker's settings and the credentials the token is exchanged for, with the node name infra gave it."""
         settings = self.settings
+        secrets = exchange(entry, token)
         volunteer = {
             "cluster": settings["cluster"], "name": name, "endpoint": settings["url"],
-            "update_key": derive_secret(token, "update-key"), "app_args": settings["app_args"],
+            "update_key": secrets["update-key"], "app_args": settings["app_args"],
             "queues": settings["queues"], "check_every": settings.get("check_every", 120),
-            "node_prefix": f"{settings['cluster']}-volunteer-{name}",
+            "node_name": entry["node"],
         }
-        return bundle_tar({"celery.env": worker_env(settings, name, token), "ca.crt": self.ca,
-                           RUN_VERIFY_KEY_FILE: self.run_verify_key,
+        return bundle_tar({"celery.env": worker_env(settings, name, secrets["broker"], secrets["results"]),
+                           "ca.crt": self.ca, RUN_VERIFY_KEY_FILE: self.run_verify_key,
                            "volunteer.json": json.dumps(volunteer, indent=2) + "\n"})
 
 
@@ -286,12 +392,16 @@ class Handler(http.server.BaseHTTPRequestHandler):
         value = self.headers.get(name, "")[:64]
         return value if re.fullmatch(r"[A-Za-z0-9_.-]*", value) else "?"
 
-    def _refuse(self, what: str) -> None:
+    def _refuse(self, what: str, reason: str = "unknown", claimed: str | None = None) -> None:
+        """403 and no body; the reason in a header (for a line that can say it) and in the log, with whose
+        token it was when it was one (`claimed`), so the operator sees a spent line being run again."""
         self.send_response(403)
         self.send_header("Content-Length", "0")
+        self.send_header("X-Infra-Refused", reason)
         self.send_header("Connection", "close")
         self.end_headers()
-        log({"volunteer": None, "what": what, "status": 403, "remote": self.client_address[0]})
+        log({"volunteer": None, "what": what, "status": 403, "reason": reason, "claimed": claimed,
+             "remote": self.client_address[0]})
 
     def _send(self, name: str, what: str, body: bytes | None = None, path: str | None = None,
               content_type: str = "application/octet-stream", headers: dict | None = None) -> None:
@@ -327,10 +437,13 @@ class Handler(http.server.BaseHTTPRequestHandler):
             token, what = parts[1], parts[2]
         else:
             return self._refuse("?")
-        name = self.endpoint.tokens.by_token(token, time.time())
-        if name is None or what not in TOKEN_ROUTES:
-            return self._refuse(what if what in TOKEN_ROUTES else "?")
-        return getattr(self, f"_serve_{what}")(name, token)
+        if what not in TOKEN_ROUTES:
+            return self._refuse("?")
+        entry = self.endpoint.tokens.entry(token)
+        why = refusal(entry, entry and self.endpoint.spent.get(token_digest(token)), time.time())
+        if why is not None:
+            return self._refuse(what, why, entry.get("name") if entry else None)
+        return getattr(self, f"_serve_{what}")(entry["name"], token)
 
     def _serve_project(self, rest: list[str]) -> None:
         """/v1/project and /v1/project/digest, to the update key (not the token: it does not expire)."""
@@ -355,7 +468,12 @@ class Handler(http.server.BaseHTTPRequestHandler):
         self._send(name, "settings", text.encode(), content_type="text/plain")
 
     def _serve_bundle(self, name: str, token: str) -> None:
-        self._send(name, "bundle", self.endpoint.bundle(name, token), content_type="application/x-tar")
+        """The exchange: recorded as spent before anything is sent, so a second request gets nothing
+        even while this one is under way (a bundle lost on the way costs a new line, never a second copy)."""
+        entry = self.endpoint.tokens.entry(token)
+        if not entry or not self.endpoint.spent.spend(token_digest(token), name, time.time()):
+            return self._refuse("bundle", "spent", name)
+        self._send(name, "bundle", self.endpoint.bundle(name, token, entry), content_type="application/x-tar")
 
     def _serve_image(self, name: str, token: str) -> None:
         self._serve_file(name, "image", "image.tar.gz")

@@ -11,7 +11,9 @@ It keeps the project current and runs one Celery worker:
   process waits, doing nothing, until the volunteer removes the container (the leave line).
 
 Settings, credentials and the project live in VOLUNTEER_STATE (a docker volume of the
-volunteer's machine): volunteer.json, celery.env (read by infra_runtime.boot), ca.crt, project/.
+volunteer's machine): volunteer.json (the node name and the update key), celery.env (the broker
+and result-backend credentials, read by infra_runtime.boot), ca.crt, project/. The join line's
+token was exchanged for them once; a restart of the container reads them again and needs no token.
 Standard library only.
 """
 
@@ -24,7 +26,6 @@ import os
 import posixpath
 import shutil
 import signal
-import socket
 import ssl
 import subprocess
 import sys
@@ -39,22 +40,31 @@ REQUEST_TIMEOUT = 60
 RETRY_SECONDS = 30
 
 
+# infra_runtime.volunteer_worker in the image. __package__, not __name__: run with `python -m`, this
+# module is __main__.
+WORKER_MODULE = f"{__package__}.volunteer_worker"
+
+
+def worker_command(settings: dict, node: str) -> list[str]:
+    """The volunteer's Celery worker, as its broker user allows (`volunteer_worker`): no mingle and no
+    gossip (they broadcast and read every node's events), remote control kept so `ping` answers,
+    task events sent (Flower and `infra volunteer list` count them)."""
+    return [sys.executable, "-m", WORKER_MODULE, *settings["app_args"], "--hostname", node,
+            "--queues", ",".join(settings["queues"]), "--without-mingle", "--without-gossip",
+            "--loglevel", "INFO", "--task-events"]
+
+
 class Revoked(Exception):
     """The endpoint refused this volunteer's key."""
 
 
-def node_name(prefix: str, state: str = VOLUNTEER_STATE) -> str:
-    """`CLUSTER-volunteer-NAME.ID@MACHINE`: ID fixed per volume, so a restart keeps the node's name."""
-    path = os.path.join(state, "node-id")
-    try:
-        with open(path, encoding="utf-8") as handle:
-            ident = handle.read().strip()
-    except OSError:
-        ident = os.urandom(3).hex()
-        with open(path, "w", encoding="utf-8") as handle:
-            handle.write(ident + "\n")
-    machine = "".join(c for c in socket.gethostname() if c.isalnum() or c in "-.")[:40] or "volunteer"
-    return f"{prefix}.{ident}@{machine}"
+def node_name(settings: dict) -> str:
+    """The whole Celery node name infra gave this worker in the bundle, used as is: the volunteer chooses
+    no part of it (the broker lets its user name queues after that name's prefix alone)."""
+    name = settings.get("node_name")
+    if not name:
+        raise ValueError("the bundle names no node: it comes from an older infra; ask for a new line")
+    return name
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
@@ -142,9 +152,7 @@ class Volunteer:
 
     def start_worker(self, concurrency: str | None) -> None:
         project = os.path.join(self.state, "project")
-        command = [sys.executable, "-m", "celery", *self.settings["app_args"],
-                   "--hostname", node_name(self.settings["node_prefix"], self.state),
-                   "--queues", ",".join(self.settings["queues"]), "--loglevel", "INFO", "--task-events"]
+        command = worker_command(self.settings, node_name(self.settings))
         if concurrency:
             command += ["--concurrency", concurrency]
         env = {**os.environ, "PYTHONPATH": project}

@@ -17,7 +17,11 @@ from ..runtime.signing import key_pair_pem, public_pem_of
 class Secrets:
     """Who logs in where. The broker has two users: `broker_user`, its administrator, used only by
     Flower's queue view on the master host, and `worker_user`, which can use the cluster's virtual
-    host and nothing else: the one every Celery client and worker logs in with."""
+    host and nothing else: the one every Celery client and worker logs in with.
+
+    The result backend (Redis) has a user per role (`plans.secret_files.results_users`):
+    `results_password` is its administrator's (infra's volunteer commands, inside the master host
+    only), the others those of the master container, the workers and Flower."""
 
     broker_user: str
     broker_password: str
@@ -29,6 +33,9 @@ class Secrets:
     # The Ed25519 key the sweep driver signs runs with (PEM): on the master host alone; workers and
     # volunteers get its public half (`run_verify_key`), which checks runs and cannot sign them.
     run_signing_key: str = ""
+    results_master_password: str = ""
+    results_worker_password: str = ""
+    results_flower_password: str = ""
 
     @classmethod
     def generate(cls) -> "Secrets":
@@ -42,6 +49,9 @@ class Secrets:
             worker_user="worker",
             worker_password=random_source.token_urlsafe(24),
             run_signing_key=key_pair_pem()[0],
+            results_master_password=random_source.token_urlsafe(24),
+            results_worker_password=random_source.token_urlsafe(24),
+            results_flower_password=random_source.token_urlsafe(24),
         )
 
     @property
@@ -51,7 +61,8 @@ class Secrets:
 
     def values(self) -> list[str]:
         """The secret strings themselves (used to check that nothing prints them)."""
-        found = [self.broker_password, self.results_password, self.flower_password, self.worker_password]
+        found = [self.broker_password, self.results_password, self.flower_password, self.worker_password,
+                 self.results_master_password, self.results_worker_password, self.results_flower_password]
         if self.run_signing_key:  # the whole PEM and its base64 line, which a command could hold alone
             found += [self.run_signing_key, *_pem_body_lines(self.run_signing_key)]
         return found
@@ -59,6 +70,11 @@ class Secrets:
 
 def _pem_body_lines(pem: str) -> list[str]:
     return [line for line in pem.splitlines() if line and not line.startswith("-----")]
+
+
+# Passwords added after the first clusters were made: an older secrets file gets them on its next load.
+_ADDED_PASSWORDS = ("worker_password", "results_master_password", "results_worker_password",
+                    "results_flower_password")
 
 
 def write_private_file(path: Path, data: bytes) -> None:
@@ -86,9 +102,7 @@ def load_secrets(path: Path) -> Secrets | None:
 
 
 def _missing_secrets(existing: Secrets) -> dict[str, str]:
-    missing = {}
-    if not existing.worker_password:
-        missing["worker_password"] = random_source.token_urlsafe(24)
+    missing = {name: random_source.token_urlsafe(24) for name in _ADDED_PASSWORDS if not getattr(existing, name)}
     if not existing.run_signing_key:
         missing["run_signing_key"] = key_pair_pem()[0]
     return missing
@@ -102,7 +116,7 @@ def load_or_create_secrets(path: Path) -> Secrets:
         missing = _missing_secrets(existing)
         if missing:
             # A secrets file from before some secret existed (the workers' broker user, the run
-            # signing key): those are made, the others kept. Callers hold the cluster lock.
+            # signing key, Redis's users by role): those are made, the others kept. Callers hold the lock.
             existing = replace(existing, **missing)
             write_private_file(path, json.dumps(asdict(existing), indent=2).encode() + b"\n")
         return existing

@@ -1,13 +1,15 @@
 """Volunteers of a cluster, as this machine keeps them: STATE_DIR/NAME/volunteers.json (0600).
 
 A volunteer is a person who lends a machine with Docker: `infra volunteer add NAME` makes a
-token, prints the one line that joins with it, and forgets the token. Kept here, per volunteer:
-when it was added and until when its token joins, the sha256 of the token and of the update key
-derived from it (what the join endpoint checks), the sha256 of its result-backend password (what
-Redis's ACL stores), and what was last learnt of it (joined, last seen, architecture). No secret
-of a volunteer is kept in clear anywhere: its passwords are derived from the token
-(`infra.runtime.endpoint.derive_secret`), the master's endpoint derives them again when the token
-is presented.
+token, draws the volunteer's broker and result-backend passwords and update key at random,
+prints the one line that joins with the token, and forgets the token and the passwords. Kept
+here, per volunteer: when it was added and until when its token joins, the sha256 of the token
+and of the update key (what the join endpoint checks), the sha256 of its result-backend password
+(what Redis's ACL stores), the node name infra gives its worker, its secrets sealed under the
+token (`infra.runtime.endpoint.seal`: what the endpoint hands out at the one exchange, useless
+without the token; dropped once it joined or its token expired), and what was last learnt of it
+(joined, last seen, architecture). No secret of a volunteer is kept in clear anywhere, and none
+follows from the token alone.
 
 Pure except `VolunteerStore.load`/`save`.
 """
@@ -27,7 +29,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 
 from ..errors import ConfigError, StateError
-from ..runtime.endpoint import derive_secret, token_digest, volunteer_user
+from ..runtime.endpoint import SECRETS, node_name, seal, secret_text, token_digest, volunteer_user
 from .credentials import write_private_file
 
 NAME_PATTERN = re.compile(r"[a-z0-9][a-z0-9-]{0,30}")
@@ -86,9 +88,13 @@ class Volunteer:
     key_sha256: str  # the update key's: project updates until revoked
     results_password_sha256: str  # as Redis's ACL stores it
     revoked: str | None = None
-    joined: str | None = None  # first bundle served
+    revoked_because: str | None = None  # None: by `revoke` or `clean`
+    joined: str | None = None  # the token was exchanged (the endpoint's spent file, or its log)
     last_seen: str | None = None  # last request to the endpoint or answer to Celery
     arch: str | None = None
+    node: str | None = None  # the whole Celery node name infra gave its worker
+    salt: str = ""  # of the sealed secrets
+    sealed: dict[str, str] | None = None  # purpose -> secret sealed under the token, until it joined or expired
 
     @property
     def user(self) -> str:
@@ -99,16 +105,39 @@ class Volunteer:
 
     def state(self, now: datetime) -> str:
         if self.revoked:
-            return "revoked"
+            return "revoked" if not self.revoked_because else f"revoked: {self.revoked_because}"
+        if self.joined:
+            return "joined"
         return "token expired" if self.expired(now) else "token valid"
 
+    def expired_unused(self, now: datetime, grace: timedelta) -> bool:
+        """Its token expired (for longer than `grace`, the clocks of here and the master may differ) and never joined."""
+        return not self.revoked and not self.joined and parse_time(self.expires) + grace <= now
 
-def make_volunteer(name: str, token: str, now: datetime, lifetime: timedelta) -> Volunteer:
-    return Volunteer(
+
+@dataclass(frozen=True)
+class NewVolunteer:
+    """What `add` keeps (`volunteer`) and the clear secrets it makes the users from, then forgets."""
+
+    volunteer: Volunteer
+    broker_password: str
+    results_password: str
+    update_key: str
+
+
+def make_volunteer(cluster: str, name: str, token: str, now: datetime, lifetime: timedelta) -> NewVolunteer:
+    """A volunteer with random secrets (nothing about them follows from the token) and its node name."""
+    secrets = {purpose: random_source.token_bytes(32) for purpose in SECRETS}
+    salt = random_source.token_hex(8)
+    text = {purpose: secret_text(secret) for purpose, secret in secrets.items()}
+    volunteer = Volunteer(
         name=check_name(name), added=_iso(now), expires=_iso(now + lifetime),
-        token_sha256=token_digest(token), key_sha256=token_digest(derive_secret(token, "update-key")),
-        results_password_sha256=hashlib.sha256(derive_secret(token, "results").encode()).hexdigest(),
+        token_sha256=token_digest(token), key_sha256=token_digest(text["update-key"]),
+        results_password_sha256=hashlib.sha256(text["results"].encode()).hexdigest(),
+        node=node_name(cluster, name, random_source.token_hex(3)), salt=salt,
+        sealed={purpose: seal(token, salt, purpose, secret) for purpose, secret in secrets.items()},
     )
+    return NewVolunteer(volunteer, text["broker"], text["results"], text["update-key"])
 
 
 @dataclass
@@ -146,12 +175,43 @@ def store_path(state_dir: Path) -> Path:
     return state_dir / "volunteers.json"
 
 
-def token_table_json(volunteers: list[Volunteer]) -> str:
-    """volunteers.json of the join endpoint: token digests (with expiry) and update-key digests → name."""
+def learn_exchanges(store: "VolunteerStore", spent_json: str) -> list[str]:
+    """Mark joined the volunteers whose token the endpoint's spent.json lists, and forget their sealed
+    secrets (nothing is left to hand out); the names newly learnt. Unreadable text teaches nothing."""
+    try:
+        spent = json.loads(spent_json).get("spent", {}) if spent_json.strip() else {}
+    except (ValueError, AttributeError):
+        return []
+    learnt = []
+    for v in store.volunteers.values():
+        entry = spent.get(v.token_sha256) if isinstance(spent, dict) else None
+        if isinstance(entry, dict):
+            if not v.joined:
+                v.joined = entry.get("at") or "?"
+                learnt.append(v.name)
+            v.sealed = None
+    return learnt
+
+
+def expired_unused(store: "VolunteerStore", now: datetime, grace: timedelta) -> list[str]:
+    """The active volunteers whose token expired without ever being exchanged: their users are to go."""
+    return [v.name for v in store.active() if v.expired_unused(now, grace)]
+
+
+def token_table_json(volunteers) -> str:
+    """volunteers.json of the join endpoint: token digests → volunteer, and update-key digests → name.
+
+    A revoked volunteer's token stays, marked so (the endpoint says why it refuses it); the sealed
+    secrets and the node name go with a token that may still be exchanged only.
+    """
     tokens, keys = {}, {}
     for v in volunteers:
         if v.revoked:
+            tokens[v.token_sha256] = {"name": v.name, "revoked": True}
             continue
-        tokens[v.token_sha256] = {"name": v.name, "expires": parse_time(v.expires).timestamp()}
+        entry = {"name": v.name, "expires": parse_time(v.expires).timestamp()}
+        if v.sealed and not v.joined:
+            entry.update(node=v.node, salt=v.salt, sealed=dict(v.sealed))
+        tokens[v.token_sha256] = entry
         keys[v.key_sha256] = {"name": v.name}
     return json.dumps({"tokens": tokens, "keys": keys}, indent=2, sort_keys=True) + "\n"

@@ -36,7 +36,8 @@ def to_json(status: ClusterStatus) -> dict:
         ],
         "workers": [
             {"name": w.name, "host": w.host, "container": w.container, "expected": w.expected,
-             "online": w.online, "active": w.active, "processed": w.processed}
+             "online": w.online, "active": w.active, "processed": w.processed, "kind": w.kind,
+             "volunteer": w.volunteer, "broker_users": w.broker_users}
             for w in status.workers
         ],
         "queues": [
@@ -98,8 +99,9 @@ def render_table(status: ClusterStatus) -> str:
     lines += ["", "HOSTS", *_host_table(status)]
     lines += ["", "CONTAINERS", *_container_table(status)]
     lines += ["", "WORKERS" + ("" if status.celery_error is None else f" (celery: {status.celery_error})")]
-    lines += _table(["worker", "online", "active", "processed"],
-                    [[w.name, _yes_no(w.online), _count(w.active), _count(w.processed)] for w in status.workers])
+    lines += _table(["worker", "online", "active", "processed", "kind"],
+                    [[w.name, _yes_no(w.online), _count(w.active), _count(w.processed), _kind(w)]
+                     for w in status.workers])
     lines += ["", "QUEUES" + ("" if status.broker_error is None else f" (rabbitmq: {status.broker_error})")]
     lines += _queue_table(status)
     if status.volunteers:
@@ -111,12 +113,19 @@ def render_table(status: ClusterStatus) -> str:
     return "\n".join(lines)
 
 
+def _kind(worker) -> str:
+    """cluster, volunteer NAME, or STRANGER (a name that is neither, or a volunteer under the cluster's)."""
+    if worker.kind == "volunteer":
+        return f"volunteer {worker.volunteer}"
+    return "STRANGER" if worker.kind == "stranger" else worker.kind
+
+
 def _headline(status: ClusterStatus) -> str:
     reachable = sum(1 for h in status.hosts if h.reachable)
     expected = [c for c in status.containers if c.expected]
     up = sum(1 for c in expected if c.state == "running")
     expected_workers = [w for w in status.workers if w.expected]
-    online = sum(1 for w in expected_workers if w.online)
+    online = sum(1 for w in expected_workers if w.online and w.kind == "cluster")  # a stranger under its name is not it
     return (f"cluster {status.cluster}: {reachable}/{len(status.hosts)} hosts reachable, "
             f"{up}/{len(expected)} containers running, {online}/{len(expected_workers)} workers online")
 

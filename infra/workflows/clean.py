@@ -45,6 +45,11 @@ def remove_folders(conn: Connection, plan: CleanPlan, manifest: Manifest) -> Fol
     for removal in plan.folders:
         check_interrupted()
         step, folder = removal.step, removal.folder
+        if removal.owners_query is not None:
+            refusal = removal.refusal(conn.run(list(removal.owners_query), timeout=step.timeout).stdout)
+            if refusal:  # kept in the manifest: removed by a later clean once the modes are fixed
+                outcome.refused.append(f"{folder} ({refusal})")
+                continue
         answer = conn.run(list(step.command), timeout=step.timeout)
         verdict, why = parse_removal(answer.stdout)
         if verdict == "removed":

@@ -20,14 +20,15 @@ from ..facts.celery import (
 from ..facts.containers import parse_container_inspect, parse_container_list
 from ..facts.gpu import Gpu, parse_gpu_query
 from ..facts.sections import last_line
-from ..facts.status import ClusterStatus, HostObservation, build_status
+from ..commands.volunteer import node_users
+from ..facts.status import ClusterStatus, HostObservation, build_status, mark_workers, parse_node_users
 from ..plans.addresses import flower_url, master_address
 from ..plans.containers import expected_worker_nodes
 from ..state.manifest import Manifest
 from ..transport.connection import Connection
 from ..transport.pool import ConnectionPool, run_concurrently
 from .up import departed_hosts
-from .volunteer import endpoint_log_lines, volunteer_rows, wants_endpoint_log
+from .volunteer import endpoint_log_lines, volunteer_prefixes, volunteer_rows, wants_endpoint_log
 
 CELERY_REPLY_TIMEOUT = 2.0  # how long workers are given to answer a broadcast
 PROBE_TIMEOUT = 25.0  # the whole Celery probe or rabbitmqctl call
@@ -63,6 +64,14 @@ def ask_rabbitmq(cluster: Cluster, conn: Connection) -> list[QueueStatus]:
     return parse_list_queues(result.stdout)
 
 
+def ask_node_users(cluster: Cluster, conn: Connection) -> dict[str, list[str]]:
+    """Celery node -> the broker users holding its pidbox queue (`facts.status.mark_workers`)."""
+    result = conn.engine.exec(node_users(cluster.name), timeout=PROBE_TIMEOUT)
+    if not result.ok:
+        raise InfraError(redact(last_line(result.output)))
+    return parse_node_users(result.stdout)
+
+
 def gather_status(cluster: Cluster) -> ClusterStatus:
     """Ask every host at once; a host that does not answer costs at most the connect timeout."""
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
@@ -88,6 +97,11 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
             answers = run_concurrently(list(asks), lambda key: asks[key]())
             found = dict(answers.succeeded)
             found.update({f"{key}-error": without_host(host.name, one_line(err)) for key, err in answers.failed.items()})
+            if "celery" in found:  # after Celery's answer: every node that answered holds its pidbox queue by now
+                try:
+                    found["node-users"] = ask_node_users(cluster, conn)
+                except (InfraError, ValueError) as exc:
+                    found["node-users-error"] = without_host(host.name, one_line(exc))
             if "engine" not in found:
                 found["engine"] = HostObservation(True, found.get("engine-error", "no answer"))
             found["engine"] = replace(found["engine"], gpus=found.get("gpus"))
@@ -113,4 +127,5 @@ def gather_status(cluster: Cluster) -> ClusterStatus:
         queue_error=queue_error,
     )
     status.volunteers = volunteer_rows(cluster, at_master.get("celery"), at_master.get("join-log", []))
+    mark_workers(status, volunteer_prefixes(cluster), at_master.get("node-users"))  # cluster, volunteer or stranger
     return status

@@ -15,7 +15,7 @@ import json
 import posixpath
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -31,11 +31,12 @@ from ..facts.containers import Container, is_running, parse_container_list, pars
 from ..facts.files import scan_local
 from ..facts.host import HostFacts
 from ..names import container_name, registry_repository
+from ..plans import relay as relay_plan
 from ..plans import volunteer as volunteer_plan
 from ..plans.addresses import master_address
 from ..plans.layout import host_layout
+from ..plans.secret_files import RESULTS_ADMIN_FILE, secret_in_container
 from ..plans.steps import FILE_TIMEOUT, IMAGE_TIMEOUT
-from ..runtime.endpoint import derive_secret
 from ..runtime.tarball import Member, pack_gzip
 from ..state.build_context import assets_dir, context_digest, prepare_build_context
 from ..state.credentials import load_secrets
@@ -47,6 +48,8 @@ from ..state.volunteers import (
     Volunteer,
     VolunteerStore,
     check_name,
+    expired_unused,
+    learn_exchanges,
     make_volunteer,
     new_token,
     parse_duration,
@@ -62,6 +65,9 @@ from .gather import read_host_facts
 from .ship import ImageSender, ShippedImage
 
 PROBE_TIMEOUT = 25.0
+# A token is taken for expired unused this long after its expiry only: the master's clock decides
+# at the endpoint, and may lag behind this machine's.
+EXPIRY_GRACE = timedelta(minutes=5)
 BROKER_FILE = "volunteer-definitions.json"  # written into the broker's folder just for the import
 
 
@@ -145,7 +151,9 @@ def sync_results_users(cluster: Cluster, conn: Connection, store: VolunteerStore
     """
     want = {v.user: volunteer_plan.results_acl_rules(v.results_password_sha256) for v in store.active()}
     gone = sorted({v.user for v in store.volunteers.values() if v.revoked} | set(drop))
-    out = _exec(conn, volunteer_commands.results_users(cluster.name, want, gone), "setting the result backend's users")
+    admin_url = secret_in_container(RESULTS_ADMIN_FILE)
+    out = _exec(conn, volunteer_commands.results_users(cluster.name, admin_url, want, gone),
+                "setting the result backend's users")
     for line in reversed(out.strip().splitlines()):
         if line.startswith("{"):
             return json.loads(line).get("users", [])
@@ -199,13 +207,22 @@ def ensure_endpoint(cluster: Cluster, conn: Connection, facts: HostFacts, manife
                                           volunteer_plan.endpoint_settings(cluster, address, port), script,
                                           _run_verify_key(cluster))
     write_token_table(conn, folders, store)  # whether or not the endpoint is replaced: it re-reads the table
+    conn.run(volunteer_commands.make_private_folder(folders.state_dir), timeout=FILE_TIMEOUT)
     write_served_files(conn, folders, scan_local(cluster.project_dir))  # re-read too
     spec = volunteer_plan.endpoint_container(cluster, layout, facts, port)
     plan = volunteer_plan.plan_endpoint(cluster, spec, files, *_endpoint_facts(cluster, conn, spec))
     execute_steps(conn, plan.steps, manifest)
     if plan.change.action != "keep":
         reporter.host(host.name, f"join endpoint {spec.name} listens on {url}")
+    ensure_relay(cluster, conn, layout, facts, manifest)
     return url, pin
+
+
+def ensure_relay(cluster: Cluster, conn: Connection, layout, facts: HostFacts, manifest: Manifest) -> None:
+    """The relay of volunteers' follow-ups (plans/relay.py), kept or made anew like the endpoint."""
+    spec = relay_plan.relay_container(cluster, layout, facts)
+    execute_steps(conn, volunteer_plan.plan_endpoint(cluster, spec, [], *_endpoint_facts(cluster, conn, spec)).steps,
+                  manifest)
 
 
 def _save_worker_image(cluster: Cluster, conn: Connection, facts: HostFacts, folders: volunteer_plan.EndpointLayout,
@@ -235,9 +252,24 @@ def _endpoint_facts(cluster: Cluster, conn: Connection,
 
 
 def write_token_table(conn: Connection, folders: volunteer_plan.EndpointLayout, store: VolunteerStore) -> None:
-    """The digests of the active volunteers' tokens and keys: the running endpoint goes by them at its next request."""
-    conn.run(file_commands.write_secret_file(folders.token_table), stdin=token_table_json(store.active()).encode(),
-             timeout=FILE_TIMEOUT)
+    """The digests of the volunteers' tokens and keys: the running endpoint goes by them at its next request."""
+    conn.run(file_commands.write_secret_file(folders.token_table),
+             stdin=token_table_json(store.volunteers.values()).encode(), timeout=FILE_TIMEOUT)
+
+
+def settle_tokens(cluster: Cluster, conn: Connection, facts: HostFacts, store: VolunteerStore,
+                  reporter: Reporter) -> list[str]:
+    """Learn from the endpoint's spent file who joined, then remove the users of tokens that expired unused
+    (nobody can log in as them: their passwords were only ever sealed under the token). Names removed."""
+    folders = volunteer_plan.endpoint_layout(host_layout(cluster, conn.host, facts))
+    spent = conn.run(volunteer_commands.read_small_file(folders.spent_file), timeout=FILE_TIMEOUT).stdout
+    learn_exchanges(store, spent)
+    stale = expired_unused(store, _now(), EXPIRY_GRACE)
+    if stale:
+        revoke_access(cluster, conn, facts, store, stale, because="token expired unused")
+        reporter.host(conn.host.name, f"token of volunteer(s) {', '.join(stale)} expired unused: "
+                                      f"their broker and result-backend users removed")
+    return stale
 
 
 def write_served_files(conn: Connection, folders: volunteer_plan.EndpointLayout, project_files: Iterable[str]) -> None:
@@ -267,9 +299,11 @@ def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAU
             facts = read_host_facts(conn, cluster)
             manifest = Manifest.load(cluster.manifest_path, cluster.name)
             address = master_address(cluster, master_peer=conn.peer_address())
+            settle_tokens(cluster, conn, facts, store, reporter)
             token = new_token()
-            volunteer = make_volunteer(name, token, _now(), lifetime)
-            grant_broker_user(cluster, conn, facts, volunteer, token)
+            made = make_volunteer(cluster.name, name, token, _now(), lifetime)
+            volunteer = made.volunteer
+            grant_broker_user(cluster, conn, facts, volunteer, made.broker_password)
             store.volunteers[name] = volunteer
             store.port = port
             sync_results_users(cluster, conn, store)
@@ -280,12 +314,13 @@ def add(cluster: Cluster, reporter: Reporter, name: str, *, expires: str = DEFAU
                               volunteer_plan.leave_line(cluster.name), volunteer.expires, url, pin)
 
 
-def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volunteer: Volunteer, token: str) -> None:
+def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volunteer: Volunteer,
+                      password: str) -> None:
     """The volunteer's broker user, from a definitions file in the broker's folder (removed right after)."""
     layout = host_layout(cluster, conn.host, facts)
     folder = posixpath.join(layout.env_dir, "broker")
     path = posixpath.join(folder, BROKER_FILE)
-    definitions = volunteer_plan.broker_user_definitions(cluster, volunteer.user, derive_secret(token, "broker"))
+    definitions = volunteer_plan.broker_user_definitions(cluster, volunteer.user, password)
     conn.run(file_commands.write_secret_file(path), stdin=definitions.encode(), timeout=FILE_TIMEOUT)
     try:
         _exec(conn, volunteer_commands.import_broker_definitions(cluster.name, f"/run/infra/{BROKER_FILE}"),
@@ -298,11 +333,13 @@ def grant_broker_user(cluster: Cluster, conn: Connection, facts: HostFacts, volu
 
 
 def revoke_access(cluster: Cluster, conn: Connection, facts: HostFacts, store: VolunteerStore,
-                  names: list[str]) -> None:
+                  names: list[str], because: str | None = None) -> None:
     """The endpoint first (it refuses their tokens and keys), then their users and connections."""
     now = _iso(_now())
     for name in names:
         store.volunteers[name].revoked = now
+        store.volunteers[name].revoked_because = because
+        store.volunteers[name].sealed = None
     folders = volunteer_plan.endpoint_layout(host_layout(cluster, conn.host, facts))
     write_token_table(conn, folders, store)
     for name in names:
@@ -367,6 +404,19 @@ def restore_results_users(cluster: Cluster, conn: Connection, reporter: Reporter
 # --------------------------------------------------------------------------- list
 
 
+def _settle_unless_busy(cluster: Cluster, conn: Connection) -> VolunteerStore | None:
+    """For `list`: `settle_tokens` under the cluster's lock, and the store as it is then; None (nothing done)
+    while another command holds the lock: a later `list` or `add` does it."""
+    try:
+        with cluster_lock(cluster.state_dir, cluster.name, "volunteer list"):
+            store = _store(cluster)
+            settle_tokens(cluster, conn, read_host_facts(conn, cluster), store, Reporter(quiet=True))
+            store.save()
+            return store
+    except StateError:
+        return None
+
+
 def parse_endpoint_log(lines: list[str]) -> dict[str, dict]:
     """name -> {joined, last_seen, arch} from the endpoint's JSON log lines (Docker's timestamp first)."""
     seen: dict[str, dict] = {}
@@ -388,8 +438,12 @@ def parse_endpoint_log(lines: list[str]) -> dict[str, dict]:
     return seen
 
 
+def volunteer_nodes_prefix(cluster: str, name: str) -> str:
+    return f"{cluster}-volunteer-{name}."
+
+
 def volunteer_nodes(cluster: str, name: str, nodes: set[str]) -> list[str]:
-    prefix = f"{cluster}-volunteer-{name}."
+    prefix = volunteer_nodes_prefix(cluster, name)
     return sorted(n for n in nodes if n.startswith(prefix))
 
 
@@ -402,6 +456,11 @@ def rows_of(cluster: Cluster, store: VolunteerStore, celery: CeleryView | None, 
         last_seen = _iso(now) if nodes else v.last_seen
         rows.append(VolunteerRow(name, v.state(now), v.added, v.expires, v.joined, last_seen, v.arch, nodes, done))
     return rows
+
+
+def volunteer_prefixes(cluster: Cluster) -> dict[str, str]:
+    """`CLUSTER-volunteer-NAME.` -> NAME of the active volunteers: the node names each one's worker may take."""
+    return {volunteer_nodes_prefix(cluster.name, v.name): v.name for v in _store(cluster).active()}
 
 
 def volunteer_rows(cluster: Cluster, celery: CeleryView | None, endpoint_lines: list[str] = ()) -> list:
@@ -457,9 +516,14 @@ def _ask_master(cluster: Cluster, store: VolunteerStore) -> tuple[CeleryView | N
     """Learn from the endpoint's log and ask Celery in the master container: (Celery's view, why not)."""
     with ConnectionPool.for_cluster(cluster) as pool:
         conn = _master(pool, cluster)
-        learn_from_endpoint_log(store, endpoint_log_lines(cluster, conn))
         containers = parse_container_list(conn.engine.query(ListContainers(cluster.name)))
-        if not is_running(containers, container_name(cluster.name, "master")):
+        master_runs = is_running(containers, container_name(cluster.name, "master"))
+        if master_runs:  # who joined, and the users of tokens expired unused removed (`settle_tokens`)
+            settled = _settle_unless_busy(cluster, conn)
+            if settled is not None:
+                store.volunteers = settled.volunteers
+        learn_from_endpoint_log(store, endpoint_log_lines(cluster, conn))
+        if not master_runs:
             return None, MASTER_NOT_RUNNING
         if store.active():
             sync_results_users(cluster, conn, store)

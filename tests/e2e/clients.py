@@ -1,7 +1,8 @@
 """Clients of a deployed cluster from the test process, as a user on another machine would connect.
 
 Celery over AMQPS and TLS Redis, Flower over HTTPS, each trusting the cluster's own CA alone
-(STATE_DIR/NAME/tls/ca.crt) and logging in as the workers' broker user, never the administrator.
+(STATE_DIR/NAME/tls/ca.crt) and logging in as the workers' broker user, never the administrator, and
+as the result backend's `master` user (the job client's role), never its administrator.
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ def celery_client(state: Path, address: str, cluster: str, *, broker_port: int =
     host = f"[{address}]" if ":" in address else address
     app = Celery(
         broker=f"amqps://{secrets['worker_user']}:{secrets['worker_password']}@{host}:{broker_port}/{cluster}",
-        backend=(f"rediss://:{secrets['results_password']}@{host}:{results_port}/0"
+        backend=(f"rediss://master:{secrets['results_master_password']}@{host}:{results_port}/0"
                  f"?ssl_cert_reqs=required&ssl_ca_certs={ca}"),
     )
     app.conf.update(task_serializer="json", result_serializer="json", accept_content=["json"],

@@ -132,6 +132,44 @@ def test_up_starts_every_role_and_waits_for_all_workers(cluster, testbed):
     assert "****" in result.stdout and "secrets.json" in result.stdout
 
 
+def inspect_confinement(testbed, host: str) -> dict[str, dict]:
+    """{container: its CapDrop, CapAdd, SecurityOpt, ReadonlyRootfs, Tmpfs, PidsLimit and User} on a host."""
+    fmt = ("{{.Name}}|{{json .HostConfig.CapDrop}}|{{json .HostConfig.CapAdd}}|{{json .HostConfig.SecurityOpt}}|"
+           "{{.HostConfig.ReadonlyRootfs}}|{{json .HostConfig.Tmpfs}}|{{json .HostConfig.PidsLimit}}|{{.Config.User}}")
+    names = [line.split()[0] for line in labelled_containers(testbed, host)]
+    argv = ["docker", "inspect", "--format", fmt, *names]
+    if host == "local":
+        out = subprocess.run(argv, capture_output=True, text=True, check=True).stdout
+    else:
+        out = testbed.exec(host, argv)
+    found = {}
+    for line in out.splitlines():
+        name, drop, add, opts, read_only, tmpfs, pids, user = line.split("|")
+        found[name.lstrip("/")] = {"CapDrop": json.loads(drop), "CapAdd": json.loads(add),
+                                   "SecurityOpt": json.loads(opts), "ReadonlyRootfs": read_only == "true",
+                                   "Tmpfs": json.loads(tmpfs), "PidsLimit": json.loads(pids), "User": user}
+    return found
+
+
+def test_every_container_runs_without_capabilities_privileges_or_a_writable_root(cluster, testbed):
+    # They all answered in the test above: hardened, each role still does its work.
+    seen = {}
+    for host in [*cluster["hosts"], "local"]:
+        seen.update(inspect_confinement(testbed, host))
+    assert len(seen) == 8, sorted(seen)  # broker, results, master, flower and 4 workers
+    for name, confinement in seen.items():
+        assert confinement["CapDrop"] == ["ALL"] and not confinement["CapAdd"], name
+        assert confinement["SecurityOpt"] == ["no-new-privileges"], name
+        assert confinement["ReadonlyRootfs"], name
+        assert confinement["Tmpfs"]["/tmp"].startswith("rw,nosuid,nodev,size="), name
+        assert confinement["User"], name  # the SSH user's UID:GID, never the image's default
+        if "-worker-" in name or name.endswith("-master"):  # where jobs run
+            assert confinement["PidsLimit"] == 4096, name
+        else:
+            assert confinement["PidsLimit"] in (None, 0), name  # the engine's default: no limit
+    assert "/var/log/rabbitmq" in seen[f"{CLUSTER}-broker"]["Tmpfs"]
+
+
 def test_tasks_come_back_correct_and_were_computed_on_several_hosts(cluster):
     from celery import chord
 

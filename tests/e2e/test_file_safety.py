@@ -279,3 +279,39 @@ def test_clean_files_deletes_the_clusters_folder_without_following_links_and_rep
     victims_untouched(safe)
     assert local_files(safe["project"]) == local_project  # here, nothing of the project was touched
     assert not manifest_path.exists()
+
+
+# --------------------------------------------------------------------------- a folder another user could swap
+
+SHARED = "/srv/infra-shared"  # on h1: a world-writable folder, not sticky
+
+
+def test_up_refuses_a_remote_path_below_a_world_writable_folder_and_writes_nothing_there(testbed, tmp_path):
+    h1 = testbed.docker_hosts[0]
+    testbed.exec("h1", f"rm -rf {SHARED} && mkdir -p {SHARED} && chmod 0777 {SHARED}")
+    project = tmp_path / "wordcount"
+    shutil.copytree(REPO / "projects" / "wordcount", project, ignore=shutil.ignore_patterns("__pycache__", "output"))
+    spec = {
+        "name": "planted",
+        "hosts": testbed.cluster_hosts([h1]),
+        "project": {"path": str(project), "app": "wordcount", "remote_path": f"{SHARED}/infra"},
+        "roles": {"master": {"host": h1.name}, "workers": [{"host": h1.name, "containers": 1}]},
+        "ports": {"broker": 5698, "results": 6398, "flower": 5598},
+        "images": TEST_IMAGES,
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
+        "state_dir": str(tmp_path / "state"),
+    }
+    cluster_file = tmp_path / "cluster.yaml"
+    cluster_file.write_text(yaml.safe_dump(spec, sort_keys=False))
+    try:
+        result = infra("up", "-f", str(cluster_file))
+        said = result.stdout + result.stderr
+        assert result.returncode != 0, said
+        assert (f"{SHARED} (owner root, uid 0, mode 0777), above it, is writable by other users and not sticky: "
+                f"another user could swap the cluster folder, left alone") in said
+        assert "Traceback" not in said
+        assert testbed.exec("h1", f"find {SHARED} -mindepth 1") == ""  # nothing written there
+        assert testbed.exec("h1", "docker ps --all --filter label=infra.cluster=planted --format '{{.Names}}'") == ""
+    finally:
+        infra("clean", "-f", str(cluster_file))
+        testbed.exec("h1", f"rm -rf {SHARED}")

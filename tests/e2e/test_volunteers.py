@@ -2,14 +2,20 @@
 machine with Docker that infra has no access to and that the cluster file does not name: the tests
 reach it only as the volunteer would, by typing the printed line into a shell on it (docker exec).
 
-The tests run in file order and share one cluster: add, join, take tasks, revoke under load,
-the same line again, an expired line, a line whose pin does not match, leave, clean.
+The tests run in file order and share one cluster: add, join, take tasks, the same line again
+(refused: the token was spent), a restart without the token, old token-derived passwords that log
+in nowhere, a volunteer posing as a trusted node, revoke under load, the same line after
+revocation, an expired line, a line whose pin does not match, leave, clean.
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import hmac
 import json
 import re
+import ssl
 import shutil
 import subprocess
 import sys
@@ -19,7 +25,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.clients import celery_client
+from tests.e2e.clients import ca_file, celery_client
 from tests.testbed.testbed import FRESH, ensure_image
 
 pytestmark = pytest.mark.e2e
@@ -118,6 +124,65 @@ def cluster(testbed, tmp_path_factory):
     infra("clean", "-f", str(path), "--volumes", "--files")
 
 
+def token_of(line: str) -> str:
+    return re.search(r"/join/([A-Za-z0-9_-]+)", line).group(1)
+
+
+def old_derived_secret(token: str, purpose: str) -> str:
+    """A volunteer's password as infra derived it from the token before (HMAC-SHA256): what a leaked line gave."""
+    mac = hmac.new(token.encode(), f"infra-volunteer:{purpose}".encode(), hashlib.sha256).digest()
+    return base64.urlsafe_b64encode(mac).decode().rstrip("=")
+
+
+def broker_login(cluster, user: str, password: str) -> bool:
+    from kombu import Connection
+
+    ca = str(ca_file(cluster["state"]))
+    connection = Connection(f"amqps://{user}:{password}@{cluster['address']}:{PORTS['broker']}/{CLUSTER}",
+                            ssl={"ca_certs": ca, "cert_reqs": ssl.CERT_REQUIRED, "server_hostname": None},
+                            connect_timeout=10)
+    try:
+        connection.connect()
+        return True
+    except Exception:  # noqa: BLE001 (refused is what is asked; any failure means no login)
+        return False
+    finally:
+        connection.release()
+
+
+def results_login(cluster, user: str, password: str) -> bool:
+    import redis
+
+    client = redis.Redis(host=cluster["address"], port=PORTS["results"], username=user, password=password, ssl=True,
+                         ssl_ca_certs=str(ca_file(cluster["state"])), ssl_check_hostname=False, socket_timeout=10)
+    try:
+        return client.ping()
+    except redis.RedisError:
+        return False
+    finally:
+        client.close()
+
+
+def volunteer_env(testbed, cluster) -> dict[str, str]:
+    """The worker's celery.env as its container keeps it (what the exchange gave)."""
+    text = testbed.exec(cluster["volunteer"], f"docker exec {OBJECT} cat /var/lib/infra-volunteer/celery.env")
+    return dict(line.split("=", 1) for line in text.splitlines() if "=" in line)
+
+
+def password_in(url: str) -> str:
+    return re.match(r"[a-z]+://[^:]+:([^@]+)@", url).group(1)
+
+
+def wait_for_worker(cluster, node: str, want, seconds: float = 90) -> dict:
+    """status --json until the row of `node` satisfies `want` (or the time is up): that row (or {})."""
+    deadline = time.monotonic() + seconds
+    while True:
+        rows = {w["name"]: w for w in status_json(cluster)["workers"]}
+        if want(rows.get(node, {})) or time.monotonic() > deadline:
+            return rows.get(node, {})
+        time.sleep(3)
+
+
 def add(cluster, name: str, *options: str) -> dict:
     result = infra("volunteer", "add", name, "-f", str(cluster["file"]), "--json", *options)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -165,6 +230,11 @@ def test_the_line_joins_the_volunteers_machine_and_its_worker_shows_in_status(cl
             break
         time.sleep(3)
     assert len(alice["workers"]) == 1 and alice["workers"][0].startswith(f"{CLUSTER}-volunteer-alice.")
+    # The node's name is the one infra drew at `add`, whole: not the volunteer machine's hostname.
+    kept = json.loads((cluster["state"] / "volunteers.json").read_text())["volunteers"]["alice"]
+    assert alice["workers"][0] == kept["node"] and kept["node"].endswith("@volunteer-alice")
+    row = next(w for w in status["workers"] if w["name"] == kept["node"])
+    assert (row["kind"], row["volunteer"], row["broker_users"]) == ("volunteer", "alice", ["volunteer-alice"])
     assert any(w["name"] == alice["workers"][0] and w["online"] for w in status["workers"])
     shown = infra("status", "-f", str(cluster["file"])).stdout
     assert "VOLUNTEERS" in shown and "alice" in shown
@@ -199,6 +269,84 @@ def test_the_volunteer_takes_tasks_of_the_sample_job_and_results_come_back(clust
     listed = json.loads(infra("volunteer", "list", "-f", str(cluster["file"]), "--json").stdout)["volunteers"]
     alice = next(v for v in listed if v["name"] == "alice")
     assert alice["joined"] and alice["last_seen"] and alice["arch"] and alice["tasks_done"] >= 1
+
+
+def test_the_same_line_after_joining_is_refused_and_leaves_the_joined_worker_alone(cluster, testbed):
+    host = cluster["volunteer"]
+    before = testbed.exec(host, f"docker inspect --format '{{{{.Id}}}} {{{{.State.StartedAt}}}}' {OBJECT}")
+    result = run_line(testbed, host, cluster["lines"]["alice"]["line"])
+    assert result.returncode == 1
+    assert "infra-join: the master refused the token" in result.stderr.decode()
+    assert testbed.exec(host, f"docker inspect --format '{{{{.Id}}}} {{{{.State.StartedAt}}}}' {OBJECT}") == before
+    refused = [e for e in endpoint_log(testbed, cluster["master"]) if e.get("status") == 403]
+    assert (refused[-1]["reason"], refused[-1]["claimed"], refused[-1]["what"]) == ("spent", "alice", "script")
+    # The bundle itself, asked for again with the token, gives nothing either.
+    token = token_of(cluster["lines"]["alice"]["line"])
+    pin = cluster["lines"]["alice"]["pin"]
+    asked = testbed.exec_result(host, f"curl -sS -o /dev/null -D - -k --pinnedpubkey '{pin}' "
+                                      f"'{cluster['lines']['alice']['url']}/v1/{token}/bundle'")
+    assert b" 403" in asked.stdout and b"X-Infra-Refused: spent" in asked.stdout
+    bundles = [e for e in endpoint_log(testbed, cluster["master"]) if e.get("what") == "bundle" and e["status"] == 200]
+    assert [e["volunteer"] for e in bundles] == ["alice"]
+
+
+def test_the_joined_worker_comes_back_after_a_restart_without_the_token(cluster, testbed):
+    env = volunteer_env(testbed, cluster)
+    testbed.exec(cluster["volunteer"], f"docker restart {OBJECT}", timeout=180)
+    row = wait_for_worker(cluster, cluster["node"], lambda w: w.get("online"))
+    assert row.get("online") and row["kind"] == "volunteer", row
+    assert volunteer_env(testbed, cluster) == env
+    bundles = [e for e in endpoint_log(testbed, cluster["master"]) if e.get("what") == "bundle" and e["status"] == 200]
+    assert len(bundles) == 1  # it asked for no credentials again
+
+
+def test_passwords_derived_from_the_token_the_old_way_log_in_nowhere(cluster, testbed):
+    env = volunteer_env(testbed, cluster)
+    broker, results = password_in(env["CELERY_BROKER_URL"]), password_in(env["CELERY_RESULT_BACKEND"])
+    # What the exchange gave logs in (so the checks below can fail)...
+    assert broker_login(cluster, "volunteer-alice", broker) and results_login(cluster, "volunteer-alice", results)
+    # ...and what the token alone gives does not.
+    token = token_of(cluster["lines"]["alice"]["line"])
+    assert {old_derived_secret(token, p) for p in ("broker", "results")}.isdisjoint({broker, results})
+    assert not broker_login(cluster, "volunteer-alice", old_derived_secret(token, "broker"))
+    assert not results_login(cluster, "volunteer-alice", old_derived_secret(token, "results"))
+
+
+def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster, testbed):
+    """With the trusted worker stopped (Celery's pidbox queue is exclusive), the volunteer's container
+    runs a second worker named as the cluster file's; status must not take it for that worker."""
+    host, worker = cluster["volunteer"], f"{CLUSTER}-worker-{cluster['master']}-1"
+    trusted_node = f"{worker}@{cluster['master']}"  # the cluster file's one worker, on the master host
+    testbed.exec(cluster["master"], f"docker stop {worker}", timeout=120)
+    try:
+        assert not wait_for_worker(cluster, trusted_node, lambda w: not w.get("online"), 60).get("online")
+        testbed.exec(host, f"docker exec -d {OBJECT} sh -c 'echo $$ > /tmp/forger.pid; cd /var/lib/infra-volunteer/project "
+                           f"&& PYTHONPATH=. exec python -m celery --app wordcount worker -n {trusted_node} --pool solo "
+                           f"--queues nobody-sends-here --loglevel WARNING > /tmp/forger.log 2>&1'")
+        deadline, seen = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            status = status_json(cluster)
+            row = next((w for w in status["workers"] if w["name"] == trusted_node), {})
+            seen.append((row.get("online"), row.get("kind")))
+            if row.get("online"):
+                print("forged row:", row, "problems:", status["problems"], "broker:", status["broker"])
+            if row.get("online"):
+                break
+            time.sleep(3)
+        assert (True, "cluster") not in seen, seen
+        forger_log = testbed.exec_result(host, f"docker exec {OBJECT} cat /tmp/forger.log").stdout.decode()
+        if "ACCESS_REFUSED" in forger_log or "access_refused" in forger_log.lower():
+            return  # the broker's permissions refused the name already: it is not shown at all
+        assert seen[-1] == (True, "stranger"), (seen, forger_log[-2000:])
+        assert row["broker_users"] == ["volunteer-alice"]
+        assert status["exit_code"] == 3 and any("a stranger answers" in p for p in status["problems"])
+        shown = infra("status", "-f", str(cluster["file"])).stdout
+        assert "STRANGER" in next(line for line in shown.splitlines() if line.strip().startswith(trusted_node))
+    finally:
+        testbed.exec_result(host, f"docker exec {OBJECT} sh -c 'kill $(cat /tmp/forger.pid)'")
+        testbed.exec(cluster["master"], f"docker start {worker}", timeout=120)
+        row = wait_for_worker(cluster, trusted_node, lambda w: w.get("online") and w.get("kind") == "cluster", 120)
+        assert row.get("kind") == "cluster" and row.get("online"), row
 
 
 def test_revoke_under_load_stops_its_work_within_30_s_and_every_task_completes_elsewhere(cluster, testbed):
@@ -238,13 +386,24 @@ def test_the_same_line_after_revocation_fails_with_a_clear_message(cluster, test
     assert "pinned" not in err
 
 
-def test_an_expired_line_fails_the_same_way(cluster, testbed):
+def test_an_expired_line_fails_the_same_way_and_its_token_opens_nothing(cluster, testbed):
     joining = add(cluster, "bob", "--expires", "2s")
     time.sleep(3)
     result = run_line(testbed, cluster["volunteer"], joining["line"])
     assert result.returncode == 1
     assert "infra-join: the master refused the token: it is wrong, expired or revoked" in result.stderr.decode()
-    assert not any(e.get("volunteer") == "bob" for e in endpoint_log(testbed, cluster["master"]))
+    token = token_of(joining["line"])
+    asked = testbed.exec_result(cluster["volunteer"], f"curl -sS -D - -k --pinnedpubkey '{joining['pin']}' "
+                                                      f"'{joining['url']}/v1/{token}/bundle'")
+    assert b" 403" in asked.stdout and b"X-Infra-Refused: expired" in asked.stdout
+    assert asked.stdout.endswith(b"\r\n\r\n")  # headers only: no body
+    log = endpoint_log(testbed, cluster["master"])
+    assert not any(e.get("volunteer") == "bob" for e in log)
+    assert {e.get("reason") for e in log if e.get("claimed") == "bob"} == {"expired"}
+    # Its users exist until the next `volunteer list` or `add` an expiry later, but nothing logs in as them:
+    # their passwords were random, and sealed only for the exchange that never happened.
+    for purpose, login in (("broker", broker_login), ("results", results_login)):
+        assert not login(cluster, "volunteer-bob", old_derived_secret(token, purpose))
 
 
 def test_a_line_whose_pin_does_not_match_the_master_runs_nothing_and_sends_no_token(cluster, testbed):

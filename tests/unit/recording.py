@@ -147,9 +147,22 @@ def _render_listing(files: dict[str, str]) -> str:
     return "".join(f"{digest}  ./{rel}\n" for rel, digest in sorted(files.items()))
 
 
-def project_listing(owner: str, folders: str, listing: str) -> str:
-    """What `list_project` prints: the cluster folder's owner, which folders exist, the files (no link)."""
-    return (f"{PROBE_MARKER}owner\n{owner}\n{PROBE_MARKER}folders\n{folders}{PROBE_MARKER}files\n{listing}"
+def safe_path_owners(root: str, uid: int, home: str, exists: bool) -> str:
+    """The `paths` section of a cluster folder that no other user can swap: it and the home are the
+    SSH user's, the folders above the home root's, all 0755."""
+    lines = [str(uid), f"f {uid} user 41ed {root}" if exists else f"f absent {root}"]
+    folder = root
+    while folder != "/":
+        folder = posixpath.dirname(folder)
+        mine = folder == home or folder.startswith(home + "/")
+        lines.append(f"p {uid} user 41ed {folder}" if mine else f"p 0 root 41ed {folder}")
+    return f"{PROBE_MARKER}paths\n" + "\n".join(lines) + "\n"
+
+
+def project_listing(owner: str, folders: str, listing: str, paths: str = "") -> str:
+    """What `list_project` prints: the cluster folder's owner, who owns it and the folders above it,
+    which folders exist, the files (no link)."""
+    return (f"{PROBE_MARKER}owner\n{owner}\n{paths}{PROBE_MARKER}folders\n{folders}{PROBE_MARKER}files\n{listing}"
             f"\n{PROBE_MARKER}links\n\n{PROBE_MARKER}end\n")
 
 
@@ -186,6 +199,10 @@ class RecordingConnection:
             self.log.append(text + fed)
         state = self.state
         script = shlex.split(text)[-1] if text.startswith("sh -c ") else ""
+        if script.startswith(f"printf '{PROBE_MARKER}paths"):  # folder_owners, before a folder is removed
+            root = shlex.split(script[script.index(" r=") + 3:])[0]
+            paths = safe_path_owners(root, state.uid, state.home, root in state.claimed)
+            return CommandResult(0, paths + f"{PROBE_MARKER}end\n", "")
         if f"{PROBE_MARKER}owner" in script:  # list_project
             project, _, _ = _folders_of(script)
             home = ""
@@ -194,12 +211,13 @@ class RecordingConnection:
             root = posixpath.dirname(project)
             owner = "ours" if root in state.claimed else "absent"
             folders = "yes\nyes\nyes\n" if root in state.claimed else "no\nno\nno\n"
-            return CommandResult(0, home + project_listing(owner, folders, state.listings.get(project, "")), "")
+            paths = safe_path_owners(root, state.uid, state.home, root in state.claimed)
+            return CommandResult(0, home + project_listing(owner, folders, state.listings.get(project, ""), paths), "")
         if f"{PROBE_MARKER}home" in text:
             out = (f"{PROBE_MARKER}home\n{state.home}\n{PROBE_MARKER}uid\n{state.uid}\n{state.gid}\n"
                    f"{PROBE_MARKER}arch\n{state.arch}\n{PROBE_MARKER}end\n")
             return CommandResult(0, out, "")
-        if f"{MARKER_FILE}.tmp" in script:  # prepare_project: the cluster folder is claimed
+        if f"{MARKER_FILE}.XXXXXX" in script:  # prepare_project: the cluster folder is claimed
             project = _folders_of(script)[0]
             state.claimed[posixpath.dirname(project)] = shlex.split(script[script.index("printf '%s\\n' "):])[2]
         if "tar -x" in script and isinstance(stdin, bytes):

@@ -75,6 +75,7 @@ from infra.commands.files import (
     extract_files,
     fetch_output,
     files_newer_than,
+    folder_owners,
     host_probe,
     list_output,
     list_project,
@@ -262,6 +263,14 @@ def test_write_a_private_file_from_stdin_atomically():
 # The marker of /home/pi/infra/lab, read only when it is a regular file.
 MARKER_LAB = ("marker=$(if [ -f /home/pi/infra/lab/.infra-cluster ] && [ ! -L /home/pi/infra/lab/.infra-cluster ]; "
               "then head -c 256 /home/pi/infra/lab/.infra-cluster; fi); ")
+# The owners and modes of the cluster folder and each folder above it: as written, then as links resolve.
+EACH_PATH = ('while :; do if [ ! -e "$p" ] && [ ! -L "$p" ]; then echo "$k absent $p"; '
+             'elif s=$(stat -c "%u %U %f" -- "$p" 2>/dev/null); then echo "$k $s $p"; else echo "$k unknown $p"; fi; '
+             '[ "$p" = / ] && break; p=$(dirname -- "$p"); k=p; done; ')
+PATHS_LAB = ("printf '=====infra:paths\\n'; id -u; r=/home/pi/infra/lab ; case $r in /*) ;; *) r=$PWD/$r ;; esac; "
+             "p=$r; k=f; " + EACH_PATH +
+             'q=$(dirname -- "$r"); while [ ! -d "$q" ]; do q=$(dirname -- "$q"); done; '
+             'if p=$(cd -P -- "$q" 2>/dev/null && pwd -P); then k=p; ' + EACH_PATH + "fi; ")
 
 
 def test_list_the_project_its_folders_files_and_links_and_whose_the_cluster_folder_is():
@@ -272,6 +281,7 @@ def test_list_the_project_its_folders_files_and_links_and_whose_the_cluster_fold
             "elif [ ! -d /home/pi/infra/lab ]; then echo file; "
             "elif [ -d /home/pi/infra/lab ] && [ ! -L /home/pi/infra/lab ] && [ \"$marker\" = lab ]; then echo ours; "
             "elif entries=$(ls -A /home/pi/infra/lab) && [ -z \"$entries\" ]; then echo empty; else echo other; fi; "
+            + PATHS_LAB +
             "printf '=====infra:folders\\n'; "
             "for d in /home/pi/infra/lab/wordcount /home/pi/infra/lab/wordcount/output /home/pi/infra/lab/output ; "
             "do if [ -d \"$d\" ] && [ ! -L \"$d\" ]; then echo yes; else echo no; fi; done; "
@@ -291,8 +301,8 @@ def test_claim_the_cluster_folder_marker_first_then_make_the_project_its_mount_p
         "then echo /home/pi/infra/lab: not a folder of cluster lab, left alone >&2; exit 3; "
         "elif [ -e /home/pi/infra/lab ] && { ! entries=$(ls -A /home/pi/infra/lab) || [ -n \"$entries\" ]; }; "
         "then echo /home/pi/infra/lab: not a folder of cluster lab, left alone >&2; exit 3; "
-        "else mkdir -p /home/pi/infra/lab && printf '%s\\n' lab > /home/pi/infra/.lab.infra-cluster.tmp && "
-        "mv -f /home/pi/infra/.lab.infra-cluster.tmp /home/pi/infra/lab/.infra-cluster || exit 1; fi; "
+        "else mkdir -p /home/pi/infra/lab && tmp=$(mktemp /home/pi/infra/.lab.infra-cluster.XXXXXX) && "
+        "printf '%s\\n' lab > \"$tmp\" && mv -f \"$tmp\" /home/pi/infra/lab/.infra-cluster || exit 1; fi; "
         "for d in /home/pi/infra/lab/wordcount /home/pi/infra/lab/wordcount/output /home/pi/infra/lab/output ; "
         "do if [ -L \"$d\" ]; then rm -f \"$d\" || exit 1; fi; mkdir -p \"$d\" || exit 1; done")]
 
@@ -496,7 +506,9 @@ def cluster(tmp_path):
 
 
 SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef", results_password="Res-pw_0123456789abcdef",
-                  flower_user="admin", flower_password="Flw-pw_0123456789")
+                  flower_user="admin", flower_password="Flw-pw_0123456789",
+                  results_master_password="RsM-pw_0123456789abcdef", results_worker_password="RsW-pw_0123456789abcdef",
+                  results_flower_password="RsF-pw_0123456789abcdef")
 
 
 def test_the_steps_of_a_fresh_worker_host_read_as_these_commands(cluster):
@@ -673,6 +685,7 @@ SHELL_BUILDERS = {
     "remove_owned_folder": (lambda v: remove_owned_folder(f"/srv/{v}/.infra", f"/srv/{v}", "lab"),
                             lambda v: [f"/srv/{v}/.infra", f"/srv/{v}", f"/srv/{v}/{MARKER_FILE}"]),
     "remove_folder": (lambda v: remove_folder(f"/srv/{v}/env"), lambda v: [f"/srv/{v}/env"]),
+    "folder_owners": (lambda v: folder_owners(f"/srv/{v}/lab"), lambda v: [f"r=/srv/{v}/lab"]),  # an assignment
     "extract_files": (lambda v: extract_files(f"/srv/{v}"), lambda v: [f"/srv/{v}"]),
     "delete_files": (lambda v: delete_files(f"/srv/{v}", [v, f"sub/{v}"]),
                      lambda v: [f"/srv/{v}", find_pattern(v), find_pattern(f"sub/{v}")]),

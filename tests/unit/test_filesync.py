@@ -23,7 +23,9 @@ from infra.commands.files import (
 )
 from infra.errors import InfraError
 from infra.facts.files import (
+    FolderOwners,
     LocalFile,
+    PathOwner,
     ProjectListing,
     ignore_rules,
     no_ignores,
@@ -189,9 +191,14 @@ LAYOUT = HostLayout(root="/srv/infra/lab", project_dir="/srv/infra/lab/wc", env_
                     output_dir="/srv/infra/lab/output")
 
 
+# /srv/infra/lab, the SSH user's (uid 1000), below root's /srv/infra, /srv and /.
+SAFE_OWNERS = FolderOwners(1000, (PathOwner("/srv/infra/lab", False, 1000, "user", 0o40755),
+                                  *(PathOwner(path, True, 0, "root", 0o40755) for path in ("/srv/infra", "/srv", "/"))))
+
+
 def ours(files: dict[str, str] | None = None, links: tuple[str, ...] = (), owner="ours",
          folders=(True, True, True)) -> ProjectListing:
-    return ProjectListing(owner, folders, dict(files or {}), links)
+    return ProjectListing(owner, folders, dict(files or {}), links, owners=SAFE_OWNERS)
 
 
 def plan_for(project: Path, local, listing: ProjectListing) -> SyncPlan:

@@ -89,7 +89,9 @@ def test_a_bad_ignore_pattern_is_one_located_line(project):
 
 
 def entries_listing(entries: list[str], files: str = "", clock: str = "1700000000") -> str:
-    return (f"{PROBE_MARKER}clock\n{clock}\n{PROBE_MARKER}owner\nours\n{PROBE_MARKER}folders\nyes\nyes\nyes\n"
+    return (f"{PROBE_MARKER}clock\n{clock}\n{PROBE_MARKER}owner\nours\n"
+            f"{PROBE_MARKER}paths\n1000\nf 1000 user 41ed /srv/lab\np 0 root 41ed /srv\np 0 root 41ed /\n"
+            f"{PROBE_MARKER}folders\nyes\nyes\nyes\n"
             f"{PROBE_MARKER}files\n{files}{PROBE_MARKER}entries\n" + "".join(e + "\0" for e in entries)
             + f"\n{PROBE_MARKER}end\n")
 

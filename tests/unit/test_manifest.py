@@ -183,8 +183,9 @@ def test_secrets_are_created_private_and_reused(tmp_path):
 def test_generated_secrets_are_long_distinct_and_url_safe():
     one, two = Secrets.generate(), Secrets.generate()
     assert one.values() != two.values()
-    passwords = [one.broker_password, one.results_password, one.flower_password, one.worker_password]
-    assert len(set(passwords)) == 4 and set(passwords) < set(one.values())
+    passwords = [one.broker_password, one.results_password, one.flower_password, one.worker_password,
+                 one.results_master_password, one.results_worker_password, one.results_flower_password]
+    assert len(set(passwords)) == 7 and set(passwords) < set(one.values())
     for value in passwords:
         assert len(value) >= 24
         assert set(value) <= set("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import shlex
 from pathlib import Path
@@ -61,7 +62,9 @@ WORKER_TAG, MASTER_TAG, BROKER_TAG = "infra-lab-worker:latest", "infra-lab-maste
 IMAGE_IDS = {WORKER_TAG: "sha256:w1", MASTER_TAG: "sha256:m1", BROKER_TAG: "sha256:b1"}
 SECRETS = Secrets(broker_user="infra", broker_password="Brk-pw_0123456789abcdef", results_password="Res-pw_0123456789abcdef",
                   flower_user="admin", flower_password="Flw-pw_0123456789", worker_user="worker",
-                  worker_password="Wrk-pw_0123456789abcdef")
+                  worker_password="Wrk-pw_0123456789abcdef",
+                  results_master_password="RsM-pw_0123456789abcdef", results_worker_password="RsW-pw_0123456789abcdef",
+                  results_flower_password="RsF-pw_0123456789abcdef")
 # The master's certificate, made in memory once (nothing is written with save=False).
 IDENTITY = load_or_create_identity(Path("/nonexistent/infra-test-tls"), "lab", server_names(MASTER_ADDRESS), save=False)
 
@@ -338,6 +341,8 @@ def test_the_run_command_of_a_worker_is_exactly_this(cluster):
         "--env", "INFRA_CLUSTER=lab", "--env", "INFRA_ENV_FILE=/run/infra/celery.env",
         "--env", "INFRA_CA_FILE=/run/infra/ca.crt",
         "--user", "1001:1101", "--workdir", "/project",
+        "--cap-drop", "ALL", "--security-opt", "no-new-privileges", "--read-only",
+        "--tmpfs", "/tmp:rw,nosuid,nodev,size=1g", "--pids-limit", "4096",
         WORKER_TAG,
         "celery", "--app", "wordcount", "worker", "--include", "infra_runtime.tasks",
         "--hostname", "lab-worker-pi1-1@pi1", "--queues", "celery,heavy",
@@ -382,7 +387,7 @@ def test_with_tls_off_the_plain_ports_are_published_and_workers_use_plain_urls(t
     assert files_of(plan, "worker") == {"celery.env": (
         "INFRA_CLUSTER=lab\n"
         "CELERY_BROKER_URL=amqp://worker:Wrk-pw_0123456789abcdef@192.168.1.20:5672/lab\n"
-        "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@192.168.1.20:6379/0\n")}
+        "CELERY_RESULT_BACKEND=redis://worker:RsW-pw_0123456789abcdef@192.168.1.20:6379/0\n")}
     master = files_of(plan_for(cluster, "gpu-box", identity=None), "broker")["rabbitmq.conf"]
     assert "ssl" not in master
     assert "tls" not in files_of(plan_for(cluster, "gpu-box", identity=None), "results")["redis.conf"]
@@ -402,7 +407,7 @@ def test_the_default_broker_port_follows_tls(tmp_path):
 MASTER_HOST_SECRET_FILES = [
     ("broker", "rabbitmq.conf"), ("broker", "definitions.json"),
     ("broker", "ca.crt"), ("broker", "server.crt"), ("broker", "server.key"),
-    ("results", "redis.conf"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
+    ("results", "redis.conf"), ("results", "admin.url"), ("results", "ca.crt"), ("results", "server.crt"), ("results", "server.key"),
     ("master", "celery.env"),
     ("flower", "celery.env"), ("flower", "flowerconfig.py"),
     ("flower", "ca.crt"), ("flower", "server.crt"), ("flower", "server.key"),
@@ -417,7 +422,7 @@ def files_of(plan: HostPlan, role: str) -> dict[str, str]:
 def test_no_command_on_any_host_contains_a_secret(tmp_path):
     cluster = make_cluster(tmp_path, lambda t: t + "    - host: local\n")
     secrets = Secrets.generate()
-    assert len(secrets.values()) == 6 and all(len(v) >= 20 for v in secrets.values())  # 4 passwords, the run key
+    assert len(secrets.values()) == 9 and all(len(v) >= 20 for v in secrets.values())  # 7 passwords, the run key
     texts: list[str] = []
     fed: list[bytes] = []
     for host in ("gpu-box", "pi1", "local"):
@@ -470,21 +475,23 @@ def test_the_broker_listens_plain_on_its_network_and_tls_on_the_published_port(c
     assert "loopback_users.guest = true\n" in conf and "loopback_users = none" not in conf
 
 
-def test_redis_requires_its_password_and_serves_tls_on_6380(cluster):
+def test_redis_has_a_user_per_role_and_no_default_and_serves_tls_on_6380(cluster):
     conf = files_of(plan_for(cluster, "gpu-box"), "results")["redis.conf"]
-    assert 'requirepass "Res-pw_0123456789abcdef"\n' in conf
+    assert "requirepass" not in conf
+    assert "user default off resetpass resetkeys resetchannels -@all\n" in conf
+    users = [line.split()[1] for line in conf.splitlines() if line.startswith("user ")]
+    assert users == ["default", "admin", "master", "worker", "flower"]
     assert "port 6379\n" in conf and "tls-port 6380\n" in conf
     assert "tls-cert-file /run/infra/server.crt\n" in conf and "tls-auth-clients no\n" in conf
 
 
-def test_a_redis_password_with_quotes_and_backslashes_stays_one_value():
-    import types
-
-    from infra.plans.secret_files import results_config
-
-    cluster = types.SimpleNamespace(spec=types.SimpleNamespace(tls=False))
-    secrets = dataclasses.replace(SECRETS, results_password='a"b\\c')
-    assert 'requirepass "a\\"b\\\\c"\n' in results_config(cluster, secrets)
+def test_redis_is_given_password_hashes_only_and_infra_the_administrators_url_in_its_own_file(cluster):
+    files = files_of(plan_for(cluster, "gpu-box"), "results")
+    for password in ("Res-pw_0123456789abcdef", "RsM-pw_0123456789abcdef", "RsW-pw_0123456789abcdef",
+                     "RsF-pw_0123456789abcdef"):
+        assert password not in files["redis.conf"]
+        assert f"#{hashlib.sha256(password.encode()).hexdigest()} " in files["redis.conf"]
+    assert files["admin.url"] == "redis://admin:Res-pw_0123456789abcdef@127.0.0.1:6379/0\n"
 
 
 def test_flowers_config_holds_its_login_the_brokers_api_and_its_certificate_as_literals(cluster):
@@ -503,16 +510,17 @@ def test_celery_on_the_master_host_uses_the_workers_user_on_the_clusters_own_net
     plan = plan_for(cluster, "gpu-box")
     internal = ("INFRA_CLUSTER=lab\n"
                 "CELERY_BROKER_URL=amqp://worker:Wrk-pw_0123456789abcdef@broker:5672/lab\n"
-                "CELERY_RESULT_BACKEND=redis://:Res-pw_0123456789abcdef@results:6379/0\n")
+                "CELERY_RESULT_BACKEND=redis://master:RsM-pw_0123456789abcdef@results:6379/0\n")
     assert files_of(plan, "master")["celery.env"] == internal
-    assert files_of(plan, "flower")["celery.env"] == internal
+    assert files_of(plan, "flower")["celery.env"] == internal.replace(
+        "redis://master:RsM-pw_0123456789abcdef@", "redis://flower:RsF-pw_0123456789abcdef@")
 
 
 def test_workers_on_the_master_host_reach_the_broker_over_tls_on_127_0_0_1(cluster):
     assert files_of(plan_for(cluster, "gpu-box"), "worker")["celery.env"] == (
         "INFRA_CLUSTER=lab\n"
         "CELERY_BROKER_URL=amqps://worker:Wrk-pw_0123456789abcdef@127.0.0.1:5671/lab\n"
-        "CELERY_RESULT_BACKEND=rediss://:Res-pw_0123456789abcdef@127.0.0.1:6379/0"
+        "CELERY_RESULT_BACKEND=rediss://worker:RsW-pw_0123456789abcdef@127.0.0.1:6379/0"
         "?ssl_cert_reqs=required&ssl_ca_certs=/run/infra/ca.crt\n")
 
 
@@ -526,7 +534,7 @@ def test_workers_on_other_hosts_reach_the_broker_on_the_master_address_and_publi
     assert plan.secret_files[0].content == (
         "INFRA_CLUSTER=lab\n"
         "CELERY_BROKER_URL=amqps://worker:Wrk-pw_0123456789abcdef@192.168.1.20:5700/lab\n"
-        "CELERY_RESULT_BACKEND=rediss://:Res-pw_0123456789abcdef@192.168.1.20:6400/0"
+        "CELERY_RESULT_BACKEND=rediss://worker:RsW-pw_0123456789abcdef@192.168.1.20:6400/0"
         "?ssl_cert_reqs=required&ssl_ca_certs=/run/infra/ca.crt\n")
 
 

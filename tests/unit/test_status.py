@@ -347,7 +347,8 @@ def test_json_has_the_documented_stable_shape(cluster, tmp_path):
     assert list(data["containers"][0]) == ["name", "host", "role", "expected", "state", "health", "started_at",
                                            "uptime_seconds", "image", "restarts", "exit_code"]
     assert data["workers"][0] == {"name": "livem-worker-h2-1@h2", "host": "h2", "container": "livem-worker-h2-1",
-                                  "expected": True, "online": True, "active": 0, "processed": 4}
+                                  "expected": True, "online": True, "active": 0, "processed": 4, "kind": "cluster",
+                                  "volunteer": None, "broker_users": None}
     assert {"name": "celery", "messages": 0, "ready": 0, "unacked": 0, "consumers": 4, "internal": False} in data["queues"]
     assert data["celery"] == {"answered": True, "error": None} and data["broker"] == {"answered": True, "error": None}
 

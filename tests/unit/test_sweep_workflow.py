@@ -351,7 +351,8 @@ def test_a_container_without_gpus_keeps_the_fingerprint_it_had_before_gpus_exist
 
     spec = ContainerSpec(name="w", role="worker", host="h", image="i", command=("celery",))
     # The spec's fields without those added later and left unset.
-    before = {key: value for key, value in spec.__dict__.items() if key not in ("gpus", "bind_address")}
+    later = ("gpus", "bind_address", "cap_drop", "cap_add", "security_opt", "read_only", "tmpfs", "pids_limit")
+    before = {key: value for key, value in spec.__dict__.items() if key not in later}
     payload = json.dumps({"spec": before, "image_id": "sha256:x", "secrets": "e"}, sort_keys=True, default=list)
     assert fingerprint(spec, "sha256:x", "e") == hashlib.sha256(payload.encode()).hexdigest()[:20]
     assert fingerprint(replace(spec, gpus="all"), "sha256:x", "e") != fingerprint(spec, "sha256:x", "e")

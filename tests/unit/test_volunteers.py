@@ -23,7 +23,7 @@ from infra.facts.host import HostFacts
 from infra.plans import volunteer as volunteer_plan
 from infra.plans.layout import host_layout
 from infra.plans.secret_files import rabbitmq_password_hash
-from infra.runtime.endpoint import derive_secret, token_digest, worker_env
+from infra.runtime.endpoint import token_digest, worker_env
 from infra.state.build_context import assets_dir
 from infra.state.tls import load_or_create, server_names
 from infra.state.volunteers import (
@@ -77,25 +77,19 @@ def test_volunteer_names_are_short_and_safe_everywhere_they_are_used():
 def test_tokens_are_256_random_bits_and_the_master_keeps_only_digests():
     token = new_token()
     assert len(token) == 43 and token != new_token()
-    volunteer = make_volunteer("alice", token, NOW, timedelta(days=7))
+    made = make_volunteer("lab", "alice", token, NOW, timedelta(days=7))
+    volunteer = made.volunteer
     assert volunteer.token_sha256 == hashlib.sha256(token.encode()).hexdigest()
-    assert volunteer.key_sha256 == token_digest(derive_secret(token, "update-key"))
-    assert volunteer.results_password_sha256 == hashlib.sha256(derive_secret(token, "results").encode()).hexdigest()
+    assert volunteer.results_password_sha256 == hashlib.sha256(made.results_password.encode()).hexdigest()
     assert volunteer.expires == "2025-02-07T12:00:00Z"
     assert token not in json.dumps(volunteer.__dict__)
-    for purpose in ("broker", "results", "update-key"):
-        assert derive_secret(token, purpose) not in json.dumps(volunteer.__dict__)
-
-
-def test_derived_secrets_differ_by_purpose_and_by_token():
-    assert len({derive_secret(TOKEN, p) for p in ("broker", "results", "update-key")}) == 3
-    assert derive_secret(TOKEN, "broker") != derive_secret(TOKEN + "x", "broker")
-    assert derive_secret(TOKEN, "broker") == derive_secret(TOKEN, "broker")
+    for secret in (made.broker_password, made.results_password):
+        assert secret not in json.dumps(volunteer.__dict__)
 
 
 def test_the_store_is_private_and_round_trips(tmp_path):
     store = VolunteerStore(tmp_path / "volunteers.json", port=5443)
-    store.volunteers["alice"] = make_volunteer("alice", TOKEN, NOW, timedelta(hours=1))
+    store.volunteers["alice"] = make_volunteer("lab", "alice", TOKEN, NOW, timedelta(hours=1)).volunteer
     store.save()
     assert stat.S_IMODE(os.stat(store.path).st_mode) == 0o600
     again = VolunteerStore.load(store.path)
@@ -103,12 +97,15 @@ def test_the_store_is_private_and_round_trips(tmp_path):
     assert VolunteerStore.load(tmp_path / "missing.json").volunteers == {}
 
 
-def test_the_endpoint_registry_lists_tokens_with_expiry_and_keys_but_not_revoked_volunteers():
-    alice = make_volunteer("alice", TOKEN, NOW, timedelta(days=1))
-    bob = make_volunteer("bob", TOKEN[::-1], NOW, timedelta(days=1))
+def test_the_endpoint_registry_lists_tokens_with_expiry_and_keys_and_revoked_tokens_as_revoked_only():
+    alice = make_volunteer("lab", "alice", TOKEN, NOW, timedelta(days=1)).volunteer
+    bob = make_volunteer("lab", "bob", TOKEN[::-1], NOW, timedelta(days=1)).volunteer
     bob.revoked = "2025-01-31T13:00:00Z"
     registry = json.loads(token_table_json([alice, bob]))
-    assert registry["tokens"] == {alice.token_sha256: {"name": "alice", "expires": (NOW + timedelta(days=1)).timestamp()}}
+    assert registry["tokens"] == {
+        alice.token_sha256: {"name": "alice", "expires": (NOW + timedelta(days=1)).timestamp(), "node": alice.node,
+                             "salt": alice.salt, "sealed": alice.sealed},
+        bob.token_sha256: {"name": "bob", "revoked": True}}
     assert registry["keys"] == {alice.key_sha256: {"name": "alice"}}
 
 
@@ -127,14 +124,12 @@ def test_the_pin_is_curls_sha256_of_the_certificates_public_key(tmp_path):
 
 def test_a_volunteers_worker_logs_in_as_itself_over_tls_to_the_published_ports():
     settings = {"cluster": "lab", "address": "192.168.1.20", "broker_port": 5671, "results_port": 6379, "vhost": "lab"}
-    env = dict(line.split("=", 1) for line in worker_env(settings, "alice", TOKEN).splitlines())
-    broker = derive_secret(TOKEN, "broker")
-    results = derive_secret(TOKEN, "results")
+    broker, results = "B" * 43, "R" * 43
+    env = dict(line.split("=", 1) for line in worker_env(settings, "alice", broker, results).splitlines())
     assert env["CELERY_BROKER_URL"] == f"amqps://volunteer-alice:{broker}@192.168.1.20:5671/lab"
     assert env["CELERY_RESULT_BACKEND"] == (
         f"rediss://volunteer-alice:{results}@192.168.1.20:6379/0"
         "?ssl_cert_reqs=required&ssl_ca_certs=/var/lib/infra-volunteer/ca.crt")
-    assert TOKEN not in worker_env(settings, "alice", TOKEN)
 
 
 def test_the_broker_user_has_the_clusters_vhost_only_and_is_stored_as_a_salted_hash(tmp_path):
@@ -142,18 +137,9 @@ def test_the_broker_user_has_the_clusters_vhost_only_and_is_stored_as_a_salted_h
     definitions = json.loads(volunteer_plan.broker_user_definitions(cluster, "volunteer-alice", "s3cret-pw"))
     assert definitions["users"] == [{"name": "volunteer-alice", "password_hash": rabbitmq_password_hash("s3cret-pw"),
                                      "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}]
-    assert definitions["permissions"] == [{"user": "volunteer-alice", "vhost": "lab", "configure": ".*",
-                                           "write": ".*", "read": ".*"}]
+    assert [(p["user"], p["vhost"]) for p in definitions["permissions"]] == [("volunteer-alice", "lab")]
+    # its exact rights: tests/unit/test_broker_permissions.py
     assert "s3cret-pw" not in json.dumps(definitions)
-
-
-def test_the_result_backend_user_reaches_result_keys_only_and_no_administration():
-    rules = volunteer_plan.results_acl_rules("ab" * 32)
-    assert rules[:2] == ["on", "#" + "ab" * 32]
-    assert "~celery-task-meta-*" in rules and "&celery-task-meta-*" in rules
-    assert "~*" not in rules and "&*" not in rules and "allkeys" not in rules
-    assert rules.index("-@all") < rules.index("+@read") < rules.index("-@dangerous")
-    assert "-@admin" in rules
 
 
 # --------------------------------------------------------------------------- the endpoint's container
@@ -172,8 +158,10 @@ def test_the_endpoint_is_a_container_of_the_cluster_publishing_its_port_only(tmp
     assert spec.network == "bridge"  # not the cluster's network: it needs no other container
     assert spec.secrets == "/home/alice/infra/lab/.infra/join"
     assert spec.volumes == (("/home/alice/infra/lab/.infra/join-files", "/srv/infra-join", "ro"),
-                            (layout.project_dir, "/project", "ro"))
-    assert all(mode == "ro" for _, _, mode in spec.volumes)
+                            (layout.project_dir, "/project", "ro"),
+                            ("/home/alice/infra/lab/.infra/join-state", "/var/lib/infra-join", "rw"))
+    # It writes one folder of its own (the spent tokens), inside the cluster's secret folder; all else read-only.
+    assert [target for _, target, mode in spec.volumes if mode != "ro"] == ["/var/lib/infra-join"]
 
 
 def test_the_endpoint_files_live_in_the_clusters_secret_folder_so_clean_removes_them(tmp_path):
@@ -426,8 +414,8 @@ def test_a_volunteers_workers_are_its_celery_nodes_and_nobody_elses(tmp_path):
     nodes = {"lab-volunteer-a.1a2b3c@pi", "lab-volunteer-a-b.000001@pc", "lab-worker-pi1-1@pi1"}
     assert volunteer_nodes("lab", "a", nodes) == ["lab-volunteer-a.1a2b3c@pi"]
     store = VolunteerStore(tmp_path / "v.json")
-    store.volunteers["a"] = make_volunteer("a", TOKEN, NOW - timedelta(days=8), timedelta(days=7))
-    store.volunteers["a-b"] = make_volunteer("a-b", TOKEN[::-1], NOW, timedelta(days=7))
+    store.volunteers["a"] = make_volunteer("lab", "a", TOKEN, NOW - timedelta(days=8), timedelta(days=7)).volunteer
+    store.volunteers["a-b"] = make_volunteer("lab", "a-b", TOKEN[::-1], NOW, timedelta(days=7)).volunteer
     celery = CeleryView(active={n: 0 for n in nodes}, processed={"lab-volunteer-a.1a2b3c@pi": 41,
                                                                  "lab-volunteer-a-b.000001@pc": 2})
     rows = {r.name: r for r in rows_of(cluster, store, celery, NOW)}

@@ -20,7 +20,6 @@ from infra.facts.files import scan_local
 from infra.plans import volunteer as volunteer_plan
 from infra.runtime import endpoint, signing
 from infra.runtime import volunteer as worker_side
-from infra.runtime.endpoint import derive_secret
 from infra.state.tls import load_or_create, server_names
 from infra.state.volunteers import token_table_json, make_volunteer
 
@@ -33,8 +32,8 @@ RUN_VERIFY_KEY = signing.key_pair_pem()[1]
 @pytest.fixture
 def served(tmp_path, capsys):
     """An endpoint on 127.0.0.1 with alice (valid), old (expired), a project and an image file."""
-    config, files, project = tmp_path / "config", tmp_path / "files", tmp_path / "project"
-    for folder in (config, files, project / "pkg", project / "output"):
+    config, files, project, state = (tmp_path / name for name in ("config", "files", "project", "state"))
+    for folder in (config, files, state, project / "pkg", project / "output"):
         folder.mkdir(parents=True)
     identity = load_or_create(tmp_path / "tls", "lab", server_names("127.0.0.1"))
     (config / "server.crt").write_text(identity.certificate + identity.ca_certificate)
@@ -45,17 +44,17 @@ def served(tmp_path, capsys):
     (config / "endpoint.json").write_text(json.dumps({
         "cluster": "lab", "url": "https://127.0.0.1:1", "address": "127.0.0.1", "broker_port": 5671,
         "results_port": 6379, "vhost": "lab", "app_args": ["--app", "x", "worker"], "queues": ["celery"]}))
-    alice = make_volunteer("alice", TOKEN, NOW, timedelta(hours=1))
-    old = make_volunteer("old", OTHER, NOW - timedelta(days=2), timedelta(days=1))
-    (config / "volunteers.json").write_text(token_table_json([alice, old]))
+    alice = make_volunteer("lab", "alice", TOKEN, NOW, timedelta(hours=1))
+    old = make_volunteer("lab", "old", OTHER, NOW - timedelta(days=2), timedelta(days=1)).volunteer
+    (config / "volunteers.json").write_text(token_table_json([alice.volunteer, old]))
     (files / "image.tar.gz").write_bytes(b"IMAGE" * 1000)
     (files / "image.env").write_text("IMAGE_ID=sha256:abc\nIMAGE_ARCH=amd64\nBASE_IMAGE=debian\n")
     (project / "pkg" / "tasks.py").write_text("X = 1\n")
     (project / "output" / "big.csv").write_text("not for volunteers\n")
     (config / "project-files.json").write_text(volunteer_plan.served_files_json(scan_local(project)))
 
-    server = endpoint._Server(("127.0.0.1", 0), endpoint.make_handler(endpoint.Endpoint(str(config), str(files),
-                                                                                          str(project))))
+    server = endpoint._Server(("127.0.0.1", 0), endpoint.make_handler(endpoint.Endpoint(
+        str(config), str(files), str(project), str(state))))
     context = endpoint.tls_context(str(config))
     server.socket = context.wrap_socket(server.socket, server_side=True)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
@@ -71,7 +70,7 @@ def served(tmp_path, capsys):
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read(), dict(exc.headers)
 
-    yield {"get": get, "config": config, "project": project, "capsys": capsys, "alice": alice}
+    yield {"get": get, "config": config, "project": project, "state": state, "capsys": capsys, "alice": alice}
     server.shutdown()
     server.server_close()
 
@@ -105,6 +104,7 @@ def test_every_request_is_logged_with_the_volunteers_name_and_never_a_token(serv
     events = [json.loads(line) for line in out.splitlines()]
     assert [(e["volunteer"], e["what"], e["status"]) for e in events] == [
         ("alice", "script", 200), ("alice", "settings", 200), (None, "script", 403)]
+    assert (events[2]["reason"], events[2]["claimed"]) == ("expired", "old")
     assert events[1]["arch"] == "arm64"
 
 
@@ -116,22 +116,29 @@ def test_settings_say_which_image_the_master_serves(served):
     assert served["get"](f"/v1/{TOKEN}/context")[0] == 403  # none prepared: nothing to give
 
 
-def test_the_bundle_holds_the_workers_own_credentials_derived_from_the_token(served):
+def bundle_files(served) -> dict[str, str]:
     status, body, _ = served["get"](f"/v1/{TOKEN}/bundle")
     assert status == 200
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
-        files = {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+        return {m.name: tar.extractfile(m).read().decode() for m in tar.getmembers()}
+
+
+def test_the_bundle_holds_the_random_credentials_add_made_and_the_node_name_infra_gave(served):
+    files = bundle_files(served)
+    alice = served["alice"]
     assert sorted(files) == ["ca.crt", "celery.env", "run-signing.pub", "volunteer.json"]
     assert files["run-signing.pub"] == RUN_VERIFY_KEY and "PRIVATE KEY" not in json.dumps(files)  # checks, never signs
-    assert f"volunteer-alice:{derive_secret(TOKEN, 'broker')}@127.0.0.1:5671/lab" in files["celery.env"]
+    assert f"volunteer-alice:{alice.broker_password}@127.0.0.1:5671/lab" in files["celery.env"]
+    assert f"volunteer-alice:{alice.results_password}@127.0.0.1:6379/0" in files["celery.env"]
     settings = json.loads(files["volunteer.json"])
-    assert settings["update_key"] == derive_secret(TOKEN, "update-key")
-    assert settings["node_prefix"] == "lab-volunteer-alice"
+    assert settings["update_key"] == alice.update_key
+    assert settings["node_name"] == alice.volunteer.node
+    assert settings["node_name"].startswith("lab-volunteer-alice.") and settings["node_name"].endswith("@volunteer-alice")
     assert TOKEN not in json.dumps(files)
 
 
 def test_the_update_key_fetches_the_project_without_its_output_folder(served):
-    key = derive_secret(TOKEN, "update-key")
+    key = served["alice"].update_key
     status, digest, _ = served["get"]("/v1/project/digest", {"Authorization": f"Bearer {key}"})
     assert status == 200
     status, body, headers = served["get"]("/v1/project", {"Authorization": f"Bearer {key}"})
@@ -142,7 +149,7 @@ def test_the_update_key_fetches_the_project_without_its_output_folder(served):
 
 
 def test_a_changed_project_has_a_new_digest(served):
-    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    key = {"Authorization": f"Bearer {served['alice'].update_key}"}
     before = served["get"]("/v1/project/digest", key)[1]
     time.sleep(0.01)
     (served["project"] / "pkg" / "tasks.py").write_text("X = 2\n")
@@ -154,7 +161,7 @@ def test_revocation_takes_effect_at_the_next_request(served):
     (served["config"] / "volunteers.json.new").write_text(token_table_json([]))
     (served["config"] / "volunteers.json.new").replace(served["config"] / "volunteers.json")
     assert served["get"](f"/join/{TOKEN}")[0] == 403
-    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    key = {"Authorization": f"Bearer {served['alice'].update_key}"}
     assert served["get"]("/v1/project/digest", key)[0] == 403
 
 
@@ -197,10 +204,11 @@ def test_the_worker_refuses_links_in_a_project(tmp_path):
         worker_side.unpack_project(tar_of([(link, b"")]), "d", str(tmp_path))
 
 
-def test_a_workers_node_name_names_the_volunteer_and_stays_the_same_across_restarts(tmp_path):
-    first = worker_side.node_name("lab-volunteer-alice", str(tmp_path))
-    assert first.startswith("lab-volunteer-alice.") and "@" in first
-    assert worker_side.node_name("lab-volunteer-alice", str(tmp_path)) == first
+def test_a_workers_node_name_is_the_one_in_its_bundle_as_is():
+    assert worker_side.node_name({"node_name": "lab-volunteer-alice.0a1b2c@volunteer-alice"}) == \
+        "lab-volunteer-alice.0a1b2c@volunteer-alice"
+    with pytest.raises(ValueError, match="names no node"):
+        worker_side.node_name({"node_prefix": "lab-volunteer-alice"})
 
 
 def test_project_tars_are_the_same_bytes_for_the_same_content(tmp_path):
@@ -215,7 +223,7 @@ def test_project_tars_are_the_same_bytes_for_the_same_content(tmp_path):
 
 
 def served_names(served) -> list[str]:
-    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    key = {"Authorization": f"Bearer {served['alice'].update_key}"}
     status, body, _ = served["get"]("/v1/project", key)
     assert status == 200
     with tarfile.open(fileobj=io.BytesIO(body)) as tar:
@@ -246,7 +254,7 @@ def test_a_file_the_list_does_not_name_is_not_served_until_infra_lists_it(served
 
 def test_without_a_list_of_files_the_project_is_not_served_at_all(served):
     (served["config"] / "project-files.json").unlink()
-    key = {"Authorization": f"Bearer {derive_secret(TOKEN, 'update-key')}"}
+    key = {"Authorization": f"Bearer {served['alice'].update_key}"}
     assert served["get"]("/v1/project", key)[0] == 403
     assert served["get"]("/v1/project/digest", key)[0] == 403
 

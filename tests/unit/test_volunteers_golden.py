@@ -13,7 +13,7 @@ import json
 import shlex
 import shutil
 import threading
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
@@ -108,7 +108,11 @@ def master_facts() -> HostFacts:
 
 def store_of(tmp_path: Path) -> VolunteerStore:
     store = VolunteerStore(tmp_path / "volunteers.json", port=5443)
-    store.volunteers["alice"] = make_volunteer("alice", TOKEN, NOW, timedelta(days=7))
+    made = make_volunteer("lab", "alice", TOKEN, NOW, timedelta(days=7)).volunteer
+    # Its secrets are random: fixed here so that the token table written is the same bytes in every run.
+    store.volunteers["alice"] = replace(made, key_sha256="k" * 64, results_password_sha256="r" * 64, salt="5" * 16,
+                                        node="lab-volunteer-alice.000000@volunteer-alice",
+                                        sealed={p: "S" * 44 for p in ("broker", "results", "update-key")})
     return store
 
 
@@ -143,7 +147,9 @@ GATHER_IMAGE = [INSPECT + "infra-lab-worker:latest", SAVE,
 CONTEXT = [write(FILES + "/context.tar.gz", "221 bytes sha256:d0df0b24"),
            write(FILES + "/context.digest", "25 bytes sha256:ca527e87")]
 SERVED_LIST = volunteer_plan.served_files_json(["tasks.py"]).encode()  # the project's files but .env
-TOKENS = [write(JOIN + "/volunteers.json", "274 bytes sha256:89187c8a"),
+TOKENS = [write(JOIN + "/volunteers.json", "597 bytes sha256:dd8ff0a0"),
+          ("sh -c 'mkdir -p /home/alice/infra/lab/.infra/join-state && chmod 700 "
+           "/home/alice/infra/lab/.infra/join-state' [600 s]"),  # where the endpoint records spent tokens
           write(JOIN + "/project-files.json",
                 f"{len(SERVED_LIST)} bytes sha256:{hashlib.sha256(SERVED_LIST).hexdigest()[:8]}")]
 GATHER_ENDPOINT = [INSPECT + "infra-lab-master:latest",
@@ -160,15 +166,28 @@ def run(spec: str, port: int) -> str:
             f"--label infra.spec={spec} --restart unless-stopped --log-driver json-file --log-opt max-size=20m "
             f"--log-opt max-file=3 --network bridge --publish {port}:8443 "
             "--volume /home/alice/infra/lab/.infra/join-files:/srv/infra-join:ro "
-            "--volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/join:/run/infra:ro "
-            "--env INFRA_CLUSTER=lab --user 1000:1000 infra-lab-master:latest python -m infra_runtime.endpoint")
+            "--volume /home/alice/infra/lab/proj:/project:ro "
+            "--volume /home/alice/infra/lab/.infra/join-state:/var/lib/infra-join:rw "
+            "--volume /home/alice/infra/lab/.infra/join:/run/infra:ro "
+            "--env INFRA_CLUSTER=lab --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges --read-only "
+            "--tmpfs /tmp:rw,nosuid,nodev,size=64m infra-lab-master:latest python -m infra_runtime.endpoint")
 
 
-FRESH = [
+ENDPOINT_FRESH = [
     *GATHER_IMAGE, *CONTEXT, *TOKENS, *GATHER_ENDPOINT,
     *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:d045b094"), SCRIPT, RUN_VERIFY_KEY,
-    run("74af66150d988ea6be7a", 5443),
+    run("668b7a29effedc08f265", 5443),
 ]
+# The relay of volunteers' follow-ups: the master image on the cluster's network with the master's settings.
+RELAY = ("docker run --detach --name lab-relay --label infra.cluster=lab --label infra.role=relay --label infra.host=m1 "
+         "--label infra.spec=27a6e4bf209f5a271d83 --restart unless-stopped --log-driver json-file --log-opt max-size=20m "
+         "--log-opt max-file=3 --network lab-net --hostname lab-relay --volume /home/alice/infra/lab/proj:/project:ro "
+         "--volume /home/alice/infra/lab/.infra/master:/run/infra:ro --env INFRA_CLUSTER=lab "
+         "--env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project --cap-drop ALL "
+         "--security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m infra-lab-master:latest "
+         "python -m infra_runtime.relay tasks")
+FRESH = [*ENDPOINT_FRESH, *GATHER_ENDPOINT, RELAY]
+CONTAINERS = {"lab-join": {"id": "id-lab-join", "role": "join"}, "lab-relay": {"id": "id-lab-relay", "role": "relay"}}
 
 
 @pytest.fixture
@@ -182,7 +201,7 @@ def test_a_fresh_master_gets_the_image_the_context_the_tokens_the_files_and_the_
     assert url == "https://10.0.0.1:5443" and pin.startswith("sha256//")
     assert said.splitlines() == ["m1           worker image saved for volunteers",
                                  "m1           join endpoint lab-join listens on https://10.0.0.1:5443"]
-    assert manifest.hosts["m1"].containers == {"lab-join": {"id": "id-lab-join", "role": "join"}}
+    assert manifest.hosts["m1"].containers == CONTAINERS
     assert manifest.hosts["m1"].secret_dirs == ["/home/alice/infra/lab/.infra"]
 
 
@@ -190,9 +209,9 @@ def test_an_endpoint_up_to_date_is_kept_and_only_the_tokens_are_written_again(cl
     ensure(cluster, master, tmp_path)
     master.log.clear()
     _, said, manifest = ensure(cluster, master, tmp_path)
-    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT]
+    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT, *GATHER_ENDPOINT]
     assert said == ""
-    assert manifest.hosts["m1"].containers == {"lab-join": {"id": "id-lab-join", "role": "join"}}
+    assert manifest.hosts["m1"].containers == CONTAINERS
 
 
 def test_a_new_port_writes_the_files_again_and_replaces_the_endpoint(cluster, master, tmp_path):
@@ -204,10 +223,11 @@ def test_a_new_port_writes_the_files_again_and_replaces_the_endpoint(cluster, ma
         *CERTIFICATE, write(JOIN + "/endpoint.json", "305 bytes sha256:871436d1"),
         write(JOIN + "/join.sh", "54 bytes sha256:23f4443a"), RUN_VERIFY_KEY,
         "docker rm --force lab-join",
-        run("232c6c8d9e79525f3d92", 6443),
+        run("f314585e6ea04eb27cd3", 6443),
+        *GATHER_ENDPOINT,  # the relay runs: kept
     ]
     assert said.splitlines() == [f"m1           join endpoint lab-join listens on {url}"]
-    assert manifest.hosts["m1"].containers == {"lab-join": {"id": "id-lab-join", "role": "join"}}
+    assert manifest.hosts["m1"].containers == CONTAINERS
 
 
 @pytest.mark.parametrize("state", ["exited", "restarting", "paused"])
@@ -216,5 +236,5 @@ def test_an_endpoint_that_does_not_run_is_made_anew_never_started(cluster, maste
     master.state.containers[0]["State"] = state
     master.log.clear()
     ensure(cluster, master, tmp_path)
-    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT, *FRESH[-7:-1], "docker rm --force lab-join",
-                          FRESH[-1]]
+    assert master.log == [*GATHER_IMAGE, *TOKENS, *GATHER_ENDPOINT, *ENDPOINT_FRESH[-7:-1], "docker rm --force lab-join",
+                          ENDPOINT_FRESH[-1], *GATHER_ENDPOINT]

@@ -40,7 +40,7 @@ def make_cluster(tmp_path: Path) -> Cluster:
 
 def with_alice(cluster: Cluster, *, revoked: bool = False) -> None:
     store = VolunteerStore(store_path(cluster.state_dir))
-    store.volunteers["alice"] = make_volunteer("alice", TOKEN, NOW, timedelta(days=7))
+    store.volunteers["alice"] = make_volunteer("lab", "alice", TOKEN, NOW, timedelta(days=7)).volunteer
     if revoked:
         store.volunteers["alice"].revoked = "2025-01-31T13:00:00Z"
     store.save()
@@ -87,6 +87,9 @@ def master(monkeypatch):
             return type("Conn", (), {"engine": engine, "host": host})()
 
     monkeypatch.setattr(volunteer_workflow, "ConnectionPool", Pool)
+    # Settling the tokens (spent.json, expired users) is tested in test_volunteer_tokens.py; here it finds nothing.
+    monkeypatch.setattr(volunteer_workflow, "_settle_unless_busy",
+                        lambda cluster, conn: engine.asked.append("settle") and None)
     return engine
 
 

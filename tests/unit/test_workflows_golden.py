@@ -19,6 +19,7 @@ import pytest
 
 from infra.commands.files import (
     MARKER_FILE,
+    folder_owners,
     list_project,
     prepare_project,
     remove_owned_folder,
@@ -38,7 +39,8 @@ from tests.unit.recording import FakeHost, RecordingHosts
 
 # A throwaway run signing key made for these tests alone (a new one would change the golden digests).
 RUN_SIGNING_KEY = (Path(__file__).parent / "fixtures" / "run-signing.key").read_text()
-SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw", "worker", "workerpw", RUN_SIGNING_KEY)
+SECRETS = Secrets("infra", "brokerpw", "resultspw", "admin", "flowerpw", "worker", "workerpw", RUN_SIGNING_KEY,
+                  "resultsmasterpw", "resultsworkerpw", "resultsflowerpw")
 # The master's certificate, made once and kept as fixtures: the golden lines hold the digests of
 # what is sent, and a new certificate (random keys, signatures, serials) would differ on every run.
 # A throwaway key made for these tests alone; tests/unit/test_tls.py covers the making.
@@ -126,14 +128,18 @@ def sync_listing() -> str:
                                    with_stats=True))
 
 
-def claim(home: str) -> str:
-    """The cluster folder claimed or checked before anything is written (spelled out in test_commands.py)."""
-    return shlex.join(prepare_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab"))
+def claim(home: str, *, new: bool = False) -> str:
+    """The cluster folder claimed or checked before anything is written (spelled out in test_commands.py);
+    a `new` one is checked to be the SSH user's once made."""
+    made = (f"{home}/infra/lab",) if new else ()
+    return shlex.join(prepare_project(f"{home}/infra/lab", f"{home}/infra/lab/proj", f"{home}/infra/lab/output", "lab",
+                                      made))
 
 
-def remove(folder: str, owner: str) -> str:
-    """A folder deleted only if `owner` holds the marker of `lab` (spelled out in test_commands.py)."""
-    return shlex.join(remove_owned_folder(folder, owner, "lab"))
+def remove(folder: str, owner: str) -> list[str]:
+    """Who owns `owner` and the folders above it, then the folder deleted only if `owner` holds the
+    marker of `lab` (both spelled out in test_commands.py)."""
+    return [shlex.join(folder_owners(owner)), shlex.join(remove_owned_folder(folder, owner, "lab"))]
 
 
 def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
@@ -145,7 +151,7 @@ def test_the_golden_lines_start_with_the_facts_probe(cluster, hosts):
 UP_FRESH_M1 = [
     *FACTS,
     listing("/home/alice"),
-    claim("/home/alice"),
+    claim("/home/alice", new=True),
     "sh -c '[ ! -L /home/alice/infra/lab/proj ] && cd /home/alice/infra/lab/proj && "
     "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:ec7ba8d3",
     "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.celery --target worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build",
@@ -156,29 +162,30 @@ UP_FRESH_M1 = [
     "docker volume create --label infra.cluster=lab lab-results-data",
     "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-broker:latest infra-lab-master:latest infra-lab-worker:latest",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && cat > /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp && mv -f /home/alice/infra/lab/.infra/broker/rabbitmq.conf.tmp /home/alice/infra/lab/.infra/broker/rabbitmq.conf' <575 bytes sha256:dedd4f24",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp && cat > /home/alice/infra/lab/.infra/broker/definitions.json.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/definitions.json.tmp && mv -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp /home/alice/infra/lab/.infra/broker/definitions.json' <751 bytes sha256:f2dc1cd8",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp && cat > /home/alice/infra/lab/.infra/broker/definitions.json.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/definitions.json.tmp && mv -f /home/alice/infra/lab/.infra/broker/definitions.json.tmp /home/alice/infra/lab/.infra/broker/definitions.json' <2935 bytes sha256:ffe59214",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/broker/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/broker/ca.crt.tmp /home/alice/infra/lab/.infra/broker/ca.crt' <631 bytes sha256:4567799c",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/server.crt.tmp && cat > /home/alice/infra/lab/.infra/broker/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/broker/server.crt.tmp /home/alice/infra/lab/.infra/broker/server.crt' <1396 bytes sha256:d2e3b188",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/broker && chmod 700 /home/alice/infra/lab/.infra/broker && rm -f /home/alice/infra/lab/.infra/broker/server.key.tmp && cat > /home/alice/infra/lab/.infra/broker/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/broker/server.key.tmp && mv -f /home/alice/infra/lab/.infra/broker/server.key.tmp /home/alice/infra/lab/.infra/broker/server.key' <241 bytes sha256:b5b95d08",
-    "docker run --detach --name lab-broker --label infra.cluster=lab --label infra.role=broker --label infra.host=m1 --label infra.spec=f2f08ee7fe89490e1c80 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias broker --hostname lab-broker --publish 5671:5671 --volume lab-broker-data:/var/lib/rabbitmq:rw --volume /home/alice/infra/lab/.infra/broker:/run/infra:ro --user 1000:1000 infra-lab-broker:latest",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/redis.conf.tmp && cat > /home/alice/infra/lab/.infra/results/redis.conf.tmp && chmod 400 /home/alice/infra/lab/.infra/results/redis.conf.tmp && mv -f /home/alice/infra/lab/.infra/results/redis.conf.tmp /home/alice/infra/lab/.infra/results/redis.conf' <322 bytes sha256:55d755f3",
+    "docker run --detach --name lab-broker --label infra.cluster=lab --label infra.role=broker --label infra.host=m1 --label infra.spec=6b9a5b4fac3f451140e9 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias broker --hostname lab-broker --publish 5671:5671 --volume lab-broker-data:/var/lib/rabbitmq:rw --volume /home/alice/infra/lab/.infra/broker:/run/infra:ro --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m --tmpfs /var/log/rabbitmq:rw,nosuid,nodev,size=64m infra-lab-broker:latest",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/redis.conf.tmp && cat > /home/alice/infra/lab/.infra/results/redis.conf.tmp && chmod 400 /home/alice/infra/lab/.infra/results/redis.conf.tmp && mv -f /home/alice/infra/lab/.infra/results/redis.conf.tmp /home/alice/infra/lab/.infra/results/redis.conf' <1296 bytes sha256:3d55e662",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/admin.url.tmp && cat > /home/alice/infra/lab/.infra/results/admin.url.tmp && chmod 400 /home/alice/infra/lab/.infra/results/admin.url.tmp && mv -f /home/alice/infra/lab/.infra/results/admin.url.tmp /home/alice/infra/lab/.infra/results/admin.url' <41 bytes sha256:190a95c2",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/results/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/results/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/results/ca.crt.tmp /home/alice/infra/lab/.infra/results/ca.crt' <631 bytes sha256:4567799c",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/server.crt.tmp && cat > /home/alice/infra/lab/.infra/results/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/results/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/results/server.crt.tmp /home/alice/infra/lab/.infra/results/server.crt' <1396 bytes sha256:d2e3b188",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/results && chmod 700 /home/alice/infra/lab/.infra/results && rm -f /home/alice/infra/lab/.infra/results/server.key.tmp && cat > /home/alice/infra/lab/.infra/results/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/results/server.key.tmp && mv -f /home/alice/infra/lab/.infra/results/server.key.tmp /home/alice/infra/lab/.infra/results/server.key' <241 bytes sha256:b5b95d08",
-    "docker run --detach --name lab-results --label infra.cluster=lab --label infra.role=results --label infra.host=m1 --label infra.spec=97a635e102c607d50126 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias results --hostname lab-results --publish 6379:6380 --volume lab-results-data:/data:rw --volume /home/alice/infra/lab/.infra/results:/run/infra:ro --user 1000:1000 infra-lab-master:latest infra-results",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/master && chmod 700 /home/alice/infra/lab/.infra/master && rm -f /home/alice/infra/lab/.infra/master/celery.env.tmp && cat > /home/alice/infra/lab/.infra/master/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/master/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/master/celery.env.tmp /home/alice/infra/lab/.infra/master/celery.env' <131 bytes sha256:ef22313c",
+    "docker run --detach --name lab-results --label infra.cluster=lab --label infra.role=results --label infra.host=m1 --label infra.spec=e6f76f0802946eb9241d --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --network-alias results --hostname lab-results --publish 6379:6380 --volume lab-results-data:/data:rw --volume /home/alice/infra/lab/.infra/results:/run/infra:ro --user 1000:1000 --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m infra-lab-master:latest infra-results",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/master && chmod 700 /home/alice/infra/lab/.infra/master && rm -f /home/alice/infra/lab/.infra/master/celery.env.tmp && cat > /home/alice/infra/lab/.infra/master/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/master/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/master/celery.env.tmp /home/alice/infra/lab/.infra/master/celery.env' <143 bytes sha256:af766b40",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/master && chmod 700 /home/alice/infra/lab/.infra/master && rm -f /home/alice/infra/lab/.infra/master/run-signing.key.tmp && cat > /home/alice/infra/lab/.infra/master/run-signing.key.tmp && chmod 400 /home/alice/infra/lab/.infra/master/run-signing.key.tmp && mv -f /home/alice/infra/lab/.infra/master/run-signing.key.tmp /home/alice/infra/lab/.infra/master/run-signing.key' <119 bytes sha256:c3418a97",
-    "docker run --detach --name lab-master --label infra.cluster=lab --label infra.role=master --label infra.host=m1 --label infra.spec=9f1f70c9b8344662dac3 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-master --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/output:/project/output:rw --volume /home/alice/infra/lab/.infra/master:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest infra-idle",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/celery.env.tmp && cat > /home/alice/infra/lab/.infra/flower/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/flower/celery.env.tmp /home/alice/infra/lab/.infra/flower/celery.env' <131 bytes sha256:ef22313c",
+    "docker run --detach --name lab-master --label infra.cluster=lab --label infra.role=master --label infra.host=m1 --label infra.spec=ecb047cfacc72c8a4bd0 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-master --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/output:/project/output:rw --volume /home/alice/infra/lab/.infra/master:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=1g --pids-limit 4096 infra-lab-master:latest infra-idle",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/celery.env.tmp && cat > /home/alice/infra/lab/.infra/flower/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/flower/celery.env.tmp /home/alice/infra/lab/.infra/flower/celery.env' <143 bytes sha256:4cc2cf94",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && cat > /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp && mv -f /home/alice/infra/lab/.infra/flower/flowerconfig.py.tmp /home/alice/infra/lab/.infra/flower/flowerconfig.py' <179 bytes sha256:05b6486d",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/flower/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/flower/ca.crt.tmp /home/alice/infra/lab/.infra/flower/ca.crt' <631 bytes sha256:4567799c",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/server.crt.tmp && cat > /home/alice/infra/lab/.infra/flower/server.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/server.crt.tmp && mv -f /home/alice/infra/lab/.infra/flower/server.crt.tmp /home/alice/infra/lab/.infra/flower/server.crt' <1396 bytes sha256:d2e3b188",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/flower && chmod 700 /home/alice/infra/lab/.infra/flower && rm -f /home/alice/infra/lab/.infra/flower/server.key.tmp && cat > /home/alice/infra/lab/.infra/flower/server.key.tmp && chmod 400 /home/alice/infra/lab/.infra/flower/server.key.tmp && mv -f /home/alice/infra/lab/.infra/flower/server.key.tmp /home/alice/infra/lab/.infra/flower/server.key' <241 bytes sha256:b5b95d08",
-    "docker run --detach --name lab-flower --label infra.cluster=lab --label infra.role=flower --label infra.host=m1 --label infra.spec=1960ab41955711949940 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-flower --publish 127.0.0.1:5555:5555 --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/flower:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project infra-lab-master:latest celery --app tasks flower --port=5555 --conf=/run/infra/flowerconfig.py",
-    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/celery.env.tmp && cat > /home/alice/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/worker/celery.env.tmp /home/alice/infra/lab/.infra/worker/celery.env' <192 bytes sha256:a69c17c8",
+    "docker run --detach --name lab-flower --label infra.cluster=lab --label infra.role=flower --label infra.host=m1 --label infra.spec=b5c87fb3392baf4f8a57 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network lab-net --hostname lab-flower --publish 127.0.0.1:5555:5555 --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/flower:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --user 1000:1000 --workdir /project --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=64m infra-lab-master:latest celery --app tasks flower --port=5555 --conf=/run/infra/flowerconfig.py",
+    "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/celery.env.tmp && cat > /home/alice/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/alice/infra/lab/.infra/worker/celery.env.tmp /home/alice/infra/lab/.infra/worker/celery.env' <204 bytes sha256:d04429a3",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/ca.crt.tmp && cat > /home/alice/infra/lab/.infra/worker/ca.crt.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/ca.crt.tmp && mv -f /home/alice/infra/lab/.infra/worker/ca.crt.tmp /home/alice/infra/lab/.infra/worker/ca.crt' <631 bytes sha256:4567799c",
     "sh -c 'umask 077 && mkdir -p /home/alice/infra/lab/.infra/worker && chmod 700 /home/alice/infra/lab/.infra/worker && rm -f /home/alice/infra/lab/.infra/worker/run-signing.pub.tmp && cat > /home/alice/infra/lab/.infra/worker/run-signing.pub.tmp && chmod 400 /home/alice/infra/lab/.infra/worker/run-signing.pub.tmp && mv -f /home/alice/infra/lab/.infra/worker/run-signing.pub.tmp /home/alice/infra/lab/.infra/worker/run-signing.pub' <113 bytes sha256:6e9e7a5c",
-    "docker run --detach --name lab-worker-m1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=m1 --label infra.spec=d3f7e233879e8d920685 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1000:1000 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-m1-1@m1 --queues celery --pool prefork --loglevel WARNING --task-events --concurrency 2",
+    "docker run --detach --name lab-worker-m1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=m1 --label infra.spec=cdbb9ecb13bb074c7f49 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/alice/infra/lab/proj:/project:ro --volume /home/alice/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1000:1000 --workdir /project --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=1g --pids-limit 4096 infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-m1-1@m1 --queues celery --pool prefork --loglevel WARNING --task-events --concurrency 2",
     "docker exec lab-master python -c READINESS_PROBE tasks '[\"lab-worker-m1-1@m1\", \"lab-worker-w1-1@w1\"]' 120 180 0.5",
 ]
 
@@ -186,15 +193,15 @@ UP_FRESH_M1 = [
 UP_FRESH_W1 = [
     *FACTS,
     listing("/home/bob"),
-    claim("/home/bob"),
+    claim("/home/bob", new=True),
     "sh -c '[ ! -L /home/bob/infra/lab/proj ] && cd /home/bob/infra/lab/proj && "
     "tar -x --no-same-owner --no-same-permissions --no-overwrite-dir -m -f -' <10240 bytes sha256:ec7ba8d3",
     "docker build --network host --file <tmp>/.infra/lab/build/Dockerfile.celery --target worker --tag infra-lab-worker:latest --label infra.cluster=lab --label infra.context=b3e1db0c208b6acd81bd --build-arg BASE_IMAGE=python:3.11-slim-bookworm <tmp>/.infra/lab/build",
     "docker image inspect --format '{{.Id}} {{json .Config.Labels}} {{json .RootFS.Layers}}' infra-lab-worker:latest",
-    "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/celery.env.tmp && cat > /home/bob/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/bob/infra/lab/.infra/worker/celery.env.tmp /home/bob/infra/lab/.infra/worker/celery.env' <190 bytes sha256:caff4942",
+    "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/celery.env.tmp && cat > /home/bob/infra/lab/.infra/worker/celery.env.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/celery.env.tmp && mv -f /home/bob/infra/lab/.infra/worker/celery.env.tmp /home/bob/infra/lab/.infra/worker/celery.env' <202 bytes sha256:50043b10",
     "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/ca.crt.tmp && cat > /home/bob/infra/lab/.infra/worker/ca.crt.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/ca.crt.tmp && mv -f /home/bob/infra/lab/.infra/worker/ca.crt.tmp /home/bob/infra/lab/.infra/worker/ca.crt' <631 bytes sha256:4567799c",
     "sh -c 'umask 077 && mkdir -p /home/bob/infra/lab/.infra/worker && chmod 700 /home/bob/infra/lab/.infra/worker && rm -f /home/bob/infra/lab/.infra/worker/run-signing.pub.tmp && cat > /home/bob/infra/lab/.infra/worker/run-signing.pub.tmp && chmod 400 /home/bob/infra/lab/.infra/worker/run-signing.pub.tmp && mv -f /home/bob/infra/lab/.infra/worker/run-signing.pub.tmp /home/bob/infra/lab/.infra/worker/run-signing.pub' <113 bytes sha256:6e9e7a5c",
-    "docker run --detach --name lab-worker-w1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=w1 --label infra.spec=bbbac48b678430c9eb74 --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/bob/infra/lab/proj:/project:ro --volume /home/bob/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1001:1001 --workdir /project infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-w1-1@w1 --queues celery --pool prefork --loglevel WARNING --task-events",
+    "docker run --detach --name lab-worker-w1-1 --label infra.cluster=lab --label infra.role=worker --label infra.host=w1 --label infra.spec=459e9f48fc01cdb26e6d --restart unless-stopped --log-driver json-file --log-opt max-size=20m --log-opt max-file=3 --network host --volume /home/bob/infra/lab/proj:/project:ro --volume /home/bob/infra/lab/.infra/worker:/run/infra:ro --env INFRA_CLUSTER=lab --env INFRA_ENV_FILE=/run/infra/celery.env --env INFRA_CA_FILE=/run/infra/ca.crt --user 1001:1001 --workdir /project --cap-drop ALL --security-opt no-new-privileges --read-only --tmpfs /tmp:rw,nosuid,nodev,size=1g --pids-limit 4096 infra-lab-worker:latest celery --app tasks worker --include infra_runtime.tasks --hostname lab-worker-w1-1@w1 --queues celery --pool prefork --loglevel WARNING --task-events",
 ]
 
 
@@ -250,8 +257,8 @@ CLEAN_ALL_M1 = [
     'docker network rm lab-net',
     'docker volume rm --force lab-broker-data',
     'docker volume rm --force lab-results-data',
-    remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),  # the secret files
-    remove("/home/alice/infra/lab", "/home/alice/infra/lab"),  # --files: the cluster folder, project and output
+    *remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),  # the secret files
+    *remove("/home/alice/infra/lab", "/home/alice/infra/lab"),  # --files: the cluster folder, project and output
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
 ]
 
@@ -263,8 +270,8 @@ CLEAN_ALL_W1 = [
     "docker image ls --filter 'reference=127.0.0.1:*/infra/lab-worker' --filter 'reference=127.0.0.1:*/infra/lab-master' "
     "--filter 'reference=127.0.0.1:*/infra/lab-broker' --format '{{.Repository}}:{{.Tag}}'",
     'docker rm --force lab-worker-w1-1',
-    remove("/home/bob/infra/lab/.infra", "/home/bob/infra/lab"),
-    remove("/home/bob/infra/lab", "/home/bob/infra/lab"),
+    *remove("/home/bob/infra/lab/.infra", "/home/bob/infra/lab"),
+    *remove("/home/bob/infra/lab", "/home/bob/infra/lab"),
     "docker ps --all --no-trunc --filter label=infra.cluster=lab --format '{{json .}}'",
 ]
 
@@ -352,7 +359,7 @@ def test_sync_files_with_volunteers_tells_the_join_endpoint_the_files_it_sent(cl
 
     up(cluster, quiet())
     store = VolunteerStore(store_path(cluster.state_dir))
-    store.volunteers["alice"] = make_volunteer("alice", "A" * 43, datetime.now(timezone.utc), timedelta(days=1))
+    store.volunteers["alice"] = make_volunteer(cluster.name, "alice", "A" * 43, datetime.now(timezone.utc), timedelta(days=1)).volunteer
     store.save()
     (cluster.project_dir / ".env").write_text("API_KEY=for the cluster's own hosts only\n")
     forget(hosts)
@@ -397,7 +404,7 @@ def test_clean_without_options_keeps_the_project_and_the_data_volumes(cluster, h
     assert removed == [
         "docker rm --force lab-broker lab-flower lab-master lab-results lab-worker-m1-1",
         "docker network rm lab-net",
-        remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),
+        *remove("/home/alice/infra/lab/.infra", "/home/alice/infra/lab"),
     ]
     manifest = Manifest.load(cluster.manifest_path, cluster.name)
     assert manifest.hosts["m1"].volumes == ["lab-broker-data", "lab-results-data"]
