@@ -86,12 +86,31 @@ class WorkerGroup(StrictModel):
     @field_validator("queues")
     @classmethod
     def _queues_valid(cls, queues: tuple[str, ...]) -> tuple[str, ...]:
-        if not queues:
-            raise ValueError("at least one queue is needed")
-        for queue in queues:
-            if not re.fullmatch(QUEUE_PATTERN, queue):  # `$` alone would let 'celery\n' through
-                raise ValueError(f"invalid queue name {quoted(queue)}")
-        return queues
+        return checked_queues(queues)
+
+
+def checked_queues(queues: tuple[str, ...]) -> tuple[str, ...]:
+    if not queues:
+        raise ValueError("at least one queue is needed")
+    for queue in queues:
+        if not re.fullmatch(QUEUE_PATTERN, queue):  # `$` alone would let 'celery\n' through
+            raise ValueError(f"invalid queue name {quoted(queue)}")
+    return queues
+
+
+class VolunteerRole(StrictModel):
+    """What volunteers (`infra volunteer add`) are given: machines of strangers, never trusted."""
+
+    queues: tuple[str, ...] | None = Field(
+        default=None,
+        description="The queues volunteers consume; default: every queue of the worker groups. A volunteer may "
+                    "purge a queue it consumes (the broker's right to consume is the right to purge), so give "
+                    "them queues of their own (e.g. [volunteers]) to keep the other groups' work out of reach.")
+
+    @field_validator("queues")
+    @classmethod
+    def _queues_valid(cls, queues: tuple[str, ...] | None) -> tuple[str, ...] | None:
+        return None if queues is None else checked_queues(queues)
 
 
 class Roles(StrictModel):
@@ -101,3 +120,5 @@ class Roles(StrictModel):
         description="The host running RabbitMQ, Redis (results), the Celery master container and Flower.")
     workers: tuple[WorkerGroup, ...] = Field(
         default=(), description="Groups of worker containers; at least one container in all.")
+    volunteers: VolunteerRole = Field(
+        default_factory=VolunteerRole, description="What volunteers' machines consume (`infra volunteer add`).")

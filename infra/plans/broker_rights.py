@@ -121,11 +121,41 @@ def volunteer_topic_rights(user: str, vhost: str) -> dict:
 
 
 def cluster_queues(cluster: Cluster) -> list[str]:
-    """The task queues of the cluster: every queue its worker groups serve, in file order."""
+    """The task queues of the cluster: every queue its worker groups serve, in file order, then
+    those only volunteers serve (`roles.volunteers.queues`)."""
     queues: list[str] = []
     for group in cluster.spec.roles.workers:
         queues += [q for q in group.queues if q not in queues]
+    queues += [q for q in cluster.spec.roles.volunteers.queues or () if q not in queues]
     return queues or ["celery"]
+
+
+def volunteer_queues(cluster: Cluster) -> list[str]:
+    """The queues volunteers consume: `roles.volunteers.queues`, else every queue of the cluster.
+    Consuming a queue and purging it are one right in RabbitMQ (`read`): a volunteer can empty
+    the queues it is given, and only those."""
+    given = cluster.spec.roles.volunteers.queues
+    return list(dict.fromkeys(given)) if given else cluster_queues(cluster)
+
+
+def volunteers_only_queues(cluster: Cluster) -> list[str]:
+    """The queues volunteers serve and no worker group does: nobody trusted declares them."""
+    served = {q for group in cluster.spec.roles.workers for q in group.queues}
+    return [q for q in volunteer_queues(cluster) if q not in served]
+
+
+def task_queue_definitions(vhost: str, queues: list[str]) -> dict:
+    """Each queue with its direct exchange and binding, as Celery declares them (durable, no
+    arguments, so Celery's own declaration matches): a queue served by volunteers alone exists
+    before anyone consumes it, since a volunteer may not declare one."""
+    return {
+        "queues": [{"name": q, "vhost": vhost, "durable": True, "auto_delete": False, "arguments": {}}
+                   for q in queues],
+        "exchanges": [{"name": q, "vhost": vhost, "type": "direct", "durable": True, "auto_delete": False,
+                       "internal": False, "arguments": {}} for q in queues],
+        "bindings": [{"source": q, "vhost": vhost, "destination": q, "destination_type": "queue",
+                      "routing_key": q, "arguments": {}} for q in queues],
+    }
 
 
 def celery_exchanges(vhost: str) -> list[dict]:

@@ -28,7 +28,8 @@ from .addresses import (
     broker_address_for,
     in_url,
 )
-from .broker_rights import BrokerRights, celery_exchanges, cluster_queues, followup_definitions, worker_rights
+from .broker_rights import (BrokerRights, celery_exchanges, cluster_queues, followup_definitions,
+                            task_queue_definitions, volunteers_only_queues, worker_rights)
 from .layout import HostLayout
 from .steps import FILE_TIMEOUT, Record, Step, shell_step
 
@@ -102,9 +103,20 @@ def broker_definitions(cluster: Cluster, secrets: Secrets) -> str:
         "vhosts": [{"name": vhost}],
         "permissions": [administrator.permission(secrets.broker_user, vhost),
                         workers.permission(secrets.worker_user, vhost)],
-        "exchanges": celery_exchanges(vhost),
-        **followup_definitions(vhost, cluster_queues(cluster)),
+        **merged_definitions(
+            {"exchanges": celery_exchanges(vhost)},
+            followup_definitions(vhost, cluster_queues(cluster)),
+            task_queue_definitions(vhost, volunteers_only_queues(cluster))),
     }, indent=2) + "\n"
+
+
+def merged_definitions(*parts: dict) -> dict:
+    """Definitions' parts joined list by list (queues, exchanges, bindings, policies), in order."""
+    merged: dict[str, list] = {}
+    for part in parts:
+        for key, items in part.items():
+            merged.setdefault(key, []).extend(items)
+    return merged
 
 
 def broker_config(cluster: Cluster) -> str:

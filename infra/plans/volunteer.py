@@ -42,7 +42,7 @@ from ..runtime.endpoint import (
 )
 from ..state.tls import ServerIdentity
 from .addresses import in_url
-from .broker_rights import cluster_queues, volunteer_node_prefix, volunteer_rights, volunteer_topic_rights
+from .broker_rights import volunteer_node_prefix, volunteer_queues, volunteer_rights, volunteer_topic_rights
 from .containers import ContainerChange, change_steps, fingerprint, worker_app_args
 from .hardening import hardening
 from .layout import HostLayout
@@ -135,11 +135,6 @@ def endpoint_url(address: str, port: int) -> str:
     return f"https://{in_url(address)}:{port}"
 
 
-def worker_queues(cluster: Cluster) -> list[str]:
-    """The queues volunteers consume: every queue the cluster's worker groups serve, in file order."""
-    return cluster_queues(cluster)
-
-
 def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[str] | None = None) -> dict:
     """endpoint.json: what the endpoint needs to render a volunteer's settings (no secret in it)."""
     return {
@@ -150,7 +145,7 @@ def endpoint_settings(cluster: Cluster, address: str, port: int, queues: list[st
         "results_port": cluster.spec.ports.results,
         "vhost": broker_vhost(cluster),
         "app_args": worker_app_args(cluster),
-        "queues": queues or worker_queues(cluster),
+        "queues": queues or volunteer_queues(cluster),
         "check_every": CHECK_EVERY,
     }
 
@@ -251,7 +246,7 @@ def broker_user_definitions(cluster: Cluster, user: str, password: str) -> str:
     consume the cluster's queues, its own pidbox queue, replies and worker/task events, no publishing
     of tasks, no broadcast, no reading of events."""
     vhost = broker_vhost(cluster)
-    rights = volunteer_rights(volunteer_node_prefix(cluster.name, user), worker_queues(cluster))
+    rights = volunteer_rights(volunteer_node_prefix(cluster.name, user), volunteer_queues(cluster))
     return json.dumps({
         "users": [{"name": user, "password_hash": rabbitmq_password_hash(password),
                    "hashing_algorithm": "rabbit_password_hashing_sha256", "tags": []}],
