@@ -122,3 +122,9 @@ class Roles(StrictModel):
         default=(), description="Groups of worker containers; at least one container in all.")
     volunteers: VolunteerRole = Field(
         default_factory=VolunteerRole, description="What volunteers' machines consume (`infra volunteer add`).")
+
+    @field_validator("volunteers", mode="before")
+    @classmethod
+    def _empty_volunteers_section(cls, volunteers: Any) -> Any:
+        # `volunteers:` with only comments under it is YAML's null: the defaults, as an empty mapping.
+        return {} if volunteers is None else volunteers

@@ -104,7 +104,11 @@ def cluster(testbed, tmp_path_factory):
         "hosts": testbed.cluster_hosts([h1]),
         "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e-vol"},
         "ports": PORTS,
-        "roles": {"master": {"host": h1.name}, "workers": [{"host": h1.name, "containers": 1, "concurrency": 2}]},
+        # Volunteers are given `celery`; `private` is the trusted side's alone (test_volunteer_broker).
+        "roles": {"master": {"host": h1.name},
+                  "workers": [{"host": h1.name, "containers": 1, "concurrency": 2},
+                              {"host": h1.name, "containers": 1, "concurrency": 1, "queues": ["private"]}],
+                  "volunteers": {"queues": ["celery"]}},
         "images": TEST_IMAGES,
         "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
         "state_dir": str(folder / "state"),

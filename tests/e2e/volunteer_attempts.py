@@ -60,7 +60,11 @@ for method in ("shutdown", "pool_restart"):
 attempt("consume a trusted node's pidbox queue",
         lambda ch: ch.basic_consume(f"{TRUSTED}.celery.pidbox", callback=lambda *a: None))
 attempt("consume the relay's queue", lambda ch: ch.basic_consume("infra.followups", callback=lambda *a: None))
+attempt("consume another group's queue private", lambda ch: ch.basic_consume("private", callback=lambda *a: None))
+attempt("purge another group's queue private", lambda ch: ch.queue_purge("private"))
+attempt("purge the relay's queue", lambda ch: ch.queue_purge("infra.followups"))
 attempt("delete queue celery", lambda ch: ch.queue_delete("celery"))
+attempt("delete queue private", lambda ch: ch.queue_delete("private"))
 attempt("delete exchange celery.pidbox", lambda ch: ch.exchange_delete("celery.pidbox"))
 attempt("declare exchange celeryev", lambda ch: ch.exchange_declare("celeryev", "topic", durable=True))
 attempt("declare a trusted node's pidbox queue",
@@ -72,4 +76,6 @@ attempt("send an event that is not worker.* or task.*", lambda ch: publish(ch, "
 attempt("declare its own pidbox queue", lambda ch: ch.queue_declare(OWN_QUEUE, auto_delete=True, durable=False))
 attempt("send a task event", lambda ch: publish(ch, "celeryev", "task.probe", {}))
 attempt("delete its own pidbox queue", lambda ch: ch.queue_delete(OWN_QUEUE))
+# Consuming a queue and purging it are one right (`read`): the limit the README states, pinned.
+attempt("purge a queue it serves", lambda ch: ch.queue_purge("celery"))
 print(json.dumps(results))

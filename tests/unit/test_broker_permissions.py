@@ -202,3 +202,55 @@ def test_a_rejected_task_of_the_clusters_queues_is_dead_lettered_to_the_relays_q
     assert not any(allows(volunteer[op], "infra.followups") for op in ("configure", "write", "read"))
     assert allows(workers["read"], "infra.followups")
     assert not allows(workers["configure"], "infra.followups") and not allows(workers["write"], "infra.followups")
+
+
+# --------------------------------------------------------------------------- queues of volunteers' own
+
+
+def with_volunteer_queues(cluster, tmp_path, queues: str):
+    text = (FIXTURES / "plan_cluster.yaml").read_text() + f"  volunteers:\n    queues: {queues}\n"
+    assert "\nroles:" in text and text.rstrip().endswith(queues)
+    return parse_cluster(text, filename="cluster.yaml", base_dir=tmp_path)
+
+
+def test_volunteers_given_a_queue_of_their_own_consume_it_alone(cluster, tmp_path):
+    lab = with_volunteer_queues(cluster, tmp_path, "[volunteers]")
+    read = volunteer_definitions(lab)["permissions"][0]["read"]
+    assert allows(read, "volunteers")
+    # The other groups' queues are out of reach: neither consumed nor purged (both need `read`).
+    assert not allows(read, "celery") and not allows(read, "heavy")
+    assert volunteer_plan.endpoint_settings(lab, "10.0.0.5", 5443)["queues"] == ["volunteers"]
+
+
+def test_a_queue_only_volunteers_serve_is_made_by_the_broker_and_the_trusted_side_may_send_to_it(cluster, tmp_path):
+    lab = with_volunteer_queues(cluster, tmp_path, "[volunteers, heavy]")
+    definitions = json.loads(broker_definitions(lab, SECRETS))
+    assert definitions["queues"][1:] == [{"name": "volunteers", "vhost": "lab", "durable": True,
+                                          "auto_delete": False, "arguments": {}}]
+    assert [(e["name"], e["type"], e["durable"]) for e in definitions["exchanges"]][-1] == ("volunteers", "direct", True)
+    assert definitions["bindings"][-1] == {"source": "volunteers", "vhost": "lab", "destination": "volunteers",
+                                           "destination_type": "queue", "routing_key": "volunteers", "arguments": {}}
+    workers = definitions["permissions"][1]
+    assert allows(workers["write"], "volunteers") and allows(workers["configure"], "volunteers")
+    assert definitions["policies"][0]["pattern"] == "^(celery|heavy|volunteers)$"  # its follow-ups reach the relay
+    # Celery declares a task queue as the definitions do, so a trusted declaration matches it.
+    from celery import Celery
+    queue = Celery("probe", broker="memory://").amqp.Queues({}).new_missing("volunteers")
+    assert (queue.durable, queue.auto_delete, queue.queue_arguments or {}) == (True, False, {})
+    assert (queue.exchange.name, queue.exchange.type, queue.exchange.durable, queue.routing_key) == (
+        "volunteers", "direct", True, "volunteers")
+
+
+def test_by_default_volunteers_consume_every_queue_and_no_queue_is_made_for_them(cluster):
+    assert broker_rights.volunteer_queues(cluster) == ["celery", "heavy"]
+    assert [q["name"] for q in json.loads(broker_definitions(cluster, SECRETS))["queues"]] == ["infra.followups"]
+
+
+@pytest.mark.parametrize("queues, problem", [("[]", "at least one queue is needed"),
+                                             ("['-Qx']", "invalid queue name '-Qx'")])
+def test_a_bad_volunteers_queue_is_one_line_naming_the_key(cluster, tmp_path, queues, problem):
+    from infra.errors import ConfigError
+    with pytest.raises(ConfigError) as failure:
+        with_volunteer_queues(cluster, tmp_path, queues)
+    assert "roles.volunteers.queues" in str(failure.value) and problem in str(failure.value)
+    assert "\n" not in str(failure.value)
