@@ -120,7 +120,8 @@ class Roles(StrictModel):
         description="The host running RabbitMQ, Redis (results), the Celery master container and Flower.")
     workers: tuple[WorkerGroup, ...] = Field(
         default=(), description="Groups of worker containers; at least one container in all.")
-    volunteers: VolunteerRole = Field(
+    # `| None` for the JSON Schema: an empty `volunteers:` section is valid; the model holds a VolunteerRole.
+    volunteers: VolunteerRole | None = Field(
         default_factory=VolunteerRole, description="What volunteers' machines consume (`infra volunteer add`).")
 
     @field_validator("volunteers", mode="before")
