@@ -69,7 +69,8 @@ def joined(cluster, testbed):
             break
         time.sleep(3)
     assert node, f"alice's worker never answered: {online}"
-    trusted = next(n for n in online if n.startswith(f"{CLUSTER}-worker-"))
+    # The worker of the `celery` group (the first on the master host), not the `private` one's.
+    trusted = next(n for n in online if n.startswith(f"{CLUSTER}-worker-") and n.split("@")[0].endswith("-1"))
     return {"node": node, "trusted": trusted}
 
 
