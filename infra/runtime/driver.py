@@ -106,6 +106,7 @@ class Driver:
     signing_key: bytes  # the master's run signing key (PEM): workers run only what it signed
     clock: Callable[[], float] = time.monotonic
     wall_clock: Callable[[], float] = time.time  # issue and expiry of the signed messages
+    new_nonce: Callable[[], str] = protocol.new_nonce  # the unguessable part of each submission id
     runs: dict[str, RunState] = field(default_factory=dict)
     interrupted: bool = False
 
@@ -125,7 +126,7 @@ class Driver:
 
     def _submit(self, state: RunState, argv: list[str]) -> None:
         state.attempts += 1
-        state.submission = protocol.submission_id(self.sweep_id, state.run, state.attempts)
+        state.submission = protocol.submission_id(self.sweep_id, state.run, state.attempts, self.new_nonce())
         state.started = False
         self.sender.send(state.submission, self._message(state.run, state.submission, argv), self.plan["queue"])
 

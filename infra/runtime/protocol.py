@@ -23,6 +23,7 @@ cancelling (queued, running), finished (interrupted: bool).
 from __future__ import annotations
 
 import json
+import secrets
 
 TASK_NAME = "infra.run_command"
 PLAN_FORMAT = "infra.sweep-plan/1"  # the file `infra sweep` writes for the driver
@@ -55,9 +56,19 @@ def done_key(sweep_id: str) -> str:
     return f"{KEY_PREFIX}{sweep_id}:done"
 
 
-def submission_id(sweep_id: str, run: str, attempt: int) -> str:
-    """The Celery task id of one attempt of one combination: readable in Flower, unique per sweep."""
-    return f"{sweep_id}.{run}.{attempt}"
+def new_nonce() -> str:
+    return secrets.token_hex(8)
+
+
+def submission_id(sweep_id: str, run: str, attempt: int, nonce: str) -> str:
+    """The Celery task id of one attempt of one combination: readable in Flower, unique per sweep.
+
+    The nonce makes it unguessable. A volunteer may append to a sweep's events and add to its done
+    set (its runs report there), so an id it could work out from a run it was given (the sweep id,
+    the run ids, attempt 1) would let it end other hosts' runs with forged results, or mark them
+    done so their delivery is skipped. The driver heeds only the events and marks of ids it sent.
+    """
+    return f"{sweep_id}.{run}.{attempt}.{nonce}"
 
 
 def encode(event: dict) -> str:

@@ -122,7 +122,7 @@ def publish_hostile_runs(cluster, copies: int) -> tuple[str, str, dict[str, str]
     sent: dict[str, str] = {}
     for copy in range(copies):  # several of each: every worker (concurrency 1, prefetch 1) gets some
         for kind in ("unsigned", "tampered", "foreign"):
-            task_id = protocol.submission_id(sweep_id, f"{kind}{copy}", 1)
+            task_id = protocol.submission_id(sweep_id, f"{kind}{copy}", 1, protocol.new_nonce())
             good = signing.sign_message(payload(sweep_id, task_id, marker), key)
             if kind == "unsigned":
                 message = json.loads(good["payload"])
@@ -162,7 +162,7 @@ def test_the_same_command_signed_by_the_clusters_key_does_run(signed_cluster, te
     key = secrets_in(state)["run_signing_key"].encode()
     sweep_id = uuid.uuid4().hex[:12]
     marker = f"/tmp/signed-e2e-{sweep_id}"
-    task_id = protocol.submission_id(sweep_id, "r1", 1)
+    task_id = protocol.submission_id(sweep_id, "r1", 1, protocol.new_nonce())
     app.backend.client.set(protocol.alive_key(sweep_id), "1", ex=120)  # as the driver says it is there
     app.send_task(protocol.TASK_NAME, args=[signing.sign_message(payload(sweep_id, task_id, marker), key)],
                   task_id=task_id, queue="celery")
@@ -223,7 +223,7 @@ def test_a_volunteer_gets_the_public_key_alone_refuses_hostile_runs_and_runs_sig
     good_marker = f"/tmp/signed-e2e-{good_id}"
     app.backend.client.set(protocol.alive_key(good_id), "1", ex=300)
     for n in range(9):
-        task_id = protocol.submission_id(good_id, f"r{n}", 1)
+        task_id = protocol.submission_id(good_id, f"r{n}", 1, protocol.new_nonce())
         app.send_task(protocol.TASK_NAME, args=[signing.sign_message(payload(good_id, task_id, good_marker), key)],
                       task_id=task_id, queue="celery")
     deadline = time.monotonic() + 120

@@ -8,17 +8,19 @@ containers hold (their celery.env, loaded by infra_runtime.boot): what a task th
 
 from __future__ import annotations
 
+import csv
 import json
 import shlex
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 
 import pytest
-import yaml
 
 from tests.e2e.clients import celery_client
-from tests.e2e.test_volunteers import PROJECT, TEST_IMAGES, WHEELHOUSE, give_curl, infra, run_line
+from tests.e2e.test_volunteers import PROJECT, WHEELHOUSE, give_curl, infra, run_line, write_cluster_file
 
 pytestmark = pytest.mark.e2e
 
@@ -71,18 +73,8 @@ def cluster(testbed, tmp_path_factory):
     folder = tmp_path_factory.mktemp("volunteer-results")
     project = folder / "wordcount"
     shutil.copytree(PROJECT, project, ignore=shutil.ignore_patterns("output", "__pycache__"))
-    spec = {
-        "name": CLUSTER,
-        "hosts": testbed.cluster_hosts([h1]),
-        "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e-volres"},
-        "ports": PORTS,
-        "roles": {"master": {"host": h1.name}, "workers": [{"host": h1.name, "containers": 1, "concurrency": 2}]},
-        "images": TEST_IMAGES,
-        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
-        "state_dir": str(folder / "state"),
-    }
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    path = write_cluster_file(testbed, folder, CLUSTER, PORTS, project, {
+        "master": {"host": h1.name}, "workers": [{"host": h1.name, "containers": 1, "concurrency": 2}]})
     give_curl(testbed, volunteer_host)
     leave = f"docker rm -f {OBJECT}; docker volume rm {OBJECT}; docker image rm {OBJECT}"
     testbed.exec_result(volunteer_host, leave)
@@ -94,7 +86,7 @@ def cluster(testbed, tmp_path_factory):
     assert joined.returncode == 0, (joined.stdout + joined.stderr).decode()
     state = folder / "state" / CLUSTER
     yield {"file": path, "state": state, "master": h1.name, "volunteer": volunteer_host.name,
-           "address": h1.address, "worker": WORKER.format(host=h1.name)}
+           "address": h1.address, "worker": WORKER.format(host=h1.name), "project": project, "folder": folder}
     testbed.exec_result(volunteer_host, leave)
     infra("clean", "-f", str(path), "--volumes", "--files")
 
@@ -177,6 +169,63 @@ def test_a_trusted_workers_task_cannot_administer_redis_but_uses_the_clusters_ke
     })
     assert {n: a for n, a in answers.items() if not refused(a)} == {"a result": "ok", "a sweep key": "ok"}
     assert "evil" not in admin(testbed, cluster, "ACL", "USERS")
+
+
+# A run that takes a while, then prints its metric: 7 times its --i.
+SLOW_RUN = "import sys, time; time.sleep(5); print('value=%d' % (7 * int(sys.argv[2])))"
+
+# Runs in the volunteer's container: forges, for every run of the sweep argv[1] names and for the
+# ids an attacker can work out (sweep.run.attempt), an ok end with a made-up metric, and marks
+# them done so that their delivery would be skipped. Prints what Redis answered.
+FORGER = r"""
+import json, os, sys
+import redis
+r = redis.Redis.from_url(os.environ["CELERY_RESULT_BACKEND"], socket_timeout=10, socket_connect_timeout=10)
+sweep, runs = sys.argv[1], json.loads(sys.argv[2])
+answers = []
+for attempt in (1, 2):
+    for run in runs:
+        guess = f"{sweep}.{run}.{attempt}"
+        base = {"run": run, "submission": guess}
+        events = [{**base, "event": "start", "host": "forged", "worker": "forged", "gpus": ""},
+                  {**base, "event": "lines", "lines": ["value=-1"]},
+                  {**base, "event": "end", "status": "ok", "exit_code": 0, "seconds": 0, "host": "forged"}]
+        answers.append(r.rpush(f"infra:sweep:{sweep}:events", *[json.dumps(e) for e in events]))
+        answers.append(r.sadd(f"infra:sweep:{sweep}:done", guess))
+print(json.dumps(answers))
+"""
+
+
+def test_events_and_done_marks_a_volunteer_forges_for_other_runs_of_a_sweep_change_nothing(cluster, testbed):
+    from infra.sweep.plan import run_id
+
+    params = cluster["folder"] / "forged.yml"
+    params.write_text("i: [1, 2, 3, 4, 5, 6, 7, 8]\n")
+    command = ["python", "-c", SLOW_RUN]
+    runs = [run_id([*command, "--i", str(i)]) for i in range(1, 9)]
+    sweep = subprocess.Popen([sys.executable, "-m", "infra", "sweep", "-f", str(cluster["file"]), str(params),
+                              "--name", "forged", "-q", "--", *command],
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not (alive := admin(testbed, cluster, "KEYS", "infra:sweep:*:alive")).startswith("[b'"):
+            assert time.monotonic() < deadline and sweep.poll() is None, alive
+            time.sleep(0.5)
+        sweep_id = alive.split(":")[2]  # the strongest attacker: it knows the sweep and every run
+        argv = ["docker", "exec", OBJECT, "python", "-c", FORGER, sweep_id, json.dumps(runs)]
+        answers = json.loads(testbed.exec(cluster["volunteer"], shlex.join(argv), timeout=60).strip().splitlines()[-1])
+        assert len(answers) == 32 and all(isinstance(a, int) for a in answers)  # the volunteer may append: it did
+        out, _ = sweep.communicate(timeout=300)
+    finally:
+        if sweep.poll() is None:
+            sweep.kill()
+    assert sweep.returncode == 0, out[-3000:]
+    with (cluster["project"] / "output" / "sweep-forged.csv").open(newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    # Every run ran for real, once, and its metric is its own: no forged end, no skipped delivery.
+    assert [(row["i"], row["status"], row["attempts"], row["value"]) for row in rows] == [
+        (str(i), "ok", "1", str(7 * i)) for i in range(1, 9)]
+    assert "forged" not in {row["host"] for row in rows}
 
 
 def test_revoke_deletes_the_volunteers_redis_user_through_the_administrator(cluster, testbed):

@@ -86,6 +86,24 @@ def run_line(testbed, host, line: str, timeout: float = 600) -> subprocess.Compl
     return testbed.exec_result(host, line, timeout=timeout)
 
 
+def write_cluster_file(testbed, folder, name: str, ports: dict, project, roles: dict):
+    """The cluster file of a volunteer test: the wordcount copy on the testbed's h1, with these roles."""
+    master = roles["master"]["host"]
+    spec = {
+        "name": name,
+        "hosts": testbed.cluster_hosts([h for h in testbed.docker_hosts if h.name == master]),
+        "project": {"path": str(project), "app": "wordcount", "remote_path": f"infra-e2e-{name}"},
+        "ports": ports,
+        "roles": roles,
+        "images": TEST_IMAGES,
+        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
+        "state_dir": str(folder / "state"),
+    }
+    path = folder / "cluster.yaml"
+    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    return path
+
+
 @pytest.fixture(scope="module")
 def cluster(testbed, tmp_path_factory):
     assert WHEELHOUSE.is_dir(), "run scripts/make-wheelhouse.sh first (scripts/run-tests.sh does)"
@@ -99,22 +117,12 @@ def cluster(testbed, tmp_path_factory):
     for rel in NEVER_SERVED:
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text("not for volunteers\n")
-    spec = {
-        "name": CLUSTER,
-        "hosts": testbed.cluster_hosts([h1]),
-        "project": {"path": str(project), "app": "wordcount", "remote_path": "infra-e2e-vol"},
-        "ports": PORTS,
-        # Volunteers are given `celery`; `private` is the trusted side's alone (test_volunteer_broker).
-        "roles": {"master": {"host": h1.name},
-                  "workers": [{"host": h1.name, "containers": 1, "concurrency": 2},
-                              {"host": h1.name, "containers": 1, "concurrency": 1, "queues": ["private"]}],
-                  "volunteers": {"queues": ["celery"]}},
-        "images": TEST_IMAGES,
-        "ssh": {"connect_timeout": 5, "known_hosts": str(testbed.known_hosts_path)},
-        "state_dir": str(folder / "state"),
-    }
-    path = folder / "cluster.yaml"
-    path.write_text(yaml.safe_dump(spec, sort_keys=False))
+    # Volunteers are given `celery`; `private` is the trusted side's alone (test_volunteer_broker).
+    path = write_cluster_file(testbed, folder, CLUSTER, PORTS, project, {
+        "master": {"host": h1.name},
+        "workers": [{"host": h1.name, "containers": 1, "concurrency": 2},
+                    {"host": h1.name, "containers": 1, "concurrency": 1, "queues": ["private"]}],
+        "volunteers": {"queues": ["celery"]}})
     give_curl(testbed, volunteer_host)
     # Whatever an earlier run left of this cluster on the volunteer's machine.
     testbed.exec_result(volunteer_host, f"docker rm -f {OBJECT}; docker volume rm {OBJECT}; docker image rm {OBJECT}")

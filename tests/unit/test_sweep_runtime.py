@@ -7,6 +7,7 @@ fake /dev of NVIDIA device nodes; `docker run --gpus` itself is in test_sweep_wo
 from __future__ import annotations
 
 import json
+import re
 import os
 import sys
 import threading
@@ -394,7 +395,7 @@ def make_driver(runs=2, retries=0):
             "message": {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {}},
             "runs": [{"run": f"r{i}", "argv": ["job", str(i)]} for i in range(1, runs + 1)]}
     redis, sender, out = FakeRedis(), FakeSender(), Lines()
-    return Driver(plan, redis, sender, Output(out), SIGNING_KEY.encode()), redis, sender, out
+    return Driver(plan, redis, sender, Output(out), SIGNING_KEY.encode(), new_nonce=lambda: "n"), redis, sender, out
 
 
 def worker_reports(redis, sender, outcome):
@@ -420,12 +421,12 @@ def test_the_driver_sends_every_run_relays_its_events_and_cleans_up():
     driver, redis, sender, out = make_driver(runs=2)
     worker_reports(redis, sender, lambda message, submission: ("ok", 0))
     assert driver.run() == 0
-    assert [(s, m["argv"], q) for s, m, q in sender.sent] == [("sw.r1.1", ["job", "1"], "celery"),
-                                                               ("sw.r2.1", ["job", "2"], "celery")]
+    assert [(s, m["argv"], q) for s, m, q in sender.sent] == [("sw.r1.1.n", ["job", "1"], "celery"),
+                                                               ("sw.r2.1.n", ["job", "2"], "celery")]
     first = dict(sender.sent[0][1])
     issued, expires = first.pop("issued"), first.pop("expires")
     assert first == {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {}, "format": signing.FORMAT,
-                     "task": protocol.TASK_NAME, "sweep_id": "sw", "run": "r1", "submission": "sw.r1.1",
+                     "task": protocol.TASK_NAME, "sweep_id": "sw", "run": "r1", "submission": "sw.r1.1.n",
                      "argv": ["job", "1"]}
     assert abs(issued - time.time()) < 60 and expires == pytest.approx(issued + signing.LIFETIME_SECONDS)
     kinds = [(e["event"], e.get("run")) for e in out.events()]
@@ -440,7 +441,7 @@ def test_a_failed_run_is_sent_again_while_it_has_retries_then_recorded():
     driver, redis, sender, out = make_driver(runs=1, retries=2)
     worker_reports(redis, sender, lambda message, submission: ("failed", 3))
     assert driver.run() == 0
-    assert [s for s, _, _ in sender.sent] == ["sw.r1.1", "sw.r1.2", "sw.r1.3"]
+    assert [s for s, _, _ in sender.sent] == ["sw.r1.1.n", "sw.r1.2.n", "sw.r1.3.n"]
     ends = [(e["attempt"], e["final"]) for e in out.events() if e["event"] == "end"]
     assert ends == [(1, False), (2, False), (3, True)]
     assert [e["attempt"] for e in out.events() if e["event"] == "retry"] == [2, 3]
@@ -448,9 +449,9 @@ def test_a_failed_run_is_sent_again_while_it_has_retries_then_recorded():
 
 def test_a_retry_that_succeeds_ends_the_run():
     driver, redis, sender, out = make_driver(runs=1, retries=3)
-    worker_reports(redis, sender, lambda message, submission: ("ok", 0) if submission.endswith(".2") else ("timeout", 124))
+    worker_reports(redis, sender, lambda message, submission: ("ok", 0) if submission.endswith(".2.n") else ("timeout", 124))
     assert driver.run() == 0
-    assert [s for s, _, _ in sender.sent] == ["sw.r1.1", "sw.r1.2"]
+    assert [s for s, _, _ in sender.sent] == ["sw.r1.1.n", "sw.r1.2.n"]
 
 
 def test_reports_of_an_earlier_attempt_or_a_second_end_are_ignored():
@@ -461,11 +462,11 @@ def test_reports_of_an_earlier_attempt_or_a_second_end_are_ignored():
         if redis.on_pop is None:
             return
         redis.on_pop = None
-        channel.push([{"run": "r1", "submission": "sw.r1.0", "event": "start", "host": "old"},
-                      {"run": "r1", "submission": "sw.r1.1", "event": "start", "host": "h1"}])
-        channel.finish("sw.r1.1", {"run": "r1", "submission": "sw.r1.1", "event": "end", "status": "ok",
+        channel.push([{"run": "r1", "submission": "sw.r1.0.n", "event": "start", "host": "old"},
+                      {"run": "r1", "submission": "sw.r1.1.n", "event": "start", "host": "h1"}])
+        channel.finish("sw.r1.1.n", {"run": "r1", "submission": "sw.r1.1.n", "event": "end", "status": "ok",
                                    "exit_code": 0, "seconds": 1, "host": "h1"})
-        channel.finish("sw.r1.1", {"run": "r1", "submission": "sw.r1.1", "event": "end", "status": "failed",
+        channel.finish("sw.r1.1.n", {"run": "r1", "submission": "sw.r1.1.n", "event": "end", "status": "failed",
                                    "exit_code": 1, "seconds": 1, "host": "h9"})
 
     redis.on_pop = work
@@ -482,16 +483,16 @@ def test_an_interrupted_driver_cancels_revokes_the_queued_runs_and_relays_the_st
     def work():
         step["n"] += 1
         if step["n"] == 1:  # r1 starts, then Ctrl-C
-            channel.push([{"run": "r1", "submission": "sw.r1.1", "event": "start", "host": "h1"}])
+            channel.push([{"run": "r1", "submission": "sw.r1.1.n", "event": "start", "host": "h1"}])
             driver.interrupted = True
         elif redis.values.get(protocol.cancel_key("sw")) and step["n"] < 10:  # the runner sees the flag
-            channel.finish("sw.r1.1", {"run": "r1", "submission": "sw.r1.1", "event": "end", "status": "cancelled",
+            channel.finish("sw.r1.1.n", {"run": "r1", "submission": "sw.r1.1.n", "event": "end", "status": "cancelled",
                                        "exit_code": 143, "seconds": 1, "host": "h1"})
             redis.on_pop = None
 
     redis.on_pop = work
     assert driver.run() == 130
-    assert sender.revoked == ["sw.r2.1", "sw.r3.1"]
+    assert sender.revoked == ["sw.r2.1.n", "sw.r3.1.n"]
     kinds = [e["event"] for e in out.events()]
     assert kinds == ["submitted", "start", "cancelling", "end", "finished"]
     cancelling = out.events()[2]
@@ -566,3 +567,20 @@ def test_a_redelivered_run_says_so_when_it_starts(tmp_path):
     assert channel.events[0]["redelivered"] is True
     _, plain = run(["true"], tmp_path=tmp_path)
     assert "redelivered" not in plain.events[0]
+
+
+def test_submission_ids_carry_a_fresh_nonce_so_a_volunteer_cannot_work_out_another_runs_id():
+    plan = {"format": protocol.PLAN_FORMAT, "sweep_id": "sw", "name": "demo", "queue": "celery", "retries": 1,
+            "message": {"cwd": "/project", "timeout": None, "gpus_per_task": 1, "env": {}},
+            "runs": [{"run": f"r{i}", "argv": ["job", str(i)]} for i in range(1, 4)]}
+    redis, sender = FakeRedis(), FakeSender()
+    driver = Driver(plan, redis, sender, Output(Lines()), SIGNING_KEY.encode())  # the real nonce
+    worker_reports(redis, sender, lambda message, submission: ("failed", 1))
+    assert driver.run() == 0
+    ids = [s for s, _, _ in sender.sent]
+    assert len(ids) == 6 and len(set(ids)) == 6
+    for submission, payload, _ in sender.sent:
+        prefix, nonce = submission.rsplit(".", 1)
+        assert prefix.startswith(f"sw.{payload['run']}.") and re.fullmatch(r"[0-9a-f]{16}", nonce)
+    # An id guessed from what a volunteer sees (sweep, run, attempt) is none of them.
+    assert not {f"sw.r{i}.{a}" for i in range(1, 4) for a in (1, 2)} & set(ids)
