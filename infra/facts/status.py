@@ -353,13 +353,19 @@ def worker_kind(node: str, expected: bool, volunteers: dict[str, str], users: li
     The name alone is the worker's own claim: a node the cluster file expects is the cluster's
     unless a volunteer's broker user holds it; one under a volunteer's prefix (`volunteers`:
     `CLUSTER-volunteer-NAME.` -> NAME) is that volunteer's unless another user holds it.
+    `users == []` (the broker told, and nobody consumes the node's pidbox queue) means the answer
+    came from another node: a ping's reply names its node in its body, which any worker may write,
+    while only the node itself receives the ping on its queue. It is asked after Celery's answers,
+    so a node that answered holds its queue by then.
     """
+    if users is not None and not users:
+        return "stranger", None
     if expected:
         forged = any(u.startswith(VOLUNTEER_USER_PREFIX) for u in users or [])
         return ("stranger", None) if forged else ("cluster", None)
     for prefix, name in volunteers.items():
         if node.startswith(prefix):
-            if not users or set(users) <= {VOLUNTEER_USER_PREFIX + name, "?"}:  # "?": its channel closed meanwhile
+            if users is None or set(users) <= {VOLUNTEER_USER_PREFIX + name, "?"}:  # "?": its channel closed meanwhile
                 return "volunteer", name
             return "stranger", None
     return "stranger", None
@@ -373,8 +379,9 @@ def mark_workers(status: ClusterStatus, volunteers: dict[str, str], node_users: 
         worker.kind, worker.volunteer = worker_kind(worker.name, worker.expected, volunteers,
                                                     users if worker.online else None)
         if worker.expected and worker.kind == "stranger":
-            status.problems.append(f"worker {worker.name}: a stranger answers under this name of the cluster file "
-                                   f"(it logs in to the broker as {', '.join(users or ['?'])})")
+            who = (f"it logs in to the broker as {', '.join(users)}" if users else
+                   "nobody holds this worker's control queue: another node answers in its name")
+            status.problems.append(f"worker {worker.name}: a stranger answers under this name of the cluster file ({who})")
 
 
 # --------------------------------------------------------------------------- renderings

@@ -12,6 +12,8 @@ as it published it: its chain, callbacks and chord are the producer's, not the v
 relay reads the task's stored outcome (the volunteer's result: data, like any job output) and
 does what Celery's worker would have done after it:
 - success: each link callback and the chain's next step, published with the result;
+- failure: its error callbacks (`link_error`), as Celery's backend calls them: one that takes
+  (request, exc, traceback) is called here, one that takes the task id is published as a task;
 - success or failure of a chord's part: the chord's bookkeeping (`on_chord_part_return`), which
   publishes the callback once every part is in;
 - any other state (no result stored: the task was rejected without running, or expired): nothing.
@@ -50,23 +52,31 @@ class Relay:
         self.wait = wait
         self.backend = backend or app.backend
 
-    def outcome(self, task_id: str) -> tuple[str, object]:
+    def outcome(self, task_id: str) -> dict:
+        """The task's stored meta (status, result, traceback), once it is ready or the wait is over."""
         deadline = time.monotonic() + self.wait
         while True:
             meta = self.backend.get_task_meta(task_id)
             if meta.get("status") in states.READY_STATES or time.monotonic() > deadline:
-                return meta.get("status"), meta.get("result")
+                return meta
             time.sleep(0.2)
 
     def handle(self, headers: dict, body) -> str:
         """Do the follow-ups of one dead-lettered message; what was done, for the log."""
         task_id, embed = headers.get("id"), embed_of(body)
-        if not task_id or not any(embed.get(k) for k in ("callbacks", "chain", "chord")):
+        if not task_id or not any(embed.get(k) for k in ("callbacks", "errbacks", "chain", "chord")):
             return "nothing to follow"
-        state, result = self.outcome(task_id)
+        meta = self.outcome(task_id)
+        state, result = meta.get("status"), meta.get("result")
         if state not in (states.SUCCESS, states.FAILURE):
             return f"left alone ({state})"
         root_id = headers.get("root_id") or task_id
+        if state == states.FAILURE and embed.get("errbacks"):
+            request = Context(id=task_id, errbacks=embed["errbacks"], root_id=root_id,
+                              parent_id=headers.get("parent_id"), task=headers.get("task"), delivery_info={})
+            error = result if isinstance(result, BaseException) else Exception(str(result))
+            # Celery's own dispatch of error callbacks (both kinds), so they behave as on a worker.
+            self.backend._call_task_errbacks(request, error, meta.get("traceback"))
         if state == states.SUCCESS:
             for callback in embed.get("callbacks") or []:
                 signature(callback, app=self.app).apply_async((result,), parent_id=task_id, root_id=root_id)

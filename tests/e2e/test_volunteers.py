@@ -361,6 +361,64 @@ def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster
         assert row.get("kind") == "cluster" and row.get("online"), row
 
 
+# Runs in the volunteer's container with its own broker login: a control node on a pidbox queue the
+# volunteer may declare (its own name's), whose replies name another node (argv[2]). Celery's
+# replies carry the node's name in their body, which is the volunteer's to write.
+FORGED_REPLIES = r"""
+import socket, sys
+from wordcount.celery_app import app
+own, posing = sys.argv[1], sys.argv[2]
+answers = {"ping": {"ok": "pong"}, "active": [], "stats": {"pool": {"max-concurrency": 1}, "total": {}},
+           "active_queues": [{"name": "celery"}]}
+handlers = {name: (lambda value: lambda state, **kwargs: value)(value) for name, value in answers.items()}
+with app.connection_for_write() as conn:
+    node = app.control.mailbox(conn).Node(own, handlers=handlers, channel=conn.default_channel)
+    node.listen()
+    node.hostname = posing  # the queue stays the volunteer's own; the replies say they are the other node's
+    print("listening", flush=True)
+    while True:
+        try:
+            conn.drain_events(timeout=5)
+        except socket.timeout:
+            pass
+"""
+
+
+def test_replies_a_volunteer_writes_in_a_trusted_workers_name_show_it_as_a_stranger(cluster, testbed):
+    """The trusted worker stopped, a control node in the volunteer's container answers the pings in
+    its name: status must not show that worker online as the cluster's (nobody holds its queue)."""
+    host, worker = cluster["volunteer"], f"{CLUSTER}-worker-{cluster['master']}-1"
+    trusted_node = f"{worker}@{cluster['master']}"
+    script = base64.b64encode(FORGED_REPLIES.encode()).decode()
+    testbed.exec(host, f"docker exec {OBJECT} sh -c 'echo {script} | base64 -d > /tmp/replier.py'")
+    testbed.exec(cluster["master"], f"docker stop {worker}", timeout=120)
+    try:
+        assert not wait_for_worker(cluster, trusted_node, lambda w: not w.get("online"), 60).get("online")
+        testbed.exec(host, f"docker exec -d {OBJECT} sh -c 'echo $$ > /tmp/replier.pid; "
+                           f"cd /var/lib/infra-volunteer/project && PYTHONPATH=. exec python /tmp/replier.py "
+                           f"{CLUSTER}-volunteer-alice.replier@volunteer-alice {trusted_node} > /tmp/replier.log 2>&1'")
+        deadline, seen = time.monotonic() + 60, []
+        while time.monotonic() < deadline:
+            status = status_json(cluster)
+            row = next((w for w in status["workers"] if w["name"] == trusted_node), {})
+            seen.append((row.get("online"), row.get("kind")))
+            if row.get("online"):
+                break
+            time.sleep(3)
+        log = testbed.exec_result(host, f"docker exec {OBJECT} cat /tmp/replier.log").stdout.decode()
+        assert "listening" in log, log[-2000:]  # the forged node ran with the volunteer's rights
+        assert (True, "cluster") not in seen, seen
+        assert seen[-1] == (True, "stranger"), (seen, log[-2000:])
+        assert status["exit_code"] == 3
+        assert any(p.startswith(f"worker {trusted_node}: a stranger answers") and "nobody holds" in p
+                   for p in status["problems"]), status["problems"]
+    finally:
+        testbed.exec_result(host, f"docker exec {OBJECT} sh -c 'kill $(cat /tmp/replier.pid)'")
+        testbed.exec(cluster["master"], f"docker start {worker}", timeout=120)
+        row = wait_for_worker(cluster, trusted_node, lambda w: w.get("online") and w.get("kind") == "cluster", 120)
+        assert row.get("kind") == "cluster" and row.get("online"), row
+
+
 def test_revoke_under_load_stops_its_work_within_30_s_and_every_task_completes_elsewhere(cluster, testbed):
     app = celery_client(cluster["state"], cluster["address"], CLUSTER, broker_port=PORTS["broker"],
                         results_port=PORTS["results"])

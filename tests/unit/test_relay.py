@@ -16,6 +16,9 @@ class Backend:
     def get_task_meta(self, task_id):
         return self.meta.get(task_id, {"status": states.PENDING, "result": None})
 
+    def _call_task_errbacks(self, request, exc, traceback):
+        raise AssertionError("no error callback was asked for")
+
     def on_chord_part_return(self, request, state, result):
         self.parts.append((request.id, request.group, request.chord["task"], state, result))
 
@@ -93,3 +96,30 @@ def test_the_relay_does_nothing_for_a_task_without_an_outcome_or_without_follow_
     assert relay.handle({"id": "p9"}, [[], {}, {"chain": None}]) == "nothing to follow"
     assert relay.handle({"id": "p9"}, "not a protocol 2 body") == "nothing to follow"
     assert backend.parts == []
+
+
+def test_the_relay_calls_a_failed_tasks_error_callbacks_of_both_kinds_and_none_on_success(monkeypatch):
+    app = Celery("probe", broker="memory://", backend="cache+memory://")
+    called, published = [], []
+
+    @app.task(name="on_error_full")
+    def on_error_full(request, exc, traceback):  # Celery calls these in the process that saw the failure
+        called.append((request.id, repr(exc), traceback))
+
+    @app.task(name="on_error_id")
+    def on_error_id(task_id):  # and publishes these, with the failed task's id
+        raise AssertionError("published, not called")
+
+    monkeypatch.setattr("celery.canvas.Signature.apply_async",
+                        lambda self, args=(), kwargs=None, **options: published.append((self.task, args)))
+    monkeypatch.setattr("celery.canvas.group.apply_async",
+                        lambda self, args=(), kwargs=None, **options: published.extend((t.task, args) for t in self.tasks))
+    app.backend.store_result("t1", ValueError("bad chunk"), states.FAILURE, traceback="Traceback: bad chunk")
+    app.backend.store_result("t2", 5, states.SUCCESS)
+    relay = relay_module.Relay(app, wait=0)
+    errbacks = [app.signature("on_error_full"), app.signature("on_error_id")]
+    assert relay.handle({"id": "t1", "task": "count"}, [[], {}, {"errbacks": errbacks}]) == "followed (FAILURE)"
+    assert called == [("t1", "ValueError('bad chunk')", "Traceback: bad chunk")]
+    assert published == [("on_error_id", ("t1",))]
+    assert relay.handle({"id": "t2", "task": "count"}, [[], {}, {"errbacks": errbacks}]) == "followed (SUCCESS)"
+    assert len(called) == 1 and len(published) == 1

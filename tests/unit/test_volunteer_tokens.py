@@ -262,6 +262,9 @@ def test_the_broker_tells_which_user_holds_each_nodes_pidbox_queue():
     ("livem-volunteer-alice.ffffff@volunteer-alice", False, ["volunteer-mallory"], ("stranger", None)),
     ("livem-worker-h2-9@h2", False, ["worker"], ("stranger", None)),  # not in the file, not a volunteer's
     ("livem-volunteer-bob.000000@volunteer-bob", False, None, ("stranger", None)),  # no such volunteer (any more)
+    # Answered a ping, yet nobody holds its pidbox queue: another node wrote its name in a reply.
+    ("livem-worker-h2-1@h2", True, [], ("stranger", None)),
+    (ALICE_NODE, False, [], ("stranger", None)),
 ])
 def test_a_worker_is_the_clusters_a_volunteers_or_a_strangers(node, expected, users, kind):
     assert worker_kind(node, expected, VOLUNTEERS, users) == kind
@@ -272,17 +275,22 @@ def test_status_shows_a_forged_trusted_name_as_a_stranger_and_counts_it_nowhere(
     status = healthy_status(cluster, tmp_path, celery=CeleryView(active={n: 0 for n in online},
                                                                  processed={n: 1 for n in online}))
     assert status.ok
-    mark_workers(status, VOLUNTEERS, parse_node_users(NODE_USERS))
+    # local-1 answered the ping, but nobody consumes its pidbox queue: another node replied in its name.
+    users = {**parse_node_users(NODE_USERS), "livem-worker-h2-2@h2": ["worker"], "livem-worker-h2-9@h2": ["worker"]}
+    mark_workers(status, VOLUNTEERS, users)
     kinds = {w.name: (w.kind, w.volunteer) for w in status.workers}
-    assert kinds["livem-worker-h2-1@h2"] == ("cluster", None)
-    assert kinds["livem-worker-h3-1@h3"] == ("stranger", None)
+    assert kinds["livem-worker-h2-1@h2"] == kinds["livem-worker-h2-2@h2"] == ("cluster", None)
+    assert kinds["livem-worker-h3-1@h3"] == kinds["livem-worker-local-1@local"] == ("stranger", None)
     assert kinds[ALICE_NODE] == ("volunteer", "alice")
     assert kinds["livem-worker-h2-9@h2"] == ("stranger", None)
-    assert status.problems == ["worker livem-worker-h3-1@h3: a stranger answers under this name of the cluster file "
-                               "(it logs in to the broker as volunteer-mallory)"]
+    assert status.problems == [
+        "worker livem-worker-h3-1@h3: a stranger answers under this name of the cluster file "
+        "(it logs in to the broker as volunteer-mallory)",
+        "worker livem-worker-local-1@local: a stranger answers under this name of the cluster file "
+        "(nobody holds this worker's control queue: another node answers in its name)"]
     assert status.exit_code == 3
     text = render_table(status)
-    assert text.splitlines()[0].endswith("3/4 workers online")  # the forged one is not counted
+    assert text.splitlines()[0].endswith("2/4 workers online")  # the forged ones are not counted
     row = next(line for line in text.splitlines() if line.strip().startswith("livem-worker-h3-1@h3"))
     assert row.split()[-1] == "STRANGER"
     row = next(line for line in text.splitlines() if line.strip().startswith(ALICE_NODE))
