@@ -11,6 +11,7 @@ revocation, an expired line, a line whose pin does not match, leave, clean.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import hmac
 import json
@@ -324,27 +325,45 @@ def test_passwords_derived_from_the_token_the_old_way_log_in_nowhere(cluster, te
     assert not results_login(cluster, "volunteer-alice", old_derived_secret(token, "results"))
 
 
-def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster, testbed):
-    """With the trusted worker stopped (Celery's pidbox queue is exclusive), the volunteer's container
-    runs a second worker named as the cluster file's; status must not take it for that worker."""
-    host, worker = cluster["volunteer"], f"{CLUSTER}-worker-{cluster['master']}-1"
-    trusted_node = f"{worker}@{cluster['master']}"  # the cluster file's one worker, on the master host
+@contextlib.contextmanager
+def trusted_worker_stopped(cluster, testbed, pidfile: str):
+    """The cluster file's one worker (on the master host) stopped for the block; yields its node
+    name. After it: the process whose pid the block wrote to `pidfile` in the volunteer's container
+    is killed, the worker started again and shown as the cluster's."""
+    worker = f"{CLUSTER}-worker-{cluster['master']}-1"
+    trusted_node = f"{worker}@{cluster['master']}"
     testbed.exec(cluster["master"], f"docker stop {worker}", timeout=120)
     try:
         assert not wait_for_worker(cluster, trusted_node, lambda w: not w.get("online"), 60).get("online")
+        yield trusted_node
+    finally:
+        testbed.exec_result(cluster["volunteer"], f"docker exec {OBJECT} sh -c 'kill $(cat {pidfile})'")
+        testbed.exec(cluster["master"], f"docker start {worker}", timeout=120)
+        row = wait_for_worker(cluster, trusted_node, lambda w: w.get("online") and w.get("kind") == "cluster", 120)
+        assert row.get("kind") == "cluster" and row.get("online"), row
+
+
+def status_until_online(cluster, node: str, seconds: float = 60) -> tuple[list, dict, dict]:
+    """(every (online, kind) status showed for `node`, the last status, its row), until it is online."""
+    deadline, seen = time.monotonic() + seconds, []
+    while True:
+        status = status_json(cluster)
+        row = next((w for w in status["workers"] if w["name"] == node), {})
+        seen.append((row.get("online"), row.get("kind")))
+        if row.get("online") or time.monotonic() > deadline:
+            return seen, status, row
+        time.sleep(3)
+
+
+def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster, testbed):
+    """With the trusted worker stopped (Celery's pidbox queue is exclusive), the volunteer's container
+    runs a second worker named as the cluster file's; status must not take it for that worker."""
+    host = cluster["volunteer"]
+    with trusted_worker_stopped(cluster, testbed, "/tmp/forger.pid") as trusted_node:
         testbed.exec(host, f"docker exec -d {OBJECT} sh -c 'echo $$ > /tmp/forger.pid; cd /var/lib/infra-volunteer/project "
                            f"&& PYTHONPATH=. exec python -m celery --app wordcount worker -n {trusted_node} --pool solo "
                            f"--queues nobody-sends-here --loglevel WARNING > /tmp/forger.log 2>&1'")
-        deadline, seen = time.monotonic() + 60, []
-        while time.monotonic() < deadline:
-            status = status_json(cluster)
-            row = next((w for w in status["workers"] if w["name"] == trusted_node), {})
-            seen.append((row.get("online"), row.get("kind")))
-            if row.get("online"):
-                print("forged row:", row, "problems:", status["problems"], "broker:", status["broker"])
-            if row.get("online"):
-                break
-            time.sleep(3)
+        seen, status, row = status_until_online(cluster, trusted_node)
         assert (True, "cluster") not in seen, seen
         forger_log = testbed.exec_result(host, f"docker exec {OBJECT} cat /tmp/forger.log").stdout.decode()
         if "ACCESS_REFUSED" in forger_log or "access_refused" in forger_log.lower():
@@ -354,11 +373,6 @@ def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster
         assert status["exit_code"] == 3 and any("a stranger answers" in p for p in status["problems"])
         shown = infra("status", "-f", str(cluster["file"])).stdout
         assert "STRANGER" in next(line for line in shown.splitlines() if line.strip().startswith(trusted_node))
-    finally:
-        testbed.exec_result(host, f"docker exec {OBJECT} sh -c 'kill $(cat /tmp/forger.pid)'")
-        testbed.exec(cluster["master"], f"docker start {worker}", timeout=120)
-        row = wait_for_worker(cluster, trusted_node, lambda w: w.get("online") and w.get("kind") == "cluster", 120)
-        assert row.get("kind") == "cluster" and row.get("online"), row
 
 
 # Runs in the volunteer's container with its own broker login: a control node on a pidbox queue the
@@ -366,7 +380,9 @@ def test_a_volunteer_posing_as_the_trusted_worker_is_shown_as_a_stranger(cluster
 # replies carry the node's name in their body, which is the volunteer's to write.
 FORGED_REPLIES = r"""
 import socket, sys
+from kombu import Exchange
 from wordcount.celery_app import app
+Exchange.passive = True  # as the volunteer's worker does: it may not declare an exchange, only find it
 own, posing = sys.argv[1], sys.argv[2]
 answers = {"ping": {"ok": "pong"}, "active": [], "stats": {"pool": {"max-concurrency": 1}, "total": {}},
            "active_queues": [{"name": "celery"}]}
@@ -387,24 +403,14 @@ with app.connection_for_write() as conn:
 def test_replies_a_volunteer_writes_in_a_trusted_workers_name_show_it_as_a_stranger(cluster, testbed):
     """The trusted worker stopped, a control node in the volunteer's container answers the pings in
     its name: status must not show that worker online as the cluster's (nobody holds its queue)."""
-    host, worker = cluster["volunteer"], f"{CLUSTER}-worker-{cluster['master']}-1"
-    trusted_node = f"{worker}@{cluster['master']}"
+    host = cluster["volunteer"]
     script = base64.b64encode(FORGED_REPLIES.encode()).decode()
     testbed.exec(host, f"docker exec {OBJECT} sh -c 'echo {script} | base64 -d > /tmp/replier.py'")
-    testbed.exec(cluster["master"], f"docker stop {worker}", timeout=120)
-    try:
-        assert not wait_for_worker(cluster, trusted_node, lambda w: not w.get("online"), 60).get("online")
+    with trusted_worker_stopped(cluster, testbed, "/tmp/replier.pid") as trusted_node:
         testbed.exec(host, f"docker exec -d {OBJECT} sh -c 'echo $$ > /tmp/replier.pid; "
                            f"cd /var/lib/infra-volunteer/project && PYTHONPATH=. exec python /tmp/replier.py "
                            f"{CLUSTER}-volunteer-alice.replier@volunteer-alice {trusted_node} > /tmp/replier.log 2>&1'")
-        deadline, seen = time.monotonic() + 60, []
-        while time.monotonic() < deadline:
-            status = status_json(cluster)
-            row = next((w for w in status["workers"] if w["name"] == trusted_node), {})
-            seen.append((row.get("online"), row.get("kind")))
-            if row.get("online"):
-                break
-            time.sleep(3)
+        seen, status, _ = status_until_online(cluster, trusted_node)
         log = testbed.exec_result(host, f"docker exec {OBJECT} cat /tmp/replier.log").stdout.decode()
         assert "listening" in log, log[-2000:]  # the forged node ran with the volunteer's rights
         assert (True, "cluster") not in seen, seen
@@ -412,11 +418,6 @@ def test_replies_a_volunteer_writes_in_a_trusted_workers_name_show_it_as_a_stran
         assert status["exit_code"] == 3
         assert any(p.startswith(f"worker {trusted_node}: a stranger answers") and "nobody holds" in p
                    for p in status["problems"]), status["problems"]
-    finally:
-        testbed.exec_result(host, f"docker exec {OBJECT} sh -c 'kill $(cat /tmp/replier.pid)'")
-        testbed.exec(cluster["master"], f"docker start {worker}", timeout=120)
-        row = wait_for_worker(cluster, trusted_node, lambda w: w.get("online") and w.get("kind") == "cluster", 120)
-        assert row.get("kind") == "cluster" and row.get("online"), row
 
 
 def test_revoke_under_load_stops_its_work_within_30_s_and_every_task_completes_elsewhere(cluster, testbed):
