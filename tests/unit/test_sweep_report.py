@@ -297,3 +297,40 @@ def test_a_report_that_fails_during_a_sweep_is_one_warning_once_and_the_sweep_go
                      "no metric 'f1' in the results (metrics: accuracy, loss, seconds)"]
     refresh.sort = None
     assert refresh(final=True) == sweep_folder / "sweep-demo" / "report.html"
+
+
+def test_a_sweep_writes_its_report_as_results_come_and_names_it_in_the_summary(tmp_path):
+    from infra.config import parse_cluster
+    from infra.runtime import protocol
+    from infra.workflows.sweep import SweepOptions, SweepRecorder, prepare_sweep, summary_lines
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "train.py").write_text("print('hi')\n")
+    (tmp_path / "grid.yml").write_text("lr: [0.1, 0.01]\n")
+    cluster = parse_cluster("name: lab\nproject: {path: proj}\nroles:\n  master: {host: local}\n"
+                            "  workers: [{host: local}]\n", filename="cluster.yaml", base_dir=tmp_path)
+    plan = prepare_sweep(cluster, tmp_path / "grid.yml", ("python", "train.py"), SweepOptions())
+    now = [0.0]
+    notes = []
+    refresh = ReportRefresher(plan.csv_path, sort=None, top=10, note=notes.append, every_seconds=30,
+                              clock=lambda: now[0])
+    recorder = SweepRecorder(plan, out=lambda line: None, note=notes.append, clock=lambda: now[0],
+                             refresh_report=refresh)
+    report = plan.output_dir / "sweep-grid" / "report.html"
+    for position, run in enumerate(plan.runs, start=1):
+        now[0] += 20
+        send = recorder.on_driver_stdout
+        send(protocol.event_line({"event": "start", "run": run.id, "host": "local", "attempt": 1}))
+        send(protocol.event_line({"event": "lines", "run": run.id,
+                                  "lines": ["epoch=1 loss=0.9", f'{{"accuracy": 0.{position}}}']}))
+        send(protocol.event_line({"event": "end", "run": run.id, "status": "ok", "exit_code": 0, "seconds": 1.0,
+                                  "host": "local", "attempt": 1, "final": True}))
+        if position == 1:
+            assert not report.exists()  # 20 s in: not due yet
+    assert report.is_file()  # 40 s in: due
+    summary = recorder.close()
+    assert "best accuracy 0.2 (run #2: lr=0.01)" in report.read_text()
+    assert summary_lines(plan, summary)[0].endswith(
+        "results in output/sweep-grid.csv, report output/sweep-grid/report.html")
+    assert notes == []
