@@ -309,10 +309,15 @@ def best_table(table: SweepTable, objective: Objective | None,
     return header, [[row.get(column, "") for column in shown] for row in rows]
 
 
+def varied_params(table: SweepTable) -> list[str]:
+    """The parameters that take more than one value: a constant one has nothing to show."""
+    return [p for p in table.params if len({row.get(p, "") for row in table.rows}) > 1]
+
+
 def parallel_coordinates(table: SweepTable, objective: Objective, rows: list[dict[str, str]]) -> dict:
-    """One line per ok run through each parameter's axis to the objective's, coloured by it."""
+    """One line per ok run through each varied parameter's axis to the objective's, coloured by it."""
     dimensions = []
-    for param in table.params:
+    for param in varied_params(table):
         cells = [row.get(param, "") for row in rows]
         if _is_numeric_param(table, param):
             dimensions.append({"label": display_name(param), "values": [number(c) for c in cells]})
@@ -401,10 +406,12 @@ def learning_curves(table: SweepTable, metric: str, curves: Mapping[str, RunCurv
                        "x": [p[0] for p in points], "y": [p[1] for p in points], "line": line, "marker": marker,
                        "hovertext": f"#{row.get('index')} {status}: {run_label(table, row)}",
                        "opacity": 0.7 if status != OK and not pruned else 1.0})
+    # A run that diverged (loss 1e12 beside 0.1) would flatten every other curve: a log axis then.
+    yaxis = {"title": {"text": metric}, **_axis_for([y for trace in traces for y in trace["y"]])}
     figure = {
         "data": traces,
         "layout": {"xaxis": {"title": {"text": " / ".join(step_keys) or "step"}},
-                   "yaxis": {"title": {"text": metric}}, "height": 380,
+                   "yaxis": yaxis, "height": 380,
                    "margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "legend": {"font": {"size": 10}},
                    "showlegend": len(traces) <= LEGEND_RUNS},
     }
@@ -447,13 +454,17 @@ def build_report(name: str, table: SweepTable, curves: Mapping[str, RunCurve] | 
         notes.append("no run reported a numeric metric: nothing to rank or plot against the parameters")
     elif not scored:
         notes.append(f"no run finished ok with a numeric {objective.name}: no parameter plots yet")
-    elif table.params:
+    elif varied_params(table):
         figures.append(Figure("parallel", f"{objective.name} across all parameters (parallel coordinates)",
                               parallel_coordinates(table, objective, scored),
                               "drag along an axis to select a range"))
-        for param in table.params:
+        for param in varied_params(table):
             figures.append(Figure(f"param-{param}", f"{objective.name} against {display_name(param)}",
                                   metric_against(table, objective, param, scored, best_index)))
+    constant = [p for p in table.params if p not in varied_params(table)]
+    if constant:
+        notes.append("the same in every run: " + ", ".join(f"{display_name(p)}={table.rows[0].get(p, '')}"
+                                                            for p in constant))
     metrics = curve_metric_names(curves, objective)
     if not metrics:
         notes.append("no intermediate metrics in the logs (lines such as `epoch=3 loss=0.31`): no learning curves")

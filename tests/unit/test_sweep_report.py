@@ -334,3 +334,51 @@ def test_a_sweep_writes_its_report_as_results_come_and_names_it_in_the_summary(t
     assert summary_lines(plan, summary)[0].endswith(
         "results in output/sweep-grid.csv, report output/sweep-grid/report.html")
     assert notes == []
+
+
+def test_a_parameter_with_one_value_gets_no_plot_and_is_named_in_a_note():
+    text = CSV.replace("index,id,lr,shuffle,", "index,id,lr,epochs,shuffle,")
+    text = "\n".join(line.replace(",true,", ",25,true,", 1).replace(",false,", ",25,false,", 1) if i else line
+                     for i, line in enumerate(text.splitlines()))
+    report = build_report("demo", read_results_csv(text))
+    assert [f.key for f in report.figures if f.key.startswith("param-")] == ["param-lr", "param-shuffle"]
+    assert [d["label"] for d in figure(report, "parallel")["data"][0]["dimensions"]] == ["lr", "shuffle", "accuracy"]
+    assert "the same in every run: epochs=25" in report.notes
+
+
+def test_a_diverging_run_puts_the_learning_curves_on_a_log_axis():
+    curves = demo_curves()
+    assert "type" not in figure(build_report("demo", read_results_csv(CSV), curves), "curve-loss")["layout"]["yaxis"]
+    curves["c3"] = read_curve(curve_lines([0.9, 40.0, 9e9], end="pruned"))
+    spec = figure(build_report("demo", read_results_csv(CSV), curves), "curve-loss")
+    assert spec["layout"]["yaxis"]["type"] == "log"
+
+
+# --------------------------------------------------------------------------- the sample
+
+
+def test_the_train_demo_sample_prints_learning_curves_and_a_diverging_rate_stops_early():
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from infra.config import load_cluster
+    from infra.sweep.parameters import load_parameters
+
+    repo = Path(__file__).resolve().parents[2]
+    project = repo / "projects" / "train-demo"
+    assert len(list(load_parameters(project / "parameters.yml").combinations())) == 24
+    assert load_cluster(repo / "examples" / "train-local.yaml").project_dir == project
+
+    def run(*args):
+        out = subprocess.run([sys.executable, "train.py", *args], cwd=project, capture_output=True, text=True,
+                             check=True, timeout=60).stdout.splitlines()
+        return read_curve(out), json.loads(out[-1])
+
+    curve, result = run("--lr", "0.03", "--epochs", "6")
+    assert (curve.step_key, curve.steps) == ("epoch", [1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    assert set(curve.values[0]) == {"loss", "val_loss"}
+    assert curve.values[-1]["val_loss"] < curve.values[0]["val_loss"] and result["val_loss"] < 0.2
+    curve, result = run("--lr", "0.3", "--epochs", "25")
+    assert result["diverged"] and result["val_loss"] is None and result["epochs_run"] < 5
