@@ -44,6 +44,7 @@ TABLE_METRICS = 5  # other metric columns in the best-runs table, beside the obj
 CURVE_METRICS = 4  # learning-curve figures at most (one per intermediate metric)
 MAX_POINTS_PER_RUN = 2000  # a longer curve is thinned evenly: the figure stays light
 LOG_SCALE_RATIO = 50.0  # a positive numeric parameter spanning this factor gets a log axis
+CURVE_RUNS = 200  # runs drawn in a learning-curve figure at most: the best first, then in grid order
 LEGEND_RUNS = 30  # a curve figure of more runs has no legend (hover names each line)
 # Ok runs' lines take blues and greens, so the red of pruned runs and the grey of failed ones stand out.
 OK_COLOURS = ("#1f77b4", "#2ca02c", "#17becf", "#9467bd", "#bcbd22", "#8c564b", "#e377c2", "#393b79", "#637939")
@@ -373,6 +374,17 @@ def curve_metric_names(curves: Mapping[str, RunCurve], objective: Objective | No
     return names[:CURVE_METRICS]
 
 
+def curves_to_draw(table: SweepTable, curves: Mapping[str, RunCurve], objective: Objective | None,
+                   limit: int = CURVE_RUNS) -> dict[str, RunCurve]:
+    """The curves a figure can hold and still be read: all of them, or the best runs' first."""
+    if len(curves) <= limit:
+        return dict(curves)
+    first = [row["id"] for row in ranked_rows(table, objective, limit)]
+    chosen = set(first)
+    order = [*first, *(row["id"] for row in table.rows if row["id"] not in chosen)]
+    return {run_id: curves[run_id] for run_id in [run_id for run_id in order if run_id in curves][:limit]}
+
+
 def learning_curves(table: SweepTable, metric: str, curves: Mapping[str, RunCurve],
                     best_index: str | None) -> tuple[dict, int]:
     """One line per run of an intermediate metric over its steps; pruned runs dotted and ended with an ✕.
@@ -468,9 +480,12 @@ def build_report(name: str, table: SweepTable, curves: Mapping[str, RunCurve] | 
     metrics = curve_metric_names(curves, objective)
     if not metrics:
         notes.append("no intermediate metrics in the logs (lines such as `epoch=3 loss=0.31`): no learning curves")
+    drawn = curves_to_draw(table, curves, objective)
+    left_out = f" (the best first; {len(curves) - len(drawn)} more runs left out)" if len(drawn) < len(curves) else ""
     for metric in metrics:
-        figure, pruned = learning_curves(table, metric, curves, best_index)
-        note = f"{len(figure['data'])} runs" + (f", {pruned} pruned (dotted, ✕ where they stopped)" if pruned else "")
+        figure, pruned = learning_curves(table, metric, drawn, best_index)
+        note = (f"{len(figure['data'])} runs{left_out}"
+                + (f", {pruned} pruned (dotted, ✕ where they stopped)" if pruned else ""))
         figures.append(Figure(f"curve-{metric}", f"learning curves: {metric}", figure, note))
     hosts = run_time_per_host(table)
     if hosts is not None:

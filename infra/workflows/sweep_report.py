@@ -50,7 +50,7 @@ def find_sweep(target: str, output_dirs: list[Path]) -> SweepFiles:
     """The sweep a user named: a folder `.../sweep-NAME`, a CSV, or a NAME in one of `output_dirs`."""
     path = Path(target)
     if path.is_dir():
-        folder = path
+        folder = path.resolve() if path.name in ("", ".", "..") else path  # `.`: its parent is needed
         stem = folder.resolve().name
         for csv_path in (folder.parent / f"{stem}.csv", folder / "results.csv"):
             if csv_path.is_file():

@@ -236,6 +236,13 @@ def test_a_sweep_is_found_by_name_folder_or_csv(sweep_folder):
         assert (files.name, files.csv_path.name, files.folder.name) == ("demo", "sweep-demo.csv", "sweep-demo")
 
 
+def test_a_sweep_is_found_from_inside_its_folder(sweep_folder, monkeypatch):
+    monkeypatch.chdir(sweep_folder / "sweep-demo")
+    files = find_sweep(".", [])
+    assert (files.name, files.csv_path, files.report_path) == (
+        "demo", sweep_folder.resolve() / "sweep-demo.csv", sweep_folder.resolve() / "sweep-demo" / "report.html")
+
+
 @pytest.mark.parametrize("target, message", [
     ("other", "no sweep 'other': no {out}/sweep-other.csv"),
     ("{out}/sweep-none.csv", "no such sweep results: {out}/sweep-none.csv"),
@@ -382,3 +389,15 @@ def test_the_train_demo_sample_prints_learning_curves_and_a_diverging_rate_stops
     assert curve.values[-1]["val_loss"] < curve.values[0]["val_loss"] and result["val_loss"] < 0.2
     curve, result = run("--lr", "0.3", "--epochs", "25")
     assert result["diverged"] and result["val_loss"] is None and result["epochs_run"] < 5
+
+
+def test_a_sweep_of_many_runs_draws_the_best_runs_curves_first_and_says_how_many_are_left_out():
+    rows = "".join(f"{i},r{i},{i},ok,0,1,h1,1,{i / 1000},l\n" for i in range(1, 251))
+    table = read_results_csv("index,id,x,status,exit_code,seconds,host,attempts,accuracy,log\n" + rows)
+    curves = {f"r{i}": read_curve([f"epoch=1 loss={i}"]) for i in range(1, 251)}
+    report = build_report("many", table, curves)
+    spec = figure(report, "curve-loss")
+    names = [trace["name"] for trace in spec["data"]]
+    assert len(names) == 200 and "#250 (best)" in names and "#1" not in names and not spec["layout"]["showlegend"]
+    assert [f.note for f in report.figures if f.key == "curve-loss"] == [
+        "200 runs (the best first; 50 more runs left out)"]
