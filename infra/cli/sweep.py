@@ -206,7 +206,7 @@ def report(target: str, cluster_file: Path | None, sort_by: str | None, top: int
     \b
     NAME|PATH: a sweep's name (output/sweep-NAME.csv, in the project of --file, else
     in ./output/), its folder output/sweep-NAME, or its CSV. The page is one file that
-    opens with no network: the best runs, the metric across all parameters (parallel
+    opens with no network: the best runs, the metric across the parameters (parallel
     coordinates) and against each, learning curves of the metrics runs print as they
     go (`epoch=3 loss=0.31`; pruned runs dotted), and run time per host. `infra sweep
     run` writes it too, as results come in.

@@ -467,7 +467,7 @@ def build_report(name: str, table: SweepTable, curves: Mapping[str, RunCurve] | 
     elif not scored:
         notes.append(f"no run finished ok with a numeric {objective.name}: no parameter plots yet")
     elif varied_params(table):
-        figures.append(Figure("parallel", f"{objective.name} across all parameters (parallel coordinates)",
+        figures.append(Figure("parallel", f"{objective.name} across the parameters (parallel coordinates)",
                               parallel_coordinates(table, objective, scored),
                               "drag along an axis to select a range"))
         for param in varied_params(table):
