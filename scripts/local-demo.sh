@@ -76,6 +76,7 @@ Both clusters keep running. Try:
   $INFRA status -f $CLUSTER
   $INFRA logs --file $CLUSTER worker -n 20
   column -s, -t < projects/sweep-demo/output/sweep-parameters.csv | less -S
+  $INFRA sweep report -f $SWEEP_CLUSTER parameters --open   # the sweep's report.html in a browser
   $INFRA clean -f $CLUSTER          # remove it (add --volumes --files to remove its data too)
   $INFRA clean -f $SWEEP_CLUSTER
 TXT

@@ -5,7 +5,8 @@
 #   scripts/run-tests.sh [PYTEST_ARGS...]      e.g. scripts/run-tests.sh -m "not e2e" -x
 #
 # Steps (each skipped when already done, so a second run goes straight to pytest):
-#   1. system packages: docker.io, debootstrap, openssh-client, python3-venv
+#   1. system packages: docker.io, debootstrap, openssh-client, python3-venv, chromium and
+#      fonts-liberation (the sweep report's browser test)
 #   2. a running Docker engine (starts dockerd in the background if `docker info` fails)
 #   3. the base image infra-base:bookworm (scripts/make-base-image.sh)
 #   4. .venv with `pip install -e '.[test]'` (redone only when pyproject.toml changes)
@@ -53,6 +54,9 @@ command -v debootstrap >/dev/null || [ -x /usr/sbin/debootstrap ] || missing+=(d
 command -v ssh >/dev/null || missing+=(openssh-client)
 command -v docker-registry >/dev/null || missing+=(docker-registry)  # images sent by layers (ship)
 command -v iptables >/dev/null || [ -x /usr/sbin/iptables ] || missing+=(iptables)
+# The sweep report's browser test (-m browser): headless Chromium, and fonts for its text.
+command -v chromium >/dev/null || missing+=(chromium)
+[ -d /usr/share/fonts/truetype/liberation ] || missing+=(fonts-liberation)
 "$PYTHON" -c 'import ensurepip, venv' 2>/dev/null || missing+=(python3-venv)
 if [ ${#missing[@]} -gt 0 ]; then
     echo "installing: ${missing[*]}"

@@ -1,4 +1,5 @@
-"""`infra sweep`: run a command once per combination of a parameters file, on the workers."""
+"""`infra sweep`: run a command once per combination of a parameters file, on the workers
+(`infra sweep run`, the default subcommand), and `infra sweep report`, its results as a page."""
 
 from __future__ import annotations
 
@@ -31,7 +32,33 @@ class _SweepCommand(click.Command):
             raise
 
 
-@click.command(cls=_SweepCommand)
+class _RunByDefault(click.Group):
+    """A group whose first word, when it is no subcommand, starts `run`: `infra sweep -f c.yaml p.yml -- cmd`
+    means `infra sweep run -f c.yaml p.yml -- cmd`, as it did before `infra sweep` had subcommands."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and args[0] not in ctx.help_option_names:
+            args = ["run", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group(cls=_RunByDefault)
+def sweep() -> None:
+    """Run a command once per combination of a parameters file, and look at the results.
+
+    \b
+    `infra sweep ARGS` is `infra sweep run ARGS`: the commands are
+      run      run COMMAND once per combination, spread over the workers (the default)
+      report   write output/sweep-NAME/report.html: best runs, plots, learning curves
+
+    \b
+    Example:
+      infra sweep -f cluster.yaml parameters.yml --sort -accuracy -- python train.py
+      infra sweep report parameters --open
+    """
+
+
+@sweep.command("run", cls=_SweepCommand)
 @cluster_file_option
 @click.argument("parameters", type=click.Path(dir_okay=False, path_type=Path))
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
@@ -54,7 +81,7 @@ class _SweepCommand(click.Command):
               help="Refuse parameters files with more combinations than this (a guard against typos).")
 @click.option("-q", "--quiet", is_flag=True, help="Show a progress line instead of the runs' output.")
 @handle_errors
-def sweep(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: str | None, dry_run: bool,
+def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: str | None, dry_run: bool,
           resume: bool, retries: int, timeout: float | None, gpus_per_task: int, queue: str | None,
           sort_by: str | None, top: int, max_combinations: int, quiet: bool) -> None:
     """Run COMMAND once per combination of the PARAMETERS file, spread over the workers.
@@ -160,3 +187,48 @@ class _Progress:
                 click.echo("\r" + self.last_text.ljust(self.width), err=True)
             else:
                 click.echo(self.last_text, err=True)
+
+
+@sweep.command("report")
+@click.argument("target", metavar="NAME|PATH")
+@click.option("-f", "--file", "cluster_file", type=click.Path(dir_okay=False, path_type=Path),
+              help="A cluster file: NAME is looked for in its project's output/ (before ./output/).")
+@click.option("--sort", "sort_by", metavar="[-]METRIC",
+              help="Rank the runs by this metric: -accuracy (highest first), loss (lowest first); "
+                   "default: the first metric whose name says which way is better (accuracy, loss, ...).")
+@click.option("--top", type=click.IntRange(1, 1000), default=10, show_default=True,
+              help="How many runs the best-runs table lists.")
+@click.option("--open", "open_page", is_flag=True, help="Open the report in the browser once written.")
+@handle_errors
+def report(target: str, cluster_file: Path | None, sort_by: str | None, top: int, open_page: bool) -> None:
+    """Write a sweep's report, output/sweep-NAME/report.html, from its CSV and logs.
+
+    \b
+    NAME|PATH: a sweep's name (output/sweep-NAME.csv, in the project of --file, else
+    in ./output/), its folder output/sweep-NAME, or its CSV. The page is one file that
+    opens with no network: the best runs, the metric across the parameters (parallel
+    coordinates) and against each, learning curves of the metrics runs print as they
+    go (`epoch=3 loss=0.31`; pruned runs dotted), and run time per host. `infra sweep
+    run` writes it too, as results come in.
+
+    \b
+    Example:
+      infra sweep report parameters --open
+      infra sweep report -f cluster.yaml parameters --sort loss
+      infra sweep report projects/sweep-demo/output/sweep-parameters
+    """
+    from ..sweep.results import SortSpec
+    from ..workflows.sweep_report import find_sweep, write_report
+
+    try:
+        sort = SortSpec.parse(sort_by) if sort_by is not None else None
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    output_dirs = []
+    if cluster_file is not None:
+        output_dirs.append(load_cluster_file(cluster_file).project_dir / "output")
+    output_dirs.append(Path("output"))
+    path = write_report(find_sweep(target, output_dirs), sort, top)
+    click.echo(f"report: {path} ({path.stat().st_size / 1e6:.1f} MB)")
+    if open_page:
+        click.launch(str(path))

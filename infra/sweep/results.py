@@ -46,6 +46,15 @@ def metric_value(text: str) -> int | float | str:
         return text
 
 
+def key_value_pairs(text: str) -> dict[str, int | float | str] | None:
+    """`epoch=3 loss=0.31` (or `epoch=3, loss=0.31`) as a dict; None for a line with any other word."""
+    words = text.replace(",", " ").split()
+    matches = [_KEY_VALUE.match(word) for word in words]
+    if not words or not all(matches):
+        return None
+    return {match.group(1): metric_value(match.group(2)) for match in matches}
+
+
 @dataclass
 class MetricsReader:
     """Reads a run's output line by line and keeps its metrics (see the module's rules)."""
@@ -63,11 +72,9 @@ class MetricsReader:
             if isinstance(value, dict):
                 self.last_json = value
                 return
-        words = text.replace(",", " ").split()
-        matches = [_KEY_VALUE.match(word) for word in words]
-        if words and all(matches):
-            for match in matches:
-                self.pairs[match.group(1)] = metric_value(match.group(2))
+        pairs = key_value_pairs(text)
+        if pairs is not None:
+            self.pairs.update(pairs)
 
     @property
     def metrics(self) -> dict[str, Any]:

@@ -58,6 +58,7 @@ from ..sweep.results import (
 )
 from ..transport.pool import ConnectionPool
 from .run_job import exec_job, master_ready
+from .sweep_report import ReportRefresher
 
 # Ctrl-C: the driver gets SIGINT and time to stop the runs and relay their ends, then harder signals.
 DRIVER_STOP_SIGNALS: tuple[tuple[str, float], ...] = (("INT", 45.0), ("TERM", 10.0), ("KILL", 5.0))
@@ -197,6 +198,7 @@ class SweepSummary:
     table: list[str] = field(default_factory=list)
     table_title: str = ""
     csv_path: str = ""
+    report_path: str = ""  # output/sweep-NAME/report.html once written at the end
 
     @property
     def exit_code(self) -> int:
@@ -210,8 +212,11 @@ class SweepRecorder:
 
     def __init__(self, plan: SweepPlan, *, out: Callable[[str], None], note: Callable[[str], None],
                  status: Callable[[str], None] | None = None, quiet: bool = False,
-                 clock: Callable[[], float] = time.monotonic):
+                 clock: Callable[[], float] = time.monotonic,
+                 refresh_report: Callable[[bool], object] | None = None):
         self.plan = plan
+        self.refresh_report = refresh_report  # after each CSV write: the report, when it is due (final: now)
+        self.report_path = ""  # where the last report went, as the summary shows it
         self.out = out
         self.note = note
         self.status = status
@@ -352,13 +357,17 @@ class SweepRecorder:
         if self.dirty and self.clock() - self.last_write >= CSV_WRITE_INTERVAL:
             self.write_csv()
 
-    def write_csv(self) -> None:
+    def write_csv(self, final: bool = False) -> None:
         """Replace the CSV atomically: a reader (or a Ctrl-C) never sees half a file."""
         path = self.plan.csv_path
         confined.replace_file(self.plan.output_dir, path.relative_to(self.plan.output_dir).as_posix(),
                               csv_text(self.columns(), self.ordered_rows()).encode())
         self.dirty = False
         self.last_write = self.clock()
+        if self.refresh_report is not None and self.rows:
+            written = self.refresh_report(final)
+            if final and isinstance(written, Path):
+                self.report_path = self.plan.relative(written)
 
     # ------------------------------------------------------------------ the end
 
@@ -369,10 +378,10 @@ class SweepRecorder:
                     live.log.write("# no end: the sweep stopped before this run reported one\n")
                     live.log.close()
                     live.log = None
-            self.write_csv()
+            self.write_csv(final=True)
             summary = SweepSummary(total=len(self.plan.runs), ran=len(self.to_run), interrupted=self.interrupted,
                                    elapsed=self.clock() - self.started, hosts=list(self.hosts),
-                                   csv_path=self.plan.relative(self.plan.csv_path))
+                                   csv_path=self.plan.relative(self.plan.csv_path), report_path=self.report_path)
             for run in self.plan.selection.to_run:
                 status = self.finished.get(run.id)
                 if status == protocol.OK:
@@ -410,7 +419,7 @@ def summary_lines(plan: SweepPlan, summary: SweepSummary) -> list[str]:
     scope = f"{summary.ran} run(s)" + (f" ({earlier} of {summary.total} done earlier)" if earlier else "")
     hosts = f" on {', '.join(summary.hosts)}" if summary.hosts else ""
     lines = [f"sweep '{plan.name}': {scope}: {', '.join(parts)} in {format_duration(summary.elapsed)}{hosts}; "
-             f"results in {summary.csv_path}"]
+             f"results in {summary.csv_path}" + (f", report {summary.report_path}" if summary.report_path else "")]
     for run, how, log in summary.failures[:FAILURES_LISTED]:
         lines.append(f"  failed [{run.index}] {run.label()} ({how}): {log}")
     if len(summary.failures) > FAILURES_LISTED:
@@ -438,7 +447,8 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
               out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
               status: Callable[[str], None] | None = None, quiet: bool = False) -> SweepSummary:
     """Run the plan's runs on the cluster and record them; returns what happened."""
-    recorder = SweepRecorder(plan, out=out, note=note, status=status, quiet=quiet)
+    refresher = ReportRefresher(plan.csv_path, sort=options.sort, top=options.top, note=note)
+    recorder = SweepRecorder(plan, out=out, note=note, status=status, quiet=quiet, refresh_report=refresher)
     if not plan.selection.to_run:
         return recorder.close(options.sort, options.top)
     sweep_id = uuid.uuid4().hex[:12]

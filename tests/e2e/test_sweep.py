@@ -175,6 +175,12 @@ def test_the_samples_24_combinations_run_on_several_hosts_with_correct_rows(swep
         assert [line for line in log.splitlines() if line.startswith("epoch=")] == here.stdout.splitlines()[:-1]
     hosts = {row["host"] for row in rows}
     assert len(hosts) >= 2 and hosts <= {"h1", "h2", "h3", "local"}, hosts
+    # The report of the sweep, written at its end: the best run is the CSV's, every run's curve is in it.
+    assert "report output/sweep-parameters/report.html" in result.stdout
+    page = (project / "output" / "sweep-parameters" / "report.html").read_text()
+    best = max(rows, key=lambda row: (float(row["accuracy"]), -int(row["index"])))
+    assert f"24 runs: 24 ok; best accuracy {best['accuracy']} (run #{best['index']}: " in page
+    assert page.count('"name":"#') >= 24 and "learning curves: loss" in page
     print(f"24 combinations in {took:.1f} s (with the CLI's start), runs per host: "
           f"{ {h: sum(r['host'] == h for r in rows) for h in sorted(hosts)} }")
 
