@@ -27,14 +27,14 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Iterator, Literal
 
 import yaml
 
 from ..config import MAX_FILE_BYTES, read_text_file
 from ..errors import ConfigError
+from ..runtime.arguments import Value, render_value  # noqa: F401  (shared with the driver)
 
-Value = Union[str, int, float, bool]
 AxisKind = Literal["value", "values", "range", "flag"]
 
 DEFAULT_MAX_COMBINATIONS = 10_000
@@ -220,15 +220,6 @@ def _axis(name: str, raw: Any, line: int, where: _Where, limit: int) -> Axis:
     if isinstance(raw, bool):
         return Axis(name, (raw,), "flag", line)
     return Axis(name, (_scalar(raw, name, line, where),), "value", line)
-
-
-def render_value(value: Value) -> str:
-    """A value as the command line gets it: `5`, `0.001`, `1e-05`, `adam` (flags never reach here)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
 
 
 # --------------------------------------------------------------------------- the file

@@ -10,8 +10,6 @@ sweeps of the same file (`--resume`), whatever its position, and changes when th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import re
 from dataclasses import dataclass
@@ -19,6 +17,7 @@ from pathlib import Path
 
 from ..errors import ConfigError
 from ..runtime.protocol import PLAN_FORMAT
+from ..runtime.arguments import option_name, parameter_args, run_id  # noqa: F401  (shared with the driver)
 from .parameters import Grid, Value, render_value
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,27 +42,6 @@ class Run:
             elif value is not False:
                 words.append(f"{name}={render_value(value)}")
         return " ".join(words)
-
-
-def option_name(name: str) -> str:
-    """`lr` -> `--lr`; a name written with its dashes (`-n`, `--lr`) stays as written."""
-    return name if name.startswith("-") else f"--{name}"
-
-
-def parameter_args(params: tuple[tuple[str, Value], ...]) -> list[str]:
-    words: list[str] = []
-    for name, value in params:
-        if value is True:
-            words.append(option_name(name))
-        elif value is False:
-            continue
-        else:
-            words += [option_name(name), render_value(value)]
-    return words
-
-
-def run_id(argv: tuple[str, ...] | list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:12]
 
 
 def build_runs(grid: Grid, command: tuple[str, ...]) -> list[Run]:
