@@ -358,3 +358,51 @@ def test_the_redis_channel_reads_the_stop_flag_of_its_own_submission_only():
     assert channel.stop_reason("sw.a.1") is None and channel.stop_reason("sw.b.1") == protocol.PRUNED
     redis.set(protocol.cancel_key("sw"), "1")
     assert channel.stop_reason("sw.a.1") == protocol.CANCELLED
+
+
+# --------------------------------------------------------------------------- the recorder
+
+
+def test_an_optuna_searchs_trials_become_rows_pruned_runs_keep_their_last_metrics_and_the_saving_is_said(tmp_path):
+    from infra.config import parse_cluster
+    from infra.sweep.results import SortSpec
+    from infra.workflows.sweep import SweepOptions, SweepRecorder, prepare_sweep, summary_lines
+
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "train.py").write_text("print(1)\n")
+    (tmp_path / "space.yml").write_text("x: {uniform: [0.0, 1.0]}\n")
+    cluster = parse_cluster(CLUSTER, filename="cluster.yaml", base_dir=tmp_path)
+    options = SweepOptions(sort=SortSpec("loss", False), search=SearchOptions("optuna", trials=3, pruner="median"))
+    plan = prepare_sweep(cluster, tmp_path / "space.yml", ("python", "train.py"), options)
+    assert plan.runs == [] and plan.total == 3
+    out, notes = [], []
+    recorder = SweepRecorder(plan, out=out.append, note=notes.append)
+
+    def say(kind, **fields):
+        recorder.on_driver_stdout(protocol.event_line({"event": kind, **fields}))
+
+    say("study", done=0, to_run=3)
+    for index, (x, seconds, status) in enumerate([(0.5, 10.0, "ok"), (0.9, 2.0, "pruned"), (0.1, 12.0, "ok")], 1):
+        run = f"r{index}"
+        say("trial", run=run, index=index, params=[["x", x]], argv=["python", "train.py", "--x", repr(x)])
+        say("start", run=run, host="m1", worker="w@m1", gpus="", attempt=1)
+        say("lines", run=run, lines=[f"epoch=1 loss={x}", f"epoch=2 loss={x / 2}"])
+        if status == "pruned":
+            say("pruning", run=run, step=2)
+        else:
+            say("lines", run=run, lines=[json.dumps({"loss": x / 4, "epoch": 3})])
+        say("end", run=run, status=status, exit_code=0 if status == "ok" else -15, seconds=seconds, host="m1",
+            attempt=1, final=True)
+    summary = recorder.close(options.sort, 5)
+    assert "[2/3] pruning at step 2" in out and "[2/3] pruned (exit -15, 2.0 s on m1): see " + \
+        "output/sweep-space/logs/0002-r2.log" in out
+    rows = list(__import__("csv").DictReader(plan.csv_path.open()))
+    assert [(r["index"], r["x"], r["status"], r["epoch"], r["loss"]) for r in rows] == [
+        ("1", "0.5", "ok", "3", "0.125"), ("2", "0.9", "pruned", "2", "0.45"), ("3", "0.1", "ok", "3", "0.025")]
+    assert (summary.ok, summary.pruned, summary.failed, summary.exit_code) == (2, 1, 0, 0)
+    assert summary.pruning_saved == pytest.approx(11.0 - 2.0)
+    lines = summary_lines(plan, summary)
+    assert lines[0].startswith("sweep 'space': 3 run(s): 2 ok, 1 pruned in ")
+    assert lines[1] == ("early stopping saved about 0:09 of run time (9.0 s: for each of the 1 pruned run(s), "
+                        "the median time of the runs that ran to the end minus its own)")
+    assert "# pruned at step 2" in (tmp_path / "proj" / rows[1]["log"]).read_text()
