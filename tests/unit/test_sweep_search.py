@@ -406,3 +406,38 @@ def test_an_optuna_searchs_trials_become_rows_pruned_runs_keep_their_last_metric
     assert lines[1] == ("early stopping saved about 0:09 of run time (9.0 s: for each of the 1 pruned run(s), "
                         "the median time of the runs that ran to the end minus its own)")
     assert "# pruned at step 2" in (tmp_path / "proj" / rows[1]["log"]).read_text()
+
+
+@pytest.mark.parametrize("pruner", ["halving", "hyperband"])
+def test_the_other_pruners_decide_on_the_same_reports_and_every_trial_ends_told(tmp_path, pruner):
+    from infra.runtime.study import StudyBook
+
+    book = StudyBook.open({"path": str(tmp_path / "study.journal"), "name": "demo", "fresh": True, "metric": "loss",
+                           "direction": "minimize", "pruner": pruner})
+    decided = {}
+    for index in range(12):
+        run = f"r{index}"
+        book.begin(run)
+        target = 5.0 if index % 3 == 2 else 0.1 * index  # every third run far behind
+        step = None
+        for epoch in range(1, 10):
+            step = book.feed(run, [f"epoch={epoch} loss={target + 1 / epoch}"])
+            if step is not None:
+                break
+        decided[run] = step
+        if step is None:
+            book.feed(run, [json.dumps({"loss": target})])
+        book.end(run, "pruned" if step is not None else "ok")
+    states = [trial.state.name for trial in book.study.trials]
+    assert len(states) == 12 and set(states) <= {"COMPLETE", "PRUNED"}
+    assert "PRUNED" in states  # the runs far behind are given up...
+    assert decided["r0"] is None and decided["r1"] is None  # ...the best ones never
+
+
+def test_an_unknown_pruner_or_sampler_is_refused_by_name():
+    from infra.runtime.study import make_pruner, make_sampler
+
+    with pytest.raises(ValueError, match="unknown pruner 'sometimes'"):
+        make_pruner("sometimes")
+    with pytest.raises(ValueError, match="unknown sampler 'grid'"):
+        make_sampler("grid", 0)
