@@ -2,8 +2,9 @@
 # Fill a wheelhouse for image builds on machines whose containers cannot reach PyPI.
 # Usage: scripts/make-wheelhouse.sh DIR [REQUIREMENTS_FILE...]
 #
-# Puts wheels for celery[redis], flower, cryptography (workers check signed runs with it)
-# and every given requirements file into DIR,
+# Puts wheels for celery[redis], flower, cryptography (workers check signed runs with it),
+# optuna (the master's sweep driver: searches and early stopping) and every given
+# requirements file into DIR,
 # for the Python of the images: CPython 3.11 on glibc and this machine's CPU, both
 # Debian bookworm's python3 (3.11.2) and python:3.11-slim's (a later 3.11.x); the
 # two differ in environment markers (redis needs async-timeout before 3.11.3).
@@ -30,7 +31,7 @@ for f in "$@"; do
     [ -f "$f" ] || { echo "make-wheelhouse: no such requirements file: $f" >&2; exit 1; }
     reqs+=(-r "$f")
 done
-pkgs=('celery[redis]' flower cryptography)
+pkgs=('celery[redis]' flower cryptography optuna)
 
 mkdir -p "$dir"
 log="$(mktemp)"

@@ -74,16 +74,32 @@ def sweep() -> None:
               help="GPUs each run gets on a GPU worker (CUDA_VISIBLE_DEVICES); 0: runs share them.")
 @click.option("--queue", help="Queue of the runs; default: celery, or the first queue the workers consume.")
 @click.option("--sort", "sort_by", metavar="[-]METRIC",
-              help="At the end, list the best rows by this metric: -accuracy (highest first), loss (lowest first).")
+              help="At the end, list the best rows by this metric: -accuracy (highest first), loss (lowest first); "
+                   "also the objective of --search optuna and of --pruner.")
 @click.option("--top", type=click.IntRange(1, 10_000), default=10, show_default=True,
               help="How many rows --sort lists.")
 @click.option("--max-combinations", type=click.IntRange(1), default=10_000, show_default=True,
               help="Refuse parameters files with more combinations than this (a guard against typos).")
+@click.option("--search", "search_kind", type=click.Choice(["grid", "random", "optuna"]), default="grid",
+              show_default=True,
+              help="grid: every combination; random: --trials drawn from the file's distributions; optuna: "
+                   "--trials chosen by an Optuna study from the results so far (needs --sort, its objective).")
+@click.option("--trials", type=click.IntRange(1, 100_000), metavar="N",
+              help="Runs of a random or Optuna search (required for them; a grid runs every combination).")
+@click.option("--seed", type=click.IntRange(0), metavar="S",
+              help="Seed of a random search (the same seed, the same trials) or of Optuna's sampler; default 0.")
+@click.option("--sampler", type=click.Choice(["tpe", "random"]),
+              help="Optuna's sampler for --search optuna; default: tpe.")
+@click.option("--pruner", type=click.Choice(["none", "median", "halving", "hyperband"]), default="none",
+              show_default=True,
+              help="Early stopping, any search: stop runs whose `epoch=N METRIC=X` (or step=N) lines fall behind, "
+                   "by Optuna's median, successive-halving or Hyperband pruner; METRIC is --sort's.")
 @click.option("-q", "--quiet", is_flag=True, help="Show a progress line instead of the runs' output.")
 @handle_errors
 def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: str | None, dry_run: bool,
           resume: bool, retries: int, timeout: float | None, gpus_per_task: int, queue: str | None,
-          sort_by: str | None, top: int, max_combinations: int, quiet: bool) -> None:
+          sort_by: str | None, top: int, max_combinations: int, search_kind: str, trials: int | None,
+          seed: int | None, sampler: str | None, pruner: str, quiet: bool) -> None:
     """Run COMMAND once per combination of the PARAMETERS file, spread over the workers.
 
     \b
@@ -93,6 +109,9 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
       epoch: !!python/tuple [5,20,5]   the same, as the original framework wrote it
       shuffle: true                    a flag: --shuffle (false leaves it out)
       gpu: "-1"                        one value
+    With --search random or optuna, each parameter has a distribution instead:
+      lr: {loguniform: [1.0e-5, 1.0e-1]}   x: {uniform: [-2.0, 2.0]}
+      layers: {int: [1, 8]}  width: {int: [16, 512], log: true}  opt: {choice: [sgd, adam]}
     Each combination runs `COMMAND --lr 0.1 --epochs 5 --shuffle ...` in the project
     folder on a worker (no shell: values are passed as they are). The project needs no
     Celery code. Output streams here, each line prefixed with its combination.
@@ -102,7 +121,10 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
     code, seconds, host, attempts, metrics, log). Metrics are the last line of a run's
     output that is a JSON object, else its `key=value` lines. Each run's full output is
     in output/sweep-NAME/logs/. A worker host lost mid-sweep: its runs go to others.
-    Ctrl-C stops the sweep and keeps what finished; --resume runs the rest.
+    Ctrl-C stops the sweep and keeps what finished; --resume runs the rest (an Optuna
+    search continues its study, output/sweep-NAME/study.journal on the master).
+    A run stopped by --pruner is `pruned` in the CSV, with its last metrics; the end
+    says how much run time early stopping saved.
 
     \b
     Exit code: 0 all ok; 1 a run failed (or infra did); 2 bad input; 130 interrupted.
@@ -112,8 +134,11 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
       infra sweep -f cluster.yaml parameters.yml --dry-run -- python train.py
       infra sweep -f cluster.yaml parameters.yml --sort -accuracy -- python train.py --data d.csv
       infra sweep -f cluster.yaml parameters.yml --resume --retries 1 -q -- python train.py
+      infra sweep -f cluster.yaml space.yml --search optuna --trials 32 --sort loss \\
+          --pruner median -- python curve.py
     """
     from ..sweep.results import SortSpec
+    from ..sweep.search import SearchOptions
     from ..workflows.sweep import SweepOptions, dry_run_lines, prepare_sweep
 
     try:
@@ -122,7 +147,8 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
         raise ConfigError(str(exc)) from None
     cluster = load_cluster_file(cluster_file)
     options = SweepOptions(name=name, resume=resume, retries=retries, timeout=timeout, gpus_per_task=gpus_per_task,
-                           queue=queue, max_combinations=max_combinations, sort=sort, top=top)
+                           queue=queue, max_combinations=max_combinations, sort=sort, top=top,
+                           search=SearchOptions(search_kind, trials, seed, sampler, pruner))
     plan = prepare_sweep(cluster, parameters, command, options)
     if dry_run:
         for line in dry_run_lines(plan):

@@ -67,7 +67,8 @@ TEMPLATE = "volunteer-join.sh"
 #   uuid4) with SET/SETEX in MULTI/EXEC, and PUBLISH it on the task's channel; its worker's
 #   backend skips Celery's read before each write (`runtime.results`);
 # - a sweep's run (infra.run_command): append to the sweep's events, set their expiry; read the
-#   cancel and alive flags; check and add its submission in the done set;
+#   cancel and alive flags and the runs' stop flags (early stopping: read, never set, so a volunteer
+#   cannot stop another's run); check and add its submission in the done set;
 # - what redis-py sends at connect. No SCAN or KEYS, no DEL, no SUBSCRIBE, no chord bookkeeping
 #   (EVALSHA on celery-taskset-meta-*: the trusted side joins chords), no administration.
 RESULT_KEY_PATTERNS = ("celery-task-meta-*",)
@@ -75,7 +76,7 @@ RESULT_CHANNEL_PATTERNS = ("celery-task-meta-*",)
 RESULT_COMMANDS = ("-@all", "+hello", "+auth", "+ping", "+select", "+client|setname",
                    "+set", "+setex", "+multi", "+exec", "+discard", "+publish")
 SWEEP_SELECTORS = ("(%W~infra:sweep:*:events +rpush +expire)",
-                   "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive +mget)",
+                   "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive %R~infra:sweep:*:stop:* +mget)",
                    "(~infra:sweep:*:done +sismember +sadd +expire)")
 
 def endpoint_name(cluster: str) -> str:

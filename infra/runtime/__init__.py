@@ -2,7 +2,7 @@
 
 The worker image carries this folder as the top-level package `infra_runtime` (see
 `infra.state.build_context.prepare_build_context` and Dockerfile.celery); the master image inherits it. So its
-modules import only the standard library, Celery and redis-py, and each other relatively: the
+modules import only the standard library, Celery and redis-py (and `study`, Optuna), and each other relatively: the
 same files are `infra.runtime.*` here (unit tests, the protocol the CLI reads) and
 `infra_runtime.*` in the images.
 
@@ -14,6 +14,10 @@ same files are `infra.runtime.*` here (unit tests, the protocol the CLI reads) a
 - `tasks`: the `infra.run_command` task (one command line, its output streamed back through
   Redis), registered on the built-in app and, with `celery worker --include`, on a project's own;
 - `driver`: `infra sweep`'s side in the master container: sends the runs, relays their events;
+- `study`: the sweep's Optuna study (searches, early stopping), imported by the driver only when
+  its plan has one: Optuna is in the master image alone;
+- `arguments`, `metrics`: a run's command words and id, its metrics and intermediate reports,
+  spelled and read the same way by the CLI and the driver;
 - `protocol`: the Redis keys and event shapes the three share with `infra.workflows.sweep`;
 - `gpu`: which devices each concurrent run of a GPU worker gets;
 - `startup`: a worker connects to the broker as soon as the broker takes logins;

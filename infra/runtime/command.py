@@ -36,6 +36,10 @@ class Channel(Protocol):
 
     def should_stop(self) -> bool: ...
 
+    def stop_reason(self, submission: str) -> str | None:
+        """protocol.CANCELLED (the sweep stops), protocol.PRUNED (this run is given up), or None."""
+        ...
+
     def already_done(self, submission: str) -> bool: ...
 
     def finish(self, submission: str, end: dict) -> None: ...
@@ -206,7 +210,7 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
     threading.Thread(target=_read_lines, args=(process.stdout, lines), daemon=True).start()
     batcher = _Batcher(channel, base)
     stopper = _Stopper(process, channel, deadline=started + request.timeout if request.timeout else None,
-                       next_check=started + CHECK_SECONDS)
+                       next_check=started + CHECK_SECONDS, submission=request.submission)
     _follow(process, lines, batcher, stopper)
     seconds = round(time.monotonic() - started, 3)
     batcher.flush()
@@ -236,17 +240,19 @@ class _Stopper:
     channel: Channel
     deadline: float | None
     next_check: float  # the channel is asked every CHECK_SECONDS, not at every turn
-    reason: str | None = None  # protocol.TIMEOUT or protocol.CANCELLED, once stopped
+    submission: str = ""
+    reason: str | None = None  # protocol.TIMEOUT, CANCELLED or PRUNED, once stopped
     kill_at: float | None = None
 
-    def check(self, now: float) -> None:
+    def check(self, now: float, reported: bool = False) -> None:
+        """`reported`: lines were just sent. The driver decides early stopping on them, so the flag is
+        asked then too: a pruned run stops before its next line, not up to CHECK_SECONDS later."""
         if self.reason is None:
             if self.deadline is not None and now >= self.deadline:
                 self.reason = protocol.TIMEOUT
-            elif now >= self.next_check:
+            elif now >= self.next_check or reported:
                 self.next_check = now + CHECK_SECONDS
-                if self.channel.should_stop():
-                    self.reason = protocol.CANCELLED
+                self.reason = self.channel.stop_reason(self.submission)
             if self.reason is not None:
                 _signal_group(self.process, signal.SIGTERM)
                 self.kill_at = now + STOP_GRACE_SECONDS
@@ -282,10 +288,11 @@ def _follow(process: subprocess.Popen, lines: "queue.Queue[str | None]", batcher
                 process.wait(timeout=BATCH_SECONDS)
             except subprocess.TimeoutExpired:
                 pass
-        if batcher.due():
+        reported = batcher.due()
+        if reported:
             batcher.flush()
         now = time.monotonic()
-        stopper.check(now)
+        stopper.check(now, reported)
         if process.poll() is not None and reading:
             # The process ended but something it started still holds the pipe: read a little
             # more, then stop the whole group so the run can end.
@@ -303,6 +310,9 @@ def _ending(request: RunRequest, batcher: _Batcher, stopped_for: str | None, ret
     if stopped_for == protocol.CANCELLED:
         batcher.add("infra: stopped: the sweep was interrupted")
         return protocol.CANCELLED, _exit_code(returncode)
+    if stopped_for == protocol.PRUNED:
+        batcher.add("infra: stopped early: the sweep's pruner gave up on this run")
+        return protocol.PRUNED, _exit_code(returncode)
     exit_code = _exit_code(returncode)
     return (protocol.OK if exit_code == 0 else protocol.FAILED), exit_code
 
@@ -350,6 +360,15 @@ class RedisChannel:
         cancel, alive = self._retrying(lambda: self.client.mget(
             protocol.cancel_key(self.sweep_id), protocol.alive_key(self.sweep_id)))
         return cancel is not None or alive is None
+
+    def stop_reason(self, submission: str) -> str | None:
+        # One MGET: a volunteer's Redis user may read these three keys and nothing else of the sweep.
+        cancel, alive, stop = self._retrying(lambda: self.client.mget(
+            protocol.cancel_key(self.sweep_id), protocol.alive_key(self.sweep_id),
+            protocol.stop_key(self.sweep_id, submission)))
+        if cancel is not None or alive is None:
+            return protocol.CANCELLED
+        return protocol.PRUNED if stop is not None else None
 
     def already_done(self, submission: str) -> bool:
         return bool(self._retrying(lambda: self.client.sismember(protocol.done_key(self.sweep_id), submission)))

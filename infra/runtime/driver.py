@@ -12,6 +12,12 @@ revoked, and the ends of the stopped runs are relayed before it exits with 130.
 
 If its own output stops being read for `STALLED_OUTPUT_SECONDS` (the CLI's connection is gone),
 it stops the sweep too, and exits: nobody would record the results.
+
+With a `study` in the plan (`study.StudyBook`: an Optuna search, or early stopping), each run is a
+trial: its lines are reported to the pruner as they come, and a run the pruner gives up gets its
+stop flag (`protocol.stop_key`), which its worker reads before its next line. An Optuna search
+has no list of runs: the driver asks the study for a trial whenever fewer than `in_flight` runs
+are out, sends it, and tells the study its result when it ends, until the budget is spent.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from . import protocol, signing
+from .arguments import parameter_args, trial_run_id
 
 ALIVE_REFRESH_SECONDS = 10.0
 NO_START_WARNING_SECONDS = 60.0
@@ -109,6 +116,7 @@ class Driver:
     new_nonce: Callable[[], str] = protocol.new_nonce  # the unguessable part of each submission id
     runs: dict[str, RunState] = field(default_factory=dict)
     interrupted: bool = False
+    book: Any = None  # the study.StudyBook of a plan with a study (opened in `run`)
 
     @property
     def sweep_id(self) -> str:
@@ -135,8 +143,17 @@ class Driver:
 
     # ------------------------------------------------------------------ the sweep
 
+    def _open_study(self) -> None:
+        if self.book is None and self.plan.get("study"):
+            from .study import StudyBook
+
+            self.book = StudyBook.open(self.plan["study"])
+
     def run(self) -> int:
         self._refresh_alive()
+        self._open_study()
+        if (self.plan.get("search") or {}).get("kind") == "optuna":
+            return self.run_search()
         argv_of = {run["run"]: run["argv"] for run in self.plan["runs"]}
         last_refresh = self.clock()
         for run in self.plan["runs"]:
@@ -172,6 +189,50 @@ class Driver:
                     "before `infra sweep` existed need `infra up`; a worker without the cluster's run key "
                     "refuses every run: `infra logs` shows 'refused')")})
 
+    def run_search(self) -> int:
+        """An Optuna search: ask, send, tell, with at most `in_flight` runs out at a time."""
+        search = self.plan["search"]
+        command = list(search["command"])
+        budget = int(search["trials"])
+        in_flight = max(1, int(search.get("in_flight", 1)))
+        done_before = self.book.finished_count()
+        to_ask = max(0, budget - done_before)
+        self.output.event({"event": "study", "done": done_before, "to_run": to_ask})
+        argv_of: dict[str, list[str]] = {}
+        asked = 0
+        last_refresh = self.clock()
+        while True:
+            if self.interrupted:
+                return self.cancel()
+            running = sum(1 for state in self.runs.values() if not state.finished)
+            while asked < to_ask and running < in_flight and not self.interrupted:
+                trial, params = self.book.ask()
+                argv = [*command, *parameter_args(params)]
+                run = trial_run_id(argv, trial.number)
+                argv_of[run] = argv
+                state = self.runs[run] = RunState(run)
+                self.book.begin(run, trial)
+                self.output.event({"event": "trial", "run": run, "index": trial.number + 1,
+                                   "params": [[name, value] for name, value in params], "argv": argv})
+                self._submit(state, argv)
+                asked += 1
+                running += 1
+            for event in self._pop():
+                self._handle(event, argv_of)
+            if asked >= to_ask and all(state.finished for state in self.runs.values()):
+                self.output.event({"event": "finished", "interrupted": False})
+                self._clean_up(keep_cancel=False)
+                return 0
+            now = self.clock()
+            if now - last_refresh > ALIVE_REFRESH_SECONDS:
+                self._refresh_alive()
+                last_refresh = now
+
+    def _prune(self, state: RunState, step: int) -> None:
+        """The pruner gave up on this run: its worker stops it before its next line."""
+        self.redis.set(protocol.stop_key(self.sweep_id, state.submission), "1", ex=protocol.KEYS_EXPIRE_SECONDS)
+        self.output.event({"event": "pruning", "run": state.run, "step": step})
+
     def _pop(self) -> list[dict]:
         key = protocol.events_key(self.sweep_id)
         first = self.redis.blpop([key], timeout=POP_TIMEOUT_SECONDS)
@@ -197,9 +258,15 @@ class Driver:
             return  # an earlier attempt that still talks (its host came back): the current one counts
         if kind == "start":
             state.started = True
+            if self.book is not None:
+                self.book.begin(state.run)
             self.output.event({**event, "attempt": state.attempts})
         elif kind == "lines":
             self.output.event(event)
+            if self.book is not None:
+                step = self.book.feed(state.run, list(event.get("lines") or []))
+                if step is not None:
+                    self._prune(state, step)
         elif kind == "end":
             status = event.get("status")
             retry = (status in (protocol.FAILED, protocol.TIMEOUT) and not self.interrupted
@@ -210,6 +277,8 @@ class Driver:
                 self.output.event({"event": "retry", "run": state.run, "attempt": state.attempts})
             else:
                 state.finished = True
+                if self.book is not None:
+                    self.book.end(state.run, str(status))
 
     def cancel(self) -> int:
         """Stop the sweep: nothing queued runs any more, running runs stop; relay their ends."""
@@ -226,6 +295,10 @@ class Driver:
         while any(s.started and not s.finished for s in self.runs.values()) and self.clock() < deadline:
             for event in self._pop():
                 self._handle(event, argv_of)
+        if self.book is not None:  # runs stopped without an end: failed trials, not running ones
+            for state in self.runs.values():
+                if not state.finished:
+                    self.book.end(state.run, protocol.CANCELLED)
         self.output.event({"event": "finished", "interrupted": True})
         self._clean_up(keep_cancel=True)
         return INTERRUPTED_EXIT_CODE

@@ -3,7 +3,8 @@
 Runner → driver: events pushed as JSON onto one Redis list per sweep (`events_key`); the
 cluster's result backend is that Redis, so nothing new has to be reachable. Driver → runner:
 two flags, `cancel_key` (Ctrl-C: stop and skip everything) and `alive_key` (refreshed while
-the driver runs; when it expires, the runs of a driver that died are stopped). `done_key` holds
+the driver runs; when it expires, the runs of a driver that died are stopped), and one per
+submission, `stop_key` (early stopping: the pruner gave up on that run, which ends as `pruned`). `done_key` holds
 the ids of the submissions that reached an end, so a message delivered twice (its worker lost
 right after the run ended) never runs twice.
 
@@ -15,9 +16,11 @@ the Celery task id of that attempt):
 - start: host, worker, gpus (CUDA_VISIBLE_DEVICES or ""), redelivered (true when the broker
   delivers the run again because the worker that had it was lost)
 - lines: lines (a batch of output lines, stdout and stderr merged, in order)
-- end: status (ok | failed | timeout | cancelled), exit_code, seconds, host
+- end: status (ok | failed | timeout | cancelled | pruned), exit_code, seconds, host
 Driver-only events: submitted (count), retry (run, attempt), warning (text),
-cancelling (queued, running), finished (interrupted: bool).
+cancelling (queued, running), finished (interrupted: bool), trial (an Optuna search's new
+trial: run, index, params as [name, value] pairs, argv), pruning (run, step: the pruner's
+decision, before the run is stopped), study (an Optuna search's state: done, to_run, best).
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ ALIVE_SECONDS = 60  # the driver refreshes its flag far more often than this
 KEYS_EXPIRE_SECONDS = 7 * 24 * 3600  # a sweep's leftovers in Redis go away on their own
 
 # Statuses of a finished run, as the CSV shows them.
-OK, FAILED, TIMEOUT, CANCELLED = "ok", "failed", "timeout", "cancelled"
+OK, FAILED, TIMEOUT, CANCELLED, PRUNED = "ok", "failed", "timeout", "cancelled", "pruned"
 TIMEOUT_EXIT_CODE = 124  # as timeout(1)
 COMMAND_NOT_FOUND_EXIT_CODE = 127  # as a shell says
 COMMAND_NOT_EXECUTABLE_EXIT_CODE = 126
@@ -50,6 +53,11 @@ def cancel_key(sweep_id: str) -> str:
 
 def alive_key(sweep_id: str) -> str:
     return f"{KEY_PREFIX}{sweep_id}:alive"
+
+
+def stop_key(sweep_id: str, submission: str) -> str:
+    """Set by the driver when early stopping gives up on one run; read by that run's worker only."""
+    return f"{KEY_PREFIX}{sweep_id}:stop:{submission}"
 
 
 def done_key(sweep_id: str) -> str:

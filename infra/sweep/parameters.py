@@ -27,17 +27,18 @@ import re
 from dataclasses import dataclass
 from decimal import Decimal, InvalidOperation
 from pathlib import Path
-from typing import Any, Iterator, Literal, Union
+from typing import Any, Iterator, Literal
 
 import yaml
 
 from ..config import MAX_FILE_BYTES, read_text_file
 from ..errors import ConfigError
+from ..runtime.arguments import Value, render_value  # noqa: F401  (shared with the driver)
 
-Value = Union[str, int, float, bool]
 AxisKind = Literal["value", "values", "range", "flag"]
 
 DEFAULT_MAX_COMBINATIONS = 10_000
+DISTRIBUTIONS = ("uniform", "loguniform", "int", "choice")  # a search's forms (`infra.sweep.search`)
 # A parameter becomes `--name`; a name written with its dashes (`-n`, `--lr`) is used as written.
 NAME_PATTERN = re.compile(r"^(?:--?)?[A-Za-z0-9_][A-Za-z0-9_.-]*$")
 READABLE_FORMS = "a value, a list, {values: [...]}, {range: [start, stop, step]}, !!python/tuple [start, stop, step] or true/false"
@@ -196,6 +197,10 @@ def _axis(name: str, raw: Any, line: int, where: _Where, limit: int) -> Axis:
     if isinstance(raw, _RangeTuple):
         return Axis(name, _range_values(raw.items, name, line, where, limit), "range", line)
     if isinstance(raw, dict):
+        distribution = next((key for key in raw if key in DISTRIBUTIONS), None)
+        if distribution is not None:
+            raise where.error(line, f"{{{distribution}: ...}} is a distribution, for --search random or optuna; "
+                                    "a grid lists values", name)
         if len(raw) != 1 or next(iter(raw)) not in ("range", "values"):
             keys = ", ".join(str(key) for key in raw) or "none"
             raise where.error(line, f"a mapping must be {{range: [start, stop, step]}} or {{values: [...]}} "
@@ -222,25 +227,16 @@ def _axis(name: str, raw: Any, line: int, where: _Where, limit: int) -> Axis:
     return Axis(name, (_scalar(raw, name, line, where),), "value", line)
 
 
-def render_value(value: Value) -> str:
-    """A value as the command line gets it: `5`, `0.001`, `1e-05`, `adam` (flags never reach here)."""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value)
-    return str(value)
-
-
 # --------------------------------------------------------------------------- the file
 
 
-def parse_parameters(text: str, filename: str = "parameters.yml",
-                     max_combinations: int = DEFAULT_MAX_COMBINATIONS) -> Grid:
-    """Read a parameters file's text; any mistake is one ConfigError naming the parameter and line."""
+def read_entries(text: str, filename: str) -> list[tuple[str, Any, int]]:
+    """Each parameter of a parameters file as (name, what YAML read, line), names checked; no values checked."""
     where = _Where(filename)
     if len(text) > MAX_FILE_BYTES:
         raise ConfigError(f"{filename}: files over {MAX_FILE_BYTES:,} bytes are not parameters files")
     loader = _ParametersLoader(text)
+    entries: list[tuple[str, Any, int]] = []
     try:
         root = loader.get_single_node()
         if root is None:
@@ -248,7 +244,6 @@ def parse_parameters(text: str, filename: str = "parameters.yml",
         if not isinstance(root, yaml.MappingNode):
             raise where.error(root.start_mark.line + 1, "a parameters file maps each parameter to its values, "
                                                         "e.g. `lr: [0.1, 0.01]`")
-        axes: list[Axis] = []
         first_line: dict[str, int] = {}
         for key_node, value_node in root.value:
             line = key_node.start_mark.line + 1
@@ -267,15 +262,23 @@ def parse_parameters(text: str, filename: str = "parameters.yml",
             except _PYYAML_CRASHES as exc:
                 raise where.error(value_node.start_mark.line + 1, f"cannot read this value: {_shown(str(exc), 100)}",
                                   name) from None
-            axes.append(_axis(name, raw, line, where, max_combinations))
+            entries.append((name, raw, line))
     except yaml.YAMLError as exc:
         raise _yaml_error(exc, filename) from None
     except _PYYAML_CRASHES as exc:
         raise ConfigError(f"{filename}: invalid parameters file: {_shown(str(exc), 100)}") from None
     finally:
         loader.dispose()
-    if not axes:
+    if not entries:
         raise ConfigError(f"{filename}: no parameters: write one per line, e.g. `lr: [0.1, 0.01]`")
+    return entries
+
+
+def parse_parameters(text: str, filename: str = "parameters.yml",
+                     max_combinations: int = DEFAULT_MAX_COMBINATIONS) -> Grid:
+    """Read a parameters file's text; any mistake is one ConfigError naming the parameter and line."""
+    where = _Where(filename)
+    axes = [_axis(name, raw, line, where, max_combinations) for name, raw, line in read_entries(text, filename)]
     grid = Grid(filename, tuple(axes))
     size = grid.size
     if size > max_combinations:

@@ -10,15 +10,15 @@ sweeps of the same file (`--resume`), whatever its position, and changes when th
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterable
 
 from ..errors import ConfigError
 from ..runtime.protocol import PLAN_FORMAT
+from ..runtime.arguments import option_name, parameter_args, run_id  # noqa: F401  (shared with the driver)
 from .parameters import Grid, Value, render_value
 
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -45,30 +45,14 @@ class Run:
         return " ".join(words)
 
 
-def option_name(name: str) -> str:
-    """`lr` -> `--lr`; a name written with its dashes (`-n`, `--lr`) stays as written."""
-    return name if name.startswith("-") else f"--{name}"
-
-
-def parameter_args(params: tuple[tuple[str, Value], ...]) -> list[str]:
-    words: list[str] = []
-    for name, value in params:
-        if value is True:
-            words.append(option_name(name))
-        elif value is False:
-            continue
-        else:
-            words += [option_name(name), render_value(value)]
-    return words
-
-
-def run_id(argv: tuple[str, ...] | list[str]) -> str:
-    return hashlib.sha256(json.dumps(list(argv)).encode()).hexdigest()[:12]
-
-
 def build_runs(grid: Grid, command: tuple[str, ...]) -> list[Run]:
+    return runs_of(grid.combinations(), command)
+
+
+def runs_of(param_sets: Iterable[tuple[tuple[str, Value], ...]], command: tuple[str, ...]) -> list[Run]:
+    """One run per set of parameters (a grid's combinations, a random search's trials), numbered from 1."""
     runs = []
-    for index, params in enumerate(grid.combinations(), start=1):
+    for index, params in enumerate(param_sets, start=1):
         argv = (*command, *parameter_args(params))
         runs.append(Run(index, run_id(argv), params, argv))
     return runs
@@ -114,20 +98,27 @@ class Selection:
     done: list[Run]  # finished ok earlier: not run again
 
 
+FINISHED_STATUSES = ("ok", "pruned")  # a pruned run was decided on: --resume does not run it again
+
+
 def select_runs(runs: list[Run], previous_status: dict[str, str], resume: bool) -> Selection:
-    """Without `--resume`, every run. With it, the runs that did not finish ok before: those never
-    run, failed, timed out or stopped by a Ctrl-C."""
+    """Without `--resume`, every run. With it, the runs that did not finish before (ok, or pruned by
+    early stopping): those never run, failed, timed out or stopped by a Ctrl-C."""
     if not resume:
         return Selection(list(runs), [])
-    done = [run for run in runs if previous_status.get(run.id) == "ok"]
+    done = [run for run in runs if previous_status.get(run.id) in FINISHED_STATUSES]
     finished = {run.id for run in done}
     return Selection([run for run in runs if run.id not in finished], done)
 
 
 def driver_plan(*, sweep_id: str, name: str, runs: list[Run], queue: str, retries: int,
-                timeout: float | None, gpus_per_task: int, cwd: str) -> dict:
-    """What the driver in the master container reads (`infra_runtime.driver.load_plan`)."""
-    return {
+                timeout: float | None, gpus_per_task: int, cwd: str,
+                study: dict | None = None, search: dict | None = None) -> dict:
+    """What the driver in the master container reads (`infra_runtime.driver.load_plan`).
+
+    `study`: the Optuna study of an Optuna search or of early stopping (`study_settings`);
+    `search`: an Optuna search's budget and command (`optuna_search`), whose runs the driver makes."""
+    plan = {
         "format": PLAN_FORMAT,
         "sweep_id": sweep_id,
         "name": name,
@@ -137,6 +128,8 @@ def driver_plan(*, sweep_id: str, name: str, runs: list[Run], queue: str, retrie
                     "env": {"INFRA_SWEEP": name}},
         "runs": [{"run": run.id, "argv": list(run.argv)} for run in runs],
     }
+    plan.update({key: value for key, value in (("study", study), ("search", search)) if value is not None})
+    return plan
 
 
 def default_queue(queues_consumed: list[str]) -> str:

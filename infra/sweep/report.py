@@ -27,9 +27,9 @@ from .results import (
     LOG_COLUMN,
     SortSpec,
     best_rows,
-    key_value_pairs,
     sort_column,
 )
+from ..runtime.metrics import line_metrics as reported_metrics
 
 PRUNED = "pruned"
 OK = "ok"
@@ -190,14 +190,8 @@ class RunCurve:
 
 def line_metrics(line: str) -> dict[str, Any] | None:
     """The metrics a line reports: a JSON object, or `key=value` words; None for anything else."""
-    text = line.strip()
-    if text.startswith("{") and text.endswith("}"):
-        try:
-            value = json.loads(text)
-        except ValueError:
-            return None
-        return value if isinstance(value, dict) else None
-    return key_value_pairs(text)
+    found = reported_metrics(line)  # read as the CLI and the driver read them
+    return found[1] if found else None
 
 
 def read_curve(lines: Iterable[str]) -> RunCurve:

@@ -1,9 +1,7 @@
 """What a sweep's results look like: metrics read from output, CSV rows, the best rows, progress.
 
-Metrics are what a run says about itself in its output, in either of two forms:
-- a line that is a JSON object (`{"accuracy": 0.91, "loss": 0.3}`): the last such line wins;
-- lines made only of `key=value` words (`epoch=3 loss=0.31`): later values replace earlier
-  ones; used when the run printed no JSON object line.
+Metrics are what a run says about itself in its output (`infra.runtime.metrics`: the last JSON
+object line, else its `key=value` lines).
 
 The CSV has one row per combination: `index, id`, the parameters, `status, exit_code, seconds,
 host, attempts`, the metrics (any name a run reported, in the order first seen; one that
@@ -16,69 +14,21 @@ import csv
 import io
 import json
 import math
-import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Iterable
 
+from ..runtime.metrics import MetricsReader, metric_value  # noqa: F401  (their home is the runtime: the driver reads them too)
 from .parameters import render_value
 from .plan import Run
 
 FIXED_COLUMNS = ("status", "exit_code", "seconds", "host", "attempts")
 LEAD_COLUMNS = ("index", "id")
 LOG_COLUMN = "log"
-_KEY_VALUE = re.compile(r"^([A-Za-z_][A-Za-z0-9_.\-/]*)=(.+)$")
 TABLE_CELL_CHARS = 24
 TABLE_METRICS = 6  # metric columns shown in the final table (all are in the CSV)
 
 
 # --------------------------------------------------------------------------- metrics
-
-
-def metric_value(text: str) -> int | float | str:
-    """A `key=value` value as a number when it reads as one."""
-    try:
-        return int(text)
-    except ValueError:
-        pass
-    try:
-        return float(text)
-    except ValueError:
-        return text
-
-
-def key_value_pairs(text: str) -> dict[str, int | float | str] | None:
-    """`epoch=3 loss=0.31` (or `epoch=3, loss=0.31`) as a dict; None for a line with any other word."""
-    words = text.replace(",", " ").split()
-    matches = [_KEY_VALUE.match(word) for word in words]
-    if not words or not all(matches):
-        return None
-    return {match.group(1): metric_value(match.group(2)) for match in matches}
-
-
-@dataclass
-class MetricsReader:
-    """Reads a run's output line by line and keeps its metrics (see the module's rules)."""
-
-    last_json: dict | None = None
-    pairs: dict[str, Any] = field(default_factory=dict)
-
-    def feed(self, line: str) -> None:
-        text = line.strip()
-        if text.startswith("{") and text.endswith("}"):
-            try:
-                value = json.loads(text)
-            except ValueError:
-                value = None
-            if isinstance(value, dict):
-                self.last_json = value
-                return
-        pairs = key_value_pairs(text)
-        if pairs is not None:
-            self.pairs.update(pairs)
-
-    @property
-    def metrics(self) -> dict[str, Any]:
-        return dict(self.last_json) if self.last_json is not None else dict(self.pairs)
 
 
 def metric_text(value: Any) -> str:

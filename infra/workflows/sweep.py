@@ -35,6 +35,7 @@ from ..sweep.plan import (
     Run,
     Selection,
     build_runs,
+    runs_of,
     check_command,
     check_name,
     check_queue,
@@ -56,6 +57,7 @@ from ..sweep.results import (
     sort_column,
     table_lines,
 )
+from ..sweep.search import SearchOptions, Space, load_space, pruning_saved_seconds, random_trials
 from ..transport.pool import ConnectionPool
 from .run_job import exec_job, master_ready
 from .sweep_report import ReportRefresher
@@ -77,15 +79,19 @@ class SweepOptions:
     max_combinations: int = DEFAULT_MAX_COMBINATIONS
     sort: SortSpec | None = None
     top: int = 10
+    search: SearchOptions = field(default_factory=SearchOptions)
 
 
 @dataclass
 class SweepPlan:
-    """What a sweep will do, decided here without contacting any host."""
+    """What a sweep will do, decided here without contacting any host.
+
+    An Optuna search has no runs yet: the driver makes them as the study asks for trials, and the
+    recorder adds each (`trial` events) to `runs` and `selection.to_run`."""
 
     name: str
     parameters_file: Path
-    grid: Grid
+    grid: Grid | Space  # a grid's axes, or a search's distributions: both have names and describe()
     command: tuple[str, ...]
     runs: list[Run]
     selection: Selection
@@ -93,6 +99,17 @@ class SweepPlan:
     output_dir: Path  # the local project's output/
     previous_rows: list[dict[str, str]]
     resumed_from: Path | None  # the CSV `--resume` read
+    search: SearchOptions = field(default_factory=SearchOptions)
+    in_flight: int = 1  # runs an Optuna search keeps out at once
+
+    @property
+    def total(self) -> int:
+        """Runs of the whole sweep: a grid's combinations, a search's trials."""
+        return self.search.trials if self.search.kind == "optuna" and self.search.trials else len(self.runs)
+
+    @property
+    def study_file(self) -> Path:
+        return self.output_dir / f"sweep-{self.name}" / "study.journal"
 
     @property
     def csv_path(self) -> Path:
@@ -121,17 +138,30 @@ def queues_consumed(cluster: Cluster) -> list[str]:
     return queues
 
 
+def worker_processes(cluster: Cluster, queue: str) -> int:
+    """The worker processes the cluster file gives the queue (a group without `concurrency`: one per container)."""
+    return sum(group.containers * (group.concurrency or 1) for group in cluster.spec.roles.workers
+               if queue in group.queues) or 1
+
+
 def prepare_sweep(cluster: Cluster, parameters_file: str | Path, command: tuple[str, ...],
                   options: SweepOptions) -> SweepPlan:
     """Read the parameters file and earlier results, and list the runs (nothing is contacted)."""
+    search = options.search.check(options.sort.metric if options.sort else None)
     name = check_name(options.name) if options.name else default_name(parameters_file)
     command = check_command(tuple(command), cluster.project_dir)
     queue = check_queue(options.queue, queues_consumed(cluster))
-    grid = load_parameters(parameters_file, options.max_combinations)
-    runs = build_runs(grid, command)
+    space: Grid | Space
+    if search.kind == "grid":
+        space = load_parameters(parameters_file, options.max_combinations)
+        runs = build_runs(space, command)
+    else:
+        space = load_space(parameters_file)
+        runs = (runs_of(random_trials(space, search.trials or 0, search.effective_seed), command)
+                if search.kind == "random" else [])
     output_dir = cluster.project_dir / OUTPUT_FOLDER
-    plan = SweepPlan(name, Path(parameters_file), grid, command, runs, Selection(list(runs), []), queue,
-                     output_dir, [], None)
+    plan = SweepPlan(name, Path(parameters_file), space, command, runs, Selection(list(runs), []), queue,
+                     output_dir, [], None, search, worker_processes(cluster, queue))
     previous: list[dict[str, str]] = []
     if options.resume and plan.csv_path.is_file():
         try:
@@ -144,10 +174,29 @@ def prepare_sweep(cluster: Cluster, parameters_file: str | Path, command: tuple[
     return plan
 
 
+def search_description(plan: SweepPlan) -> str:
+    """`random search, 16 trials (seed 0)`, ... ; empty for a grid without early stopping."""
+    search = plan.search
+    words = []
+    if search.kind == "random":
+        words.append(f"random search, {search.trials} trials (seed {search.effective_seed})")
+    elif search.kind == "optuna":
+        words.append(f"Optuna search, {search.trials} trials (sampler {search.sampler or 'tpe'}, seed "
+                     f"{search.effective_seed}, {plan.in_flight} at a time), chosen as results come")
+    if search.pruner != "none":
+        words.append(f"early stopping: {search.pruner} pruner")
+    return "; ".join(words)
+
+
 def dry_run_lines(plan: SweepPlan) -> list[str]:
     total = len(plan.runs)
-    lines = [f"sweep '{plan.name}' of {plan.parameters_file}: {total} combination{'s' if total != 1 else ''} "
-             f"({plan.grid.describe()}), queue '{plan.queue}'"]
+    described = search_description(plan)
+    if plan.search.kind == "grid":
+        lines = [f"sweep '{plan.name}' of {plan.parameters_file}: {total} combination{'s' if total != 1 else ''} "
+                 f"({plan.grid.describe()}), queue '{plan.queue}'" + (f"; {described}" if described else "")]
+    else:
+        lines = [f"sweep '{plan.name}' of {plan.parameters_file}: {described} ({plan.grid.describe()}), "
+                 f"queue '{plan.queue}'"]
     if plan.resumed_from is not None or plan.selection.done:
         lines.append(f"--resume: {len(plan.selection.done)} of {total} finished ok earlier "
                      f"({plan.relative(plan.csv_path)}); {len(plan.selection.to_run)} to run")
@@ -155,6 +204,8 @@ def dry_run_lines(plan: SweepPlan) -> list[str]:
     for run in plan.selection.to_run:
         lines.append(f"  {run.index:>{width}}  {shlex.join(run.argv)}")
     lines.append(f"results: {plan.relative(plan.csv_path)}, one log per run in {plan.relative(plan.logs_dir)}/")
+    if plan.search.uses_study:
+        lines.append(f"study: {plan.relative(plan.study_file)} on the master (--resume continues it)")
     return lines
 
 
@@ -190,6 +241,8 @@ class SweepSummary:
     ok: int = 0
     failed: int = 0  # failed or timed out, retries included
     cancelled: int = 0
+    pruned: int = 0
+    pruning_saved: float | None = None  # seconds of run time early stopping saved (an estimate)
     not_run: int = 0
     interrupted: bool = False
     elapsed: float = 0.0
@@ -224,10 +277,11 @@ class SweepRecorder:
         self.clock = clock
         self.started = clock()
         self.by_id = {run.id: run for run in plan.runs}
-        self.width = len(str(len(plan.runs)))
+        self.width = len(str(plan.total))
         self.live: dict[str, _Live] = {}
         self.rows: dict[str, dict[str, str]] = {row["id"]: row for row in plan.previous_rows}
         self.to_run = {run.id for run in plan.selection.to_run}
+        self.budget = plan.total if plan.search.kind == "optuna" else len(self.to_run)  # runs this sweep makes
         self.finished: dict[str, str] = {}  # run id -> final status, this sweep
         self.hosts: list[str] = []
         self.lock = threading.Lock()
@@ -249,10 +303,12 @@ class SweepRecorder:
             self._maybe_write()
 
     def _prefix(self, run: Run) -> str:
-        return f"[{run.index:>{self.width}}/{len(self.plan.runs)}]"
+        return f"[{run.index:>{self.width}}/{self.plan.total}]"
 
     def _handle(self, event: dict) -> None:
         kind = event["event"]
+        if kind == "trial":
+            self._trial(event)
         run = self.by_id.get(str(event.get("run", "")))
         if kind == "start" and run is not None:
             self._start(run, event)
@@ -268,6 +324,18 @@ class SweepRecorder:
                     self.out(f"{self._prefix(run)} {text}")
         elif kind == "end" and run is not None:
             self._end(run, event)
+        elif kind == "pruning" and run is not None:
+            live = self.live.get(run.id)
+            if live is not None and live.log is not None:
+                live.log.write(f"# pruned at step {event.get('step')}: the pruner gave up on this run\n")
+            if not self.quiet:
+                self.out(f"{self._prefix(run)} pruning at step {event.get('step')}")
+        elif kind == "study":
+            done, to_run = int(event.get("done") or 0), int(event.get("to_run") or 0)
+            self.budget = to_run
+            if done:
+                self.note(f"--resume: {done} of {self.plan.total} trials finished earlier "
+                          f"({self.plan.relative(self.plan.study_file)}); running {to_run} more")
         elif kind == "retry" and run is not None:
             if not self.quiet:
                 self.out(f"{self._prefix(run)} retrying (attempt {event.get('attempt')})")
@@ -282,6 +350,18 @@ class SweepRecorder:
             self.interrupted = self.interrupted or bool(event.get("interrupted"))
         self._progress()
 
+    def _trial(self, event: dict) -> None:
+        """An Optuna search's new trial: a run the plan could not list."""
+        params = tuple((str(name), value) for name, value in event.get("params") or [])
+        run = Run(int(event.get("index") or len(self.plan.runs) + 1), str(event.get("run")), params,
+                  tuple(str(word) for word in event.get("argv") or []))
+        if run.id in self.by_id:
+            return
+        self.by_id[run.id] = run
+        self.plan.runs.append(run)
+        self.plan.selection.to_run.append(run)
+        self.to_run.add(run.id)
+
     def _start(self, run: Run, event: dict) -> None:
         live = self.live.get(run.id)
         if live is None:
@@ -290,7 +370,7 @@ class SweepRecorder:
             fd = confined.create_file(self.plan.output_dir, self.plan.log_path(run).relative_to(
                 self.plan.output_dir).as_posix())
             live.log = os.fdopen(fd, "w", encoding="utf-8")
-            live.log.write(f"# infra sweep {self.plan.name}: combination {run.index} of {len(self.plan.runs)} "
+            live.log.write(f"# infra sweep {self.plan.name}: combination {run.index} of {self.plan.total} "
                            f"(id {run.id}): {run.label()}\n# command: {shlex.join(run.argv)}\n")
         live.attempt = int(event.get("attempt") or live.attempt + 1)
         live.host = str(event.get("host") or "")
@@ -341,14 +421,17 @@ class SweepRecorder:
         values = self.finished.values()
         failed = sum(1 for status in values if status in (protocol.FAILED, protocol.TIMEOUT))
         self.status(progress_line(finished=len(self.finished), running=len(self.live), failed=failed,
-                                  total=len(self.to_run), elapsed=self.clock() - self.started))
+                                  total=self.budget, elapsed=self.clock() - self.started))
 
     # ------------------------------------------------------------------ the CSV
 
     def ordered_rows(self) -> list[dict[str, str]]:
         """This grid's rows in its order, then rows of an earlier sweep for combinations no longer in it."""
         rows = [self.rows[run.id] for run in self.plan.runs if run.id in self.rows]
-        return rows + [row for key, row in self.rows.items() if key not in self.by_id]
+        rows += [row for key, row in self.rows.items() if key not in self.by_id]
+        if self.plan.search.kind == "optuna":  # an earlier driver's trials first: trial numbers go on
+            rows.sort(key=lambda row: int(row.get("index") or 0) if (row.get("index") or "").isdigit() else 0)
+        return rows
 
     def columns(self) -> list[str]:
         return columns_of(self.plan.grid.names, self.ordered_rows())
@@ -379,7 +462,7 @@ class SweepRecorder:
                     live.log.close()
                     live.log = None
             self.write_csv(final=True)
-            summary = SweepSummary(total=len(self.plan.runs), ran=len(self.to_run), interrupted=self.interrupted,
+            summary = SweepSummary(total=self.plan.total, ran=len(self.to_run), interrupted=self.interrupted,
                                    elapsed=self.clock() - self.started, hosts=list(self.hosts),
                                    csv_path=self.plan.relative(self.plan.csv_path), report_path=self.report_path)
             for run in self.plan.selection.to_run:
@@ -393,8 +476,16 @@ class SweepRecorder:
                     summary.failures.append((run, how, row.get("log", "")))
                 elif status == protocol.CANCELLED:
                     summary.cancelled += 1
+                elif status == protocol.PRUNED:
+                    summary.pruned += 1
                 else:
                     summary.not_run += 1
+            if summary.pruned:
+                def seconds_of(status: str) -> list[float]:
+                    return [float(row["seconds"]) for row in self.ordered_rows()
+                            if row.get("status") == status and row.get("seconds")]
+
+                summary.pruning_saved = pruning_saved_seconds(seconds_of(protocol.OK), seconds_of(protocol.PRUNED))
             if sort is not None:
                 columns = self.columns()
                 rows = best_rows(self.ordered_rows(), sort, columns, top)
@@ -411,6 +502,8 @@ def summary_lines(plan: SweepPlan, summary: SweepSummary) -> list[str]:
     parts = [f"{summary.ok} ok"]
     if summary.failed:
         parts.append(f"{summary.failed} failed")
+    if summary.pruned:
+        parts.append(f"{summary.pruned} pruned")
     if summary.cancelled:
         parts.append(f"{summary.cancelled} stopped")
     if summary.not_run:
@@ -420,6 +513,10 @@ def summary_lines(plan: SweepPlan, summary: SweepSummary) -> list[str]:
     hosts = f" on {', '.join(summary.hosts)}" if summary.hosts else ""
     lines = [f"sweep '{plan.name}': {scope}: {', '.join(parts)} in {format_duration(summary.elapsed)}{hosts}; "
              f"results in {summary.csv_path}" + (f", report {summary.report_path}" if summary.report_path else "")]
+    if summary.pruning_saved is not None:
+        lines.append(f"early stopping saved about {format_duration(summary.pruning_saved)} of run time "
+                     f"({summary.pruning_saved:.1f} s: for each of the {summary.pruned} pruned run(s), the median "
+                     "time of the runs that ran to the end minus its own)")
     for run, how, log in summary.failures[:FAILURES_LISTED]:
         lines.append(f"  failed [{run.index}] {run.label()} ({how}): {log}")
     if len(summary.failures) > FAILURES_LISTED:
@@ -443,18 +540,45 @@ def _start_afresh(plan: SweepPlan, note: Callable[[str], None]) -> None:
         note(f"the earlier {plan.relative(plan.csv_path)} is now {plan.relative(kept)} (--resume continues a sweep)")
 
 
+def study_settings(plan: SweepPlan, options: SweepOptions) -> dict | None:
+    """The driver's Optuna study (`infra_runtime.study.StudyBook.open`); None when the sweep needs none."""
+    search = plan.search
+    if not search.uses_study or options.sort is None:
+        return None
+    return {
+        "path": posixpath.join(CONTAINER_OUTPUT, f"sweep-{plan.name}", "study.journal"),
+        "name": plan.name,
+        "fresh": plan.resumed_from is None,  # without --resume, a new study (the earlier one is kept aside)
+        "metric": options.sort.metric,
+        "direction": "maximize" if options.sort.descending else "minimize",
+        "sampler": search.sampler or "tpe",
+        "seed": search.effective_seed,
+        "pruner": search.pruner,
+        "space": plan.grid.to_plan() if isinstance(plan.grid, Space) else [],
+    }
+
+
+def optuna_search(plan: SweepPlan) -> dict | None:
+    """An Optuna search's budget and command for the driver, which makes its runs; None otherwise."""
+    if plan.search.kind != "optuna":
+        return None
+    return {"kind": "optuna", "trials": plan.search.trials, "command": list(plan.command),
+            "in_flight": plan.in_flight}
+
+
 def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
               out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
               status: Callable[[str], None] | None = None, quiet: bool = False) -> SweepSummary:
     """Run the plan's runs on the cluster and record them; returns what happened."""
     refresher = ReportRefresher(plan.csv_path, sort=options.sort, top=options.top, note=note)
     recorder = SweepRecorder(plan, out=out, note=note, status=status, quiet=quiet, refresh_report=refresher)
-    if not plan.selection.to_run:
+    if not plan.selection.to_run and plan.search.kind != "optuna":  # an Optuna search's trials come later
         return recorder.close(options.sort, options.top)
     sweep_id = uuid.uuid4().hex[:12]
     plan_text = json.dumps(driver_plan(
         sweep_id=sweep_id, name=plan.name, runs=plan.selection.to_run, queue=plan.queue, retries=options.retries,
-        timeout=options.timeout, gpus_per_task=options.gpus_per_task, cwd=CONTAINER_PROJECT))
+        timeout=options.timeout, gpus_per_task=options.gpus_per_task, cwd=CONTAINER_PROJECT,
+        study=study_settings(plan, options), search=optuna_search(plan)))
     relative_plan = posixpath.join(f"sweep-{plan.name}", "plan.json")  # in the output folder
     with ConnectionPool.for_cluster(cluster) as pool:
         conn = pool.get(cluster.master_host)

@@ -47,7 +47,7 @@ def test_a_volunteer_writes_its_results_and_sweep_events_and_reads_nothing_else(
         "-@all", "+hello", "+auth", "+ping", "+select", "+client|setname",
         "+set", "+setex", "+multi", "+exec", "+discard", "+publish",
         "(%W~infra:sweep:*:events +rpush +expire)",
-        "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive +mget)",
+        "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive %R~infra:sweep:*:stop:* +mget)",
         "(~infra:sweep:*:done +sismember +sadd +expire)",
     ]
 
@@ -62,7 +62,20 @@ def test_a_volunteer_has_no_read_no_listing_no_delete_no_subscribe_no_script_and
     # Keys: the results write-only; only the sweep's flags readable, its events write-only.
     assert [w for w in words if "~" in w] == ["%W~celery-task-meta-*", "%W~infra:sweep:*:events",
                                               "%R~infra:sweep:*:cancel", "%R~infra:sweep:*:alive",
-                                              "~infra:sweep:*:done"]
+                                              "%R~infra:sweep:*:stop:*", "~infra:sweep:*:done"]
+
+
+def test_a_volunteer_reads_the_stop_flags_of_early_stopping_in_the_one_mget_it_makes_and_cannot_set_them():
+    from infra.runtime import protocol
+
+    rules = volunteer_plan.results_acl_rules("ab" * 32)
+    selector = next(rule for rule in rules if "stop" in rule)
+    assert selector == "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive %R~infra:sweep:*:stop:* +mget)"
+    # The key the driver sets matches the read-only pattern; nothing grants a write command on it.
+    assert protocol.stop_key("abc", "abc.run.1") == "infra:sweep:abc:stop:abc.run.1"
+    # No other rule names the flag, and the selector that does grants MGET alone.
+    assert [rule for rule in rules if "stop" in rule] == [selector]
+    assert [word for word in selector.strip("()").split() if word.startswith("+")] == ["+mget"]
 
 
 def test_the_trusted_roles_have_the_clusters_keys_with_data_commands_and_flower_reads_only():

@@ -102,6 +102,7 @@ class FakeChannel:
     def __init__(self, stop_after: float | None = None):
         self.events: list[dict] = []
         self.done: set[str] = set()
+        self.pruned: set[str] = set()
         self.stop = False
         self.stop_at = None if stop_after is None else time.monotonic() + stop_after
 
@@ -110,6 +111,11 @@ class FakeChannel:
 
     def should_stop(self):
         return self.stop or (self.stop_at is not None and time.monotonic() >= self.stop_at)
+
+    def stop_reason(self, submission):
+        if self.should_stop():
+            return "cancelled"
+        return "pruned" if submission in self.pruned else None
 
     def already_done(self, submission):
         return submission in self.done
