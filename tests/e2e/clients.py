@@ -48,3 +48,12 @@ def flower_get(state: Path, address: str, path: str, *, port: int = 5555, auth=N
     host = f"[{address}]" if ":" in address else address
     return requests.get(f"https://{host}:{port}{path}", auth=auth, params=params or None,
                         verify=str(ca_file(state)), timeout=20)
+
+
+def default_sigint() -> None:
+    """`preexec_fn` of an infra started to be sent Ctrl-C: SIGINT acts even when this test run
+    was started in the background, whose commands a shell starts with SIGINT ignored (and a
+    Python started ignoring it never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)

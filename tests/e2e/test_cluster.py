@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from tests.e2e.clients import celery_client, flower_get
+from tests.e2e.clients import celery_client, default_sigint, flower_get
 
 pytestmark = pytest.mark.e2e
 
@@ -236,7 +236,8 @@ def test_infra_flower_forwards_it_here_until_ctrl_c_and_never_prints_the_passwor
     import signal
 
     command = [sys.executable, "-m", "infra", "flower", "-f", str(cluster["file"]), "--no-browser"]
-    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    child = subprocess.Popen(command, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             preexec_fn=default_sigint)
     try:
         first = child.stdout.readline()
         assert first.startswith("flower:   https://127.0.0.1:"), (first, child.poll() is not None and child.stderr.read())

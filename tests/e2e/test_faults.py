@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.clients import celery_client
+from tests.e2e.clients import celery_client, default_sigint
 from tests.e2e.test_cluster import PROJECT, TEST_IMAGES, WHEELHOUSE
 
 pytestmark = pytest.mark.e2e
@@ -39,7 +39,8 @@ def infra(*args: str, timeout: float = 900) -> subprocess.CompletedProcess:
 def start_infra(*args: str) -> subprocess.Popen:
     """infra in the background, its output unbuffered so that the test can react to each line."""
     return subprocess.Popen([sys.executable, "-m", "infra", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                            text=True, cwd=REPO, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            preexec_fn=default_sigint)
 
 
 @pytest.fixture(scope="module")

@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.e2e.clients import celery_client
+from tests.e2e.clients import celery_client, default_sigint
 from tests.e2e.test_cluster import TEST_IMAGES, WHEELHOUSE
 
 pytestmark = pytest.mark.e2e
@@ -242,7 +242,8 @@ def test_logs_show_a_line_a_task_printed_prefixed_with_its_host(live):
 
 def test_logs_follow_all_hosts_at_once_until_interrupted(live):
     follow = subprocess.Popen([sys.executable, "-m", "infra", "logs", "--file", live["file"], "worker", "-f", "-n", "0"],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO)
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                              preexec_fn=default_sigint)
     seen: list[str] = []
     reader = threading.Thread(target=lambda: seen.extend(iter(follow.stdout.readline, "")), daemon=True)
     reader.start()

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.e2e.clients import default_sigint
 from tests.e2e.test_cluster import TEST_IMAGES, WHEELHOUSE
 from tests.unit.test_sweep_parameters import SEED_EXAMPLE, original_combinations
 
@@ -60,7 +61,8 @@ class Streamed:
 
     def __init__(self, *args: str):
         self.proc = subprocess.Popen([sys.executable, "-m", "infra", *args], stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, cwd=REPO)
+                                     stderr=subprocess.STDOUT, text=True, cwd=REPO,
+                                     preexec_fn=default_sigint)
         self.lines: list[str] = []
         self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
                                        daemon=True)
