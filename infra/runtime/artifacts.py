@@ -20,17 +20,19 @@ Only the standard library: this module is part of `infra_runtime`, in the images
 from __future__ import annotations
 
 import errno
+import gzip
 import hashlib
 import os
 import shutil
 import stat
 from dataclasses import dataclass, field
 
-from .tarball import Member, folder, pack_gzip
+from .tarball import Member, folder, pack
 
 RUN_DIR_PLACEHOLDER = "{run_dir}"
 RUN_DIR_ENV = "INFRA_RUN_DIR"
 DEFAULT_LIMIT_BYTES = 100 * 1000 * 1000
+GZIP_LEVEL = 1  # checkpoints and models barely compress: the fastest level, not the smallest archive
 CHUNK_BYTES = 1 << 20  # one Redis value: large enough for few round trips, small for Redis' memory
 MAX_DEPTH = 64  # folders inside folders: deeper ones are left out, not walked
 LISTED_PROBLEMS = 5  # names given in a warning; the count says the rest
@@ -108,7 +110,7 @@ def pack_run_folder(root: str, limit: int) -> Packed:
         _walk(fd, "", 0, limit, members, packed)
     finally:
         os.close(fd)
-    packed.data = pack_gzip(members)
+    packed.data = gzip.compress(pack(members), compresslevel=GZIP_LEVEL, mtime=0)
     return packed
 
 
