@@ -317,3 +317,41 @@ def test_the_recorder_warns_logs_and_marks_the_csv_then_brings_the_files_home(cl
     assert rows[1]["artifacts"] == "warning: 1 file(s) over the artifact limit of 1 kB left out: big"
     assert "# files ($INFRA_RUN_DIR): warning: 1 file(s) over" in plan.log_path(second).read_text()
     assert summary.ok == 2
+
+
+def test_a_run_that_announces_more_chunks_than_its_limit_allows_gets_none_read(tmp_path):
+    driver, redis, sender, out = driver_with_artifacts(tmp_path)
+
+    def work():
+        for submission, message, _ in list(sender.sent):
+            if submission in redis.sets["done"]:
+                continue
+            base = {"run": message["run"], "submission": submission}
+            info = {"chunks": 10**6, "sha256": "0" * 64, "files": 1, "bytes": 1, "limit": 5000}
+            redis.rpush(protocol.events_key("sw"), protocol.encode({**base, "event": "start", "host": "h"}),
+                        protocol.encode({**base, "event": "end", "status": "ok", "exit_code": 0, "seconds": 1,
+                                         "host": "h", "artifacts": info}))
+            redis.sets["done"].add(submission)
+    redis.on_pop = work
+    reads = []
+    redis.get = lambda key: reads.append(key)
+    assert driver.run() == 0
+    assert reads == []
+    told = next(e for e in out.events() if e["event"] == "artifacts")
+    assert "more than its limit allows: none kept" in told["warning"] and told["path"] is None
+
+
+def test_a_signed_negative_artifact_limit_is_refused_and_a_missing_one_is_the_default():
+    from infra.runtime import signing
+
+    fields = {"sweep_id": "s", "run": "r", "submission": "s.r.1.n", "argv": ["true"], "cwd": "/", "env": {},
+              "timeout": None, "gpus_per_task": 0}
+    message = signing.sign_message(signing.new_payload({**fields, "artifact_limit": -1}, now=1000.0),
+                                   SIGNING_KEY.encode())
+    from tests.unit.test_sweep_runtime import VERIFY_KEY
+
+    with pytest.raises(signing.RunRefused, match="artifact_limit is negative"):
+        signing.verify_message(message, VERIFY_KEY.encode(), submission="s.r.1.n", now=1000.0)
+    plain = signing.sign_message(signing.new_payload(fields, now=1000.0), SIGNING_KEY.encode())
+    payload = signing.verify_message(plain, VERIFY_KEY.encode(), submission="s.r.1.n", now=1000.0)
+    assert RunRequest.from_payload(payload).artifact_limit == artifacts.DEFAULT_LIMIT_BYTES
