@@ -32,6 +32,22 @@ class _SweepCommand(click.Command):
             raise
 
 
+class _Size(click.ParamType):
+    """A size such as 100MB or 500kB, in bytes (`sweep.artifacts.parse_size`)."""
+
+    name = "size"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, int):
+            return value
+        from ..sweep.artifacts import parse_size
+
+        try:
+            return parse_size(value)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
 class _RunByDefault(click.Group):
     """A group whose first word, when it is no subcommand, starts `run`: `infra sweep -f c.yaml p.yml -- cmd`
     means `infra sweep run -f c.yaml p.yml -- cmd`, as it did before `infra sweep` had subcommands."""
@@ -94,12 +110,16 @@ def sweep() -> None:
               show_default=True,
               help="Early stopping, any search: stop runs whose `epoch=N METRIC=X` (or step=N) lines fall behind, "
                    "by Optuna's median, successive-halving or Hyperband pruner; METRIC is --sort's.")
+@click.option("--artifact-limit", "artifact_limit", type=_Size(), metavar="SIZE", default="100MB", show_default=True,
+              help="Most bytes of files brought back from each run's own folder ($INFRA_RUN_DIR, `{run_dir}` "
+                   "in the command) into output/sweep-NAME/runs/INDEX/; files beyond it, and links or special files "
+                   "(never read), are left out with a warning. 500kB, 2GB, 0 (none).")
 @click.option("-q", "--quiet", is_flag=True, help="Show a progress line instead of the runs' output.")
 @handle_errors
 def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: str | None, dry_run: bool,
           resume: bool, retries: int, timeout: float | None, gpus_per_task: int, queue: str | None,
           sort_by: str | None, top: int, max_combinations: int, search_kind: str, trials: int | None,
-          seed: int | None, sampler: str | None, pruner: str, quiet: bool) -> None:
+          seed: int | None, sampler: str | None, pruner: str, artifact_limit: int, quiet: bool) -> None:
     """Run COMMAND once per combination of the PARAMETERS file, spread over the workers.
 
     \b
@@ -124,7 +144,8 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
     Ctrl-C stops the sweep and keeps what finished; --resume runs the rest (an Optuna
     search continues its study, output/sweep-NAME/study.journal on the master).
     A run stopped by --pruner is `pruned` in the CSV, with its last metrics; the end
-    says how much run time early stopping saved.
+    says how much run time early stopping saved. Each run's own folder, $INFRA_RUN_DIR (`{run_dir}`
+    in COMMAND), comes back into output/sweep-NAME/runs/INDEX/ (see --artifact-limit).
 
     \b
     Exit code: 0 all ok; 1 a run failed (or infra did); 2 bad input; 130 interrupted.
@@ -148,7 +169,7 @@ def run(cluster_file: Path, parameters: Path, command: tuple[str, ...], name: st
     cluster = load_cluster_file(cluster_file)
     options = SweepOptions(name=name, resume=resume, retries=retries, timeout=timeout, gpus_per_task=gpus_per_task,
                            queue=queue, max_combinations=max_combinations, sort=sort, top=top,
-                           search=SearchOptions(search_kind, trials, seed, sampler, pruner))
+                           search=SearchOptions(search_kind, trials, seed, sampler, pruner), artifact_limit=artifact_limit)
     plan = prepare_sweep(cluster, parameters, command, options)
     if dry_run:
         for line in dry_run_lines(plan):

@@ -68,7 +68,9 @@ TEMPLATE = "volunteer-join.sh"
 #   backend skips Celery's read before each write (`runtime.results`);
 # - a sweep's run (infra.run_command): append to the sweep's events, set their expiry; read the
 #   cancel and alive flags and the runs' stop flags (early stopping: read, never set, so a volunteer
-#   cannot stop another's run); check and add its submission in the done set;
+#   cannot stop another's run); check and add its submission in the done set; write, never read,
+#   the chunks of its runs' files (`%W~`: the keys hold the submission id, unguessable, so it
+#   writes only its own runs' and reads no one's);
 # - what redis-py sends at connect. No SCAN or KEYS, no DEL, no SUBSCRIBE, no chord bookkeeping
 #   (EVALSHA on celery-taskset-meta-*: the trusted side joins chords), no administration.
 RESULT_KEY_PATTERNS = ("celery-task-meta-*",)
@@ -77,7 +79,8 @@ RESULT_COMMANDS = ("-@all", "+hello", "+auth", "+ping", "+select", "+client|setn
                    "+set", "+setex", "+multi", "+exec", "+discard", "+publish")
 SWEEP_SELECTORS = ("(%W~infra:sweep:*:events +rpush +expire)",
                    "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive %R~infra:sweep:*:stop:* +mget)",
-                   "(~infra:sweep:*:done +sismember +sadd +expire)")
+                   "(~infra:sweep:*:done +sismember +sadd +expire)",
+                   "(%W~infra:sweep:*:artifact:* +set)")
 
 def endpoint_name(cluster: str) -> str:
     return container_name(cluster, ROLE)

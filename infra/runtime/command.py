@@ -4,7 +4,9 @@ Kept apart from Celery (`tasks.py` is the thin task around it) so that it is tes
 fake channel and real processes. The command is an argv list, never a shell string; it runs in
 its own session (so a timeout or a cancel stops its whole process group), with stdout and
 stderr merged in order, and its lines travel in batches: one Redis round trip per batch, not
-per line, so a chatty script is not slowed down by its own output.
+per line, so a chatty script is not slowed down by its own output. Each attempt gets a fresh
+folder of its own, `$INFRA_RUN_DIR` (`{run_dir}` in its command), whose files are packed and
+sent to the driver when it ends, whatever its status (`artifacts`).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from . import protocol
+from . import artifacts, protocol
 from .gpu import GpuError, SlotLocks, cuda_visible_devices, gpu_slots, visible_gpu_count
 
 BATCH_SECONDS = 0.1  # output lines wait at most this long to travel
@@ -44,6 +46,8 @@ class Channel(Protocol):
 
     def finish(self, submission: str, end: dict) -> None: ...
 
+    def send_artifacts(self, submission: str, chunks: list[bytes]) -> None: ...
+
 
 @dataclass(frozen=True)
 class RunRequest:
@@ -57,6 +61,7 @@ class RunRequest:
     env: dict[str, str] = field(default_factory=dict)
     timeout: float | None = None
     gpus_per_task: int = 1
+    artifact_limit: int = artifacts.DEFAULT_LIMIT_BYTES  # bytes of files brought back from $INFRA_RUN_DIR
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any]) -> "RunRequest":
@@ -71,6 +76,7 @@ class RunRequest:
             env=dict(payload.get("env") or {}),
             timeout=float(timeout) if timeout else None,
             gpus_per_task=int(payload.get("gpus_per_task", 1)),
+            artifact_limit=int(payload.get("artifact_limit", artifacts.DEFAULT_LIMIT_BYTES)),
         )
 
 
@@ -150,10 +156,11 @@ class _Batcher:
 
 
 def execute(request: RunRequest, channel: Channel, *, host: str, worker: str, redelivered: bool = False,
-            dev_dir: str = "/dev", lock_dir: str = "/tmp") -> dict:
+            dev_dir: str = "/dev", lock_dir: str = "/tmp", scratch: str = "/tmp") -> dict:
     """Run the request's command to its end and report it; returns the end event (or a skip).
 
     `redelivered`: the broker delivers this message again (the worker that had it was lost).
+    `scratch`: where the attempt's own folder is made (the container's /tmp, a size-limited tmpfs).
     """
     base = {"run": request.run, "submission": request.submission}
     if channel.already_done(request.submission):
@@ -174,10 +181,22 @@ def execute(request: RunRequest, channel: Channel, *, host: str, worker: str, re
             return {**base, "event": "skip", "reason": "the sweep was stopped"}
     gpus = cuda_visible_devices(held.devices) if held is not None else None
     env = run_environment(dict(os.environ), request, gpus)
+    run_dir = None
     try:
+        try:
+            run_dir = artifacts.fresh_run_dir(scratch, request.submission)
+        except OSError as exc:
+            return _fail_before_start(request, channel, base, host, worker,
+                                      f"infra: cannot make the run's folder in {scratch}: {exc.strerror or exc}", 1)
+        env[artifacts.RUN_DIR_ENV] = run_dir
         return _run(request, channel, base, env, notes, host=host, worker=worker, redelivered=redelivered,
-                    gpus=gpus or "")
+                    gpus=gpus or "", run_dir=run_dir)
     finally:
+        if run_dir is not None:
+            try:
+                artifacts.remove_run_dir(run_dir)
+            except OSError:
+                pass  # scratch space: the container's tmpfs goes with it
         if held is not None:
             held.release()
 
@@ -192,7 +211,7 @@ def _fail_before_start(request: RunRequest, channel: Channel, base: dict, host: 
 
 
 def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: list[str], *,
-         host: str, worker: str, gpus: str, redelivered: bool) -> dict:
+         host: str, worker: str, gpus: str, redelivered: bool, run_dir: str) -> dict:
     start = {**base, "event": "start", "host": host, "worker": worker, "gpus": gpus}
     if redelivered:
         start["redelivered"] = True
@@ -201,7 +220,7 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
     started = time.monotonic()
     try:
         process = subprocess.Popen(
-            list(request.argv), cwd=request.cwd, env=env, stdin=subprocess.DEVNULL,
+            list(artifacts.with_run_dir(request.argv, run_dir)), cwd=request.cwd, env=env, stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
     except OSError as exc:
         return _not_started(request, channel, base, host, *_why_not_started(request.argv[0], exc))
@@ -216,9 +235,26 @@ def _run(request: RunRequest, channel: Channel, base: dict, env: dict, notes: li
     batcher.flush()
     status, exit_code = _ending(request, batcher, stopper.reason, process.wait())
     batcher.flush()
-    end = {**base, "event": "end", "status": status, "exit_code": exit_code, "seconds": seconds, "host": host}
+    end = {**base, "event": "end", "status": status, "exit_code": exit_code, "seconds": seconds, "host": host,
+           "artifacts": _send_artifacts(request, channel, run_dir)}
     channel.finish(request.submission, end)
     return end
+
+
+def _send_artifacts(request: RunRequest, channel: Channel, run_dir: str) -> dict:
+    """Pack the run's folder and send it in chunks, before the end event that announces them."""
+    try:
+        packed = artifacts.pack_run_folder(run_dir, request.artifact_limit)
+    except OSError as exc:
+        return {"chunks": 0, "error": f"the run's folder could not be read: {exc.strerror or exc}"}
+    if not packed.files:  # nothing to bring back: no chunk at all (the listing of what was refused stays)
+        return artifacts.announcement(packed, 0, request.artifact_limit)
+    chunks = artifacts.split_chunks(packed.data)
+    try:
+        channel.send_artifacts(request.submission, chunks)
+    except Exception as exc:  # Redis gone for longer than the channel waits: the end must still be told
+        return {"chunks": 0, "error": f"the run's files could not be sent: {type(exc).__name__}"}
+    return artifacts.announcement(packed, len(chunks), request.artifact_limit)
 
 
 def _why_not_started(program: str, exc: OSError) -> tuple[str, int]:
@@ -372,6 +408,12 @@ class RedisChannel:
 
     def already_done(self, submission: str) -> bool:
         return bool(self._retrying(lambda: self.client.sismember(protocol.done_key(self.sweep_id), submission)))
+
+    def send_artifacts(self, submission: str, chunks: list[bytes]) -> None:
+        """Each chunk under its own key (a SET repeated after a lost reply does no harm), for the driver alone."""
+        for number, chunk in enumerate(chunks):
+            key = protocol.artifact_chunk_key(self.sweep_id, submission, number)
+            self._retrying(lambda key=key, chunk=chunk: self.client.set(key, chunk, ex=protocol.ARTIFACT_EXPIRE_SECONDS))
 
     def finish(self, submission: str, end: dict) -> None:
         """The end event and the submission's place among the done ones, in one transaction."""

@@ -18,10 +18,16 @@ trial: its lines are reported to the pruner as they come, and a run the pruner g
 stop flag (`protocol.stop_key`), which its worker reads before its next line. An Optuna search
 has no list of runs: the driver asks the study for a trial whenever fewer than `in_flight` runs
 are out, sends it, and tells the study its result when it ends, until the budget is spent.
+
+A run's end announces the files it left in its folder (`artifacts`); for the attempt that counts
+the driver takes their chunks from Redis, checks them against the announcement and writes the
+archive into `artifacts_folder` of the output folder, then relays an `artifacts` event (with a
+warning when the run's folder held links or more than its limit) before the run's end.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
@@ -31,7 +37,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
-from . import protocol, signing
+from . import artifacts, protocol, signing
 from .arguments import parameter_args, trial_run_id
 
 ALIVE_REFRESH_SECONDS = 10.0
@@ -130,6 +136,8 @@ class Driver:
             "cwd": settings.get("cwd") or "/project", "env": dict(settings.get("env") or {}),
             "timeout": settings.get("timeout"), "gpus_per_task": int(settings.get("gpus_per_task", 1)),
         }, now=self.wall_clock())
+        if "artifact_limit" in settings:
+            payload["artifact_limit"] = int(settings["artifact_limit"])
         return signing.sign_message(payload, self.signing_key)
 
     def _submit(self, state: RunState, argv: list[str]) -> None:
@@ -271,6 +279,7 @@ class Driver:
             status = event.get("status")
             retry = (status in (protocol.FAILED, protocol.TIMEOUT) and not self.interrupted
                      and state.attempts <= int(self.plan.get("retries", 0)))
+            self._take_artifacts(state, event.get("artifacts"), final=not retry)
             self.output.event({**event, "attempt": state.attempts, "final": not retry})
             if retry:
                 self._submit(state, argv_of[state.run])
@@ -279,6 +288,54 @@ class Driver:
                 state.finished = True
                 if self.book is not None:
                     self.book.end(state.run, str(status))
+
+    def _take_artifacts(self, state: RunState, info: Any, final: bool) -> None:
+        """Put the run's archive together from its chunks and keep it (final attempt) or drop it (retried)."""
+        if not isinstance(info, dict):
+            return  # a worker that predates artifacts, or a run that never started
+        try:
+            chunks = max(0, int(info.get("chunks") or 0))
+        except (TypeError, ValueError):
+            chunks = 0
+        limit = int(self.plan.get("message", {}).get("artifact_limit", artifacts.DEFAULT_LIMIT_BYTES))
+        most = artifacts.max_archive_bytes(limit) // artifacts.CHUNK_BYTES + 1
+        keys = [protocol.artifact_chunk_key(self.sweep_id, state.submission, n) for n in range(min(chunks, most))]
+        event: dict = {"event": "artifacts", "run": state.run, "path": None, "files": 0, "bytes": 0}
+        problems = [artifacts.warning_text(info) or ""]
+        if not final:
+            if keys:
+                self.redis.delete(*keys)
+            return
+        folder = self.plan.get("artifacts_folder")
+        if chunks > most:
+            problems.append(f"the run announced {chunks} chunks of files, more than its limit allows: none kept")
+        elif keys:
+            data = b"".join(self._chunk(key) for key in keys)
+            if hashlib.sha256(data).hexdigest() != info.get("sha256"):
+                problems.append("the run's files did not arrive whole: none kept")
+            elif folder:
+                name = f"{state.run}.tar.gz"
+                try:
+                    artifacts.write_archive(self.plan.get("artifacts_output") or "/output",
+                                            [*folder.split("/"), name], data)
+                    event.update(path=f"{folder}/{name}", sha256=info.get("sha256"),
+                                 files=int(info.get("files") or 0), bytes=int(info.get("bytes") or 0))
+                except (OSError, ValueError) as exc:
+                    problems.append(f"the run's files could not be written on the master: "
+                                    f"{getattr(exc, 'strerror', None) or exc}")
+        if keys:
+            self.redis.delete(*keys)
+        warning = "; ".join(problem for problem in problems if problem)
+        if warning:
+            event["warning"] = warning
+        if event["path"] or warning:
+            self.output.event(event)
+
+    def _chunk(self, key: str) -> bytes:
+        value = self.redis.get(key)
+        if value is None:
+            return b""
+        return value if isinstance(value, bytes) else str(value).encode("latin-1")
 
     def cancel(self) -> int:
         """Stop the sweep: nothing queued runs any more, running runs stop; relay their ends."""

@@ -16,11 +16,13 @@ the Celery task id of that attempt):
 - start: host, worker, gpus (CUDA_VISIBLE_DEVICES or ""), redelivered (true when the broker
   delivers the run again because the worker that had it was lost)
 - lines: lines (a batch of output lines, stdout and stderr merged, in order)
-- end: status (ok | failed | timeout | cancelled | pruned), exit_code, seconds, host
+- end: status (ok | failed | timeout | cancelled | pruned), exit_code, seconds, host, artifacts
+  (what the run left in `$INFRA_RUN_DIR`, packed and sent in chunks: `artifacts.announcement`)
 Driver-only events: submitted (count), retry (run, attempt), warning (text),
 cancelling (queued, running), finished (interrupted: bool), trial (an Optuna search's new
 trial: run, index, params as [name, value] pairs, argv), pruning (run, step: the pruner's
-decision, before the run is stopped), study (an Optuna search's state: done, to_run, best).
+decision, before the run is stopped), artifacts (run, path of the archive in the
+output folder or none, sha256, files, bytes, warning: the final attempt's files), study (an Optuna search's state: done, to_run, best).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ EVENT_MARKER = "@infra-sweep "
 KEY_PREFIX = "infra:sweep:"
 ALIVE_SECONDS = 60  # the driver refreshes its flag far more often than this
 KEYS_EXPIRE_SECONDS = 7 * 24 * 3600  # a sweep's leftovers in Redis go away on their own
+ARTIFACT_EXPIRE_SECONDS = 24 * 3600  # chunks the driver never took (it died): memory, not to be kept a week
 
 # Statuses of a finished run, as the CSV shows them.
 OK, FAILED, TIMEOUT, CANCELLED, PRUNED = "ok", "failed", "timeout", "cancelled", "pruned"
@@ -58,6 +61,11 @@ def alive_key(sweep_id: str) -> str:
 def stop_key(sweep_id: str, submission: str) -> str:
     """Set by the driver when early stopping gives up on one run; read by that run's worker only."""
     return f"{KEY_PREFIX}{sweep_id}:stop:{submission}"
+
+
+def artifact_chunk_key(sweep_id: str, submission: str, number: int) -> str:
+    """One chunk of a run's artifacts archive (`artifacts`): written by that run's worker, read by the driver only."""
+    return f"{KEY_PREFIX}{sweep_id}:artifact:{submission}:{number}"
 
 
 def done_key(sweep_id: str) -> str:

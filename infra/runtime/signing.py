@@ -43,8 +43,11 @@ CLOCK_SKEW_SECONDS = 300  # a worker's clock may be this far behind the master's
 FIELDS: dict[str, tuple[type, ...]] = {
     "format": (str,), "task": (str,), "sweep_id": (str,), "run": (str,), "submission": (str,),
     "argv": (list,), "cwd": (str,), "env": (dict,), "timeout": (int, float, type(None)),
-    "gpus_per_task": (int,), "issued": (int, float), "expires": (int, float),
+    "gpus_per_task": (int,), "artifact_limit": (int,), "issued": (int, float), "expires": (int, float),
 }
+# Fields a payload may leave out (its worker takes the default): a message of a driver that
+# predates them still runs.
+OPTIONAL_FIELDS = frozenset({"artifact_limit"})
 
 
 class RunRefused(Exception):
@@ -100,14 +103,18 @@ def _checked_signature(message: Any, public_key_pem: bytes) -> str:
 def _checked_fields(payload: Any) -> dict[str, Any]:
     if not isinstance(payload, dict):
         raise RunRefused("the signed payload is not an object")
-    extra, missing = sorted(set(payload) - set(FIELDS)), sorted(set(FIELDS) - set(payload))
+    extra, missing = sorted(set(payload) - set(FIELDS)), sorted(set(FIELDS) - set(payload) - OPTIONAL_FIELDS)
     if extra or missing:
         raise RunRefused(f"the signed payload has unknown fields {extra} or lacks {missing}")
     for name, types in FIELDS.items():
+        if name not in payload:
+            continue  # an optional one
         if not isinstance(payload[name], types) or isinstance(payload[name], bool):
             raise RunRefused(f"the signed payload's {name} has the wrong type")
     if payload["format"] != FORMAT or payload["task"] != protocol.TASK_NAME:
         raise RunRefused(f"signed for {payload['task']} in format {payload['format']}, not {protocol.TASK_NAME}")
+    if payload.get("artifact_limit", 0) < 0:
+        raise RunRefused("the signed artifact_limit is negative")
     argv, env = payload["argv"], payload["env"]
     if not argv or not all(isinstance(word, str) for word in argv):
         raise RunRefused("the signed argv must be a non-empty list of strings")

@@ -113,9 +113,12 @@ def select_runs(runs: list[Run], previous_status: dict[str, str], resume: bool) 
 
 def driver_plan(*, sweep_id: str, name: str, runs: list[Run], queue: str, retries: int,
                 timeout: float | None, gpus_per_task: int, cwd: str,
-                study: dict | None = None, search: dict | None = None) -> dict:
+                study: dict | None = None, search: dict | None = None,
+                artifact_limit: int | None = None, artifacts_output: str = "/output") -> dict:
     """What the driver in the master container reads (`infra_runtime.driver.load_plan`).
 
+    `artifact_limit`: bytes of each run's `$INFRA_RUN_DIR` brought back; the driver keeps the
+    archives in `artifacts_folder` of the output folder (`artifacts_output` in its container).
     `study`: the Optuna study of an Optuna search or of early stopping (`study_settings`);
     `search`: an Optuna search's budget and command (`optuna_search`), whose runs the driver makes."""
     plan = {
@@ -129,7 +132,15 @@ def driver_plan(*, sweep_id: str, name: str, runs: list[Run], queue: str, retrie
         "runs": [{"run": run.id, "argv": list(run.argv)} for run in runs],
     }
     plan.update({key: value for key, value in (("study", study), ("search", search)) if value is not None})
+    if artifact_limit is not None:
+        plan["message"]["artifact_limit"] = artifact_limit
+        plan.update(artifacts_output=artifacts_output, artifacts_folder=artifacts_folder(name))
     return plan
+
+
+def artifacts_folder(name: str) -> str:
+    """Where the driver keeps the runs' archives, relative to the output folder (on the master)."""
+    return f"sweep-{name}/artifacts"
 
 
 def default_queue(queues_consumed: list[str]) -> str:

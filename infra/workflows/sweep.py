@@ -7,15 +7,21 @@ through the engine's exec (as `infra run` starts a job, so the broker never has 
 from here, and Ctrl-C stops it the same way), and `SweepRecorder` turns the events the driver
 relays into the live output, one log file per run and the CSV, written here as results come.
 A sweep cut short (Ctrl-C, a lost connection) leaves a CSV whose rows are all complete, and
-`--resume` runs what is missing.
+`--resume` runs what is missing. When the driver is done, the archives of the runs' own folders
+(`$INFRA_RUN_DIR`) it kept on the master are fetched through the same exec as `infra run`'s
+output files and unpacked into `output/sweep-NAME/runs/<index>/` (`bring_artifacts`).
 """
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import io
 import json
 import os
 import posixpath
 import shlex
+import tarfile
 import threading
 import time
 import uuid
@@ -25,11 +31,14 @@ from typing import IO, Callable
 
 from .. import confined
 from ..commands.celery import CONTAINER_OUTPUT, CONTAINER_PROJECT, sweep_driver
-from ..commands.files import write_file
+from ..commands.files import fetch_output, write_file
 from ..config import Cluster
 from ..errors import ConfigError, ConnectError, InfraError, redact
 from ..facts.files import OUTPUT_FOLDER
+from ..facts.sections import last_line
 from ..runtime import protocol
+from ..runtime.artifacts import DEFAULT_LIMIT_BYTES, format_size
+from ..sweep.artifacts import runs_folder, unpack_run_archive
 from ..sweep.parameters import DEFAULT_MAX_COMBINATIONS, Grid, load_parameters
 from ..sweep.plan import (
     Run,
@@ -58,12 +67,14 @@ from ..sweep.results import (
     table_lines,
 )
 from ..sweep.search import SearchOptions, Space, load_space, pruning_saved_seconds, random_trials
+from ..transport.connection import Connection
 from ..transport.pool import ConnectionPool
 from .run_job import exec_job, master_ready
 from .sweep_report import ReportRefresher
 
 # Ctrl-C: the driver gets SIGINT and time to stop the runs and relay their ends, then harder signals.
 DRIVER_STOP_SIGNALS: tuple[tuple[str, float], ...] = (("INT", 45.0), ("TERM", 10.0), ("KILL", 5.0))
+ARTIFACTS_COLUMN = "artifacts"  # of a run's $INFRA_RUN_DIR: what came back, and any warning
 CSV_WRITE_INTERVAL = 1.0  # seconds between rewrites of the CSV while results come in
 FAILURES_LISTED = 10
 
@@ -80,6 +91,7 @@ class SweepOptions:
     sort: SortSpec | None = None
     top: int = 10
     search: SearchOptions = field(default_factory=SearchOptions)
+    artifact_limit: int = DEFAULT_LIMIT_BYTES  # bytes of each run's $INFRA_RUN_DIR brought back
 
 
 @dataclass
@@ -118,6 +130,10 @@ class SweepPlan:
     @property
     def logs_dir(self) -> Path:
         return self.output_dir / f"sweep-{self.name}" / "logs"
+
+    def run_files(self, run: Run) -> str:
+        """The run's own files (its $INFRA_RUN_DIR), relative to the output folder."""
+        return f"{runs_folder(self.name)}/{run.index}"
 
     def log_path(self, run: Run) -> Path:
         return self.logs_dir / f"{run.index:04d}-{run.id}.log"
@@ -252,6 +268,8 @@ class SweepSummary:
     table_title: str = ""
     csv_path: str = ""
     report_path: str = ""  # output/sweep-NAME/report.html once written at the end
+    artifact_runs: int = 0  # runs whose $INFRA_RUN_DIR files were brought into output/sweep-NAME/runs/
+    artifact_warnings: int = 0  # runs whose folder held links or more than the limit
 
     @property
     def exit_code(self) -> int:
@@ -289,6 +307,9 @@ class SweepRecorder:
         self.last_write = 0.0
         self.interrupted = False
         self.driver_done = False
+        self.archives: dict[str, tuple[str, str]] = {}  # run id -> (archive on the master, its sha256)
+        self.artifact_notes: dict[str, str] = {}  # run id -> what the CSV's artifacts column says
+        self.warnings = 0
 
     # ------------------------------------------------------------------ input
 
@@ -324,6 +345,8 @@ class SweepRecorder:
                     self.out(f"{self._prefix(run)} {text}")
         elif kind == "end" and run is not None:
             self._end(run, event)
+        elif kind == "artifacts" and run is not None:
+            self._artifacts(run, event)
         elif kind == "pruning" and run is not None:
             live = self.live.get(run.id)
             if live is not None and live.log is not None:
@@ -388,6 +411,22 @@ class SweepRecorder:
             self.out(f"{self._prefix(run)} started on {live.host}{gpus}{again}{moved}: "
                      f"{run.label() or shlex.join(run.argv)}")
 
+    def _artifacts(self, run: Run, event: dict) -> None:
+        """What the driver kept of the run's folder (relayed just before its end); a warning is said at once."""
+        path, warning = event.get("path"), str(event.get("warning") or "")
+        where = f"output/{self.plan.run_files(run)}/"
+        if isinstance(path, str) and path:
+            self.archives[run.id] = (path, str(event.get("sha256") or ""))
+            self.artifact_notes[run.id] = (f"{int(event.get('files') or 0)} file(s), "
+                                           f"{format_size(int(event.get('bytes') or 0))} in {where}")
+        if warning:
+            self.artifact_notes[run.id] = "; ".join(filter(None, [self.artifact_notes.get(run.id), f"warning: {warning}"]))
+            self.warnings += 1
+            self.out(f"{self._prefix(run)} warning: its files: {warning}")
+        live = self.live.get(run.id)
+        if live is not None and live.log is not None and run.id in self.artifact_notes:
+            live.log.write(f"# files ($INFRA_RUN_DIR): {self.artifact_notes[run.id]}\n")
+
     def _end(self, run: Run, event: dict) -> None:
         live = self.live.get(run.id) or _Live(run)
         status = str(event.get("status") or protocol.FAILED)
@@ -413,6 +452,8 @@ class SweepRecorder:
         outcome = Outcome(status, int(exit_code) if exit_code is not None else None, seconds, host,
                           max(1, int(event.get("attempt") or live.attempt or 1)), live.metrics.metrics, log_rel)
         self.rows[run.id] = outcome_row(run, outcome)
+        if run.id in self.artifact_notes:
+            self.rows[run.id][ARTIFACTS_COLUMN] = self.artifact_notes[run.id]
         self.dirty = True
 
     def _progress(self) -> None:
@@ -513,6 +554,11 @@ def summary_lines(plan: SweepPlan, summary: SweepSummary) -> list[str]:
     hosts = f" on {', '.join(summary.hosts)}" if summary.hosts else ""
     lines = [f"sweep '{plan.name}': {scope}: {', '.join(parts)} in {format_duration(summary.elapsed)}{hosts}; "
              f"results in {summary.csv_path}" + (f", report {summary.report_path}" if summary.report_path else "")]
+    if summary.artifact_runs or summary.artifact_warnings:
+        warned = (f"; {summary.artifact_warnings} run(s) with a warning about their files (artifacts column)"
+                  if summary.artifact_warnings else "")
+        lines.append(f"files of {summary.artifact_runs} run(s) ($INFRA_RUN_DIR) in "
+                     f"{plan.relative(plan.output_dir / runs_folder(plan.name))}/<index>/{warned}")
     if summary.pruning_saved is not None:
         lines.append(f"early stopping saved about {format_duration(summary.pruning_saved)} of run time "
                      f"({summary.pruning_saved:.1f} s: for each of the {summary.pruned} pruned run(s), the median "
@@ -566,6 +612,48 @@ def optuna_search(plan: SweepPlan) -> dict | None:
             "in_flight": plan.in_flight}
 
 
+def _archive_bytes(conn: Connection, cluster: Cluster, plan: SweepPlan, path: str) -> bytes | None:
+    """The archive the driver kept at `path` (relative to the output folder), read as `infra run` fetches output."""
+    if cluster.master_host.is_local:  # the master's output folder is this project's
+        try:
+            return confined.read_file(plan.output_dir, path)[0]
+        except (OSError, confined.ConfinementError):
+            return None
+    for op in fetch_output(cluster.name, [path]):
+        answer = conn.engine.exec(op, timeout=600)
+        if not answer.ok:
+            raise InfraError(f"fetching {path} failed: {last_line(answer.stderr)}")
+        with tarfile.open(fileobj=io.BytesIO(base64.b64decode(answer.stdout)), mode="r:gz") as tar:
+            for member in tar:
+                if member.name == path and member.isfile():
+                    return tar.extractfile(member).read()
+    return None
+
+
+def bring_artifacts(conn: Connection, cluster: Cluster, plan: SweepPlan, recorder: SweepRecorder,
+                    limit: int) -> tuple[int, list[str]]:
+    """Fetch each run's archive from the master and unpack it into output/sweep-NAME/runs/<index>/.
+
+    Returns how many runs' files came, and what was not written here (one line each)."""
+    brought, problems = 0, []
+    for run_id, (path, digest) in recorder.archives.items():
+        run = recorder.by_id.get(run_id)
+        if run is None or not confined.is_inside(path):
+            continue
+        try:
+            data = _archive_bytes(conn, cluster, plan, path)
+        except (InfraError, tarfile.TarError, ValueError) as exc:
+            problems.append(f"[{run.index}] {exc}")
+            continue
+        if data is None or hashlib.sha256(data).hexdigest() != digest:
+            problems.append(f"[{run.index}] {path}: missing or not the archive the driver kept")
+            continue
+        unpacked = unpack_run_archive(data, plan.output_dir, plan.run_files(run), limit)
+        brought += 1
+        problems += [f"[{run.index}] {refused}" for refused in unpacked.refused]
+    return brought, problems
+
+
 def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
               out: Callable[[str], None], err: Callable[[str], None], note: Callable[[str], None],
               status: Callable[[str], None] | None = None, quiet: bool = False) -> SweepSummary:
@@ -578,7 +666,8 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
     plan_text = json.dumps(driver_plan(
         sweep_id=sweep_id, name=plan.name, runs=plan.selection.to_run, queue=plan.queue, retries=options.retries,
         timeout=options.timeout, gpus_per_task=options.gpus_per_task, cwd=CONTAINER_PROJECT,
-        study=study_settings(plan, options), search=optuna_search(plan)))
+        study=study_settings(plan, options), search=optuna_search(plan),
+        artifact_limit=options.artifact_limit, artifacts_output=CONTAINER_OUTPUT))
     relative_plan = posixpath.join(f"sweep-{plan.name}", "plan.json")  # in the output folder
     with ConnectionPool.for_cluster(cluster) as pool:
         conn = pool.get(cluster.master_host)
@@ -603,7 +692,12 @@ def run_sweep(cluster: Cluster, plan: SweepPlan, options: SweepOptions, *,
         except BaseException:  # a second Ctrl-C, a bug: what was recorded still reaches the CSV
             recorder.close(options.sort, options.top)
             raise
+        brought, problems = bring_artifacts(conn, cluster, plan, recorder, options.artifact_limit)
+        for problem in problems[:FAILURES_LISTED]:
+            note(f"warning: a run's file not brought here: {problem}")
         summary = recorder.close(options.sort, options.top)
+        summary.artifact_runs = brought
+        summary.artifact_warnings = recorder.warnings
         if code == 130:
             summary.interrupted = True
         elif code != 0 and not recorder.driver_done:

@@ -49,6 +49,7 @@ def test_a_volunteer_writes_its_results_and_sweep_events_and_reads_nothing_else(
         "(%W~infra:sweep:*:events +rpush +expire)",
         "(%R~infra:sweep:*:cancel %R~infra:sweep:*:alive %R~infra:sweep:*:stop:* +mget)",
         "(~infra:sweep:*:done +sismember +sadd +expire)",
+        "(%W~infra:sweep:*:artifact:* +set)",
     ]
 
 
@@ -62,7 +63,20 @@ def test_a_volunteer_has_no_read_no_listing_no_delete_no_subscribe_no_script_and
     # Keys: the results write-only; only the sweep's flags readable, its events write-only.
     assert [w for w in words if "~" in w] == ["%W~celery-task-meta-*", "%W~infra:sweep:*:events",
                                               "%R~infra:sweep:*:cancel", "%R~infra:sweep:*:alive",
-                                              "%R~infra:sweep:*:stop:*", "~infra:sweep:*:done"]
+                                              "%R~infra:sweep:*:stop:*", "~infra:sweep:*:done",
+                                              "%W~infra:sweep:*:artifact:*"]
+
+
+def test_a_volunteer_writes_its_runs_file_chunks_with_set_alone_and_can_read_none():
+    from infra.runtime import protocol
+
+    rules = volunteer_plan.results_acl_rules("ab" * 32)
+    selector = next(rule for rule in rules if "artifact" in rule)
+    assert selector == "(%W~infra:sweep:*:artifact:* +set)"
+    # The worker's chunk keys match the write-only pattern, and hold the unguessable submission id.
+    assert protocol.artifact_chunk_key("abc", "abc.run.1.n0nce", 3) == "infra:sweep:abc:artifact:abc.run.1.n0nce:3"
+    assert [rule for rule in rules if "artifact" in rule] == [selector]
+    assert [word for word in selector.strip("()").split() if word.startswith("+")] == ["+set"]
 
 
 def test_a_volunteer_reads_the_stop_flags_of_early_stopping_in_the_one_mget_it_makes_and_cannot_set_them():
