@@ -180,14 +180,10 @@ class Driver:
                 return self.cancel()
             for event in self._pop():
                 self._handle(event, argv_of)
-            if all(state.finished for state in self.runs.values()):
-                self.output.event({"event": "finished", "interrupted": False})
-                self._clean_up(keep_cancel=False)
+            if self._finished_if_all_ended():
                 return 0
             now = self.clock()
-            if now - last_refresh > ALIVE_REFRESH_SECONDS:
-                self._refresh_alive()
-                last_refresh = now
+            last_refresh = self._refresh_alive_if_due(last_refresh, now)
             if (not warned and now - submitted_at > NO_START_WARNING_SECONDS
                     and not any(s.started or s.finished for s in self.runs.values())):
                 warned = True
@@ -227,14 +223,24 @@ class Driver:
                 running += 1
             for event in self._pop():
                 self._handle(event, argv_of)
-            if asked >= to_ask and all(state.finished for state in self.runs.values()):
-                self.output.event({"event": "finished", "interrupted": False})
-                self._clean_up(keep_cancel=False)
+            if asked >= to_ask and self._finished_if_all_ended():
                 return 0
-            now = self.clock()
-            if now - last_refresh > ALIVE_REFRESH_SECONDS:
-                self._refresh_alive()
-                last_refresh = now
+            last_refresh = self._refresh_alive_if_due(last_refresh, self.clock())
+
+    def _finished_if_all_ended(self) -> bool:
+        """When every run has ended: say so, clean up the sweep's keys, and True."""
+        if not all(state.finished for state in self.runs.values()):
+            return False
+        self.output.event({"event": "finished", "interrupted": False})
+        self._clean_up(keep_cancel=False)
+        return True
+
+    def _refresh_alive_if_due(self, last_refresh: float, now: float) -> float:
+        """Refresh the alive flag when it is due; when it was last refreshed."""
+        if now - last_refresh > ALIVE_REFRESH_SECONDS:
+            self._refresh_alive()
+            return now
+        return last_refresh
 
     def _prune(self, state: RunState, step: int) -> None:
         """The pruner gave up on this run: its worker stops it before its next line."""
