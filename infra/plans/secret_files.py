@@ -163,6 +163,16 @@ DATA_COMMANDS = ("-@all", "+@read", "+@write", "+@keyspace", "+@connection", "+@
                  "+@scripting", "-@admin", "-@dangerous", "-function")
 # Flower reads results (its task API) and waits for them on their channels: no write at all.
 READ_COMMANDS = ("-@all", "+@connection", "+@read", "+subscribe", "+unsubscribe", "-@admin", "-@dangerous")
+# The output buffer Redis keeps for one pub/sub client (`client-output-buffer-limit pubsub`).
+# Celery's client subscribes to one channel per task of a group while it is still sending the
+# group, and reads nothing until `.get()`: the confirmations and the results it is sent meanwhile
+# (about 450 bytes a task with the sample project) wait in this buffer. Redis's default (8 MB for
+# 60 s, or 32 MB) cuts such a client for any group that takes over a minute to send (tens of
+# thousands of tasks): Celery then re-reads every result (MGET) and subscribes again to every
+# channel, over and over, and a result published between those two steps is never seen, so
+# `.get()` can wait forever. No soft limit; a hard one still bounds what a subscriber that never
+# reads (one per authenticated client) can make Redis hold.
+RESULTS_PUBSUB_BUFFER_LIMIT = "256mb 0 0"
 RESULTS_ADMIN = "admin"
 RESULTS_ADMIN_FILE = "admin.url"  # in the results container's folder: the URL infra's ACL calls use
 
@@ -211,6 +221,7 @@ def results_config(cluster: Cluster, secrets: Secrets) -> str:
         *(results_user_line(name, password, rules) for name, (password, rules) in results_users(secrets).items()),
         "dir /data",
         "appendonly yes",
+        f"client-output-buffer-limit pubsub {RESULTS_PUBSUB_BUFFER_LIMIT}",
         "save 60 1000",
         "daemonize no",
         'logfile ""',

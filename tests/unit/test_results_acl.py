@@ -118,6 +118,14 @@ def test_redis_conf_turns_default_off_and_holds_each_role_as_a_password_hash(tmp
     assert not any(password in conf for password in SECRETS.values())
 
 
+def test_redis_conf_lets_a_client_collecting_a_large_group_keep_its_pub_sub_link(tmp_path):
+    # Redis's default pub/sub limit (32 MB, or 8 MB for 60 s) cut the client of a 40,000-task group
+    # while it was still sending: benchmarks/large_job.py. No soft limit; the hard one bounds memory.
+    conf = results_config(make_cluster(tmp_path), SECRETS)
+    limits = [line for line in conf.splitlines() if line.startswith("client-output-buffer-limit")]
+    assert limits == ["client-output-buffer-limit pubsub 256mb 0 0"]
+
+
 # --------------------------------------------------------------------------- the URLs name their user
 
 
